@@ -1,0 +1,256 @@
+//! The domain model shared by the coordinator, the workers and the stores.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a wave (a batch of mailboxes migrated together).
+pub type WaveId = i64;
+/// Identifies one mailbox pair (source → target) inside a wave.
+pub type MailboxId = i64;
+
+/// Where a mailbox is in its current pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailboxState {
+    /// Known, no pass asked for yet.
+    Pending,
+    /// A job for the current pass is on the queue.
+    Queued,
+    /// A worker holds the mailbox and is copying.
+    Running,
+    /// The current pass finished; every item is copied or recorded as skipped.
+    Completed,
+    /// The current pass stopped for a mailbox-level reason (see `last_error`).
+    Failed,
+}
+
+impl MailboxState {
+    /// The name stored in databases and shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailboxState::Pending => "pending",
+            MailboxState::Queued => "queued",
+            MailboxState::Running => "running",
+            MailboxState::Completed => "completed",
+            MailboxState::Failed => "failed",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => MailboxState::Pending,
+            "queued" => MailboxState::Queued,
+            "running" => MailboxState::Running,
+            "completed" => MailboxState::Completed,
+            "failed" => MailboxState::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Whether the pass is over for this mailbox.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, MailboxState::Completed | MailboxState::Failed)
+    }
+}
+
+/// One row of a wave's mailbox list: who moves where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailboxSpec {
+    /// Login or address of the mailbox on the source system.
+    pub source: String,
+    /// Login or address of the mailbox on the target system.
+    pub target: String,
+}
+
+/// A mailbox as the store knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MailboxRecord {
+    pub id: MailboxId,
+    pub wave: WaveId,
+    pub source: String,
+    pub target: String,
+    pub state: MailboxState,
+    /// The pass asked for last (1 = pre-stage copy, 2.. = delta passes).
+    pub pass: i64,
+    /// How many times the current pass was started.
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub stats: PassStats,
+}
+
+/// What one pass over a mailbox did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassStats {
+    pub folders: u64,
+    pub items_copied: u64,
+    pub bytes_copied: u64,
+    /// Items found already in the target after an interruption (not copied again).
+    pub items_recovered: u64,
+    pub flags_updated: u64,
+    pub items_skipped: u64,
+}
+
+impl PassStats {
+    /// Adds another part's figures to these.
+    pub fn add(&mut self, other: &PassStats) {
+        self.folders += other.folders;
+        self.items_copied += other.items_copied;
+        self.bytes_copied += other.bytes_copied;
+        self.items_recovered += other.items_recovered;
+        self.flags_updated += other.flags_updated;
+        self.items_skipped += other.items_skipped;
+    }
+}
+
+/// A unit of work on the queue: one pass over one mailbox. It never carries
+/// credentials; workers look those up themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub wave: WaveId,
+    pub mailbox: MailboxId,
+    pub pass: i64,
+}
+
+/// How far a source folder has been copied. Written in the same transaction
+/// as the ledger entries it covers, so the two never disagree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderCheckpoint {
+    pub mailbox: MailboxId,
+    /// The source folder's stable key (its name on the source server).
+    pub folder: String,
+    /// The folder name it maps to on the target.
+    pub target_folder: String,
+    /// The source's UIDVALIDITY (or the connector's equivalent) the entries belong to.
+    pub validity: u32,
+    /// Every source item with a UID up to this one is copied or recorded.
+    pub high_water_mark: u32,
+    /// The source's HIGHESTMODSEQ when flags were last synchronised (CONDSTORE).
+    pub highest_modseq: Option<u64>,
+    /// The target's position (IMAP: UIDNEXT) right after the last committed
+    /// append: anything past it may be an in-doubt copy from an interrupted run.
+    pub target_mark: u64,
+}
+
+/// One copied item: where it came from and where it went. The ledger is what
+/// makes copies exactly-once and what verification and rollback read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub mailbox: MailboxId,
+    pub folder: String,
+    pub validity: u32,
+    /// The item's key in the source folder (IMAP: the UID in decimal;
+    /// Maildir: the file's unique name).
+    pub item: String,
+    /// The IMAP UID, 0 where the source has none.
+    pub uid: u32,
+    pub target_folder: String,
+    /// The copy's id in the target (IMAP: UID; Maildir: unique name), when known.
+    pub target_id: Option<String>,
+    pub size: u64,
+    /// blake3 of the whole message, hex.
+    pub content_hash: String,
+    /// blake3 of the header block, hex: with the size, the identity used to
+    /// find in-doubt copies after an interruption.
+    pub header_hash: String,
+    /// Flags as last written to the target, canonical form (see `Flags`).
+    pub flags: String,
+}
+
+/// An item that could not be copied, kept for the report and for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemFailure {
+    pub mailbox: MailboxId,
+    pub folder: String,
+    pub item: String,
+    pub size: u64,
+    pub class: crate::ErrorClass,
+    pub reason: String,
+    pub pass: i64,
+}
+
+/// Where a wave is in its life (distributed mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveState {
+    /// Created with its mailboxes; nothing asked for yet.
+    Created,
+    /// Jobs are published for the mailboxes that need a pass.
+    Running,
+    /// No job is published; running jobs finish.
+    Paused,
+    /// The final pass (asked for by `complete`) ended for every mailbox.
+    Completed,
+    /// Stopped for good; queued mailboxes went back to pending.
+    Cancelled,
+}
+
+impl WaveState {
+    /// The name stored in databases and shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaveState::Created => "created",
+            WaveState::Running => "running",
+            WaveState::Paused => "paused",
+            WaveState::Completed => "completed",
+            WaveState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => WaveState::Created,
+            "running" => WaveState::Running,
+            "paused" => WaveState::Paused,
+            "completed" => WaveState::Completed,
+            "cancelled" => WaveState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A wave as the store knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaveRecord {
+    pub id: WaveId,
+    pub name: String,
+    pub state: WaveState,
+    /// The passes asked for last are the final ones (`complete`): the wave
+    /// becomes `Completed` when they end.
+    pub final_pass: bool,
+    /// The wave's configuration (`config::Config` as JSON; secrets only by
+    /// name). `{}` for waves of `mailwave run`.
+    pub config: serde_json::Value,
+}
+
+/// How many mailboxes of a wave are in each state, and what their current
+/// passes copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaveCounts {
+    pub pending: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub items_copied: u64,
+    pub bytes_copied: u64,
+    pub items_skipped: u64,
+}
+
+impl WaveCounts {
+    /// Mailboxes in the wave.
+    pub fn total(&self) -> u64 {
+        self.pending + self.queued + self.running + self.completed + self.failed
+    }
+
+    /// Adds `n` mailboxes in `state`.
+    pub fn add_state(&mut self, state: MailboxState, n: u64) {
+        match state {
+            MailboxState::Pending => self.pending += n,
+            MailboxState::Queued => self.queued += n,
+            MailboxState::Running => self.running += n,
+            MailboxState::Completed => self.completed += n,
+            MailboxState::Failed => self.failed += n,
+        }
+    }
+}

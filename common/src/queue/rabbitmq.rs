@@ -1,0 +1,873 @@
+//! The RabbitMQ queue of distributed mode.
+//!
+//! # Delivery contract
+//!
+//! Delivery is at least once. A job is a persistent message on a durable
+//! quorum queue, published with publisher confirms: [`JobQueue::publish`]
+//! returns once the broker has it (a publish interrupted by a connection loss
+//! is retried, so a job may be queued twice). A consumer takes it with a
+//! manual acknowledgement; the job comes back if the consumer requeues it,
+//! drops the delivery, or loses its channel.
+//!
+//! Acknowledging means "the outcome is recorded in the store". A long copy is
+//! owned by a lease in the store, not by the unacknowledged message: the
+//! worker acknowledges the job once it holds the mailbox's lease, so
+//! RabbitMQ's consumer timeout (30 minutes by default) never matters.
+//!
+//! A job requeued more often than the delivery limit allows (a poison job) is
+//! dead-lettered, and so is a message that is not a job at all: both wait in
+//! the dead-letter queue for an operator.
+//!
+//! # Connection loss
+//!
+//! A supervisor task watches the connection. When it or one of its channels
+//! fails, it reconnects with exponential back-off and declares the topology
+//! again; the consumer is re-created by the next [`JobQueue::next`]. Meanwhile
+//! `publish` waits, up to [`RabbitOptions::publish_timeout`]. Deliveries taken
+//! before the loss can no longer be settled: their `ack` and `requeue` fail
+//! (callers log it), and the broker redelivers those jobs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    Event, ExchangeKind,
+};
+use tokio::sync::{Mutex, OnceCell, watch};
+use tokio::task::JoinHandle;
+
+use super::{Delivery, JobQueue, QueueError};
+use crate::model::Job;
+
+/// The names of a deployment's queues. The dead-letter exchange is named
+/// after the dead-letter queue, and the connection after the jobs queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueNames {
+    pub jobs: String,
+    pub dead_letters: String,
+}
+
+impl QueueNames {
+    /// `{prefix}.jobs` and `{prefix}.jobs.dead`.
+    pub fn with_prefix(prefix: &str) -> QueueNames {
+        QueueNames {
+            jobs: format!("{prefix}.jobs"),
+            dead_letters: format!("{prefix}.jobs.dead"),
+        }
+    }
+}
+
+/// Tuning of a [`RabbitQueue`].
+#[derive(Debug, Clone)]
+pub struct RabbitOptions {
+    /// How many times a job may be handed back before it is dead-lettered
+    /// (`x-delivery-limit`; RabbitMQ 3 also counts a return caused by the
+    /// consumer's channel closing). Changing it for an existing queue makes
+    /// connecting fail: RabbitMQ refuses to redeclare a queue with other
+    /// arguments.
+    pub delivery_limit: u32,
+    /// Unacknowledged jobs the broker sends this process ahead (`basic.qos`).
+    pub prefetch: u16,
+    /// How long `publish` waits for the broker before giving up.
+    pub publish_timeout: Duration,
+    /// The longest pause between two reconnection attempts, before a random
+    /// jitter of up to as much again.
+    pub max_reconnect_delay: Duration,
+}
+
+impl Default for RabbitOptions {
+    fn default() -> RabbitOptions {
+        RabbitOptions {
+            delivery_limit: 5,
+            prefetch: 1,
+            publish_timeout: Duration::from_secs(30),
+            max_reconnect_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A [`JobQueue`] on RabbitMQ, surviving connection losses.
+pub struct RabbitQueue {
+    shared: Arc<Shared>,
+    supervisor: JoinHandle<()>,
+}
+
+struct Shared {
+    url: String,
+    names: QueueNames,
+    options: RabbitOptions,
+    /// The working connection; `None` while the supervisor reconnects.
+    link: watch::Sender<Option<Arc<Link>>>,
+}
+
+/// One connection with its channels.
+struct Link {
+    connection: Connection,
+    /// In publisher-confirm mode.
+    publisher: Channel,
+    consumer_channel: Channel,
+    /// Started by the first `next`, so that a process that only publishes
+    /// never holds jobs.
+    consumer: OnceCell<Mutex<Consumer>>,
+}
+
+impl RabbitQueue {
+    /// Connects with the default options; see [`RabbitQueue::connect_with`].
+    pub async fn connect(url: &str, names: QueueNames) -> Result<RabbitQueue, QueueError> {
+        RabbitQueue::connect_with(url, names, RabbitOptions::default()).await
+    }
+
+    /// Connects to the broker at `url` (`amqp://user:password@host:port/vhost`)
+    /// and declares the topology. Fails if the broker cannot be reached now;
+    /// later losses are recovered from.
+    pub async fn connect_with(
+        url: &str,
+        names: QueueNames,
+        options: RabbitOptions,
+    ) -> Result<RabbitQueue, QueueError> {
+        let link = Link::open(url, &names, &options)
+            .await
+            .map_err(|e| QueueError::Unavailable(format!("RabbitMQ at {}: {e}", redact(url))))?;
+        let link = Arc::new(link);
+        let (sender, _) = watch::channel(Some(Arc::clone(&link)));
+        let shared = Arc::new(Shared {
+            url: url.to_owned(),
+            names,
+            options,
+            link: sender,
+        });
+        let supervisor = tokio::spawn(supervise(Arc::clone(&shared), link));
+        Ok(RabbitQueue { shared, supervisor })
+    }
+}
+
+impl Drop for RabbitQueue {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+#[async_trait]
+impl JobQueue for RabbitQueue {
+    async fn publish(&self, job: &Job) -> Result<(), QueueError> {
+        let body = serde_json::to_vec(job).map_err(|e| QueueError::Malformed(e.to_string()))?;
+        let timeout = self.shared.options.publish_timeout;
+        tokio::time::timeout(timeout, self.shared.publish(&body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(QueueError::Unavailable(format!(
+                    "RabbitMQ did not take the job within {timeout:?}"
+                )))
+            })
+    }
+
+    async fn next(&self) -> Result<Option<Box<dyn Delivery>>, QueueError> {
+        loop {
+            let link = self.shared.current_link().await?;
+            let consumer = match link.consumer(&self.shared.names.jobs).await {
+                Ok(consumer) => consumer,
+                Err(error) => {
+                    tracing::warn!(%error, "could not start consuming jobs");
+                    self.shared.report_broken(&link);
+                    continue;
+                }
+            };
+            let Some(delivery) = consumer.lock().await.next().await else {
+                self.shared.report_broken(&link);
+                continue;
+            };
+            let delivery = match delivery {
+                Ok(delivery) => delivery,
+                Err(error) => {
+                    tracing::warn!(%error, "the job consumer failed");
+                    self.shared.report_broken(&link);
+                    continue;
+                }
+            };
+            // Buffered before its channel died: the broker redelivers it.
+            if delivery.acker.poisoned() {
+                continue;
+            }
+            match serde_json::from_slice::<Job>(&delivery.data) {
+                Ok(job) => {
+                    return Ok(Some(Box::new(RabbitDelivery {
+                        job,
+                        acker: delivery.acker,
+                    })));
+                }
+                Err(error) => {
+                    tracing::error!(%error, bytes = delivery.data.len(),
+                        "malformed job message; dead-lettering it");
+                    let rejected = delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await;
+                    if let Err(error) = settled(rejected) {
+                        tracing::warn!(%error, "could not dead-letter a malformed job message");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Waits for a working connection.
+    async fn current_link(&self) -> Result<Arc<Link>, QueueError> {
+        let mut link = self.link.subscribe();
+        let current = link
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| QueueError::Unavailable("the RabbitMQ queue is shut down".into()))?;
+        current
+            .clone()
+            .ok_or_else(|| QueueError::Unavailable("no RabbitMQ connection".into()))
+    }
+
+    /// Tells the supervisor that `link` failed (unless it was replaced already).
+    fn report_broken(&self, link: &Arc<Link>) {
+        self.link.send_if_modified(|current| {
+            if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, link)) {
+                return false;
+            }
+            *current = None;
+            true
+        });
+    }
+
+    /// Publishes until the broker confirms, riding out connection losses.
+    async fn publish(&self, body: &[u8]) -> Result<(), QueueError> {
+        loop {
+            let link = self.current_link().await?;
+            let confirmation = match link.publish(&self.names.jobs, body).await {
+                Ok(confirmation) => confirmation,
+                Err(error) => {
+                    tracing::warn!(%error, "publishing a job failed; retrying after reconnecting");
+                    self.report_broken(&link);
+                    continue;
+                }
+            };
+            return match confirmation {
+                Confirmation::Ack(None) => Ok(()),
+                Confirmation::Ack(Some(returned)) => {
+                    // No queue to route to: a new link declares it again.
+                    self.report_broken(&link);
+                    Err(QueueError::Unavailable(format!(
+                        "RabbitMQ returned the job: {} {}",
+                        returned.reply_code, returned.reply_text
+                    )))
+                }
+                Confirmation::Nack(_) => Err(QueueError::Unavailable(
+                    "RabbitMQ refused the job (nack)".into(),
+                )),
+                Confirmation::NotRequested => Err(QueueError::Unavailable(
+                    "publisher confirms are off on the publishing channel".into(),
+                )),
+            };
+        }
+    }
+}
+
+impl Link {
+    /// Connects, declares the topology and opens the channels.
+    async fn open(url: &str, names: &QueueNames, options: &RabbitOptions) -> lapin::Result<Link> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(names.jobs.clone().into());
+        let connection = Connection::connect(url, properties).await?;
+        let publisher = connection.create_channel().await?;
+        declare_topology(&publisher, names, options).await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let consumer_channel = connection.create_channel().await?;
+        consumer_channel
+            .basic_qos(options.prefetch, BasicQosOptions::default())
+            .await?;
+        Ok(Link {
+            connection,
+            publisher,
+            consumer_channel,
+            consumer: OnceCell::new(),
+        })
+    }
+
+    async fn publish(&self, queue: &str, body: &[u8]) -> lapin::Result<Confirmation> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        self.publisher
+            .basic_publish("".into(), queue.into(), options, body, properties)
+            .await?
+            .await
+    }
+
+    async fn consumer(&self, queue: &str) -> lapin::Result<&Mutex<Consumer>> {
+        self.consumer
+            .get_or_try_init(|| async {
+                let consumer = self
+                    .consumer_channel
+                    .basic_consume(
+                        queue.into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                Ok(Mutex::new(consumer))
+            })
+            .await
+    }
+
+    /// Closes the connection if it is still up, so that the broker hands back
+    /// what it delivered on it.
+    async fn close(&self) {
+        if !self.connection.status().connected() {
+            return;
+        }
+        let closing = self.connection.close(200, "mailwave reconnects".into());
+        if let Ok(Err(error)) = tokio::time::timeout(Duration::from_secs(5), closing).await {
+            tracing::debug!(%error, "closing a failed RabbitMQ connection");
+        }
+    }
+}
+
+/// Declares (idempotently) the jobs queue and where its dead letters go.
+async fn declare_topology(
+    channel: &Channel,
+    names: &QueueNames,
+    options: &RabbitOptions,
+) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions::durable();
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+
+    channel
+        .exchange_declare(
+            names.dead_letters.as_str().into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(names.dead_letters.as_str().into(), durable, quorum.clone())
+        .await?;
+    channel
+        .queue_bind(
+            names.dead_letters.as_str().into(),
+            names.dead_letters.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    let mut jobs = quorum;
+    jobs.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(options.delivery_limit.into()),
+    );
+    jobs.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(names.dead_letters.as_str().into()),
+    );
+    channel
+        .queue_declare(names.jobs.as_str().into(), durable, jobs)
+        .await?;
+    Ok(())
+}
+
+/// Replaces every failed link, with exponential back-off between attempts.
+async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
+    let max_delay = shared.options.max_reconnect_delay;
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(max_delay)
+        .with_jitter()
+        .without_max_times();
+    let mut delays = backoff.build();
+    let mut reports = shared.link.subscribe();
+    loop {
+        let connected_at = Instant::now();
+        tokio::select! {
+            _ = reports.wait_for(Option::is_none) => {}
+            () = connection_failure(&link.connection) => {}
+        }
+        tracing::warn!("the RabbitMQ connection failed; reconnecting");
+        shared.link.send_replace(None);
+        link.close().await;
+        // A link that failed soon after it was made must not make us hammer
+        // the broker.
+        if connected_at.elapsed() < max_delay {
+            tokio::time::sleep(delays.next().unwrap_or(max_delay)).await;
+        } else {
+            delays = backoff.build();
+        }
+        link = loop {
+            match Link::open(&shared.url, &shared.names, &shared.options).await {
+                Ok(link) => break Arc::new(link),
+                Err(error) => {
+                    let delay = delays.next().unwrap_or(max_delay);
+                    tracing::warn!(%error, ?delay, "could not reconnect to RabbitMQ");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        shared.link.send_replace(Some(Arc::clone(&link)));
+        tracing::info!("reconnected to RabbitMQ");
+    }
+}
+
+/// Waits until the connection reports an error or goes away.
+async fn connection_failure(connection: &Connection) {
+    let mut events = std::pin::pin!(connection.events_listener());
+    if !connection.status().connected() {
+        return;
+    }
+    while let Some(event) = events.next().await {
+        if let Event::Error(error) = event {
+            tracing::warn!(%error, "RabbitMQ connection error");
+            return;
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = credentials.split(':').next().unwrap_or_default();
+    format!("{scheme}://{user}@{host}")
+}
+
+/// An acknowledgement's outcome: lapin answers `false` when the delivery's
+/// channel is gone.
+fn settled(result: lapin::Result<bool>) -> Result<(), QueueError> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(QueueError::Unavailable(
+            "the delivery's RabbitMQ channel is gone; the broker redelivers the job".into(),
+        )),
+        Err(error) => Err(QueueError::Unavailable(format!(
+            "settling a RabbitMQ delivery: {error}"
+        ))),
+    }
+}
+
+struct RabbitDelivery {
+    job: Job,
+    acker: Acker,
+}
+
+#[async_trait]
+impl Delivery for RabbitDelivery {
+    fn job(&self) -> &Job {
+        &self.job
+    }
+
+    async fn ack(self: Box<Self>) -> Result<(), QueueError> {
+        settled(self.acker.ack(BasicAckOptions::default()).await)
+    }
+
+    async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
+        settled(self.acker.nack(requeue()).await)
+    }
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        multiple: false,
+        requeue: true,
+    }
+}
+
+impl Drop for RabbitDelivery {
+    /// Hands the job back now rather than when the channel closes, so that
+    /// it does not hold a prefetch slot meanwhile.
+    fn drop(&mut self) {
+        if !self.acker.usable() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let acker = self.acker.clone();
+        runtime.spawn(async move {
+            if let Err(error) = settled(acker.nack(requeue()).await) {
+                tracing::debug!(%error, "handing back a dropped delivery");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::panic::AssertUnwindSafe;
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use futures::FutureExt;
+    use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+
+    use super::*;
+    use crate::queue::suite;
+
+    const START_IT: &str = "start it with `rabbitmq-server -detached`";
+
+    /// The local broker, as the given user.
+    fn broker_url(user: &str, password: &str) -> String {
+        format!("amqp://{user}:{password}@127.0.0.1:5672/%2f")
+    }
+
+    /// Runs `rabbitmqctl` (which needs root), returning its output.
+    fn rabbitmqctl(args: &[&str]) -> String {
+        let output = Command::new("rabbitmqctl")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("rabbitmqctl (run the tests as root): {e}"));
+        assert!(output.status.success(), "rabbitmqctl {args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// A broker user of its own, deleted when dropped.
+    struct TestUser(String);
+
+    impl TestUser {
+        fn new(name: String) -> TestUser {
+            rabbitmqctl(&["add_user", &name, "secret"]);
+            let user = TestUser(name);
+            user.grant();
+            user
+        }
+
+        fn grant(&self) {
+            rabbitmqctl(&["set_permissions", "-p", "/", &self.0, ".*", ".*", ".*"]);
+        }
+
+        fn revoke(&self) {
+            rabbitmqctl(&["clear_permissions", "-p", "/", &self.0]);
+        }
+
+        fn url(&self) -> String {
+            broker_url(&self.0, "secret")
+        }
+    }
+
+    impl Drop for TestUser {
+        fn drop(&mut self) {
+            rabbitmqctl(&["delete_user", &self.0]);
+        }
+    }
+
+    fn job(mailbox: i64) -> Job {
+        Job {
+            wave: 1,
+            mailbox,
+            pass: 1,
+        }
+    }
+
+    /// Names no other run uses.
+    fn unique_names() -> QueueNames {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        QueueNames::with_prefix(&format!("mailwave-test-{}-{nanos}-{n}", std::process::id()))
+    }
+
+    async fn connect(names: &QueueNames, options: RabbitOptions) -> RabbitQueue {
+        RabbitQueue::connect_with(&broker_url("guest", "guest"), names.clone(), options)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: is RabbitMQ running? {START_IT}"))
+    }
+
+    /// A plain connection and channel, to inspect and clean up.
+    async fn admin() -> (Connection, Channel) {
+        let url = broker_url("guest", "guest");
+        let connection = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ is not reachable at {url}: {e}; {START_IT}"));
+        let channel = connection.create_channel().await.unwrap();
+        (connection, channel)
+    }
+
+    /// Runs `test` with fresh names, then deletes the queues and the exchange,
+    /// whether it passed or not.
+    async fn with_names(test: impl AsyncFnOnce(&QueueNames)) {
+        let names = unique_names();
+        let outcome = AssertUnwindSafe(test(&names)).catch_unwind().await;
+        let (_connection, channel) = admin().await;
+        for queue in [&names.jobs, &names.dead_letters] {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .unwrap();
+        }
+        channel
+            .exchange_delete(
+                names.dead_letters.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .unwrap();
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    async fn take(queue: &RabbitQueue) -> Box<dyn Delivery> {
+        tokio::time::timeout(Duration::from_secs(15), queue.next())
+            .await
+            .expect("a job within 15 s")
+            .unwrap()
+            .unwrap()
+    }
+
+    /// The next delivery, or `None` if nothing comes for `quiet`.
+    async fn take_within(queue: &RabbitQueue, quiet: Duration) -> Option<Box<dyn Delivery>> {
+        let delivery = tokio::time::timeout(quiet, queue.next()).await.ok()?;
+        Some(delivery.unwrap().unwrap())
+    }
+
+    /// Takes one message off `queue`, bypassing the job consumer.
+    async fn get_raw(channel: &Channel, queue: &str) -> Option<Vec<u8>> {
+        let options = BasicGetOptions { no_ack: true };
+        // Dead-lettering is asynchronous: give it a moment.
+        for _ in 0..50 {
+            if let Some(message) = channel.basic_get(queue.into(), options).await.unwrap() {
+                return Some(message.delivery.data);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// Has the broker close the queue's connection (named after the jobs
+    /// queue), as an operator or a failing node would.
+    async fn force_close(names: &QueueNames) {
+        let name = names.jobs.clone();
+        tokio::task::spawn_blocking(move || {
+            let listing =
+                rabbitmqctl(&["list_connections", "--silent", "pid", "client_properties"]);
+            let pids: Vec<&str> = listing
+                .lines()
+                .filter(|line| line.contains(&format!("\"{name}\"")))
+                .filter_map(|line| line.split_whitespace().next())
+                .collect();
+            assert_eq!(pids.len(), 1, "one connection named {name} in {listing}");
+            rabbitmqctl(&["close_connection", pids[0], "test"]);
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Waits until the supervisor has replaced `old`.
+    async fn wait_for_new_link(queue: &RabbitQueue, old: &Arc<Link>) {
+        let mut link = queue.shared.link.subscribe();
+        let replaced = link.wait_for(|l| l.as_ref().is_some_and(|l| !Arc::ptr_eq(l, old)));
+        tokio::time::timeout(Duration::from_secs(30), replaced)
+            .await
+            .expect("reconnected within 30 s")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn rabbit_queue_passes_the_queue_suite() {
+        with_names(async |names| {
+            let queue = connect(names, RabbitOptions::default()).await;
+            suite::run_all(&queue, async |delivery| {
+                // The consumer's channel goes, with the delivery on it.
+                let link = queue.shared.current_link().await.unwrap();
+                link.consumer_channel
+                    .close(200, "simulated consumer death".into())
+                    .await
+                    .unwrap();
+                drop(delivery);
+            })
+            .await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn poison_job_is_dead_lettered_after_the_delivery_limit() {
+        with_names(async |names| {
+            let options = RabbitOptions {
+                delivery_limit: 2,
+                ..RabbitOptions::default()
+            };
+            let queue = connect(names, options).await;
+            queue.publish(&job(7)).await.unwrap();
+
+            let mut deliveries = 0;
+            while let Some(delivery) = take_within(&queue, Duration::from_secs(2)).await {
+                assert_eq!(delivery.job(), &job(7));
+                deliveries += 1;
+                assert!(deliveries <= 10, "the poison job keeps coming back");
+                delivery.requeue().await.unwrap();
+            }
+            // The first delivery and one per allowed hand-back.
+            assert_eq!(deliveries, 3);
+
+            let (_connection, channel) = admin().await;
+            let dead = get_raw(&channel, &names.dead_letters)
+                .await
+                .expect("the poison job in the dead-letter queue");
+            assert_eq!(serde_json::from_slice::<Job>(&dead).unwrap(), job(7));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn malformed_message_is_dead_lettered_and_skipped() {
+        with_names(async |names| {
+            let queue = connect(names, RabbitOptions::default()).await;
+            let (_connection, channel) = admin().await;
+            channel
+                .basic_publish(
+                    "".into(),
+                    names.jobs.as_str().into(),
+                    BasicPublishOptions::default(),
+                    b"not a job",
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            queue.publish(&job(8)).await.unwrap();
+
+            let delivery = take(&queue).await;
+            assert_eq!(delivery.job(), &job(8));
+            delivery.ack().await.unwrap();
+            let dead = get_raw(&channel, &names.dead_letters).await;
+            assert_eq!(dead.as_deref(), Some(&b"not a job"[..]));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn survives_a_forced_connection_close_without_losing_jobs() {
+        with_names(async |names| {
+            let queue = connect(names, RabbitOptions::default()).await;
+            for mailbox in 1..=3 {
+                queue.publish(&job(mailbox)).await.unwrap();
+            }
+            let held = take(&queue).await;
+            assert_eq!(held.job(), &job(1));
+            let old = queue.shared.current_link().await.unwrap();
+
+            // Publishing goes on while the broker drops the connection.
+            let publishing = async {
+                for mailbox in 4..=30 {
+                    queue.publish(&job(mailbox)).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            let closing = async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                force_close(names).await;
+                wait_for_new_link(&queue, &old).await;
+            };
+            tokio::join!(publishing, closing);
+
+            // Taken on the old channel: settling fails, without panicking.
+            assert!(held.ack().await.is_err());
+
+            // Every job arrives (some perhaps twice: at least once).
+            let mut seen = BTreeSet::new();
+            while seen.len() < 30 {
+                let delivery = take(&queue).await;
+                seen.insert(delivery.job().mailbox);
+                delivery.ack().await.unwrap();
+            }
+            while let Some(duplicate) = take_within(&queue, Duration::from_secs(1)).await {
+                assert!(seen.contains(&duplicate.job().mailbox));
+                duplicate.ack().await.unwrap();
+            }
+            assert_eq!(seen, (1..=30).collect());
+        })
+        .await;
+    }
+
+    // Multi-threaded for `block_in_place` around `rabbitmqctl`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publish_waits_out_an_outage_then_gives_up() {
+        with_names(async |names| {
+            let user =
+                tokio::task::block_in_place(|| TestUser::new(format!("{}-user", names.jobs)));
+            let options = RabbitOptions {
+                publish_timeout: Duration::from_secs(3),
+                max_reconnect_delay: Duration::from_secs(1),
+                ..RabbitOptions::default()
+            };
+            let queue = RabbitQueue::connect_with(&user.url(), names.clone(), options)
+                .await
+                .unwrap_or_else(|e| panic!("{e}: is RabbitMQ running? {START_IT}"));
+            queue.publish(&job(1)).await.unwrap();
+
+            // The broker drops us and will not let us back in.
+            tokio::task::block_in_place(|| user.revoke());
+            force_close(names).await;
+            let started = Instant::now();
+            let refused = queue.publish(&job(2)).await;
+            assert!(
+                matches!(refused, Err(QueueError::Unavailable(_))),
+                "{refused:?}"
+            );
+            assert!(started.elapsed() >= Duration::from_secs(3));
+
+            // Once it does, publishing and consuming go on.
+            tokio::task::block_in_place(|| user.grant());
+            queue.publish(&job(3)).await.unwrap();
+            for mailbox in [1, 3] {
+                let delivery = take(&queue).await;
+                assert_eq!(delivery.job(), &job(mailbox));
+                delivery.ack().await.unwrap();
+            }
+            assert!(take_within(&queue, Duration::from_secs(1)).await.is_none());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn connect_fails_cleanly_when_the_broker_is_unreachable() {
+        let error = RabbitQueue::connect("amqp://guest:secret@127.0.0.1:1/%2f", unique_names())
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        assert!(matches!(error, QueueError::Unavailable(_)));
+        let message = error.to_string();
+        assert!(message.contains("guest@127.0.0.1:1"), "{message}");
+        assert!(!message.contains("secret"), "{message}");
+    }
+}

@@ -1,0 +1,306 @@
+//! The state store: waves, mailboxes, folder checkpoints, the item ledger,
+//! item failures and job leases. The coordinator and the workers only see the [`Store`]
+//! trait; the embedded SQLite backend and the PostgreSQL backend of
+//! distributed mode run the same code and pass the same test suite
+//! (`store::suite`).
+
+mod postgres;
+mod sqlite;
+#[cfg(any(test, feature = "test-suite"))]
+pub mod suite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use crate::error::{Classify, ErrorClass};
+use crate::model::{
+    FolderCheckpoint, ItemFailure, Job, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
+    MailboxState, PassStats, WaveCounts, WaveId, WaveRecord, WaveState,
+};
+
+/// A failure of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store: {0} not found")]
+    NotFound(String),
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    #[error("state store: {0}")]
+    Corrupt(String),
+    /// The write would break a uniqueness rule (a wave name already taken).
+    #[error("state store: {0}")]
+    Conflict(String),
+}
+
+impl Classify for StoreError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::Unavailable(_) => ErrorClass::Transient,
+            StoreError::NotFound(_) | StoreError::Corrupt(_) | StoreError::Conflict(_) => {
+                ErrorClass::Mailbox
+            }
+        }
+    }
+}
+
+/// How a pass over a mailbox ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassOutcome {
+    pub state: MailboxState,
+    pub error: Option<String>,
+    pub stats: PassStats,
+}
+
+/// What a wave's change of state does to its mailboxes, in the same transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaveAction {
+    /// Nothing (pause, resume).
+    None,
+    /// Every mailbox of the wave is asked for its next pass (start, sync):
+    /// one after the pass it is in or last ran.
+    RequestPass,
+    /// The same, and these passes are the final ones (complete).
+    RequestFinalPass,
+    /// Mailboxes queued but not started go back to `Pending` (cancel): the
+    /// jobs still on the queue find them so and are dropped as stale.
+    ResetQueued,
+}
+
+/// What the reaper did with an expired lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReapOutcome {
+    /// The pass is `Queued` again, its job to be published again.
+    Requeued,
+    /// The pass reached its attempts: `Failed` with this error.
+    Failed(String),
+    /// The wave was cancelled: the mailbox went back to `Pending`.
+    Released,
+}
+
+/// Where the coordinator and workers keep everything that must survive a crash.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The wave with this name, created if new.
+    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError>;
+
+    /// Adds the mailboxes to the wave; a source already in the wave keeps its
+    /// record (and its progress). Returns the records in the order given.
+    async fn add_mailboxes(
+        &self,
+        wave: WaveId,
+        specs: &[MailboxSpec],
+    ) -> Result<Vec<MailboxRecord>, StoreError>;
+
+    /// All mailboxes of a wave, by id.
+    async fn mailboxes(&self, wave: WaveId) -> Result<Vec<MailboxRecord>, StoreError>;
+
+    async fn mailbox(&self, id: MailboxId) -> Result<MailboxRecord, StoreError>;
+
+    /// Asks for the next pass over the mailbox: it becomes `Queued` with its
+    /// pass number raised by one, attempts and last error cleared. Returns
+    /// the new pass number.
+    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError>;
+
+    /// A worker starts `pass`: `Running`, attempts raised. `false` when the
+    /// mailbox is not queued or running for that pass (a stale job).
+    async fn start_pass(&self, id: MailboxId, pass: i64) -> Result<bool, StoreError>;
+
+    /// Records how `pass` ended. Ignored when a newer pass was asked for.
+    async fn finish_pass(
+        &self,
+        id: MailboxId,
+        pass: i64,
+        outcome: &PassOutcome,
+    ) -> Result<(), StoreError>;
+
+    /// All folder checkpoints of a mailbox.
+    async fn checkpoints(&self, mailbox: MailboxId) -> Result<Vec<FolderCheckpoint>, StoreError>;
+
+    /// Creates or replaces a folder checkpoint.
+    async fn save_checkpoint(&self, checkpoint: &FolderCheckpoint) -> Result<(), StoreError>;
+
+    /// Adds ledger entries and moves the folder checkpoint, atomically.
+    async fn commit_items(
+        &self,
+        checkpoint: &FolderCheckpoint,
+        entries: &[LedgerEntry],
+    ) -> Result<(), StoreError>;
+
+    /// The ledger of one source folder at one validity, by UID then item.
+    async fn ledger(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+        validity: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    /// Records the flags now on the target copies of these items.
+    async fn update_flags(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+        validity: u32,
+        flags: &[(String, String)],
+    ) -> Result<(), StoreError>;
+
+    /// After the source folder's validity changed: moves the matched entries
+    /// (`(old item, new item, new uid)`) from `old_validity` to the
+    /// checkpoint's validity and saves the checkpoint, atomically.
+    async fn rekey_folder(
+        &self,
+        checkpoint: &FolderCheckpoint,
+        old_validity: u32,
+        rekeys: &[(String, String, u32)],
+    ) -> Result<(), StoreError>;
+
+    /// Records (or updates) an item that could not be copied.
+    async fn record_failure(&self, failure: &ItemFailure) -> Result<(), StoreError>;
+
+    /// Item failures of a mailbox, by folder and item.
+    async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError>;
+
+    /// Takes the mailbox for `pass` on behalf of `worker` until the store's
+    /// clock passes now + `ttl`. `true` when no live lease of another worker
+    /// exists (none, expired, or already `worker`'s); `false` otherwise.
+    async fn acquire_lease(
+        &self,
+        mailbox: MailboxId,
+        pass: i64,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Moves the expiry of `worker`'s lease to now + `ttl`. `false` when the
+    /// lease is no longer `worker`'s (another worker took it after it expired,
+    /// or it was released) or a newer pass of the mailbox was asked for: the
+    /// caller must stop working on the mailbox.
+    async fn renew_lease(
+        &self,
+        mailbox: MailboxId,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease up; does nothing when it is not `worker`'s.
+    async fn release_lease(&self, mailbox: MailboxId, worker: &str) -> Result<(), StoreError>;
+
+    /// A worker stopping on purpose (graceful shutdown) gives a mailbox
+    /// back: when `worker` holds the lease of `pass` (live or expired) and
+    /// the mailbox is still running that pass, the lease is dropped and the
+    /// pass becomes `Queued` again with its job unpublished, so that the
+    /// dispatcher publishes it again; the attempt it started is not counted.
+    /// In a cancelled wave the mailbox goes back to `Pending` instead.
+    /// `false` (nothing changed) when the lease or the pass is not there.
+    async fn hand_back(
+        &self,
+        mailbox: MailboxId,
+        pass: i64,
+        worker: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Expired leases whose mailbox is still running that pass, as
+    /// `(mailbox, pass, worker)` by mailbox: the jobs the reaper re-queues.
+    async fn expired_leases(&self) -> Result<Vec<(MailboxId, i64, String)>, StoreError>;
+
+    // --- Distributed mode: waves with a configuration and a state, the
+    // dispatcher's publishing and the reaper. ---
+
+    /// A new wave with its configuration, in state `Created`.
+    /// [`StoreError::Conflict`] when the name is taken.
+    async fn create_wave(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<WaveId, StoreError>;
+
+    async fn wave(&self, id: WaveId) -> Result<WaveRecord, StoreError>;
+
+    /// Every wave, by id.
+    async fn waves(&self) -> Result<Vec<WaveRecord>, StoreError>;
+
+    /// Moves the wave from one of the states `from` to `to` (`None`: stays
+    /// where it is) and applies `action` to its mailboxes, atomically.
+    /// `false` (and nothing changed) when the wave is in no state of `from`;
+    /// [`StoreError::NotFound`] when there is no such wave.
+    async fn transition_wave(
+        &self,
+        id: WaveId,
+        from: &[WaveState],
+        to: Option<WaveState>,
+        action: WaveAction,
+    ) -> Result<bool, StoreError>;
+
+    /// Marks a `Running` wave whose final pass was asked for `Completed`
+    /// when no mailbox is queued, running or waiting for a pass. `true` when
+    /// it did.
+    async fn complete_wave_if_done(&self, id: WaveId) -> Result<bool, StoreError>;
+
+    /// Mailboxes per state and the totals of their current passes.
+    async fn wave_counts(&self, id: WaveId) -> Result<WaveCounts, StoreError>;
+
+    /// Mailboxes of the wave queued or running.
+    async fn in_flight(&self, wave: WaveId) -> Result<u64, StoreError>;
+
+    /// Failed mailboxes of the wave, by id, at most `limit`.
+    async fn failed_mailboxes(
+        &self,
+        wave: WaveId,
+        limit: usize,
+    ) -> Result<Vec<MailboxRecord>, StoreError>;
+
+    /// The next jobs to publish, by mailbox id, at most `limit`: mailboxes
+    /// asked for a pass beyond their current one and neither queued nor
+    /// running, with that next pass.
+    async fn next_to_publish(&self, wave: WaveId, limit: usize) -> Result<Vec<Job>, StoreError>;
+
+    /// Before publishing `pass` of the mailbox: it becomes `Queued` for
+    /// that pass (attempts, error and figures cleared), its job not yet
+    /// confirmed. `false` when the mailbox is not waiting for that pass or
+    /// its wave is not running (nothing to publish).
+    async fn mark_published(&self, mailbox: MailboxId, pass: i64) -> Result<bool, StoreError>;
+
+    /// The queue confirmed the job of `pass` of the mailbox.
+    async fn confirm_published(&self, mailbox: MailboxId, pass: i64) -> Result<(), StoreError>;
+
+    /// Jobs of queued mailboxes not confirmed on the queue, by mailbox id:
+    /// marked by a coordinator that stopped before the queue confirmed them,
+    /// or re-queued by the reaper.
+    async fn unpublished_jobs(&self, wave: WaveId) -> Result<Vec<Job>, StoreError>;
+
+    /// The reaper's step for one expired lease (see [`Store::expired_leases`]):
+    /// when `worker`'s lease of `pass` is still expired and the mailbox still
+    /// running that pass, the lease is dropped and the pass re-queued (job
+    /// unpublished, attempts kept), or `Failed` with "worker lost N times"
+    /// once attempts reached `max_attempts`, or back to `Pending` when its
+    /// wave is cancelled. `None` when the lease was renewed or taken meanwhile.
+    async fn reap_lease(
+        &self,
+        mailbox: MailboxId,
+        pass: i64,
+        worker: &str,
+        max_attempts: i64,
+    ) -> Result<Option<ReapOutcome>, StoreError>;
+}
+
+/// The reaper's decision for a mailbox whose worker was lost, the same for
+/// every backend: `attempts` of the pass were started, `lost` workers were
+/// lost (this one included).
+pub(crate) fn reap_decision(
+    attempts: i64,
+    lost: i64,
+    wave_state: &str,
+    max_attempts: i64,
+) -> ReapOutcome {
+    if wave_state == WaveState::Cancelled.as_str() {
+        ReapOutcome::Released
+    } else if attempts >= max_attempts {
+        let times = if lost == 1 { "time" } else { "times" };
+        ReapOutcome::Failed(format!("worker lost {lost} {times}"))
+    } else {
+        ReapOutcome::Requeued
+    }
+}

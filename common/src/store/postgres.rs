@@ -1,0 +1,1306 @@
+//! The distributed store: PostgreSQL, shared by the coordinator and every
+//! worker, through a `deadpool-postgres` pool of `tokio-postgres` connections.
+//! Every write is one statement, hence one transaction; batches travel as
+//! arrays (`unnest`), so a batch is one round trip.
+//!
+//! # The ledger at scale
+//!
+//! The ledger holds one row per copied item: hundreds of millions of rows in
+//! a large migration. Its plan:
+//!
+//! - **Hash-partitioned by mailbox** (16 partitions, `ledger_p00` to
+//!   `ledger_p15`, created by the migration). The mailbox is the unit of
+//!   work and every ledger statement names exactly one, so the planner prunes
+//!   to one partition: resuming or verifying a mailbox reads one partition's
+//!   index, never the others. Hash rather than range because mailbox ids grow
+//!   with every wave: ranges would send all the inserts of a running wave to
+//!   the newest partition, whereas hashing spreads the concurrent workers
+//!   over 16 smaller B-trees, vacuumed and reindexed one at a time.
+//! - **One index, the primary key** `(mailbox, folder, validity, item)`, with
+//!   `folder` and `item` in the "C" collation (byte order, as in SQLite, and
+//!   cheap comparisons). Resume and verification read a folder at a validity
+//!   (`ledger`): an equality on the key's first three columns, then a sort of
+//!   that one folder's rows by UID. Retried batches (`commit_items`), flag
+//!   updates and re-keying after a UIDVALIDITY change look items up by the
+//!   full key. No secondary index: each would be paid on every insert.
+//! - **Growing.** PostgreSQL accepts hash partitions of different moduli as
+//!   long as each modulus divides the next, so partitions split one at a
+//!   time: detach `ledger_p03` (modulus 16, remainder 3), create two
+//!   partitions with modulus 32 and remainders 3 and 19, `INSERT INTO ledger
+//!   SELECT * FROM` the detached table (rows route themselves) and drop it.
+//!   Done in one transaction, this locks the ledger while a sixteenth of it
+//!   is copied; with `DETACH PARTITION ... CONCURRENTLY` only the mailboxes
+//!   of that partition need pausing. Beyond one server, `mailbox` is the
+//!   natural distribution key.
+//!
+//! Leases expire by the database's clock (`now()`), so the workers' clocks
+//! never matter.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Config, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction, reap_decision};
+use crate::ErrorClass;
+use crate::model::{
+    FolderCheckpoint, ItemFailure, Job, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
+    MailboxState, WaveCounts, WaveId, WaveRecord, WaveState,
+};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// The key of the session-level advisory lock held while migrating ("mailwave").
+const MIGRATION_LOCK: i64 = 0x6d61_696c_7761_7665;
+
+/// How long opening a connection may take when the URL does not say.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SQLSTATEs (or their classes) of failures that may pass: connection
+/// exceptions, serialization failures and deadlocks, insufficient resources,
+/// operator intervention, system errors, lock timeouts, a read-only server
+/// during a failover.
+const TRANSIENT_SQLSTATES: [&str; 7] = ["08", "40", "53", "57", "58", "55P03", "25006"];
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// The PostgreSQL-backed [`Store`].
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        let transient = match error.code() {
+            Some(state) => TRANSIENT_SQLSTATES
+                .iter()
+                .any(|prefix| state.code().starts_with(prefix)),
+            None => {
+                error.is_closed()
+                    || std::error::Error::source(&error).is_some_and(|s| s.is::<std::io::Error>())
+            }
+        };
+        if transient {
+            return StoreError::Unavailable(with_causes(&error));
+        }
+        StoreError::Corrupt(with_causes(&error))
+    }
+}
+
+/// An error and its causes: `tokio-postgres` keeps the server's message (and
+/// the I/O error) in the source, and says just "db error" itself.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl From<PoolError> for StoreError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Backend(error) => error.into(),
+            other => StoreError::Unavailable(format!("PostgreSQL connection pool: {other}")),
+        }
+    }
+}
+
+impl PostgresStore {
+    /// How many connections a store opens at most unless told otherwise.
+    pub const DEFAULT_POOL_SIZE: usize = 16;
+
+    /// [`PostgresStore::connect_with_pool_size`] with [`Self::DEFAULT_POOL_SIZE`].
+    pub async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with_pool_size(url, Self::DEFAULT_POOL_SIZE).await
+    }
+
+    /// Connects to the database at `url`
+    /// (`postgres://user:password@host:port/database?sslmode=require`) with a
+    /// pool of at most `pool_size` connections, and checks that a connection
+    /// can be opened. TLS (rustls, Mozilla's roots) when the URL says
+    /// `sslmode=require`; no TLS otherwise. Leaves the schema alone: see
+    /// [`PostgresStore::migrate`].
+    pub async fn connect_with_pool_size(
+        url: &str,
+        pool_size: usize,
+    ) -> Result<PostgresStore, StoreError> {
+        if pool_size == 0 {
+            return Err(StoreError::Corrupt(
+                "PostgreSQL pool size must be at least 1".into(),
+            ));
+        }
+        let mut config = Config::from_str(url)
+            .map_err(|e| StoreError::Corrupt(format!("PostgreSQL URL: {}", with_causes(&e))))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("mailwave");
+        }
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = if matches!(config.get_ssl_mode(), SslMode::Require) {
+            Manager::from_config(config, tls_connector()?, manager_config)
+        } else {
+            Manager::from_config(config, NoTls, manager_config)
+        };
+        let pool = Pool::builder(manager)
+            .max_size(pool_size)
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("PostgreSQL connection pool: {e}")))?;
+        let store = PostgresStore { pool };
+        // Fail now, not at the first use, when the database is out of reach.
+        drop(store.client().await?);
+        Ok(store)
+    }
+
+    /// [`PostgresStore::connect`], then [`PostgresStore::migrate`].
+    pub async fn connect_and_migrate(url: &str) -> Result<PostgresStore, StoreError> {
+        let store = PostgresStore::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Brings the schema up to date (refinery, `migrations/postgres`), under a
+    /// session-level advisory lock so that concurrent callers (two
+    /// coordinators starting together) apply each migration once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        // A session of its own, closed when this returns (or is dropped
+        // halfway): the lock can never outlive the migration in the pool.
+        let mut session = Object::take(self.client().await?);
+        session
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let report = embedded::migrations::runner()
+            .run_async(&mut *session)
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("schema migration: {}", with_causes(&e))))?;
+        for migration in report.applied_migrations() {
+            tracing::info!(%migration, "applied PostgreSQL schema migration");
+        }
+        session
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        Ok(())
+    }
+
+    async fn client(&self) -> Result<Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// rustls with ring and Mozilla's roots, as the IMAP connector uses.
+fn tls_connector() -> Result<MakeRustlsConnect, StoreError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Corrupt(format!("TLS configuration: {e}")))?
+        .with_root_certificates(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        })
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// The items whose key does not come again later, in their order: one
+/// statement may not upsert a row twice, and the last write must win as it
+/// does in a loop of single upserts.
+fn last_wins<'a, T, K: Eq + Hash>(items: &'a [T], key: impl Fn(&'a T) -> K) -> Vec<&'a T> {
+    let mut seen = HashSet::with_capacity(items.len());
+    let mut kept: Vec<&T> = items
+        .iter()
+        .rev()
+        .filter(|&i| seen.insert(key(i)))
+        .collect();
+    kept.reverse();
+    kept
+}
+
+fn u32_column(row: &Row, index: usize) -> Result<u32, StoreError> {
+    let value: i64 = row.try_get(index)?;
+    u32::try_from(value).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "{} = {value} does not fit in 32 bits",
+            row.columns()[index].name()
+        ))
+    })
+}
+
+const MAILBOX_COLUMNS: &str =
+    "id, wave, source, target, state, pass, attempts, last_error, stats::text";
+
+fn mailbox_from_row(row: &Row) -> Result<MailboxRecord, StoreError> {
+    let state: &str = row.try_get(4)?;
+    let stats: &str = row.try_get(8)?;
+    Ok(MailboxRecord {
+        id: row.try_get(0)?,
+        wave: row.try_get(1)?,
+        source: row.try_get(2)?,
+        target: row.try_get(3)?,
+        state: MailboxState::parse(state).unwrap_or(MailboxState::Failed),
+        pass: row.try_get(5)?,
+        attempts: row.try_get(6)?,
+        last_error: row.try_get(7)?,
+        stats: serde_json::from_str(stats).unwrap_or_default(),
+    })
+}
+
+const WAVE_COLUMNS: &str = "id, name, state, final_pass, config::text";
+
+fn wave_from_row(row: &Row) -> Result<WaveRecord, StoreError> {
+    let state: &str = row.try_get(2)?;
+    let config: &str = row.try_get(4)?;
+    Ok(WaveRecord {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        state: WaveState::parse(state).unwrap_or(WaveState::Cancelled),
+        final_pass: row.try_get(3)?,
+        config: serde_json::from_str(config).unwrap_or_default(),
+    })
+}
+
+fn job_from_row(row: &Row) -> Result<Job, StoreError> {
+    Ok(Job {
+        wave: row.try_get(0)?,
+        mailbox: row.try_get(1)?,
+        pass: row.try_get(2)?,
+    })
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+fn checkpoint_from_row(row: &Row) -> Result<FolderCheckpoint, StoreError> {
+    Ok(FolderCheckpoint {
+        mailbox: row.try_get(0)?,
+        folder: row.try_get(1)?,
+        target_folder: row.try_get(2)?,
+        validity: u32_column(row, 3)?,
+        high_water_mark: u32_column(row, 4)?,
+        highest_modseq: row.try_get::<_, Option<i64>>(5)?.map(|m| m as u64),
+        target_mark: row.try_get::<_, i64>(6)? as u64,
+    })
+}
+
+fn ledger_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
+    Ok(LedgerEntry {
+        mailbox: row.try_get(0)?,
+        folder: row.try_get(1)?,
+        validity: u32_column(row, 2)?,
+        item: row.try_get(3)?,
+        uid: u32_column(row, 4)?,
+        target_folder: row.try_get(5)?,
+        target_id: row.try_get(6)?,
+        size: row.try_get::<_, i64>(7)? as u64,
+        content_hash: row.try_get(8)?,
+        header_hash: row.try_get(9)?,
+        flags: row.try_get(10)?,
+    })
+}
+
+fn failure_from_row(row: &Row) -> Result<ItemFailure, StoreError> {
+    let class: String = row.try_get(4)?;
+    Ok(ItemFailure {
+        mailbox: row.try_get(0)?,
+        folder: row.try_get(1)?,
+        item: row.try_get(2)?,
+        size: row.try_get::<_, i64>(3)? as u64,
+        class: serde_json::from_value(serde_json::Value::String(class)).unwrap_or(ErrorClass::Item),
+        reason: row.try_get(5)?,
+        pass: row.try_get(6)?,
+    })
+}
+
+/// The upsert of a folder checkpoint from parameters `$1` to `$7` (see
+/// [`CheckpointParams`]); the main statement of the batch writes, whose
+/// other half comes first as a data-modifying `WITH`.
+macro_rules! checkpoint_upsert {
+    () => {
+        "INSERT INTO folder_checkpoints
+             (mailbox, folder, target_folder, validity, high_water_mark, highest_modseq,
+              target_mark)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (mailbox, folder) DO UPDATE SET
+             target_folder = excluded.target_folder, validity = excluded.validity,
+             high_water_mark = excluded.high_water_mark,
+             highest_modseq = excluded.highest_modseq, target_mark = excluded.target_mark"
+    };
+}
+
+/// A folder checkpoint as the parameters `$1` to `$7` of [`checkpoint_upsert!`].
+struct CheckpointParams<'a> {
+    mailbox: i64,
+    folder: &'a str,
+    target_folder: &'a str,
+    validity: i64,
+    high_water_mark: i64,
+    highest_modseq: Option<i64>,
+    target_mark: i64,
+}
+
+impl<'a> CheckpointParams<'a> {
+    fn new(c: &'a FolderCheckpoint) -> Self {
+        CheckpointParams {
+            mailbox: c.mailbox,
+            folder: &c.folder,
+            target_folder: &c.target_folder,
+            validity: i64::from(c.validity),
+            high_water_mark: i64::from(c.high_water_mark),
+            highest_modseq: c.highest_modseq.map(|m| m as i64),
+            target_mark: c.target_mark as i64,
+        }
+    }
+
+    fn params(&self) -> Vec<Param<'_>> {
+        vec![
+            &self.mailbox,
+            &self.folder,
+            &self.target_folder,
+            &self.validity,
+            &self.high_water_mark,
+            &self.highest_modseq,
+            &self.target_mark,
+        ]
+    }
+}
+
+/// Ledger entries as one array per column, for `unnest`.
+#[derive(Default)]
+struct LedgerColumns<'a> {
+    mailbox: Vec<i64>,
+    folder: Vec<&'a str>,
+    validity: Vec<i64>,
+    item: Vec<&'a str>,
+    uid: Vec<i64>,
+    target_folder: Vec<&'a str>,
+    target_id: Vec<Option<&'a str>>,
+    size: Vec<i64>,
+    content_hash: Vec<&'a str>,
+    header_hash: Vec<&'a str>,
+    flags: Vec<&'a str>,
+}
+
+impl<'a> LedgerColumns<'a> {
+    fn new(entries: &[&'a LedgerEntry]) -> Self {
+        let mut columns = LedgerColumns::default();
+        for e in entries {
+            columns.mailbox.push(e.mailbox);
+            columns.folder.push(&e.folder);
+            columns.validity.push(i64::from(e.validity));
+            columns.item.push(&e.item);
+            columns.uid.push(i64::from(e.uid));
+            columns.target_folder.push(&e.target_folder);
+            columns.target_id.push(e.target_id.as_deref());
+            columns.size.push(e.size as i64);
+            columns.content_hash.push(&e.content_hash);
+            columns.header_hash.push(&e.header_hash);
+            columns.flags.push(&e.flags);
+        }
+        columns
+    }
+
+    fn params(&self) -> [Param<'_>; 11] {
+        [
+            &self.mailbox,
+            &self.folder,
+            &self.validity,
+            &self.item,
+            &self.uid,
+            &self.target_folder,
+            &self.target_id,
+            &self.size,
+            &self.content_hash,
+            &self.header_hash,
+            &self.flags,
+        ]
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError> {
+        let client = self.client().await?;
+        // The no-op update makes RETURNING answer for an existing wave too.
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO waves (name) VALUES ($1)
+                 ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
+            )
+            .await?;
+        Ok(client.query_one(&stmt, &[&name]).await?.try_get(0)?)
+    }
+
+    async fn add_mailboxes(
+        &self,
+        wave: WaveId,
+        specs: &[MailboxSpec],
+    ) -> Result<Vec<MailboxRecord>, StoreError> {
+        let sources: Vec<&str> = specs.iter().map(|s| s.source.as_str()).collect();
+        let targets: Vec<&str> = specs.iter().map(|s| s.target.as_str()).collect();
+        let client = self.client().await?;
+        let insert = client
+            .prepare_cached(
+                "INSERT INTO mailboxes (wave, source, target)
+                 SELECT $1, source, target
+                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS s (source, target, n)
+                 ORDER BY n
+                 ON CONFLICT (wave, source) DO NOTHING",
+            )
+            .await?;
+        client
+            .execute(&insert, &[&wave, &sources, &targets])
+            .await?;
+        let select = client
+            .prepare_cached(&format!(
+                "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = $1 AND source = ANY($2)"
+            ))
+            .await?;
+        let mut by_source = HashMap::with_capacity(specs.len());
+        for row in client.query(&select, &[&wave, &sources]).await? {
+            let record = mailbox_from_row(&row)?;
+            by_source.insert(record.source.clone(), record);
+        }
+        specs
+            .iter()
+            .map(|spec| {
+                by_source.get(&spec.source).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("mailbox {} vanished while added", spec.source))
+                })
+            })
+            .collect()
+    }
+
+    async fn mailboxes(&self, wave: WaveId) -> Result<Vec<MailboxRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = $1 ORDER BY id"
+            ))
+            .await?;
+        client
+            .query(&stmt, &[&wave])
+            .await?
+            .iter()
+            .map(mailbox_from_row)
+            .collect()
+    }
+
+    async fn mailbox(&self, id: MailboxId) -> Result<MailboxRecord, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE id = $1"
+            ))
+            .await?;
+        let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
+            return Err(StoreError::NotFound(format!("mailbox {id}")));
+        };
+        mailbox_from_row(&row)
+    }
+
+    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE mailboxes SET state = 'queued', pass = pass + 1, attempts = 0,
+                     last_error = NULL, stats = '{}', updated_at = now()
+                 WHERE id = $1 RETURNING pass",
+            )
+            .await?;
+        let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
+            return Err(StoreError::NotFound(format!("mailbox {id}")));
+        };
+        Ok(row.try_get(0)?)
+    }
+
+    async fn start_pass(&self, id: MailboxId, pass: i64) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE mailboxes SET state = 'running', attempts = attempts + 1,
+                     updated_at = now()
+                 WHERE id = $1 AND pass = $2 AND state IN ('queued', 'running')",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&id, &pass]).await? == 1)
+    }
+
+    async fn finish_pass(
+        &self,
+        id: MailboxId,
+        pass: i64,
+        outcome: &PassOutcome,
+    ) -> Result<(), StoreError> {
+        let stats = serde_json::to_string(&outcome.stats)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE mailboxes SET state = $3, last_error = $4, stats = $5::text::jsonb,
+                     updated_at = now()
+                 WHERE id = $1 AND pass = $2",
+            )
+            .await?;
+        client
+            .execute(
+                &stmt,
+                &[&id, &pass, &outcome.state.as_str(), &outcome.error, &stats],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self, mailbox: MailboxId) -> Result<Vec<FolderCheckpoint>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT mailbox, folder, target_folder, validity, high_water_mark, highest_modseq,
+                        target_mark
+                 FROM folder_checkpoints WHERE mailbox = $1 ORDER BY folder",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&mailbox])
+            .await?
+            .iter()
+            .map(checkpoint_from_row)
+            .collect()
+    }
+
+    async fn save_checkpoint(&self, checkpoint: &FolderCheckpoint) -> Result<(), StoreError> {
+        let params = CheckpointParams::new(checkpoint);
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(checkpoint_upsert!()).await?;
+        client.execute(&stmt, &params.params()).await?;
+        Ok(())
+    }
+
+    async fn commit_items(
+        &self,
+        checkpoint: &FolderCheckpoint,
+        entries: &[LedgerEntry],
+    ) -> Result<(), StoreError> {
+        let entries = last_wins(entries, |e| (e.mailbox, &e.folder, e.validity, &e.item));
+        let columns = LedgerColumns::new(&entries);
+        let checkpoint = CheckpointParams::new(checkpoint);
+        let mut params = checkpoint.params();
+        params.extend(columns.params());
+        let client = self.client().await?;
+        // One statement, so one transaction and one round trip.
+        let stmt = client
+            .prepare_cached(concat!(
+                "WITH entries AS (
+                     INSERT INTO ledger (mailbox, folder, validity, item, uid, target_folder,
+                         target_id, size, content_hash, header_hash, flags)
+                     SELECT * FROM unnest($8::bigint[], $9::text[], $10::bigint[], $11::text[],
+                         $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::text[],
+                         $17::text[], $18::text[])
+                     ON CONFLICT (mailbox, folder, validity, item) DO UPDATE SET
+                         target_folder = excluded.target_folder, target_id = excluded.target_id,
+                         size = excluded.size, content_hash = excluded.content_hash,
+                         header_hash = excluded.header_hash, flags = excluded.flags
+                 ) ",
+                checkpoint_upsert!()
+            ))
+            .await?;
+        client.execute(&stmt, &params).await?;
+        Ok(())
+    }
+
+    async fn ledger(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+        validity: u32,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT mailbox, folder, validity, item, uid, target_folder, target_id, size,
+                        content_hash, header_hash, flags
+                 FROM ledger WHERE mailbox = $1 AND folder = $2 AND validity = $3
+                 ORDER BY uid, item",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&mailbox, &folder, &i64::from(validity)])
+            .await?
+            .iter()
+            .map(ledger_from_row)
+            .collect()
+    }
+
+    async fn update_flags(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+        validity: u32,
+        flags: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let updates = last_wins(flags, |(item, _)| item);
+        let items: Vec<&str> = updates.iter().map(|(item, _)| item.as_str()).collect();
+        let flags: Vec<&str> = updates.iter().map(|(_, flags)| flags.as_str()).collect();
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE ledger SET flags = u.flags
+                 FROM unnest($4::text[], $5::text[]) AS u (item, flags)
+                 WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $3
+                   AND ledger.item = u.item",
+            )
+            .await?;
+        client
+            .execute(
+                &stmt,
+                &[&mailbox, &folder, &i64::from(validity), &items, &flags],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn rekey_folder(
+        &self,
+        checkpoint: &FolderCheckpoint,
+        old_validity: u32,
+        rekeys: &[(String, String, u32)],
+    ) -> Result<(), StoreError> {
+        let old_validity = i64::from(old_validity);
+        let old_items: Vec<&str> = rekeys.iter().map(|(old, _, _)| old.as_str()).collect();
+        let new_items: Vec<&str> = rekeys.iter().map(|(_, new, _)| new.as_str()).collect();
+        let new_uids: Vec<i64> = rekeys.iter().map(|(_, _, uid)| i64::from(*uid)).collect();
+        let checkpoint = CheckpointParams::new(checkpoint);
+        let mut params = checkpoint.params();
+        let rekey_params: [Param<'_>; 4] = [&old_validity, &old_items, &new_items, &new_uids];
+        params.extend(rekey_params);
+        let client = self.client().await?;
+        // One statement, so one transaction.
+        let stmt = client
+            .prepare_cached(concat!(
+                "WITH rekeyed AS (
+                     UPDATE ledger SET validity = $4, item = r.new_item, uid = r.new_uid
+                     FROM unnest($9::text[], $10::text[], $11::bigint[])
+                         AS r (old_item, new_item, new_uid)
+                     WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $8
+                       AND ledger.item = r.old_item
+                 ) ",
+                checkpoint_upsert!()
+            ))
+            .await?;
+        client.execute(&stmt, &params).await?;
+        Ok(())
+    }
+
+    async fn record_failure(&self, failure: &ItemFailure) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (mailbox, folder, item) DO UPDATE SET
+                     size = excluded.size, class = excluded.class,
+                     reason = excluded.reason, pass = excluded.pass",
+            )
+            .await?;
+        client
+            .execute(
+                &stmt,
+                &[
+                    &failure.mailbox,
+                    &failure.folder,
+                    &failure.item,
+                    &(failure.size as i64),
+                    &failure.class.as_str(),
+                    &failure.reason,
+                    &failure.pass,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT mailbox, folder, item, size, class, reason, pass
+                 FROM item_failures WHERE mailbox = $1 ORDER BY folder, item",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&mailbox])
+            .await?
+            .iter()
+            .map(failure_from_row)
+            .collect()
+    }
+
+    async fn acquire_lease(
+        &self,
+        mailbox: MailboxId,
+        pass: i64,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO leases (mailbox, pass, worker, expires_at)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+                 ON CONFLICT (mailbox) DO UPDATE SET
+                     pass = excluded.pass, worker = excluded.worker,
+                     expires_at = excluded.expires_at
+                 WHERE leases.worker = excluded.worker OR leases.expires_at <= now()",
+            )
+            .await?;
+        let changed = client
+            .execute(&stmt, &[&mailbox, &pass, &worker, &ttl.as_secs_f64()])
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn renew_lease(
+        &self,
+        mailbox: MailboxId,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE leases SET expires_at = now() + make_interval(secs => $3)
+                 FROM mailboxes
+                 WHERE leases.mailbox = $1 AND leases.worker = $2
+                   AND mailboxes.id = leases.mailbox AND mailboxes.pass = leases.pass",
+            )
+            .await?;
+        let changed = client
+            .execute(&stmt, &[&mailbox, &worker, &ttl.as_secs_f64()])
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn release_lease(&self, mailbox: MailboxId, worker: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("DELETE FROM leases WHERE mailbox = $1 AND worker = $2")
+            .await?;
+        client.execute(&stmt, &[&mailbox, &worker]).await?;
+        Ok(())
+    }
+
+    async fn expired_leases(&self) -> Result<Vec<(MailboxId, i64, String)>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT l.mailbox, l.pass, l.worker
+                 FROM leases l JOIN mailboxes m ON m.id = l.mailbox
+                 WHERE l.expires_at <= now() AND m.state = 'running' AND m.pass = l.pass
+                 ORDER BY l.mailbox",
+            )
+            .await?;
+        client
+            .query(&stmt, &[])
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect()
+    }
+
+    async fn create_wave(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<WaveId, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO waves (name, config) VALUES ($1, $2::text::jsonb)
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+            )
+            .await?;
+        match client
+            .query_opt(&stmt, &[&name, &config.to_string()])
+            .await?
+        {
+            Some(row) => Ok(row.try_get(0)?),
+            None => Err(StoreError::Conflict(format!(
+                "a wave named {name:?} exists"
+            ))),
+        }
+    }
+
+    async fn wave(&self, id: WaveId) -> Result<WaveRecord, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {WAVE_COLUMNS} FROM waves WHERE id = $1"))
+            .await?;
+        let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
+            return Err(StoreError::NotFound(format!("wave {id}")));
+        };
+        wave_from_row(&row)
+    }
+
+    async fn waves(&self) -> Result<Vec<WaveRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {WAVE_COLUMNS} FROM waves ORDER BY id"))
+            .await?;
+        client
+            .query(&stmt, &[])
+            .await?
+            .iter()
+            .map(wave_from_row)
+            .collect()
+    }
+
+    async fn transition_wave(
+        &self,
+        id: WaveId,
+        from: &[WaveState],
+        to: Option<WaveState>,
+        action: WaveAction,
+    ) -> Result<bool, StoreError> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let to = to.map(WaveState::as_str);
+        let request = matches!(
+            action,
+            WaveAction::RequestPass | WaveAction::RequestFinalPass
+        );
+        let final_pass = action == WaveAction::RequestFinalPass;
+        let reset = action == WaveAction::ResetQueued;
+        let client = self.client().await?;
+        // One statement, so one transaction; the wave's row lock orders
+        // concurrent transitions, each re-checking the state it found.
+        let stmt = client
+            .prepare_cached(
+                "WITH w AS (
+                     UPDATE waves SET state = coalesce($3, state), final_pass = final_pass OR $4
+                     WHERE id = $1 AND state = ANY($2::text[]) RETURNING id
+                 ), requested AS (
+                     UPDATE mailboxes SET wanted_pass = pass + 1
+                     WHERE $5 AND wave IN (SELECT id FROM w)
+                 ), reset AS (
+                     UPDATE mailboxes SET state = 'pending', updated_at = now()
+                     WHERE $6 AND state = 'queued' AND wave IN (SELECT id FROM w)
+                 )
+                 SELECT (SELECT count(*) FROM w), EXISTS (SELECT 1 FROM waves WHERE id = $1)",
+            )
+            .await?;
+        let row = client
+            .query_one(&stmt, &[&id, &from, &to, &final_pass, &request, &reset])
+            .await?;
+        if !row.try_get::<_, bool>(1)? {
+            return Err(StoreError::NotFound(format!("wave {id}")));
+        }
+        Ok(row.try_get::<_, i64>(0)? == 1)
+    }
+
+    async fn complete_wave_if_done(&self, id: WaveId) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE waves SET state = 'completed'
+                 WHERE id = $1 AND state = 'running' AND final_pass
+                   AND NOT EXISTS (
+                       SELECT 1 FROM mailboxes WHERE wave = $1
+                          AND (state IN ('queued', 'running') OR wanted_pass > pass))",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&id]).await? == 1)
+    }
+
+    async fn wave_counts(&self, id: WaveId) -> Result<WaveCounts, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT state, count(*),
+                        coalesce(sum((stats->>'items_copied')::bigint), 0)::bigint,
+                        coalesce(sum((stats->>'bytes_copied')::bigint), 0)::bigint,
+                        coalesce(sum((stats->>'items_skipped')::bigint), 0)::bigint
+                 FROM mailboxes WHERE wave = $1 GROUP BY state",
+            )
+            .await?;
+        let mut counts = WaveCounts::default();
+        for row in client.query(&stmt, &[&id]).await? {
+            let state = MailboxState::parse(row.try_get(0)?).unwrap_or(MailboxState::Failed);
+            counts.add_state(state, row.try_get::<_, i64>(1)? as u64);
+            counts.items_copied += row.try_get::<_, i64>(2)? as u64;
+            counts.bytes_copied += row.try_get::<_, i64>(3)? as u64;
+            counts.items_skipped += row.try_get::<_, i64>(4)? as u64;
+        }
+        Ok(counts)
+    }
+
+    async fn in_flight(&self, wave: WaveId) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT count(*) FROM mailboxes WHERE wave = $1 AND state IN ('queued', 'running')",
+            )
+            .await?;
+        Ok(client
+            .query_one(&stmt, &[&wave])
+            .await?
+            .try_get::<_, i64>(0)? as u64)
+    }
+
+    async fn failed_mailboxes(
+        &self,
+        wave: WaveId,
+        limit: usize,
+    ) -> Result<Vec<MailboxRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = $1 AND state = 'failed'
+                 ORDER BY id LIMIT $2"
+            ))
+            .await?;
+        client
+            .query(&stmt, &[&wave, &sql_limit(limit)])
+            .await?
+            .iter()
+            .map(mailbox_from_row)
+            .collect()
+    }
+
+    async fn next_to_publish(&self, wave: WaveId, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT wave, id, pass + 1 FROM mailboxes
+                 WHERE wave = $1 AND wanted_pass > pass AND state NOT IN ('queued', 'running')
+                 ORDER BY id LIMIT $2",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&wave, &sql_limit(limit)])
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect()
+    }
+
+    async fn mark_published(&self, mailbox: MailboxId, pass: i64) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE mailboxes SET state = 'queued', pass = $2::bigint, attempts = 0,
+                     last_error = NULL, stats = '{}', job_published = false, workers_lost = 0,
+                     updated_at = now()
+                 WHERE id = $1 AND pass = $2::bigint - 1 AND wanted_pass >= $2::bigint
+                   AND state NOT IN ('queued', 'running')
+                   AND (SELECT state FROM waves WHERE waves.id = mailboxes.wave) = 'running'",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&mailbox, &pass]).await? == 1)
+    }
+
+    async fn confirm_published(&self, mailbox: MailboxId, pass: i64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("UPDATE mailboxes SET job_published = true WHERE id = $1 AND pass = $2")
+            .await?;
+        client.execute(&stmt, &[&mailbox, &pass]).await?;
+        Ok(())
+    }
+
+    async fn unpublished_jobs(&self, wave: WaveId) -> Result<Vec<Job>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT wave, id, pass FROM mailboxes
+                 WHERE wave = $1 AND state = 'queued' AND NOT job_published ORDER BY id",
+            )
+            .await?;
+        client
+            .query(&stmt, &[&wave])
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect()
+    }
+
+    async fn hand_back(
+        &self,
+        mailbox: MailboxId,
+        pass: i64,
+        worker: &str,
+    ) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let found = tx
+            .query_opt(
+                "SELECT w.state
+                 FROM leases l JOIN mailboxes m ON m.id = l.mailbox JOIN waves w ON w.id = m.wave
+                 WHERE l.mailbox = $1 AND l.pass = $2 AND l.worker = $3
+                   AND m.state = 'running' AND m.pass = $2
+                 FOR UPDATE OF m, l",
+                &[&mailbox, &pass, &worker],
+            )
+            .await?;
+        let Some(row) = found else {
+            return Ok(false);
+        };
+        let wave_state: &str = row.try_get(0)?;
+        let (state, published) = if wave_state == WaveState::Cancelled.as_str() {
+            ("pending", true)
+        } else {
+            ("queued", false)
+        };
+        tx.execute(
+            "UPDATE mailboxes SET state = $3, job_published = $4,
+                 attempts = greatest(attempts - 1, 0), updated_at = now()
+             WHERE id = $1 AND pass = $2",
+            &[&mailbox, &pass, &state, &published],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM leases WHERE mailbox = $1 AND worker = $2",
+            &[&mailbox, &worker],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn reap_lease(
+        &self,
+        mailbox: MailboxId,
+        pass: i64,
+        worker: &str,
+        max_attempts: i64,
+    ) -> Result<Option<ReapOutcome>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The mailbox's row lock holds off a concurrent start or finish
+        // until the decision is written.
+        let found = tx
+            .query_opt(
+                "SELECT m.attempts, m.workers_lost, w.state
+                 FROM leases l JOIN mailboxes m ON m.id = l.mailbox JOIN waves w ON w.id = m.wave
+                 WHERE l.mailbox = $1 AND l.pass = $2 AND l.worker = $3 AND l.expires_at <= now()
+                   AND m.state = 'running' AND m.pass = $2
+                 FOR UPDATE OF m, l",
+                &[&mailbox, &pass, &worker],
+            )
+            .await?;
+        let Some(row) = found else {
+            return Ok(None);
+        };
+        let attempts: i64 = row.try_get(0)?;
+        let lost: i64 = row.try_get(1)?;
+        let wave_state: &str = row.try_get(2)?;
+        let outcome = reap_decision(attempts, lost + 1, wave_state, max_attempts);
+        let (state, error, published) = match &outcome {
+            ReapOutcome::Requeued => ("queued", None, false),
+            ReapOutcome::Failed(error) => ("failed", Some(error.as_str()), true),
+            ReapOutcome::Released => ("pending", None, true),
+        };
+        tx.execute(
+            "UPDATE mailboxes SET state = $3, last_error = coalesce($4, last_error),
+                 job_published = $5, workers_lost = workers_lost + 1, updated_at = now()
+             WHERE id = $1 AND pass = $2",
+            &[&mailbox, &pass, &state, &error, &published],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM leases WHERE mailbox = $1 AND worker = $2",
+            &[&mailbox, &worker],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(outcome))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::hash::{BuildHasher, RandomState};
+
+    use super::*;
+    use crate::store::suite;
+
+    /// The local server the tests need (trust authentication).
+    const ADMIN: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+
+    /// Runs `test` with the URL of a new, empty database on the local server,
+    /// and drops the database afterwards, whether the test passed or not.
+    async fn with_database<F, Fut>(test: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (admin, connection) = tokio_postgres::connect(ADMIN, NoTls)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is not reachable on 127.0.0.1:5432 ({}). These tests need it: \
+                     start it with `pg_ctlcluster --skip-systemctl-redirect \
+                     $(ls /etc/postgresql) main start`",
+                    with_causes(&e)
+                )
+            });
+        tokio::spawn(connection);
+        let name = format!(
+            "mailwave_test_{:016x}",
+            RandomState::new().hash_one(std::process::id())
+        );
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let outcome =
+            tokio::spawn(test(format!("postgres://postgres@127.0.0.1:5432/{name}"))).await;
+        admin
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_store_passes_the_store_suite() {
+        with_database(|url| async move {
+            let store = PostgresStore::connect_and_migrate(&url).await.unwrap();
+            suite::run_all(&store).await;
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_migrations_both_succeed() {
+        with_database(|url| async move {
+            let first = PostgresStore::connect(&url).await.unwrap();
+            let second = PostgresStore::connect(&url).await.unwrap();
+            let client = first.client().await.unwrap();
+            let ledger = "SELECT to_regclass('ledger') IS NOT NULL";
+            let exists: bool = client.query_one(ledger, &[]).await.unwrap().get(0);
+            assert!(!exists, "connect leaves the schema alone");
+
+            let (a, b) = tokio::join!(first.migrate(), second.migrate());
+            a.unwrap();
+            b.unwrap();
+            first.migrate().await.unwrap();
+
+            let applied: i64 = client
+                .query_one("SELECT count(*) FROM refinery_schema_history", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(applied, 2, "V1__initial and V2__waves");
+            let partitions: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ledger'::regclass",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(partitions, 16);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_5000_items_is_one_statement_in_one_partition() {
+        with_database(|url| async move {
+            let store = PostgresStore::connect_and_migrate(&url).await.unwrap();
+            let wave = store.ensure_wave("batch").await.unwrap();
+            let spec = MailboxSpec {
+                source: "big@x".into(),
+                target: "big@y".into(),
+            };
+            let id = store.add_mailboxes(wave, &[spec]).await.unwrap()[0].id;
+            let entries: Vec<_> = (1..=5000u32)
+                .map(|uid| LedgerEntry {
+                    mailbox: id,
+                    folder: "INBOX".into(),
+                    validity: 7,
+                    item: uid.to_string(),
+                    uid,
+                    target_folder: "INBOX".into(),
+                    target_id: (uid % 2 == 0).then(|| (uid + 10).to_string()),
+                    size: u64::from(uid) * 10,
+                    content_hash: format!("c{uid}"),
+                    header_hash: format!("h{uid}"),
+                    flags: "\\Seen".into(),
+                })
+                .collect();
+            let checkpoint = FolderCheckpoint {
+                mailbox: id,
+                folder: "INBOX".into(),
+                target_folder: "INBOX".into(),
+                validity: 7,
+                high_water_mark: 5000,
+                highest_modseq: None,
+                target_mark: 5001,
+            };
+            store.commit_items(&checkpoint, &entries).await.unwrap();
+
+            assert_eq!(store.ledger(id, "INBOX", 7).await.unwrap(), entries);
+            assert_eq!(store.checkpoints(id).await.unwrap(), [checkpoint]);
+            // One transaction wrote every row and the checkpoint; one
+            // partition holds the mailbox.
+            let client = store.client().await.unwrap();
+            let row = client
+                .query_one(
+                    "SELECT count(*), count(DISTINCT l.xmin::text), count(DISTINCT l.tableoid),
+                            bool_and(l.xmin::text = c.xmin::text)
+                     FROM ledger l JOIN folder_checkpoints c USING (mailbox, folder)
+                     WHERE l.mailbox = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, i64>(0), 5000);
+            assert_eq!(row.get::<_, i64>(1), 1, "one transaction");
+            assert_eq!(row.get::<_, i64>(2), 1, "one partition");
+            assert!(row.get::<_, bool>(3), "with the checkpoint");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn sslmode_require_negotiates_tls() {
+        with_database(|url| async move {
+            // The local server's certificate is self-signed: rustls refuses
+            // it, which shows TLS was negotiated rather than skipped.
+            let error = PostgresStore::connect(&format!("{url}?sslmode=require"))
+                .await
+                .err()
+                .expect("the local server's certificate is not trusted");
+            assert!(error.to_string().contains("TLS"), "{error}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_refused_without_connecting() {
+        let error = PostgresStore::connect("postgres://h/db?no_such_option=1")
+            .await
+            .err()
+            .expect("an unknown option is an error");
+        assert!(matches!(error, StoreError::Corrupt(_)), "{error}");
+    }
+}

@@ -1,0 +1,749 @@
+//! One behavioural test suite for every [`Store`] backend. Each backend's
+//! tests call [`run_all`] on a fresh, empty store.
+
+use std::time::Duration;
+
+use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction};
+use crate::ErrorClass;
+use crate::model::{
+    FolderCheckpoint, ItemFailure, Job, LedgerEntry, MailboxId, MailboxSpec, MailboxState,
+    PassStats, WaveState,
+};
+
+/// Runs every check of the suite against `store`, which must be empty.
+pub async fn run_all(store: &dyn Store) {
+    waves_and_mailboxes(store).await;
+    pass_lifecycle(store).await;
+    checkpoints_and_ledger(store).await;
+    rekey_after_validity_change(store).await;
+    failures_are_upserted(store).await;
+    leases(store).await;
+    wave_states_and_publishing(store).await;
+    final_pass_completes_the_wave(store).await;
+    reaping_expired_leases(store).await;
+    handing_back(store).await;
+}
+
+fn spec(source: &str) -> MailboxSpec {
+    MailboxSpec {
+        source: source.into(),
+        target: format!("{source}-new"),
+    }
+}
+
+fn entry(mailbox: i64, folder: &str, validity: u32, uid: u32) -> LedgerEntry {
+    LedgerEntry {
+        mailbox,
+        folder: folder.into(),
+        validity,
+        item: uid.to_string(),
+        uid,
+        target_folder: folder.into(),
+        target_id: Some((uid + 100).to_string()),
+        size: 1000 + u64::from(uid),
+        content_hash: format!("c{uid}"),
+        header_hash: format!("h{uid}"),
+        flags: "\\Seen".into(),
+    }
+}
+
+fn checkpoint(mailbox: i64, folder: &str, validity: u32, hwm: u32) -> FolderCheckpoint {
+    FolderCheckpoint {
+        mailbox,
+        folder: folder.into(),
+        target_folder: folder.into(),
+        validity,
+        high_water_mark: hwm,
+        highest_modseq: Some(7),
+        target_mark: u64::from(hwm) + 101,
+    }
+}
+
+async fn waves_and_mailboxes(store: &dyn Store) {
+    let wave = store.ensure_wave("suite-a").await.unwrap();
+    assert_eq!(store.ensure_wave("suite-a").await.unwrap(), wave);
+    let other = store.ensure_wave("suite-b").await.unwrap();
+    assert_ne!(wave, other);
+
+    let added = store
+        .add_mailboxes(wave, &[spec("a@x"), spec("b@x")])
+        .await
+        .unwrap();
+    assert_eq!(added.len(), 2);
+    assert_eq!(added[0].source, "a@x");
+    assert_eq!(added[0].state, MailboxState::Pending);
+    assert_eq!(added[0].pass, 0);
+
+    // Adding again keeps the records (and their ids); new ones are appended.
+    let again = store
+        .add_mailboxes(wave, &[spec("b@x"), spec("c@x")])
+        .await
+        .unwrap();
+    assert_eq!(again[0].id, added[1].id);
+    let all = store.mailboxes(wave).await.unwrap();
+    let sources: Vec<_> = all.iter().map(|m| m.source.as_str()).collect();
+    assert_eq!(sources, ["a@x", "b@x", "c@x"]);
+    assert!(store.mailboxes(other).await.unwrap().is_empty());
+
+    let missing = store.mailbox(i64::MAX).await.unwrap_err();
+    assert_eq!(crate::Classify::class(&missing), ErrorClass::Mailbox);
+}
+
+async fn pass_lifecycle(store: &dyn Store) {
+    let wave = store.ensure_wave("suite-pass").await.unwrap();
+    let id = store.add_mailboxes(wave, &[spec("p@x")]).await.unwrap()[0].id;
+
+    assert!(
+        !store.start_pass(id, 1).await.unwrap(),
+        "not queued yet: a job for it is stale"
+    );
+    assert_eq!(store.queue_pass(id).await.unwrap(), 1);
+    assert_eq!(store.mailbox(id).await.unwrap().state, MailboxState::Queued);
+    assert!(store.start_pass(id, 1).await.unwrap());
+    assert!(
+        store.start_pass(id, 1).await.unwrap(),
+        "a retry of the same pass"
+    );
+    let running = store.mailbox(id).await.unwrap();
+    assert_eq!(running.state, MailboxState::Running);
+    assert_eq!(running.attempts, 2);
+
+    let stats = PassStats {
+        folders: 3,
+        items_copied: 10,
+        bytes_copied: 12345,
+        ..PassStats::default()
+    };
+    let outcome = PassOutcome {
+        state: MailboxState::Completed,
+        error: None,
+        stats: stats.clone(),
+    };
+    store.finish_pass(id, 1, &outcome).await.unwrap();
+    let done = store.mailbox(id).await.unwrap();
+    assert_eq!(done.state, MailboxState::Completed);
+    assert_eq!(done.stats, stats);
+    assert!(
+        !store.start_pass(id, 1).await.unwrap(),
+        "a completed pass is not started again"
+    );
+
+    assert_eq!(store.queue_pass(id).await.unwrap(), 2);
+    let failed = PassOutcome {
+        state: MailboxState::Failed,
+        error: Some("authentication failed".into()),
+        stats: PassStats::default(),
+    };
+    // A late report of the old pass must not overwrite the new one.
+    store.finish_pass(id, 1, &failed).await.unwrap();
+    assert_eq!(store.mailbox(id).await.unwrap().state, MailboxState::Queued);
+    store.finish_pass(id, 2, &failed).await.unwrap();
+    let record = store.mailbox(id).await.unwrap();
+    assert_eq!(record.state, MailboxState::Failed);
+    assert_eq!(record.last_error.as_deref(), Some("authentication failed"));
+    assert_eq!(record.attempts, 0);
+}
+
+async fn checkpoints_and_ledger(store: &dyn Store) {
+    let wave = store.ensure_wave("suite-ledger").await.unwrap();
+    let id = store.add_mailboxes(wave, &[spec("l@x")]).await.unwrap()[0].id;
+    assert!(store.checkpoints(id).await.unwrap().is_empty());
+
+    store
+        .save_checkpoint(&checkpoint(id, "INBOX", 5, 0))
+        .await
+        .unwrap();
+    let batch: Vec<_> = (1..=3).map(|uid| entry(id, "INBOX", 5, uid)).collect();
+    store
+        .commit_items(&checkpoint(id, "INBOX", 5, 3), &batch)
+        .await
+        .unwrap();
+    store
+        .commit_items(&checkpoint(id, "Sent", 9, 1), &[entry(id, "Sent", 9, 1)])
+        .await
+        .unwrap();
+
+    let checkpoints = store.checkpoints(id).await.unwrap();
+    assert_eq!(
+        checkpoints,
+        [checkpoint(id, "INBOX", 5, 3), checkpoint(id, "Sent", 9, 1)]
+    );
+    assert_eq!(store.ledger(id, "INBOX", 5).await.unwrap(), batch);
+    assert!(store.ledger(id, "INBOX", 6).await.unwrap().is_empty());
+
+    // Committing an entry again (a retried batch) replaces it, never duplicates.
+    let mut retried = entry(id, "INBOX", 5, 3);
+    retried.target_id = Some("999".into());
+    store
+        .commit_items(&checkpoint(id, "INBOX", 5, 3), &[retried.clone()])
+        .await
+        .unwrap();
+    let ledger = store.ledger(id, "INBOX", 5).await.unwrap();
+    assert_eq!(ledger.len(), 3);
+    assert_eq!(ledger[2], retried);
+
+    store
+        .update_flags(id, "INBOX", 5, &[("2".into(), "\\Flagged \\Seen".into())])
+        .await
+        .unwrap();
+    let ledger = store.ledger(id, "INBOX", 5).await.unwrap();
+    assert_eq!(ledger[1].flags, "\\Flagged \\Seen");
+    assert_eq!(ledger[0].flags, "\\Seen");
+}
+
+async fn rekey_after_validity_change(store: &dyn Store) {
+    let wave = store.ensure_wave("suite-rekey").await.unwrap();
+    let id = store.add_mailboxes(wave, &[spec("r@x")]).await.unwrap()[0].id;
+    let old: Vec<_> = (1..=3).map(|uid| entry(id, "F", 1, uid)).collect();
+    store
+        .commit_items(&checkpoint(id, "F", 1, 3), &old)
+        .await
+        .unwrap();
+
+    let new_checkpoint = checkpoint(id, "F", 2, 12);
+    store
+        .rekey_folder(
+            &new_checkpoint,
+            1,
+            &[("1".into(), "11".into(), 11), ("3".into(), "12".into(), 12)],
+        )
+        .await
+        .unwrap();
+    let moved = store.ledger(id, "F", 2).await.unwrap();
+    let keys: Vec<_> = moved.iter().map(|e| (e.item.as_str(), e.uid)).collect();
+    assert_eq!(keys, [("11", 11), ("12", 12)]);
+    assert_eq!(moved[0].content_hash, "c1", "the entry itself moved");
+    let left: Vec<_> = store.ledger(id, "F", 1).await.unwrap();
+    assert_eq!(
+        left.len(),
+        1,
+        "unmatched entries stay under the old validity"
+    );
+    assert_eq!(store.checkpoints(id).await.unwrap(), [new_checkpoint]);
+}
+
+async fn failures_are_upserted(store: &dyn Store) {
+    let wave = store.ensure_wave("suite-failures").await.unwrap();
+    let id = store.add_mailboxes(wave, &[spec("f@x")]).await.unwrap()[0].id;
+    let mut failure = ItemFailure {
+        mailbox: id,
+        folder: "INBOX".into(),
+        item: "42".into(),
+        size: 30_000_000,
+        class: ErrorClass::Item,
+        reason: "message too big".into(),
+        pass: 1,
+    };
+    store.record_failure(&failure).await.unwrap();
+    failure.pass = 2;
+    failure.reason = "refused by target: too big".into();
+    store.record_failure(&failure).await.unwrap();
+    assert_eq!(store.failures(id).await.unwrap(), [failure]);
+}
+
+async fn leases(store: &dyn Store) {
+    const LONG: Duration = Duration::from_secs(600);
+    const TINY: Duration = Duration::from_millis(1);
+    let wave = store.ensure_wave("suite-leases").await.unwrap();
+    let ids: Vec<_> = store
+        .add_mailboxes(
+            wave,
+            &[spec("m1@x"), spec("m2@x"), spec("m3@x"), spec("m4@x")],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    let [m1, m2, m3, m4] = ids[..] else {
+        panic!("four mailboxes expected, got {ids:?}")
+    };
+    for &id in &ids {
+        assert_eq!(store.queue_pass(id).await.unwrap(), 1);
+        assert!(store.start_pass(id, 1).await.unwrap());
+    }
+
+    // A live lease belongs to one worker; its holder may take it again and renew it.
+    assert!(store.acquire_lease(m1, 1, "w1", LONG).await.unwrap());
+    assert!(!store.acquire_lease(m1, 1, "w2", LONG).await.unwrap());
+    assert!(store.acquire_lease(m1, 1, "w1", LONG).await.unwrap());
+    assert!(store.renew_lease(m1, "w1", LONG).await.unwrap());
+    assert!(!store.renew_lease(m1, "w2", LONG).await.unwrap());
+    assert!(store.expired_leases().await.unwrap().is_empty());
+
+    // Once expired, another worker takes it and the first one learns on renewal.
+    assert!(store.acquire_lease(m1, 1, "w1", TINY).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        store.expired_leases().await.unwrap(),
+        [(m1, 1, "w1".to_owned())]
+    );
+    assert!(store.acquire_lease(m1, 1, "w2", LONG).await.unwrap());
+    assert!(!store.renew_lease(m1, "w1", LONG).await.unwrap());
+    assert!(store.expired_leases().await.unwrap().is_empty());
+
+    // Releasing someone else's lease does nothing; releasing one's own frees it.
+    store.release_lease(m1, "w1").await.unwrap();
+    assert!(!store.acquire_lease(m1, 1, "w3", LONG).await.unwrap());
+    store.release_lease(m1, "w2").await.unwrap();
+    assert!(store.acquire_lease(m1, 1, "w3", LONG).await.unwrap());
+
+    // A newer pass supersedes the lease of the old one: its holder must stop.
+    assert!(store.acquire_lease(m4, 1, "w4", LONG).await.unwrap());
+    assert_eq!(store.queue_pass(m4).await.unwrap(), 2);
+    assert!(!store.renew_lease(m4, "w4", LONG).await.unwrap());
+
+    // Only expired leases of mailboxes still running that pass are listed.
+    assert!(store.acquire_lease(m2, 1, "w1", TINY).await.unwrap());
+    assert!(store.acquire_lease(m3, 1, "w2", TINY).await.unwrap());
+    store
+        .finish_pass(
+            m3,
+            1,
+            &PassOutcome {
+                state: MailboxState::Completed,
+                error: None,
+                stats: PassStats::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.acquire_lease(m4, 1, "w4", TINY).await.unwrap());
+    assert!(store.start_pass(m4, 2).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        store.expired_leases().await.unwrap(),
+        [(m2, 1, "w1".to_owned())],
+        "m1 is live, m3 completed, m4 runs a newer pass"
+    );
+}
+
+fn completed(items: u64, bytes: u64) -> PassOutcome {
+    PassOutcome {
+        state: MailboxState::Completed,
+        error: None,
+        stats: PassStats {
+            items_copied: items,
+            bytes_copied: bytes,
+            items_skipped: 1,
+            ..PassStats::default()
+        },
+    }
+}
+
+fn job(wave: i64, mailbox: MailboxId, pass: i64) -> Job {
+    Job {
+        wave,
+        mailbox,
+        pass,
+    }
+}
+
+async fn wave_states_and_publishing(store: &dyn Store) {
+    use WaveState::{Cancelled, Created, Paused, Running};
+    let config = serde_json::json!({"migration": {"max_concurrent_mailboxes": 2}});
+    let wave = store.create_wave("suite-dist", &config).await.unwrap();
+    let taken = store.create_wave("suite-dist", &config).await.unwrap_err();
+    assert!(matches!(taken, StoreError::Conflict(_)), "{taken}");
+    let record = store.wave(wave).await.unwrap();
+    assert_eq!(
+        (record.name.as_str(), record.state, record.final_pass),
+        ("suite-dist", Created, false)
+    );
+    assert_eq!(record.config, config);
+    assert!(store.waves().await.unwrap().contains(&record));
+    assert!(matches!(
+        store.wave(i64::MAX).await.unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+    assert!(matches!(
+        store
+            .transition_wave(i64::MAX, &[Created], Some(Running), WaveAction::None)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound(_)
+    ));
+
+    let ids: Vec<_> = store
+        .add_mailboxes(wave, &[spec("d1@x"), spec("d2@x"), spec("d3@x")])
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    let [m1, m2, m3] = ids[..] else {
+        panic!("three mailboxes expected, got {ids:?}")
+    };
+    assert!(store.next_to_publish(wave, 10).await.unwrap().is_empty());
+    assert!(
+        !store
+            .transition_wave(wave, &[Running], Some(Paused), WaveAction::None)
+            .await
+            .unwrap(),
+        "a created wave cannot be paused"
+    );
+    assert_eq!(store.wave(wave).await.unwrap().state, Created);
+
+    // Start asks every mailbox for pass 1.
+    assert!(
+        store
+            .transition_wave(wave, &[Created], Some(Running), WaveAction::RequestPass)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.wave(wave).await.unwrap().state, Running);
+    assert_eq!(
+        store.next_to_publish(wave, 2).await.unwrap(),
+        [job(wave, m1, 1), job(wave, m2, 1)]
+    );
+
+    // Marked before publishing, confirmed after; marked once only.
+    assert!(store.mark_published(m1, 1).await.unwrap());
+    assert!(!store.mark_published(m1, 1).await.unwrap());
+    assert!(!store.mark_published(m2, 2).await.unwrap(), "not that pass");
+    let marked = store.mailbox(m1).await.unwrap();
+    assert_eq!((marked.state, marked.pass), (MailboxState::Queued, 1));
+    assert_eq!(
+        store.unpublished_jobs(wave).await.unwrap(),
+        [job(wave, m1, 1)]
+    );
+    store.confirm_published(m1, 1).await.unwrap();
+    assert!(store.unpublished_jobs(wave).await.unwrap().is_empty());
+    assert_eq!(store.in_flight(wave).await.unwrap(), 1);
+    assert_eq!(
+        store.next_to_publish(wave, 10).await.unwrap(),
+        [job(wave, m2, 1), job(wave, m3, 1)]
+    );
+
+    assert!(store.start_pass(m1, 1).await.unwrap());
+    assert_eq!(store.in_flight(wave).await.unwrap(), 1);
+    store
+        .finish_pass(m1, 1, &completed(10, 2000))
+        .await
+        .unwrap();
+    assert_eq!(store.in_flight(wave).await.unwrap(), 0);
+    let counts = store.wave_counts(wave).await.unwrap();
+    assert_eq!(
+        (counts.pending, counts.completed, counts.total()),
+        (2, 1, 3)
+    );
+    assert_eq!(
+        (
+            counts.items_copied,
+            counts.bytes_copied,
+            counts.items_skipped
+        ),
+        (10, 2000, 1)
+    );
+
+    // Sync asks each mailbox for the pass after its own, in one statement.
+    assert!(
+        store
+            .transition_wave(wave, &[Running, Paused], None, WaveAction::RequestPass)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.wave(wave).await.unwrap().state, Running);
+    assert_eq!(
+        store.next_to_publish(wave, 10).await.unwrap(),
+        [job(wave, m1, 2), job(wave, m2, 1), job(wave, m3, 1)]
+    );
+
+    // A paused wave publishes nothing.
+    assert!(
+        store
+            .transition_wave(wave, &[Running], Some(Paused), WaveAction::None)
+            .await
+            .unwrap()
+    );
+    assert!(!store.mark_published(m2, 1).await.unwrap());
+    assert!(
+        store
+            .transition_wave(wave, &[Paused], Some(Running), WaveAction::None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.complete_wave_if_done(wave).await.unwrap(),
+        "no final pass asked"
+    );
+
+    // Cancel puts queued mailboxes back to pending; their jobs go stale.
+    assert!(store.mark_published(m2, 1).await.unwrap());
+    store.confirm_published(m2, 1).await.unwrap();
+    assert!(
+        store
+            .transition_wave(
+                wave,
+                &[Created, Running, Paused],
+                Some(Cancelled),
+                WaveAction::ResetQueued
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.wave(wave).await.unwrap().state, Cancelled);
+    assert_eq!(
+        store.mailbox(m2).await.unwrap().state,
+        MailboxState::Pending
+    );
+    assert!(!store.start_pass(m2, 1).await.unwrap(), "its job is stale");
+    assert!(!store.mark_published(m3, 1).await.unwrap());
+    assert_eq!(store.in_flight(wave).await.unwrap(), 0);
+}
+
+async fn final_pass_completes_the_wave(store: &dyn Store) {
+    let wave = store
+        .create_wave("suite-final", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let id = store.add_mailboxes(wave, &[spec("fin@x")]).await.unwrap()[0].id;
+    store
+        .transition_wave(
+            wave,
+            &[WaveState::Created],
+            Some(WaveState::Running),
+            WaveAction::RequestPass,
+        )
+        .await
+        .unwrap();
+    assert!(store.mark_published(id, 1).await.unwrap());
+    assert!(store.start_pass(id, 1).await.unwrap());
+    store.finish_pass(id, 1, &completed(1, 1)).await.unwrap();
+    assert!(!store.complete_wave_if_done(wave).await.unwrap());
+
+    assert!(
+        store
+            .transition_wave(
+                wave,
+                &[WaveState::Running, WaveState::Paused],
+                Some(WaveState::Running),
+                WaveAction::RequestFinalPass
+            )
+            .await
+            .unwrap()
+    );
+    assert!(store.wave(wave).await.unwrap().final_pass);
+    assert!(
+        !store.complete_wave_if_done(wave).await.unwrap(),
+        "the final pass is wanted"
+    );
+    assert!(store.mark_published(id, 2).await.unwrap());
+    assert!(!store.complete_wave_if_done(wave).await.unwrap(), "queued");
+    assert!(store.start_pass(id, 2).await.unwrap());
+    assert!(!store.complete_wave_if_done(wave).await.unwrap(), "running");
+    let failed = PassOutcome {
+        state: MailboxState::Failed,
+        error: Some("quota exceeded".into()),
+        stats: PassStats::default(),
+    };
+    store.finish_pass(id, 2, &failed).await.unwrap();
+    assert!(store.complete_wave_if_done(wave).await.unwrap());
+    assert_eq!(store.wave(wave).await.unwrap().state, WaveState::Completed);
+    let failed = store.failed_mailboxes(wave, 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].last_error.as_deref(), Some("quota exceeded"));
+    assert!(store.failed_mailboxes(wave, 0).await.unwrap().is_empty());
+}
+
+/// Waits (by the store's clock) until the lease of `mailbox` is listed as expired.
+async fn until_expired(store: &dyn Store, mailbox: MailboxId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let expired = store.expired_leases().await.unwrap();
+        if expired.iter().any(|(m, _, _)| *m == mailbox) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease of mailbox {mailbox} never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn reaping_expired_leases(store: &dyn Store) {
+    const LONG: Duration = Duration::from_secs(600);
+    const TINY: Duration = Duration::from_millis(1);
+    let wave = store
+        .create_wave("suite-reap", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let ids: Vec<_> = store
+        .add_mailboxes(wave, &[spec("r1@x"), spec("r2@x"), spec("r3@x")])
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    let [m1, m2, m3] = ids[..] else {
+        panic!("three mailboxes expected, got {ids:?}")
+    };
+    store
+        .transition_wave(
+            wave,
+            &[WaveState::Created],
+            Some(WaveState::Running),
+            WaveAction::RequestPass,
+        )
+        .await
+        .unwrap();
+    for &id in &ids {
+        assert!(store.mark_published(id, 1).await.unwrap());
+        store.confirm_published(id, 1).await.unwrap();
+        assert!(store.start_pass(id, 1).await.unwrap());
+    }
+    assert!(store.start_pass(m2, 1).await.unwrap(), "m2: second attempt");
+    assert!(store.acquire_lease(m1, 1, "w1", TINY).await.unwrap());
+    assert!(store.acquire_lease(m2, 1, "w2", TINY).await.unwrap());
+    assert!(store.acquire_lease(m3, 1, "w3", LONG).await.unwrap());
+    until_expired(store, m1).await;
+    until_expired(store, m2).await;
+
+    // Below the attempts: queued again, job to publish again, lease dropped.
+    assert_eq!(
+        store.reap_lease(m1, 1, "w1", 2).await.unwrap(),
+        Some(ReapOutcome::Requeued)
+    );
+    let requeued = store.mailbox(m1).await.unwrap();
+    assert_eq!(
+        (requeued.state, requeued.pass, requeued.attempts),
+        (MailboxState::Queued, 1, 1)
+    );
+    assert_eq!(
+        store.unpublished_jobs(wave).await.unwrap(),
+        [job(wave, m1, 1)]
+    );
+    assert_eq!(store.reap_lease(m1, 1, "w1", 2).await.unwrap(), None);
+    assert!(
+        !store.renew_lease(m1, "w1", LONG).await.unwrap(),
+        "w1 must stop"
+    );
+    // A live lease is not reaped.
+    assert_eq!(store.reap_lease(m3, 1, "w3", 2).await.unwrap(), None);
+
+    // At the attempts: failed with the reason.
+    assert_eq!(
+        store.reap_lease(m2, 1, "w2", 2).await.unwrap(),
+        Some(ReapOutcome::Failed("worker lost 1 time".into()))
+    );
+    let failed = store.mailbox(m2).await.unwrap();
+    assert_eq!(failed.state, MailboxState::Failed);
+    assert_eq!(failed.last_error.as_deref(), Some("worker lost 1 time"));
+
+    // The re-queued pass is taken again and its worker lost again.
+    store.confirm_published(m1, 1).await.unwrap();
+    assert!(store.start_pass(m1, 1).await.unwrap());
+    assert!(store.acquire_lease(m1, 1, "w4", TINY).await.unwrap());
+    until_expired(store, m1).await;
+    assert_eq!(
+        store.reap_lease(m1, 1, "w4", 2).await.unwrap(),
+        Some(ReapOutcome::Failed("worker lost 2 times".into()))
+    );
+
+    // In a cancelled wave the mailbox goes back to pending.
+    assert!(store.acquire_lease(m3, 1, "w3", TINY).await.unwrap());
+    store
+        .transition_wave(
+            wave,
+            &[WaveState::Running],
+            Some(WaveState::Cancelled),
+            WaveAction::ResetQueued,
+        )
+        .await
+        .unwrap();
+    until_expired(store, m3).await;
+    assert_eq!(
+        store.reap_lease(m3, 1, "w3", 2).await.unwrap(),
+        Some(ReapOutcome::Released)
+    );
+    assert_eq!(
+        store.mailbox(m3).await.unwrap().state,
+        MailboxState::Pending
+    );
+    assert!(
+        store.expired_leases().await.unwrap().is_empty() || {
+            // Leases of other checks of the suite may be listed; none of ours.
+            store
+                .expired_leases()
+                .await
+                .unwrap()
+                .iter()
+                .all(|(m, _, _)| !ids.contains(m))
+        }
+    );
+}
+
+async fn handing_back(store: &dyn Store) {
+    const LONG: Duration = Duration::from_secs(600);
+    let wave = store
+        .create_wave("suite-hand-back", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let ids: Vec<_> = store
+        .add_mailboxes(wave, &[spec("h1@x"), spec("h2@x")])
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    let [m1, m2] = ids[..] else {
+        panic!("two mailboxes expected, got {ids:?}")
+    };
+    store
+        .transition_wave(
+            wave,
+            &[WaveState::Created],
+            Some(WaveState::Running),
+            WaveAction::RequestPass,
+        )
+        .await
+        .unwrap();
+    for &id in &ids {
+        assert!(store.mark_published(id, 1).await.unwrap());
+        store.confirm_published(id, 1).await.unwrap();
+        assert!(store.start_pass(id, 1).await.unwrap());
+        assert!(store.acquire_lease(id, 1, "w1", LONG).await.unwrap());
+    }
+
+    // Only the lease holder of that pass hands back.
+    assert!(!store.hand_back(m1, 1, "w2").await.unwrap());
+    assert!(!store.hand_back(m1, 2, "w1").await.unwrap());
+    assert!(store.hand_back(m1, 1, "w1").await.unwrap());
+    let back = store.mailbox(m1).await.unwrap();
+    assert_eq!(
+        (back.state, back.pass, back.attempts),
+        (MailboxState::Queued, 1, 0),
+        "queued again, the attempt not counted"
+    );
+    assert_eq!(
+        store.unpublished_jobs(wave).await.unwrap(),
+        [job(wave, m1, 1)]
+    );
+    assert!(
+        !store.renew_lease(m1, "w1", LONG).await.unwrap(),
+        "lease gone"
+    );
+    assert!(!store.hand_back(m1, 1, "w1").await.unwrap(), "only once");
+    // Another worker takes it again.
+    store.confirm_published(m1, 1).await.unwrap();
+    assert!(store.start_pass(m1, 1).await.unwrap());
+    assert!(store.acquire_lease(m1, 1, "w2", LONG).await.unwrap());
+
+    // In a cancelled wave the mailbox goes back to pending.
+    store
+        .transition_wave(
+            wave,
+            &[WaveState::Running],
+            Some(WaveState::Cancelled),
+            WaveAction::ResetQueued,
+        )
+        .await
+        .unwrap();
+    assert!(store.hand_back(m2, 1, "w1").await.unwrap());
+    assert_eq!(
+        store.mailbox(m2).await.unwrap().state,
+        MailboxState::Pending
+    );
+    assert!(store.unpublished_jobs(wave).await.unwrap().is_empty());
+}
