@@ -1,0 +1,850 @@
+//! The IMAP connector, source and target, over our own lean IMAP client
+//! (`wire`). Folder names are translated between servers: the personal
+//! namespace prefix is stripped and added, levels are split on the source's
+//! hierarchy separator and joined with the target's, modified UTF-7 is
+//! decoded and encoded, and a level that contains the target's separator
+//! has it replaced by a look-alike so that it never becomes a sub-folder.
+
+pub mod wire;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mailwave_common::config::{
+    AuthMechanism, ImapEndpoint, Impersonation, TlsMode, read_secret_file,
+};
+
+use self::wire::{AppendMessage, ImapConnection, ImapError, ListEntry};
+use super::{
+    AppendReport, ConnectorError, FlagScan, Flags, FolderPath, FolderScan, ItemMeta, MailSource,
+    MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
+};
+use mailwave_common::ErrorClass;
+use mailwave_common::model::FolderCheckpoint;
+
+/// An authenticated IMAP session with what we learnt about the server.
+pub struct Session {
+    conn: ImapConnection,
+    /// Personal namespace prefix (e.g. `INBOX.` on Courier), stripped from
+    /// and added to folder names.
+    naming: FolderNaming,
+    /// The selected folder and whether it was selected read-write.
+    selected: Option<(String, bool)>,
+}
+
+/// The class of an IMAP failure (see the error taxonomy).
+fn class_of(error: &ImapError) -> ErrorClass {
+    let hinted = error.backoff_hint().is_some();
+    match error {
+        ImapError::Io(_) | ImapError::Timeout(_) | ImapError::Protocol(_) => ErrorClass::Transient,
+        ImapError::Tls(_) => ErrorClass::Mailbox,
+        ImapError::Bye { .. } if hinted => ErrorClass::Throttled,
+        ImapError::Bye { .. } => ErrorClass::Transient,
+        ImapError::Bad { .. } => ErrorClass::Item,
+        ImapError::No { code, .. } => {
+            match code.as_deref().unwrap_or("").to_ascii_uppercase().as_str() {
+                "THROTTLED" | "UNAVAILABLE" | "INUSE" | "SERVERBUG" => ErrorClass::Throttled,
+                "AUTHENTICATIONFAILED"
+                | "AUTHORIZATIONFAILED"
+                | "EXPIRED"
+                | "PRIVACYREQUIRED"
+                | "CONTACTADMIN"
+                | "OVERQUOTA"
+                | "NOPERM" => ErrorClass::Mailbox,
+                _ if hinted => ErrorClass::Throttled,
+                _ => ErrorClass::Item,
+            }
+        }
+    }
+}
+
+impl From<ImapError> for ConnectorError {
+    fn from(error: ImapError) -> Self {
+        let class = class_of(&error);
+        ConnectorError {
+            class,
+            retry_after: error
+                .backoff_hint()
+                .filter(|_| class == ErrorClass::Throttled),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Whether the server says the folder does not exist (servers differ:
+/// `[NONEXISTENT]`, `[TRYCREATE]`, or only words, as Dovecot's STATUS).
+fn is_missing_folder(error: &ImapError) -> bool {
+    let ImapError::No { code, text } = error else {
+        return false;
+    };
+    if let Some(code) = code {
+        return code.eq_ignore_ascii_case("NONEXISTENT") || code.eq_ignore_ascii_case("TRYCREATE");
+    }
+    let text = text.to_ascii_lowercase();
+    text.contains("doesn't exist") || text.contains("does not exist") || text.contains("no such")
+}
+
+/// Connects and logs in to `mailbox` as the endpoint says (directly, as an
+/// impersonating admin, or with an OAuth 2 token).
+pub async fn connect(
+    endpoint: &ImapEndpoint,
+    mailbox: &str,
+    mailbox_password: Option<&str>,
+) -> Result<Session, ConnectorError> {
+    let options = wire::ConnectOptions {
+        host: endpoint.host.clone(),
+        port: endpoint.port(),
+        tls: match endpoint.tls {
+            TlsMode::Implicit => wire::TlsMode::Implicit,
+            TlsMode::Starttls => wire::TlsMode::StartTls,
+            TlsMode::None => wire::TlsMode::None,
+        },
+        ca_file: endpoint.ca_file.clone(),
+        timeout: Duration::from_secs(endpoint.timeout_secs),
+    };
+    let where_ = format!("{}:{}", endpoint.host, endpoint.port());
+    let mut conn = ImapConnection::connect(&options)
+        .await
+        .map_err(|e| ConnectorError::from(e).context(format!("connecting to {where_}")))?;
+    authenticate(&mut conn, endpoint, mailbox, mailbox_password)
+        .await
+        .map_err(|e| e.context(format!("logging in to {where_} for {mailbox}")))?;
+    if conn.has_capability("ENABLE") && conn.has_capability("CONDSTORE") {
+        conn.enable("CONDSTORE").await?;
+    }
+    let namespace = if conn.has_capability("NAMESPACE") {
+        conn.namespace().await?
+    } else {
+        None
+    };
+    let (prefix, mut delimiter) =
+        namespace.map_or((String::new(), None), |n| (n.prefix, n.delimiter));
+    if delimiter.is_none() {
+        // Without NAMESPACE, `LIST "" ""` tells the hierarchy delimiter.
+        delimiter = conn
+            .list("", "", false)
+            .await?
+            .iter()
+            .find_map(|e| e.delimiter);
+    }
+    Ok(Session {
+        conn,
+        naming: FolderNaming { prefix, delimiter },
+        selected: None,
+    })
+}
+
+async fn authenticate(
+    conn: &mut ImapConnection,
+    endpoint: &ImapEndpoint,
+    mailbox: &str,
+    mailbox_password: Option<&str>,
+) -> Result<(), ConnectorError> {
+    let auth_error = |error: ImapError| {
+        let error = ConnectorError::from(error);
+        if error.class.is_retryable() {
+            return error;
+        }
+        ConnectorError::mailbox(format!("authentication failed: {}", error.message))
+    };
+    let secret = |what: &str| -> Result<String, ConnectorError> {
+        endpoint
+            .password()
+            .map_err(|e| ConnectorError::mailbox(e.to_string()))?
+            .ok_or_else(|| {
+                ConnectorError::mailbox(format!(
+                    "no password for {what}: set password_env or password_file, or a password column in the CSV"
+                ))
+            })
+    };
+
+    if endpoint.auth == AuthMechanism::Xoauth2 {
+        let token = oauth2_token(endpoint).await?;
+        return conn
+            .authenticate_xoauth2(mailbox, &token)
+            .await
+            .map_err(auth_error);
+    }
+    if let Some(admin) = &endpoint.admin_user {
+        let password = secret(&format!("admin {admin}"))?;
+        return match endpoint.impersonation {
+            Impersonation::Authzid => {
+                conn.authenticate_plain(Some(mailbox), admin, &password)
+                    .await
+            }
+            Impersonation::Template => {
+                let template = endpoint.login_template.as_deref().unwrap_or("{mailbox}");
+                let login = template
+                    .replace("{mailbox}", mailbox)
+                    .replace("{admin}", admin);
+                plain_or_login(conn, endpoint.auth, &login, &password).await
+            }
+        }
+        .map_err(auth_error);
+    }
+    let password = match mailbox_password {
+        Some(password) => password.to_owned(),
+        None => secret(mailbox)?,
+    };
+    plain_or_login(conn, endpoint.auth, mailbox, &password)
+        .await
+        .map_err(auth_error)
+}
+
+async fn plain_or_login(
+    conn: &mut ImapConnection,
+    auth: AuthMechanism,
+    user: &str,
+    password: &str,
+) -> Result<(), ImapError> {
+    if auth == AuthMechanism::Login {
+        return conn.login(user, password).await;
+    }
+    conn.authenticate_plain(None, user, password).await
+}
+
+/// The access token, read afresh at every connect (tokens expire).
+async fn oauth2_token(endpoint: &ImapEndpoint) -> Result<String, ConnectorError> {
+    if let Some(path) = &endpoint.oauth2_token_file {
+        return read_secret_file(path).map_err(|e| ConnectorError::mailbox(e.to_string()));
+    }
+    let Some(command) = &endpoint.oauth2_token_command else {
+        return Err(ConnectorError::mailbox(
+            "xoauth2 needs oauth2_token_file or oauth2_token_command",
+        ));
+    };
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .output()
+        .await
+        .map_err(|e| ConnectorError::transient(format!("oauth2_token_command: {e}")))?;
+    if !output.status.success() {
+        return Err(ConnectorError::transient(format!(
+            "oauth2_token_command exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// A look-alike for a hierarchy separator inside a folder level, so that a
+/// source folder `a/b` never becomes the sub-folder `b` of `a`.
+fn separator_lookalike(separator: char) -> char {
+    match separator {
+        '/' => '\u{2215}',  // DIVISION SLASH
+        '.' => '\u{2024}',  // ONE DOT LEADER
+        '\\' => '\u{29F5}', // REVERSE SOLIDUS OPERATOR
+        _ => '_',
+    }
+}
+
+/// How one server names folders: its personal namespace prefix and its
+/// hierarchy delimiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FolderNaming {
+    /// Stripped from and added to folder names (e.g. `INBOX.` on Courier).
+    prefix: String,
+    delimiter: Option<char>,
+}
+
+impl FolderNaming {
+    /// The levels of a server folder name, decoded.
+    fn path_of(&self, entry: &ListEntry) -> FolderPath {
+        if entry.name.eq_ignore_ascii_case("INBOX") {
+            return FolderPath::inbox();
+        }
+        // `INBOX.` and `inbox.` are the same prefix (INBOX has no case).
+        let has_prefix = entry
+            .name
+            .get(..self.prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(&self.prefix));
+        let relative = if has_prefix {
+            &entry.name[self.prefix.len()..]
+        } else {
+            entry.name.as_str()
+        };
+        let levels: Vec<&str> = match entry.delimiter.or(self.delimiter) {
+            Some(delimiter) => relative.split(delimiter).collect(),
+            None => vec![relative],
+        };
+        FolderPath(
+            levels
+                .into_iter()
+                .map(|level| wire::decode_mutf7(level).unwrap_or_else(|_| level.to_owned()))
+                .collect(),
+        )
+    }
+
+    /// The server's name for a folder path.
+    fn name_of(&self, path: &FolderPath) -> String {
+        if path.is_inbox() {
+            return "INBOX".into();
+        }
+        let delimiter = self.delimiter.unwrap_or('/');
+        let levels: Vec<String> = path
+            .0
+            .iter()
+            .map(|level| {
+                let safe: String = level
+                    .chars()
+                    .map(|c| {
+                        if c == delimiter {
+                            separator_lookalike(c)
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                wire::encode_mutf7(&safe)
+            })
+            .collect();
+        format!("{}{}", self.prefix, levels.join(&delimiter.to_string()))
+    }
+}
+
+impl Session {
+    async fn list(&mut self) -> Result<Vec<ListEntry>, ConnectorError> {
+        let special_use = self.conn.has_capability("SPECIAL-USE");
+        let entries = self.conn.list("", "*", special_use).await?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| !e.has_attribute("\\Noselect") && !e.has_attribute("\\NonExistent"))
+            .collect())
+    }
+
+    fn role_of(entry: &ListEntry) -> Option<SpecialUse> {
+        entry
+            .attributes
+            .iter()
+            .find_map(|a| SpecialUse::from_attribute(a))
+    }
+
+    /// Selects `folder` (read-only unless `write`), unless it already is.
+    async fn select(&mut self, folder: &str, write: bool) -> Result<(), ConnectorError> {
+        if let Some((selected, rw)) = &self.selected
+            && selected == folder
+            && (*rw || !write)
+        {
+            return Ok(());
+        }
+        self.selected = None;
+        if write {
+            self.conn.select(folder).await?;
+        } else {
+            self.conn.examine(folder).await?;
+        }
+        self.selected = Some((folder.to_owned(), write));
+        Ok(())
+    }
+}
+
+fn item_meta(meta: wire::MessageMeta) -> ItemMeta {
+    ItemMeta {
+        item: meta.uid.to_string(),
+        uid: meta.uid,
+        size: meta.size,
+        flags: Flags::from_iter(&meta.flags),
+        internal_date: Some(meta.internal_date),
+    }
+}
+
+/// Reads a mailbox over IMAP.
+pub struct ImapSource {
+    session: Session,
+}
+
+impl ImapSource {
+    pub async fn new(session: Session) -> Result<ImapSource, ConnectorError> {
+        Ok(ImapSource { session })
+    }
+
+    async fn list_items(
+        &mut self,
+        folder: &str,
+        from_uid: u32,
+    ) -> Result<Vec<ItemMeta>, ConnectorError> {
+        self.session.select(folder, false).await?;
+        let metas = self
+            .session
+            .conn
+            .fetch_meta(&format!("{from_uid}:*"), None)
+            .await?;
+        let mut items: Vec<ItemMeta> = metas
+            .into_iter()
+            .filter(|m| m.uid >= from_uid)
+            .map(item_meta)
+            .collect();
+        items.sort_by_key(|i| i.uid);
+        Ok(items)
+    }
+}
+
+#[async_trait]
+impl MailSource for ImapSource {
+    async fn folders(&mut self) -> Result<Vec<SourceFolder>, ConnectorError> {
+        let entries = self.session.list().await?;
+        Ok(entries
+            .iter()
+            .map(|entry| SourceFolder {
+                key: entry.name.clone(),
+                path: self.session.naming.path_of(entry),
+                special: Session::role_of(entry),
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &mut self,
+        folder: &SourceFolder,
+        checkpoint: Option<&FolderCheckpoint>,
+    ) -> Result<FolderScan, ConnectorError> {
+        let status = self.session.conn.status(&folder.key).await?;
+        let validity = status.uid_validity.ok_or_else(|| {
+            ConnectorError::transient(format!("{}: server gave no UIDVALIDITY", folder.key))
+        })?;
+        let mut scan = FolderScan {
+            validity,
+            highest_modseq: status.highest_modseq,
+            ..FolderScan::default()
+        };
+        let Some(checkpoint) = checkpoint else {
+            if status.messages != Some(0) {
+                scan.candidates = self.list_items(&folder.key, 1).await?;
+            }
+            return Ok(scan);
+        };
+        if checkpoint.validity != validity {
+            scan.candidates = self.list_items(&folder.key, 1).await?;
+            scan.complete = true;
+            return Ok(scan);
+        }
+        let hwm = checkpoint.high_water_mark;
+        let has_new = status
+            .uid_next
+            .is_none_or(|next| next > hwm.saturating_add(1));
+        if has_new && status.messages != Some(0) {
+            scan.candidates = self.list_items(&folder.key, hwm.saturating_add(1)).await?;
+        }
+        if hwm == 0 {
+            return Ok(scan);
+        }
+        let copied = format!("1:{hwm}");
+        scan.flags = match (checkpoint.highest_modseq, status.highest_modseq) {
+            (Some(before), Some(now)) if before == now => FlagScan::Unchanged,
+            (Some(before), Some(_)) => {
+                self.session.select(&folder.key, false).await?;
+                let changed = self.session.conn.fetch_flags(&copied, Some(before)).await?;
+                FlagScan::Changed(to_flag_list(changed, hwm))
+            }
+            _ => {
+                self.session.select(&folder.key, false).await?;
+                let all = self.session.conn.fetch_flags(&copied, None).await?;
+                FlagScan::All(to_flag_list(all, hwm))
+            }
+        };
+        Ok(scan)
+    }
+
+    async fn fetch(
+        &mut self,
+        folder: &SourceFolder,
+        items: &[ItemMeta],
+    ) -> Result<Vec<Message>, ConnectorError> {
+        self.session.select(&folder.key, false).await?;
+        let uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
+        let mut fetched: HashMap<u32, wire::FetchedMessage> = self
+            .session
+            .conn
+            .fetch_bodies(&uids)
+            .await?
+            .into_iter()
+            .map(|m| (m.uid, m))
+            .collect();
+        Ok(items
+            .iter()
+            .filter_map(|item| {
+                let message = fetched.remove(&item.uid)?;
+                Some(Message {
+                    meta: ItemMeta {
+                        size: message.body.len() as u64,
+                        flags: Flags::from_iter(&message.flags),
+                        internal_date: Some(message.internal_date),
+                        ..item.clone()
+                    },
+                    body: message.body,
+                })
+            })
+            .collect())
+    }
+
+    async fn fetch_headers(
+        &mut self,
+        folder: &SourceFolder,
+        items: &[ItemMeta],
+    ) -> Result<Vec<(String, bytes::Bytes)>, ConnectorError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.session.select(&folder.key, false).await?;
+        let uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
+        let headers = self
+            .session
+            .conn
+            .fetch_headers(&wire::uid_set(&uids))
+            .await?;
+        Ok(headers
+            .into_iter()
+            .map(|(uid, _, header)| (uid.to_string(), header))
+            .collect())
+    }
+
+    async fn close(self: Box<Self>) {
+        let _ = self.session.conn.logout().await;
+    }
+}
+
+fn to_flag_list(flags: Vec<(u32, Vec<String>)>, hwm: u32) -> Vec<(String, Flags)> {
+    flags
+        .into_iter()
+        .filter(|(uid, _)| *uid <= hwm)
+        .map(|(uid, flags)| (uid.to_string(), Flags::from_iter(&flags)))
+        .collect()
+}
+
+/// Writes a mailbox over IMAP.
+pub struct ImapTarget {
+    session: Session,
+}
+
+impl ImapTarget {
+    pub async fn new(session: Session) -> Result<ImapTarget, ConnectorError> {
+        Ok(ImapTarget { session })
+    }
+
+    /// APPEND, re-creating the folder once if the server says it is gone
+    /// (`[TRYCREATE]`: deleted in the target between two passes).
+    async fn append_wire(
+        &mut self,
+        folder: &str,
+        messages: &[AppendMessage],
+    ) -> Result<wire::AppendOutcome, ImapError> {
+        match self.session.conn.append(folder, messages).await {
+            Err(ImapError::No {
+                code: Some(code), ..
+            }) if code.eq_ignore_ascii_case("TRYCREATE") => {
+                tracing::warn!(folder, "target folder is gone; creating it again");
+                self.session.conn.create(folder).await?;
+                self.session.conn.append(folder, messages).await
+            }
+            result => result,
+        }
+    }
+
+    /// Appends one message at a time: for servers without MULTIAPPEND, and
+    /// to find which message of a refused batch is the bad one.
+    async fn append_each(
+        &mut self,
+        folder: &str,
+        messages: &[AppendMessage],
+    ) -> Result<Vec<Result<Option<String>, ConnectorError>>, ConnectorError> {
+        let mut results = Vec::with_capacity(messages.len());
+        for message in messages {
+            match self
+                .append_wire(folder, std::slice::from_ref(message))
+                .await
+            {
+                Ok(outcome) => results.push(Ok(outcome
+                    .uids
+                    .and_then(|uids| uids.first().map(u32::to_string)))),
+                Err(error) => {
+                    let error = ConnectorError::from(error);
+                    if error.class != ErrorClass::Item {
+                        return Err(error);
+                    }
+                    results.push(Err(error));
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+#[async_trait]
+impl MailTarget for ImapTarget {
+    async fn folders(&mut self) -> Result<Vec<TargetFolder>, ConnectorError> {
+        let entries = self.session.list().await?;
+        Ok(entries
+            .iter()
+            .map(|entry| TargetFolder {
+                name: entry.name.clone(),
+                path: self.session.naming.path_of(entry),
+                special: Session::role_of(entry),
+            })
+            .collect())
+    }
+
+    async fn ensure_folder(
+        &mut self,
+        path: &FolderPath,
+        special: Option<SpecialUse>,
+    ) -> Result<TargetFolder, ConnectorError> {
+        let name = self.session.naming.name_of(path);
+        if !path.is_inbox() {
+            match self.session.conn.create(&name).await {
+                Ok(()) => {}
+                Err(ImapError::No { code, text })
+                    if code.as_deref() == Some("ALREADYEXISTS")
+                        || text.to_ascii_lowercase().contains("exists") => {}
+                Err(error) => {
+                    return Err(ConnectorError::from(error)
+                        .context(format!("creating folder {path} as {name:?}")));
+                }
+            }
+        }
+        Ok(TargetFolder {
+            name,
+            path: path.clone(),
+            special,
+        })
+    }
+
+    async fn mark(&mut self, folder: &str) -> Result<u64, ConnectorError> {
+        let status = self.session.conn.status(folder).await?;
+        let next = status.uid_next.ok_or_else(|| {
+            ConnectorError::transient(format!("{folder}: server gave no UIDNEXT"))
+        })?;
+        Ok(u64::from(next))
+    }
+
+    async fn items_since(
+        &mut self,
+        folder: &str,
+        mark: u64,
+    ) -> Result<Vec<TargetItem>, ConnectorError> {
+        let Ok(mark) = u32::try_from(mark.max(1)) else {
+            return Ok(Vec::new());
+        };
+        let status = match self.session.conn.status(folder).await {
+            // A folder deleted in the target holds no in-doubt copies; the
+            // next APPEND creates it again.
+            Err(error) if is_missing_folder(&error) => return Ok(Vec::new()),
+            result => result?,
+        };
+        if status.uid_next.is_some_and(|next| next <= mark) || status.messages == Some(0) {
+            return Ok(Vec::new());
+        }
+        self.session.select(folder, false).await?;
+        let headers = self
+            .session
+            .conn
+            .fetch_headers(&format!("{mark}:*"))
+            .await?;
+        Ok(headers
+            .into_iter()
+            .filter(|(uid, _, _)| *uid >= mark)
+            .map(|(uid, size, header)| TargetItem {
+                id: uid.to_string(),
+                size,
+                header_hash: blake3::hash(&header).to_hex().to_string(),
+            })
+            .collect())
+    }
+
+    async fn append(
+        &mut self,
+        folder: &str,
+        messages: &[Outgoing],
+    ) -> Result<AppendReport, ConnectorError> {
+        let wire_messages: Vec<AppendMessage> = messages
+            .iter()
+            .map(|m| AppendMessage {
+                flags: m.flags.iter().map(str::to_owned).collect(),
+                internal_date: m.internal_date.clone(),
+                body: m.body.clone(),
+            })
+            .collect();
+        let uidplus = self.session.conn.has_capability("UIDPLUS");
+        let mark_before = if uidplus {
+            None
+        } else {
+            Some(self.mark(folder).await?)
+        };
+
+        let mut results = if self.session.conn.has_capability("MULTIAPPEND") && messages.len() > 1 {
+            match self.append_wire(folder, &wire_messages).await {
+                Ok(outcome) => match outcome.uids {
+                    Some(uids) if uids.len() == messages.len() => {
+                        uids.iter().map(|uid| Ok(Some(uid.to_string()))).collect()
+                    }
+                    _ => vec![Ok(None); messages.len()].into_iter().collect(),
+                },
+                // A refused MULTIAPPEND appends nothing (RFC 3502): find the
+                // bad message by appending one at a time.
+                Err(error) if class_of(&error) == ErrorClass::Item => {
+                    self.append_each(folder, &wire_messages).await?
+                }
+                Err(error) => return Err(error.into()),
+            }
+        } else {
+            self.append_each(folder, &wire_messages).await?
+        };
+
+        let mark_after = if let Some(before) = mark_before {
+            // No UIDPLUS: find the new copies' UIDs by their headers.
+            let mut found: HashMap<(u64, String), Vec<String>> = HashMap::new();
+            for item in self.items_since(folder, before).await?.into_iter().rev() {
+                found
+                    .entry((item.size, item.header_hash))
+                    .or_default()
+                    .push(item.id);
+            }
+            for (message, result) in messages.iter().zip(results.iter_mut()) {
+                if let Ok(id @ None) = result {
+                    let identity = (message.body.len() as u64, super::header_hash(&message.body));
+                    *id = found.get_mut(&identity).and_then(Vec::pop);
+                }
+            }
+            Some(self.mark(folder).await?)
+        } else {
+            results
+                .iter()
+                .filter_map(|r| {
+                    r.as_ref()
+                        .ok()
+                        .and_then(|id| id.as_deref()?.parse::<u64>().ok())
+                })
+                .max()
+                .map(|uid| uid + 1)
+        };
+        Ok(AppendReport {
+            results,
+            mark_after,
+        })
+    }
+
+    async fn set_flags(
+        &mut self,
+        folder: &str,
+        changes: &[(String, Flags)],
+    ) -> Result<(), ConnectorError> {
+        self.session.select(folder, true).await?;
+        let mut by_flags: HashMap<String, (Vec<String>, Vec<u32>)> = HashMap::new();
+        for (id, flags) in changes {
+            let Ok(uid) = id.parse::<u32>() else { continue };
+            by_flags
+                .entry(flags.to_string())
+                .or_insert_with(|| (flags.iter().map(str::to_owned).collect(), Vec::new()))
+                .1
+                .push(uid);
+        }
+        for (flags, mut uids) in by_flags.into_values() {
+            uids.sort_unstable();
+            self.session
+                .conn
+                .store_flags(&wire::uid_set(&uids), &flags)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn close(self: Box<Self>) {
+        let _ = self.session.conn.logout().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, delimiter: char) -> ListEntry {
+        ListEntry {
+            name: name.into(),
+            delimiter: Some(delimiter),
+            attributes: Vec::new(),
+        }
+    }
+
+    fn path(levels: &[&str]) -> FolderPath {
+        FolderPath(levels.iter().map(|l| l.to_string()).collect())
+    }
+
+    #[test]
+    fn a_namespace_prefix_is_stripped_and_added() {
+        let courier = FolderNaming {
+            prefix: "INBOX.".into(),
+            delimiter: Some('.'),
+        };
+        assert_eq!(courier.path_of(&entry("INBOX", '.')), FolderPath::inbox());
+        assert_eq!(courier.path_of(&entry("INBOX.Sent", '.')), path(&["Sent"]));
+        assert_eq!(courier.path_of(&entry("inbox.Sent", '.')), path(&["Sent"]));
+        assert_eq!(
+            courier.path_of(&entry("INBOX.Projecten.&ANw-berpr&APw-fung", '.')),
+            path(&["Projecten", "Überprüfung"])
+        );
+        assert_eq!(courier.name_of(&path(&["Sent"])), "INBOX.Sent");
+        assert_eq!(courier.name_of(&FolderPath::inbox()), "INBOX");
+        assert_eq!(
+            courier.name_of(&path(&["Projecten", "Überprüfung"])),
+            "INBOX.Projecten.&ANw-berpr&APw-fung"
+        );
+    }
+
+    #[test]
+    fn a_delimiter_inside_a_level_never_makes_a_sub_folder() {
+        let dotted = FolderNaming {
+            prefix: String::new(),
+            delimiter: Some('.'),
+        };
+        let slashed = FolderNaming {
+            prefix: String::new(),
+            delimiter: Some('/'),
+        };
+        let version = dotted.path_of(&entry("v1/2", '.'));
+        assert_eq!(version, path(&["v1/2"]));
+        // On the wire the look-alike is in modified UTF-7.
+        assert_eq!(slashed.name_of(&version), wire::encode_mutf7("v1\u{2215}2"));
+        assert_eq!(slashed.name_of(&version), "v1&IhU-2");
+        assert_eq!(
+            dotted.name_of(&path(&["v1.2", "notes"])),
+            format!("{}.notes", wire::encode_mutf7("v1\u{2024}2"))
+        );
+        assert_eq!(slashed.name_of(&path(&["v1.2", "notes"])), "v1.2/notes");
+    }
+
+    #[test]
+    fn imap_failures_are_classified() {
+        let no = |code: Option<&str>, text: &str| ImapError::No {
+            code: code.map(str::to_owned),
+            text: text.into(),
+        };
+        assert_eq!(
+            class_of(&no(Some("AUTHENTICATIONFAILED"), "bad")),
+            ErrorClass::Mailbox
+        );
+        assert_eq!(
+            class_of(&no(Some("OVERQUOTA"), "full")),
+            ErrorClass::Mailbox
+        );
+        assert_eq!(class_of(&no(Some("LIMIT"), "too big")), ErrorClass::Item);
+        assert_eq!(
+            class_of(&no(Some("THROTTLED"), "slow down")),
+            ErrorClass::Throttled
+        );
+        let hinted = ConnectorError::from(no(None, "busy. Suggested Backoff Time: 1500 ms"));
+        assert_eq!(hinted.class, ErrorClass::Throttled);
+        assert_eq!(hinted.retry_after, Some(Duration::from_millis(1500)));
+        assert_eq!(
+            class_of(&ImapError::Timeout(Duration::from_secs(1))),
+            ErrorClass::Transient
+        );
+        assert!(is_missing_folder(&no(None, "Mailbox doesn't exist: X")));
+        assert!(is_missing_folder(&no(Some("TRYCREATE"), "create it")));
+        assert!(!is_missing_folder(&no(
+            Some("ALREADYEXISTS"),
+            "Mailbox already exists"
+        )));
+    }
+}

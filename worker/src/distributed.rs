@@ -1,0 +1,480 @@
+//! `mailwave-worker serve`: the worker of distributed mode. It takes jobs
+//! from RabbitMQ and keeps all of its state in PostgreSQL, so any number of
+//! workers can be started, stopped or killed at any moment.
+//!
+//! # Job ownership: the lease, not the message
+//!
+//! For each delivery the worker first takes the mailbox's lease in the store
+//! ([`Store::acquire_lease`], `lease_ttl_secs`). Refused: another worker
+//! owns the mailbox (a duplicate or stale job), the message is acknowledged
+//! and dropped. Taken: the message is acknowledged at once, because from now
+//! on the lease is what says who owns the mailbox; a copy of many hours
+//! therefore never meets RabbitMQ's consumer acknowledgement timeout.
+//!
+//! While the pass runs, a heartbeat renews the lease every third of its TTL.
+//! A renewal answered `false` means the lease is someone else's now (this
+//! worker was too slow and the reaper re-queued the pass, or a newer pass
+//! was asked for): the job is cancelled, stops at its next checkpoint and
+//! records no outcome. A worker that dies simply stops renewing; the
+//! coordinator's reaper re-queues its mailboxes once the lease expired.
+//!
+//! # Graceful shutdown
+//!
+//! SIGTERM or SIGINT: no new job is taken, running jobs are cancelled (the
+//! engine stops at its next batch boundary, after committing that batch),
+//! and each interrupted mailbox is handed back ([`Store::hand_back`]: lease
+//! dropped, pass queued again for the dispatcher to publish) before the
+//! process exits 0, within `shutdown_grace_secs`. A job still busy when the
+//! grace time is nearly spent is handed back anyway: the exactly-once rules
+//! of the engine cover an append interrupted by the process's exit exactly
+//! as they cover a crash.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use mailwave_common::config::{Config, load_section};
+use mailwave_common::model::{Job, MailboxState, PassStats};
+use mailwave_common::queue::{
+    Delivery, JobQueue, QueueError, QueueNames, RabbitOptions, RabbitQueue,
+};
+use mailwave_common::shutdown::shutdown_signal;
+use mailwave_common::store::{PassOutcome, PostgresStore, Store, StoreError};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{CopySettings, MemoryBudget, NoProgress};
+use crate::job::{EndpointCredentialsOnly, JobOutcome, WorkerContext, run_job};
+
+/// `[worker]` of the settings file; every key can be overridden by
+/// `MAILWAVE__WORKER__KEY` (e.g. `MAILWAVE__WORKER__CONCURRENCY=8`). Other
+/// tables are left alone, so one file can serve the coordinator too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// PostgreSQL, the coordinator's database.
+    pub database_url: String,
+    /// RabbitMQ, the coordinator's broker.
+    pub amqp_url: String,
+    /// Prefix of the queue names; the coordinator's.
+    #[serde(default = "default_queue_prefix")]
+    pub queue_prefix: String,
+    /// This worker's name in leases; defaults to `hostname-pid`.
+    pub worker_id: Option<String>,
+    /// Mailboxes copied at once (also the RabbitMQ prefetch).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// The lease TTL; must be the coordinator's `lease_ttl_secs`.
+    #[serde(default = "default_lease_ttl_secs")]
+    pub lease_ttl_secs: u64,
+    /// Bytes of message bodies in memory at once, across all mailboxes.
+    #[serde(default = "default_memory_budget_bytes")]
+    pub memory_budget_bytes: u64,
+    /// How long SIGTERM may take before the process exits.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_queue_prefix() -> String {
+    "mailwave".into()
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_lease_ttl_secs() -> u64 {
+    60
+}
+fn default_memory_budget_bytes() -> u64 {
+    96 * 1024 * 1024
+}
+fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+
+impl WorkerSettings {
+    /// Reads `[worker]` from the TOML file, then the environment overrides.
+    pub fn load(path: &Path) -> anyhow::Result<WorkerSettings> {
+        WorkerSettings::load_with_env(path, None)
+    }
+
+    /// [`WorkerSettings::load`] with the environment as a map (`None`: the
+    /// process's).
+    pub fn load_with_env(
+        path: &Path,
+        env: Option<HashMap<String, String>>,
+    ) -> anyhow::Result<WorkerSettings> {
+        let settings: WorkerSettings = load_section(path, "worker", env)?;
+        if settings.concurrency == 0
+            || settings.lease_ttl_secs == 0
+            || settings.memory_budget_bytes == 0
+            || settings.concurrency > usize::from(u16::MAX)
+        {
+            anyhow::bail!(
+                "settings {}: concurrency (at most 65535), lease_ttl_secs and memory_budget_bytes must be positive",
+                path.display()
+            );
+        }
+        if settings
+            .worker_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            anyhow::bail!("settings {}: worker_id is empty", path.display());
+        }
+        Ok(settings)
+    }
+
+    /// The configured worker id, or `hostname-pid`.
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "worker".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}
+
+/// Connects to PostgreSQL and RabbitMQ and serves jobs until SIGTERM/SIGINT.
+pub async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
+    let store = PostgresStore::connect(&settings.database_url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let options = RabbitOptions {
+        prefetch: u16::try_from(settings.concurrency).unwrap_or(u16::MAX),
+        ..RabbitOptions::default()
+    };
+    let queue: Arc<dyn JobQueue> = Arc::new(
+        RabbitQueue::connect_with(
+            &settings.amqp_url,
+            QueueNames::with_prefix(&settings.queue_prefix),
+            options,
+        )
+        .await
+        .context("connecting to RabbitMQ")?,
+    );
+    run(settings, store, queue, shutdown_signal()).await
+}
+
+/// One worker process: its store, its memory budget, its leases.
+struct Worker {
+    id: String,
+    store: Arc<dyn Store>,
+    budget: MemoryBudget,
+    ttl: Duration,
+    /// Cancelled at shutdown: every running job stops at its next checkpoint.
+    jobs_stop: CancellationToken,
+    /// Jobs running now, for the hand-back when the grace time runs out.
+    running: Mutex<HashSet<(i64, i64)>>,
+}
+
+/// Serves jobs from `queue` until `shutdown` completes, then stops as
+/// described in the module's docs.
+pub async fn run(
+    settings: WorkerSettings,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn JobQueue>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let worker = Arc::new(Worker {
+        id: settings.worker_id(),
+        store,
+        budget: MemoryBudget::new(settings.memory_budget_bytes),
+        ttl: settings.lease_ttl(),
+        jobs_stop: CancellationToken::new(),
+        running: Mutex::new(HashSet::new()),
+    });
+    tracing::info!(worker = %worker.id, concurrency = settings.concurrency, "worker serving");
+    let consumers: Vec<_> = (0..settings.concurrency)
+        .map(|_| {
+            let worker = Arc::clone(&worker);
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move { worker.consume(queue.as_ref()).await })
+        })
+        .collect();
+    let mut all = futures::future::join_all(consumers);
+    let finished = tokio::select! {
+        results = &mut all => Some(results),
+        () = shutdown => None,
+    };
+    let results = match finished {
+        Some(results) => results,
+        None => {
+            worker.jobs_stop.cancel();
+            let grace = settings.shutdown_grace();
+            // Keep a little of the grace time for the forced hand-back.
+            let wait = grace.saturating_sub((grace / 4).min(Duration::from_secs(5)));
+            match tokio::time::timeout(wait, &mut all).await {
+                Ok(results) => results,
+                Err(_) => {
+                    let left: Vec<_> = worker.running.lock().expect("lock").drain().collect();
+                    tracing::warn!(
+                        jobs = left.len(),
+                        "grace time spent; handing back the jobs still running"
+                    );
+                    for (mailbox, pass) in left {
+                        worker.give_back(mailbox, pass).await;
+                    }
+                    tracing::info!(worker = %worker.id, "worker stopped");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    for result in results {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error).context("job consumer"),
+            Err(error) => return Err(anyhow::anyhow!("job consumer task: {error}")),
+        }
+    }
+    tracing::info!(worker = %worker.id, "worker stopped");
+    Ok(())
+}
+
+impl Worker {
+    /// Takes jobs one after the other until shutdown or the queue's end.
+    async fn consume(&self, queue: &dyn JobQueue) -> Result<(), QueueError> {
+        loop {
+            let next = tokio::select! {
+                next = queue.next() => next,
+                () = self.jobs_stop.cancelled() => return Ok(()),
+            };
+            let delivery = match next {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    // The queue reconnects on its own; try again shortly.
+                    tracing::warn!(%error, "taking a job failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = self.jobs_stop.cancelled() => return Ok(()),
+                    }
+                }
+            };
+            self.take(delivery).await;
+        }
+    }
+
+    /// One delivery: the lease, the ack, the job, the lease's end.
+    async fn take(&self, delivery: Box<dyn Delivery>) {
+        let job = delivery.job().clone();
+        let Some(acquired) = self.acquire(&job).await else {
+            // Shutting down before the store answered: the job goes back.
+            if let Err(error) = delivery.requeue().await {
+                tracing::warn!(?job, %error, "could not hand a job back to the queue");
+            }
+            return;
+        };
+        // Acquired or not, the message has served its purpose: the lease
+        // (ours or another worker's) owns the mailbox from now on.
+        if let Err(error) = delivery.ack().await {
+            tracing::warn!(?job, %error, "could not acknowledge a job (it may come again and will be dropped)");
+        }
+        if !acquired {
+            tracing::info!(?job, "mailbox leased by another worker: job dropped");
+            return;
+        }
+        self.running
+            .lock()
+            .expect("lock")
+            .insert((job.mailbox, job.pass));
+        self.run_leased(&job).await;
+        self.running
+            .lock()
+            .expect("lock")
+            .remove(&(job.mailbox, job.pass));
+    }
+
+    /// Takes the lease, retrying while the store is unavailable. `None` when
+    /// shutdown came first.
+    async fn acquire(&self, job: &Job) -> Option<bool> {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self
+                .store
+                .acquire_lease(job.mailbox, job.pass, &self.id, self.ttl)
+                .await
+            {
+                Ok(acquired) => return Some(acquired),
+                Err(error) => {
+                    tracing::warn!(?job, %error, "taking the lease failed; retrying");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.jobs_stop.cancelled() => return None,
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Runs a job whose lease this worker holds, with the heartbeat.
+    async fn run_leased(&self, job: &Job) {
+        let stop = self.jobs_stop.child_token();
+        let lost = CancellationToken::new();
+        let heartbeat = {
+            let store = Arc::clone(&self.store);
+            let id = self.id.clone();
+            let ttl = self.ttl;
+            let stop = stop.clone();
+            let lost = lost.clone();
+            let mailbox = job.mailbox;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match store.renew_lease(mailbox, &id, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(mailbox, "lease lost to another worker; stopping");
+                            lost.cancel();
+                            stop.cancel();
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::warn!(mailbox, %error, "renewing the lease failed; retrying");
+                        }
+                    }
+                }
+            })
+        };
+        let result = self.run_with_wave_config(job, &stop).await;
+        heartbeat.abort();
+        if lost.is_cancelled() {
+            // Someone else owns the mailbox: nothing of ours to record.
+            return;
+        }
+        match result {
+            Ok(JobOutcome::Finished(state)) => {
+                tracing::info!(?job, ?state, "job finished");
+                self.release(job).await;
+            }
+            Ok(JobOutcome::Stale) => self.release(job).await,
+            Ok(JobOutcome::Interrupted) => self.give_back(job.mailbox, job.pass).await,
+            Err(error) => {
+                tracing::error!(?job, %error, "the store failed; handing the mailbox back");
+                self.give_back(job.mailbox, job.pass).await;
+            }
+        }
+    }
+
+    /// Runs the job with its wave's configuration.
+    async fn run_with_wave_config(
+        &self,
+        job: &Job,
+        stop: &CancellationToken,
+    ) -> Result<JobOutcome, StoreError> {
+        let wave = self.store.wave(job.wave).await?;
+        let config: Config = match serde_json::from_value(wave.config) {
+            Ok(config) => config,
+            Err(error) => {
+                // Nothing any worker could do with it: the pass fails.
+                if !self.store.start_pass(job.mailbox, job.pass).await? {
+                    return Ok(JobOutcome::Stale);
+                }
+                let outcome = PassOutcome {
+                    state: MailboxState::Failed,
+                    error: Some(format!("the wave's configuration is unusable: {error}")),
+                    stats: PassStats::default(),
+                };
+                self.store
+                    .finish_pass(job.mailbox, job.pass, &outcome)
+                    .await?;
+                return Ok(JobOutcome::Finished(MailboxState::Failed));
+            }
+        };
+        let config = Arc::new(config);
+        let ctx = WorkerContext {
+            store: Arc::clone(&self.store),
+            settings: CopySettings::from_config(&config),
+            config,
+            budget: self.budget.clone(),
+            progress: Arc::new(NoProgress),
+            credentials: Arc::new(EndpointCredentialsOnly),
+            retry_min_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
+        };
+        run_job(&ctx, job, stop).await
+    }
+
+    async fn release(&self, job: &Job) {
+        if let Err(error) = self.store.release_lease(job.mailbox, &self.id).await {
+            tracing::warn!(?job, %error, "releasing the lease failed (it will expire)");
+        }
+    }
+
+    /// Hands an interrupted mailbox back for another worker.
+    async fn give_back(&self, mailbox: i64, pass: i64) {
+        match self.store.hand_back(mailbox, pass, &self.id).await {
+            Ok(true) => tracing::info!(mailbox, pass, "mailbox handed back"),
+            Ok(false) => {
+                let _ = self.store.release_lease(mailbox, &self.id).await;
+            }
+            Err(error) => tracing::warn!(mailbox, pass, %error,
+                "handing the mailbox back failed; the reaper will once its lease expires"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_the_worker_table_with_overrides_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "[worker]\ndatabase_url = \"postgres://db/x\"\namqp_url = \"amqp://mq\"\n\
+             lease_ttl_secs = 3\n[coordinator]\nanything = 1\n",
+        )
+        .unwrap();
+        let env = [
+            ("MAILWAVE__WORKER__CONCURRENCY", "8"),
+            ("MAILWAVE__WORKER__WORKER_ID", "w-7"),
+            ("MAILWAVE__COORDINATOR__LISTEN", "not ours"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let settings = WorkerSettings::load_with_env(&path, Some(env)).unwrap();
+        assert_eq!(settings.concurrency, 8);
+        assert_eq!(settings.worker_id(), "w-7");
+        assert_eq!(settings.lease_ttl(), Duration::from_secs(3));
+        assert_eq!(settings.shutdown_grace(), Duration::from_secs(30));
+        assert_eq!(settings.queue_prefix, "mailwave");
+        assert_eq!(settings.memory_budget_bytes, 96 * 1024 * 1024);
+
+        let settings = WorkerSettings::load_with_env(&path, Some(HashMap::new())).unwrap();
+        assert_eq!(settings.concurrency, 4);
+        let id = settings.worker_id();
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+
+        let env = [("MAILWAVE__WORKER__CONCURENCY", "8")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let error = WorkerSettings::load_with_env(&path, Some(env)).unwrap_err();
+        assert!(error.to_string().contains("concurency"), "{error}");
+        let env = [("MAILWAVE__WORKER__CONCURRENCY", "0")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert!(WorkerSettings::load_with_env(&path, Some(env)).is_err());
+    }
+}

@@ -1,0 +1,753 @@
+//! The copy engine: one pass over one mailbox.
+//!
+//! # Exactly once
+//! Per source folder, a checkpoint (validity, high-water mark, target mark)
+//! and the item ledger are written in **one transaction per batch**, after
+//! the batch is in the target. A crash can therefore only lose the record of
+//! the last batch, never add a record of something not copied. On the next
+//! run those in-doubt copies are looked for in the target before anything is
+//! appended: everything the target holds past the checkpoint's target mark
+//! (IMAP: UIDNEXT after the last committed append) is matched against the
+//! pending source items by size and header hash, as multisets, so messages
+//! without Message-ID and byte-identical duplicates are counted right.
+//! Targets that name items themselves (Maildir) are idempotent by name.
+//!
+//! # Delta passes
+//! A folder whose checkpoint still matches the source (same validity, no
+//! UID above the mark, same HIGHESTMODSEQ) costs one status query and
+//! nothing else. Flag changes come from CONDSTORE where the source has it,
+//! else from a flags-only listing compared with the ledger.
+
+pub mod folders;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures::future::try_join_all;
+use mailwave_common::ErrorClass;
+use mailwave_common::config::{Config, FolderFilter};
+use mailwave_common::model::{
+    FolderCheckpoint, ItemFailure, LedgerEntry, MailboxId, MailboxRecord, PassStats,
+};
+use mailwave_common::store::{Store, StoreError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::connector::{
+    ConnectorError, FlagScan, Flags, FolderScan, ItemMeta, MailSource, MailTarget, Message,
+    Outgoing, SourceFolder, SpecialUse, TargetFolder, header_hash,
+};
+
+/// How a pass is cut into batches and spread over connections.
+#[derive(Debug, Clone)]
+pub struct CopySettings {
+    pub batch_messages: usize,
+    pub batch_bytes: u64,
+    /// 0 = no limit.
+    pub max_message_bytes: u64,
+    pub connections: usize,
+    pub filter: FolderFilter,
+}
+
+impl CopySettings {
+    pub fn from_config(config: &Config) -> CopySettings {
+        let m = &config.migration;
+        CopySettings {
+            batch_messages: m.batch_messages,
+            batch_bytes: m.batch_bytes,
+            max_message_bytes: m.max_message_bytes,
+            connections: m.connections_per_mailbox,
+            filter: config.folders.clone(),
+        }
+    }
+}
+
+/// Opens connections to one mailbox's source and target.
+#[async_trait]
+pub trait MailboxConnector: Send + Sync {
+    async fn source(&self) -> Result<Box<dyn MailSource>, ConnectorError>;
+    async fn target(&self) -> Result<Box<dyn MailTarget>, ConnectorError>;
+}
+
+/// Receives progress as it happens (the display of `mailwave run`, metrics).
+pub trait ProgressSink: Send + Sync {
+    /// `items` messages of `bytes` were committed for `mailbox`.
+    fn copied(&self, mailbox: MailboxId, items: u64, bytes: u64);
+}
+
+/// A sink that ignores progress.
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn copied(&self, _: MailboxId, _: u64, _: u64) {}
+}
+
+/// Bytes of message bodies held in memory at once, shared by every mailbox
+/// of the process, so that twenty 25 MB messages never sit in memory together.
+#[derive(Clone)]
+pub struct MemoryBudget {
+    permits: Arc<Semaphore>,
+    total_kib: u32,
+}
+
+impl MemoryBudget {
+    pub fn new(bytes: u64) -> MemoryBudget {
+        let total_kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        MemoryBudget {
+            permits: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+        }
+    }
+
+    /// What `bytes` costs; one message larger than the budget takes all of it.
+    fn cost(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_kib)
+    }
+
+    async fn acquire(&self, bytes: u64) -> OwnedSemaphorePermit {
+        Arc::clone(&self.permits)
+            .acquire_many_owned(self.cost(bytes))
+            .await
+            .expect("the budget's semaphore is never closed")
+    }
+
+    fn try_acquire(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.permits)
+            .try_acquire_many_owned(self.cost(bytes))
+            .ok()
+    }
+}
+
+impl From<StoreError> for ConnectorError {
+    fn from(error: StoreError) -> Self {
+        let class = mailwave_common::Classify::class(&error);
+        ConnectorError {
+            class,
+            message: error.to_string(),
+            retry_after: None,
+        }
+    }
+}
+
+/// One pass over one mailbox.
+pub struct MailboxPass<'a> {
+    pub store: &'a dyn Store,
+    pub mailbox: &'a MailboxRecord,
+    pub pass: i64,
+    pub settings: &'a CopySettings,
+    pub budget: &'a MemoryBudget,
+    pub progress: &'a dyn ProgressSink,
+    /// Cancelled to stop the pass at the next batch boundary, after its
+    /// commit (graceful shutdown); the pass then ends with
+    /// [`ConnectorError::interrupted`].
+    pub stop: &'a CancellationToken,
+}
+
+/// What the lanes of one pass share.
+struct Shared {
+    folders: Mutex<VecDeque<SourceFolder>>,
+    roles: HashMap<String, SpecialUse>,
+    checkpoints: HashMap<String, FolderCheckpoint>,
+    /// The target's folders, listed once when the first new folder needs them.
+    target_folders: tokio::sync::Mutex<Option<Vec<TargetFolder>>>,
+    stats: Mutex<PassStats>,
+}
+
+/// One connection pair working through the folder queue.
+struct Lane<'p> {
+    source: Box<dyn MailSource>,
+    target: Option<Box<dyn MailTarget>>,
+    connector: &'p dyn MailboxConnector,
+}
+
+impl Lane<'_> {
+    /// Ends both sessions politely.
+    async fn close(self) {
+        self.source.close().await;
+        if let Some(target) = self.target {
+            target.close().await;
+        }
+    }
+
+    /// The target connection, opened on first use: a pass with nothing to
+    /// copy never connects to the target.
+    async fn target(&mut self) -> Result<&mut dyn MailTarget, ConnectorError> {
+        if self.target.is_none() {
+            self.target = Some(self.connector.target().await?);
+        }
+        Ok(self.target.as_deref_mut().expect("just opened"))
+    }
+}
+
+impl MailboxPass<'_> {
+    /// Copies everything new, syncs flags, and returns what was done.
+    pub async fn run(&self, connector: &dyn MailboxConnector) -> Result<PassStats, ConnectorError> {
+        let mut source = connector.source().await?;
+        let folders: Vec<SourceFolder> = source
+            .folders()
+            .await?
+            .into_iter()
+            .filter(|f| self.settings.filter.allows(&f.path.to_string()))
+            .collect();
+        let roles = folders::source_roles(&folders);
+        let checkpoints = self
+            .store
+            .checkpoints(self.mailbox.id)
+            .await?
+            .into_iter()
+            .map(|c| (c.folder.clone(), c))
+            .collect();
+        let lanes = self.settings.connections.clamp(1, folders.len().max(1));
+        let shared = Shared {
+            folders: Mutex::new(folders.into()),
+            roles,
+            checkpoints,
+            target_folders: tokio::sync::Mutex::new(None),
+            stats: Mutex::new(PassStats::default()),
+        };
+
+        let mut first = Some(source);
+        let lane_runs = (0..lanes).map(|_| {
+            let source = first.take();
+            let shared = &shared;
+            async move {
+                let source = match source {
+                    Some(source) => source,
+                    None if shared.folders.lock().expect("lock").is_empty() => {
+                        return Ok::<(), ConnectorError>(());
+                    }
+                    None => connector.source().await?,
+                };
+                let mut lane = Lane {
+                    source,
+                    target: None,
+                    connector,
+                };
+                self.run_lane(&mut lane, shared).await?;
+                lane.close().await;
+                Ok(())
+            }
+        });
+        try_join_all(lane_runs).await?;
+        Ok(shared.stats.into_inner().expect("lock"))
+    }
+
+    async fn run_lane(&self, lane: &mut Lane<'_>, shared: &Shared) -> Result<(), ConnectorError> {
+        loop {
+            if self.stop.is_cancelled() {
+                return Err(ConnectorError::interrupted());
+            }
+            let Some(folder) = shared.folders.lock().expect("lock").pop_front() else {
+                return Ok(());
+            };
+            let result = self.copy_folder(lane, shared, &folder).await;
+            let Err(error) = result else { continue };
+            if self.stop.is_cancelled() {
+                return Err(ConnectorError::interrupted());
+            }
+            if error.class != ErrorClass::Item {
+                return Err(error.context(format!("folder {}", folder.path)));
+            }
+            // The folder itself cannot be copied (e.g. its name is impossible
+            // in the target): record it and go on with the others.
+            tracing::warn!(mailbox = %self.mailbox.source, folder = %folder.path, %error, "folder skipped");
+            self.store
+                .record_failure(&ItemFailure {
+                    mailbox: self.mailbox.id,
+                    folder: folder.key.clone(),
+                    item: "*".into(),
+                    size: 0,
+                    class: ErrorClass::Item,
+                    reason: format!("folder {}: {}", folder.path, error.message),
+                    pass: self.pass,
+                })
+                .await?;
+            shared.stats.lock().expect("lock").items_skipped += 1;
+        }
+    }
+
+    async fn copy_folder(
+        &self,
+        lane: &mut Lane<'_>,
+        shared: &Shared,
+        folder: &SourceFolder,
+    ) -> Result<(), ConnectorError> {
+        let previous = shared.checkpoints.get(&folder.key);
+        let scan = lane.source.scan(folder, previous).await?;
+        let mut stats = PassStats {
+            folders: 1,
+            ..PassStats::default()
+        };
+        let unchanged = previous.is_some_and(|c| {
+            c.validity == scan.validity && c.highest_modseq == scan.highest_modseq
+        });
+        if unchanged && scan.candidates.is_empty() && matches!(scan.flags, FlagScan::Unchanged) {
+            shared.stats.lock().expect("lock").add(&stats);
+            return Ok(());
+        }
+
+        let mut complete = scan.complete;
+        let mut checkpoint = match previous {
+            Some(c) if c.validity == scan.validity => c.clone(),
+            Some(c) => {
+                complete = true;
+                self.remap(lane.source.as_mut(), folder, c, &scan).await?
+            }
+            None => self.start_folder(lane, shared, folder, &scan).await?,
+        };
+
+        let ledger_needed = complete || !matches!(scan.flags, FlagScan::Unchanged);
+        let ledger: HashMap<String, LedgerEntry> = if ledger_needed {
+            self.store
+                .ledger(self.mailbox.id, &folder.key, checkpoint.validity)
+                .await?
+                .into_iter()
+                .map(|e| (e.item.clone(), e))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let mut pending: Vec<ItemMeta> = scan
+            .candidates
+            .iter()
+            .filter(|item| !ledger.contains_key(&item.item))
+            .cloned()
+            .collect();
+
+        if !pending.is_empty() {
+            stats.items_recovered = self
+                .recover(lane, folder, &checkpoint, &mut pending)
+                .await?;
+        }
+        self.copy_items(lane, folder, &mut checkpoint, pending, &mut stats)
+            .await?;
+
+        let flag_state: Vec<(String, Flags)> = match scan.flags {
+            FlagScan::Changed(list) | FlagScan::All(list) => list,
+            FlagScan::Unchanged if complete => scan
+                .candidates
+                .iter()
+                .filter(|item| ledger.contains_key(&item.item))
+                .map(|item| (item.item.clone(), item.flags.clone()))
+                .collect(),
+            FlagScan::Unchanged => Vec::new(),
+        };
+        stats.flags_updated = self
+            .sync_flags(lane, folder, &checkpoint, &ledger, flag_state)
+            .await?;
+
+        // Every listed item is now copied, recovered or recorded as failed.
+        let highest_uid = scan.candidates.iter().map(|i| i.uid).max().unwrap_or(0);
+        checkpoint.high_water_mark = checkpoint.high_water_mark.max(highest_uid);
+        checkpoint.highest_modseq = scan.highest_modseq;
+        self.store.save_checkpoint(&checkpoint).await?;
+        shared.stats.lock().expect("lock").add(&stats);
+        Ok(())
+    }
+
+    /// A folder seen for the first time: map it, create it in the target,
+    /// and checkpoint the target's mark before the first append.
+    async fn start_folder(
+        &self,
+        lane: &mut Lane<'_>,
+        shared: &Shared,
+        folder: &SourceFolder,
+        scan: &FolderScan,
+    ) -> Result<FolderCheckpoint, ConnectorError> {
+        let role = shared.roles.get(&folder.key).copied();
+        let target = lane.target().await?;
+        let path = {
+            let mut listed = shared.target_folders.lock().await;
+            if listed.is_none() {
+                *listed = Some(target.folders().await?);
+            }
+            folders::target_path(folder, role, listed.as_deref().unwrap_or_default())
+        };
+        let created = target.ensure_folder(&path, role).await?;
+        let mark = target.mark(&created.name).await?;
+        let checkpoint = FolderCheckpoint {
+            mailbox: self.mailbox.id,
+            folder: folder.key.clone(),
+            target_folder: created.name.clone(),
+            validity: scan.validity,
+            high_water_mark: 0,
+            highest_modseq: None,
+            target_mark: mark,
+        };
+        if let Some(listed) = shared.target_folders.lock().await.as_mut()
+            && !listed.iter().any(|t| t.name == created.name)
+        {
+            listed.push(created);
+        }
+        self.store.save_checkpoint(&checkpoint).await?;
+        Ok(checkpoint)
+    }
+
+    /// The source folder's validity changed (its UIDs were renumbered): find
+    /// the items copied under the old validity by size and header hash, and
+    /// move their ledger entries to the new UIDs.
+    async fn remap(
+        &self,
+        source: &mut dyn MailSource,
+        folder: &SourceFolder,
+        old: &FolderCheckpoint,
+        scan: &FolderScan,
+    ) -> Result<FolderCheckpoint, ConnectorError> {
+        tracing::info!(mailbox = %self.mailbox.source, folder = %folder.path,
+            old = old.validity, new = scan.validity, "source folder validity changed; re-mapping");
+        let old_entries = self
+            .store
+            .ledger(self.mailbox.id, &folder.key, old.validity)
+            .await?;
+        let mut by_identity: HashMap<(u64, String), VecDeque<String>> = HashMap::new();
+        for entry in old_entries {
+            by_identity
+                .entry((entry.size, entry.header_hash))
+                .or_default()
+                .push_back(entry.item);
+        }
+        let sizes: std::collections::HashSet<u64> = by_identity.keys().map(|(s, _)| *s).collect();
+        let suspects: Vec<ItemMeta> = scan
+            .candidates
+            .iter()
+            .filter(|i| sizes.contains(&i.size))
+            .cloned()
+            .collect();
+        let metas: HashMap<&str, &ItemMeta> =
+            suspects.iter().map(|i| (i.item.as_str(), i)).collect();
+        let mut rekeys = Vec::new();
+        for chunk in suspects.chunks(self.settings.batch_messages.max(1)) {
+            for (item, header) in source.fetch_headers(folder, chunk).await? {
+                let Some(meta) = metas.get(item.as_str()) else {
+                    continue;
+                };
+                let identity = (meta.size, blake3::hash(&header).to_hex().to_string());
+                if let Some(old_item) = by_identity.get_mut(&identity).and_then(VecDeque::pop_front)
+                {
+                    rekeys.push((old_item, item, meta.uid));
+                }
+            }
+        }
+        let checkpoint = FolderCheckpoint {
+            validity: scan.validity,
+            high_water_mark: 0,
+            highest_modseq: None,
+            ..old.clone()
+        };
+        self.store
+            .rekey_folder(&checkpoint, old.validity, &rekeys)
+            .await?;
+        Ok(checkpoint)
+    }
+
+    /// Finds copies of `pending` items that an interrupted run appended but
+    /// could not record; records them and removes them from `pending`.
+    async fn recover(
+        &self,
+        lane: &mut Lane<'_>,
+        folder: &SourceFolder,
+        checkpoint: &FolderCheckpoint,
+        pending: &mut Vec<ItemMeta>,
+    ) -> Result<u64, ConnectorError> {
+        let in_target = lane
+            .target()
+            .await?
+            .items_since(&checkpoint.target_folder, checkpoint.target_mark)
+            .await?;
+        if in_target.is_empty() {
+            return Ok(0);
+        }
+        let mut by_identity: HashMap<(u64, String), VecDeque<String>> = HashMap::new();
+        for item in in_target {
+            by_identity
+                .entry((item.size, item.header_hash))
+                .or_default()
+                .push_back(item.id);
+        }
+        let sizes: std::collections::HashSet<u64> = by_identity.keys().map(|(s, _)| *s).collect();
+        let suspects: Vec<ItemMeta> = pending
+            .iter()
+            .filter(|i| sizes.contains(&i.size))
+            .cloned()
+            .collect();
+        let mut entries = Vec::new();
+        for chunk in self.batches(suspects) {
+            let _permit = self.budget.acquire(batch_size(&chunk)).await;
+            for message in lane.source.fetch(folder, &chunk).await? {
+                let identity = (message.body.len() as u64, header_hash(&message.body));
+                let Some(id) = by_identity.get_mut(&identity).and_then(VecDeque::pop_front) else {
+                    continue;
+                };
+                entries.push(self.ledger_entry(checkpoint, &message, Some(id)));
+            }
+        }
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        tracing::info!(mailbox = %self.mailbox.source, folder = %folder.path,
+            recovered = entries.len(), "found in-doubt copies in the target; not copying them again");
+        self.store.commit_items(checkpoint, &entries).await?;
+        let recovered: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.item.as_str()).collect();
+        pending.retain(|i| !recovered.contains(i.item.as_str()));
+        Ok(entries.len() as u64)
+    }
+
+    /// Copies `items` in batches, fetching the next batch while the current
+    /// one is appended, and commits each batch with the checkpoint.
+    async fn copy_items(
+        &self,
+        lane: &mut Lane<'_>,
+        folder: &SourceFolder,
+        checkpoint: &mut FolderCheckpoint,
+        items: Vec<ItemMeta>,
+        stats: &mut PassStats,
+    ) -> Result<(), ConnectorError> {
+        let limit = self.settings.max_message_bytes;
+        let (oversized, items): (Vec<_>, Vec<_>) =
+            items.into_iter().partition(|i| limit > 0 && i.size > limit);
+        for item in oversized {
+            let reason = format!(
+                "message of {} bytes exceeds migration.max_message_bytes ({limit})",
+                item.size
+            );
+            self.record_item_failure(folder, &item, ErrorClass::Item, reason)
+                .await?;
+            stats.items_skipped += 1;
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        // Makes sure the target connection is open before the pipeline starts.
+        lane.target().await?;
+        let Lane { source, target, .. } = lane;
+        let target = target.as_deref_mut().expect("opened above");
+
+        let mut in_hand: Option<(Vec<ItemMeta>, Vec<Message>, OwnedSemaphorePermit)> = None;
+        for batch in self.batches(items) {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let bytes = batch_size(&batch);
+            // Never wait for memory while holding some: flush first instead.
+            let permit = match self.budget.try_acquire(bytes) {
+                Some(permit) => permit,
+                None => {
+                    if let Some(held) = in_hand.take() {
+                        self.append_batch(target, folder, checkpoint, held, stats)
+                            .await?;
+                    }
+                    self.budget.acquire(bytes).await
+                }
+            };
+            let fetch = source.fetch(folder, &batch);
+            let fetched = match in_hand.take() {
+                Some(held) => {
+                    let append = self.append_batch(target, folder, checkpoint, held, stats);
+                    let (fetched, appended) = tokio::join!(fetch, append);
+                    appended?;
+                    fetched?
+                }
+                None => fetch.await?,
+            };
+            in_hand = Some((batch, fetched, permit));
+        }
+        if let Some(held) = in_hand {
+            self.append_batch(target, folder, checkpoint, held, stats)
+                .await?;
+        }
+        if self.stop.is_cancelled() {
+            return Err(ConnectorError::interrupted());
+        }
+        Ok(())
+    }
+
+    /// Appends one fetched batch and commits its ledger entries together
+    /// with the moved checkpoint.
+    async fn append_batch(
+        &self,
+        target: &mut dyn MailTarget,
+        folder: &SourceFolder,
+        checkpoint: &mut FolderCheckpoint,
+        (batch, messages, _permit): (Vec<ItemMeta>, Vec<Message>, OwnedSemaphorePermit),
+        stats: &mut PassStats,
+    ) -> Result<(), ConnectorError> {
+        let outgoing: Vec<Outgoing> = messages
+            .iter()
+            .map(|m| Outgoing {
+                body: m.body.clone(),
+                flags: m.meta.flags.clone(),
+                internal_date: m.meta.internal_date.clone(),
+                source_ref: self.source_ref(checkpoint, &m.meta.item),
+            })
+            .collect();
+        let report = if outgoing.is_empty() {
+            Default::default()
+        } else {
+            target.append(&checkpoint.target_folder, &outgoing).await?
+        };
+        if report.results.len() != messages.len() {
+            return Err(ConnectorError::transient(format!(
+                "target answered {} results for {} appended messages",
+                report.results.len(),
+                messages.len()
+            )));
+        }
+        let mut entries = Vec::with_capacity(messages.len());
+        let mut bytes = 0;
+        for (message, result) in messages.iter().zip(report.results) {
+            match result {
+                Ok(id) => {
+                    bytes += message.body.len() as u64;
+                    entries.push(self.ledger_entry(checkpoint, message, id));
+                }
+                Err(error) if error.class == ErrorClass::Item => {
+                    let reason = format!("refused by the target: {}", error.message);
+                    self.record_item_failure(folder, &message.meta, error.class, reason)
+                        .await?;
+                    stats.items_skipped += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let highest = batch.iter().map(|i| i.uid).max().unwrap_or(0);
+        checkpoint.high_water_mark = checkpoint.high_water_mark.max(highest);
+        if let Some(mark) = report.mark_after {
+            checkpoint.target_mark = mark;
+        }
+        self.store.commit_items(checkpoint, &entries).await?;
+        stats.items_copied += entries.len() as u64;
+        stats.bytes_copied += bytes;
+        self.progress
+            .copied(self.mailbox.id, entries.len() as u64, bytes);
+        Ok(())
+    }
+
+    /// Applies flag changes of copied items to their target copies.
+    async fn sync_flags(
+        &self,
+        lane: &mut Lane<'_>,
+        folder: &SourceFolder,
+        checkpoint: &FolderCheckpoint,
+        ledger: &HashMap<String, LedgerEntry>,
+        source_flags: Vec<(String, Flags)>,
+    ) -> Result<u64, ConnectorError> {
+        let mut changes = Vec::new();
+        let mut recorded = Vec::new();
+        for (item, flags) in source_flags {
+            let Some(entry) = ledger.get(&item) else {
+                continue;
+            };
+            let flags_text = flags.to_string();
+            if entry.flags == flags_text {
+                continue;
+            }
+            let Some(target_id) = &entry.target_id else {
+                tracing::warn!(mailbox = %self.mailbox.source, folder = %folder.path, item,
+                    "flags changed but the target copy's id is unknown; left as is");
+                continue;
+            };
+            changes.push((target_id.clone(), flags));
+            recorded.push((item, flags_text));
+        }
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        lane.target()
+            .await?
+            .set_flags(&checkpoint.target_folder, &changes)
+            .await?;
+        self.store
+            .update_flags(self.mailbox.id, &folder.key, checkpoint.validity, &recorded)
+            .await?;
+        Ok(changes.len() as u64)
+    }
+
+    fn batches(&self, items: Vec<ItemMeta>) -> Vec<Vec<ItemMeta>> {
+        let mut batches = Vec::new();
+        let mut current: Vec<ItemMeta> = Vec::new();
+        let mut bytes = 0;
+        for item in items {
+            let full = current.len() >= self.settings.batch_messages
+                || (!current.is_empty() && bytes + item.size > self.settings.batch_bytes);
+            if full {
+                batches.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += item.size;
+            current.push(item);
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+        batches
+    }
+
+    fn ledger_entry(
+        &self,
+        checkpoint: &FolderCheckpoint,
+        message: &Message,
+        target_id: Option<String>,
+    ) -> LedgerEntry {
+        LedgerEntry {
+            mailbox: self.mailbox.id,
+            folder: checkpoint.folder.clone(),
+            validity: checkpoint.validity,
+            item: message.meta.item.clone(),
+            uid: message.meta.uid,
+            target_folder: checkpoint.target_folder.clone(),
+            target_id,
+            size: message.body.len() as u64,
+            content_hash: blake3::hash(&message.body).to_hex().to_string(),
+            header_hash: header_hash(&message.body),
+            flags: message.meta.flags.to_string(),
+        }
+    }
+
+    /// A stable name for a source item, independent of the state store.
+    fn source_ref(&self, checkpoint: &FolderCheckpoint, item: &str) -> String {
+        let mut hasher = blake3::Hasher::new();
+        for part in [
+            self.mailbox.source.as_bytes(),
+            checkpoint.folder.as_bytes(),
+            &checkpoint.validity.to_be_bytes(),
+            item.as_bytes(),
+        ] {
+            hasher.update(&(part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        hasher.finalize().to_hex()[..32].to_owned()
+    }
+
+    async fn record_item_failure(
+        &self,
+        folder: &SourceFolder,
+        item: &ItemMeta,
+        class: ErrorClass,
+        reason: String,
+    ) -> Result<(), ConnectorError> {
+        tracing::warn!(mailbox = %self.mailbox.source, folder = %folder.path, item = %item.item,
+            size = item.size, %reason, "item skipped");
+        self.store
+            .record_failure(&ItemFailure {
+                mailbox: self.mailbox.id,
+                folder: folder.key.clone(),
+                item: item.item.clone(),
+                size: item.size,
+                class,
+                reason,
+                pass: self.pass,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn batch_size(items: &[ItemMeta]) -> u64 {
+    items.iter().map(|i| i.size).sum()
+}

@@ -1,0 +1,205 @@
+//! Running one job: one pass over one mailbox, with the retry policy of the
+//! error taxonomy, and its outcome recorded in the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use mailwave_common::config::{Config, EndpointConfig};
+use mailwave_common::mailboxes::MailboxSecrets;
+use mailwave_common::model::{Job, MailboxRecord, MailboxState, PassStats};
+use mailwave_common::store::{PassOutcome, Store, StoreError};
+use mailwave_common::{Classify, ErrorClass};
+use tokio_util::sync::CancellationToken;
+
+use crate::connector::maildir::Maildir;
+use crate::connector::{ConnectorError, MailSource, MailTarget, imap};
+use crate::engine::{CopySettings, MailboxConnector, MailboxPass, MemoryBudget, ProgressSink};
+
+/// Where a worker finds per-mailbox passwords (never in the job, never in
+/// the state store).
+pub trait Credentials: Send + Sync {
+    fn secrets(&self, mailbox: &MailboxRecord) -> MailboxSecrets;
+}
+
+/// No per-mailbox passwords: the endpoints' own credentials serve all.
+pub struct EndpointCredentialsOnly;
+
+impl Credentials for EndpointCredentialsOnly {
+    fn secrets(&self, _: &MailboxRecord) -> MailboxSecrets {
+        MailboxSecrets::default()
+    }
+}
+
+/// Everything a worker needs to run jobs.
+pub struct WorkerContext {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    pub settings: CopySettings,
+    pub budget: MemoryBudget,
+    pub progress: Arc<dyn ProgressSink>,
+    pub credentials: Arc<dyn Credentials>,
+    /// First wait after a transient failure; doubles up to `retry_max_delay`.
+    pub retry_min_delay: Duration,
+    pub retry_max_delay: Duration,
+}
+
+impl WorkerContext {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: Arc<Config>,
+        progress: Arc<dyn ProgressSink>,
+        credentials: Arc<dyn Credentials>,
+    ) -> WorkerContext {
+        WorkerContext {
+            settings: CopySettings::from_config(&config),
+            budget: MemoryBudget::new(config.migration.memory_budget_bytes),
+            store,
+            config,
+            progress,
+            credentials,
+            retry_min_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a job ended for the worker that ran it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// The pass ended (completed or failed) and its outcome is recorded.
+    Finished(MailboxState),
+    /// The job was for a pass that is no longer current (or already ended).
+    Stale,
+    /// Stopped on purpose at a checkpoint: hand the job back to the queue.
+    Interrupted,
+}
+
+/// Runs `job` to its end and records the outcome, or stops at the next
+/// checkpoint when `stop` is cancelled. Returns an error only when the store
+/// itself fails (the job should then be handed back).
+pub async fn run_job(
+    ctx: &WorkerContext,
+    job: &Job,
+    stop: &CancellationToken,
+) -> Result<JobOutcome, StoreError> {
+    if !ctx.store.start_pass(job.mailbox, job.pass).await? {
+        tracing::info!(mailbox = job.mailbox, pass = job.pass, "stale job skipped");
+        return Ok(JobOutcome::Stale);
+    }
+    let mailbox = ctx.store.mailbox(job.mailbox).await?;
+    let connector = EndpointConnector::new(
+        Arc::clone(&ctx.config),
+        mailbox.clone(),
+        ctx.credentials.secrets(&mailbox),
+    );
+    let pass = MailboxPass {
+        store: ctx.store.as_ref(),
+        mailbox: &mailbox,
+        pass: job.pass,
+        settings: &ctx.settings,
+        budget: &ctx.budget,
+        progress: ctx.progress.as_ref(),
+        stop,
+    };
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(ctx.retry_min_delay)
+        .with_max_delay(ctx.retry_max_delay)
+        .with_jitter()
+        .with_max_times(ctx.config.migration.max_attempts.saturating_sub(1) as usize)
+        .build();
+    let started = std::time::Instant::now();
+    let mut total = PassStats::default();
+    let outcome = loop {
+        let error = match pass.run(&connector).await {
+            Ok(stats) => {
+                total.add(&stats);
+                break PassOutcome {
+                    state: MailboxState::Completed,
+                    error: None,
+                    stats: total,
+                };
+            }
+            Err(_) if stop.is_cancelled() => return Ok(JobOutcome::Interrupted),
+            Err(error) => error,
+        };
+        let next_delay = match error.class() {
+            ErrorClass::Throttled | ErrorClass::Transient => delays.next(),
+            ErrorClass::Item | ErrorClass::Mailbox => None,
+        };
+        let Some(delay) = next_delay else {
+            tracing::warn!(mailbox = %mailbox.source, class = %error.class(), %error, "mailbox failed");
+            break PassOutcome {
+                state: MailboxState::Failed,
+                error: Some(error.to_string()),
+                stats: total,
+            };
+        };
+        // A throttled server's own hint is obeyed when it asks for longer.
+        let delay = error.retry_after().map_or(delay, |hint| hint.max(delay));
+        tracing::info!(mailbox = %mailbox.source, class = %error.class(), %error,
+            retry_in = ?delay, "retrying mailbox from its checkpoints");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return Ok(JobOutcome::Interrupted),
+        }
+    };
+    let s = &outcome.stats;
+    tracing::info!(mailbox = %mailbox.source, pass = job.pass, state = outcome.state.as_str(),
+        seconds = started.elapsed().as_secs_f64(), folders = s.folders, copied = s.items_copied,
+        bytes = s.bytes_copied, recovered = s.items_recovered, flags = s.flags_updated,
+        skipped = s.items_skipped, "mailbox pass ended");
+    ctx.store
+        .finish_pass(job.mailbox, job.pass, &outcome)
+        .await?;
+    Ok(JobOutcome::Finished(outcome.state))
+}
+
+/// Opens the configured endpoints for one mailbox.
+pub struct EndpointConnector {
+    config: Arc<Config>,
+    mailbox: MailboxRecord,
+    secrets: MailboxSecrets,
+}
+
+impl EndpointConnector {
+    pub fn new(config: Arc<Config>, mailbox: MailboxRecord, secrets: MailboxSecrets) -> Self {
+        EndpointConnector {
+            config,
+            mailbox,
+            secrets,
+        }
+    }
+}
+
+#[async_trait]
+impl MailboxConnector for EndpointConnector {
+    async fn source(&self) -> Result<Box<dyn MailSource>, ConnectorError> {
+        let login = &self.mailbox.source;
+        match &self.config.source {
+            EndpointConfig::Maildir(m) => Ok(Box::new(
+                Maildir::for_mailbox(&m.path, login).open_source().await?,
+            )),
+            EndpointConfig::Imap(endpoint) => {
+                let session =
+                    imap::connect(endpoint, login, self.secrets.source_password.as_deref()).await?;
+                Ok(Box::new(imap::ImapSource::new(session).await?))
+            }
+        }
+    }
+
+    async fn target(&self) -> Result<Box<dyn MailTarget>, ConnectorError> {
+        let login = &self.mailbox.target;
+        match &self.config.target {
+            EndpointConfig::Maildir(m) => Ok(Box::new(
+                Maildir::for_mailbox(&m.path, login).open_target().await?,
+            )),
+            EndpointConfig::Imap(endpoint) => {
+                let session =
+                    imap::connect(endpoint, login, self.secrets.target_password.as_deref()).await?;
+                Ok(Box::new(imap::ImapTarget::new(session).await?))
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! `mailwave-worker`: the data-plane process. `serve` is the worker of
+//! distributed mode (see `distributed`); `check` is the preflight check that
+//! migration engineers run before a wave.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mailwave_common::config::Config;
+use mailwave_common::model::{MailboxRecord, MailboxState, PassStats};
+use mailwave_worker::distributed::{self, WorkerSettings};
+use mailwave_worker::engine::MailboxConnector;
+use mailwave_worker::job::EndpointConnector;
+
+#[derive(Parser)]
+#[command(
+    name = "mailwave-worker",
+    version,
+    about = "mailwave data-plane worker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Takes jobs from RabbitMQ and copies mailboxes, state in PostgreSQL,
+    /// until SIGTERM or SIGINT (graceful: interrupted mailboxes are handed back).
+    Serve {
+        /// TOML with a [worker] table (MAILWAVE__WORKER__* override it).
+        #[arg(long)]
+        settings: PathBuf,
+    },
+    /// Logs in to a mailbox's source and target and lists its folders:
+    /// proves credentials, TLS and impersonation before a wave starts.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// The mailbox's source login.
+        #[arg(long)]
+        source: String,
+        /// The mailbox's target login (defaults to the source login).
+        #[arg(long)]
+        target: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,mailwave_worker::distributed=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match Cli::parse().command {
+        Command::Serve { settings } => match WorkerSettings::load(&settings) {
+            Ok(settings) => distributed::serve(settings).await,
+            Err(error) => Err(error),
+        },
+        Command::Check {
+            config,
+            source,
+            target,
+        } => check(&config, source, target).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check(
+    config: &std::path::Path,
+    source: String,
+    target: Option<String>,
+) -> anyhow::Result<()> {
+    let config = std::sync::Arc::new(Config::load(config)?);
+    let mailbox = MailboxRecord {
+        id: 0,
+        wave: 0,
+        target: target.unwrap_or_else(|| source.clone()),
+        source,
+        state: MailboxState::Pending,
+        pass: 0,
+        attempts: 0,
+        last_error: None,
+        stats: PassStats::default(),
+    };
+    let connector = EndpointConnector::new(config, mailbox.clone(), Default::default());
+    let mut source = connector
+        .source()
+        .await
+        .map_err(|e| anyhow::anyhow!("source: {e}"))?;
+    let folders = source
+        .folders()
+        .await
+        .map_err(|e| anyhow::anyhow!("source: {e}"))?;
+    println!("source {}: {} folders", mailbox.source, folders.len());
+    for folder in &folders {
+        let role = folder.special.map(|r| r.attribute()).unwrap_or("");
+        println!("  {} {role}", folder.path);
+    }
+    let mut target = connector
+        .target()
+        .await
+        .map_err(|e| anyhow::anyhow!("target: {e}"))?;
+    let folders = target
+        .folders()
+        .await
+        .map_err(|e| anyhow::anyhow!("target: {e}"))?;
+    println!("target {}: {} folders", mailbox.target, folders.len());
+    Ok(())
+}
