@@ -56,9 +56,9 @@ impl MemoryQueue {
 
 #[async_trait]
 impl JobQueue for MemoryQueue {
-    async fn publish(&self, job: &Job) -> Result<(), QueueError> {
-        self.state().ready.push_back(job.clone());
-        self.inner.changed.notify_one();
+    async fn publish(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        self.state().ready.extend(jobs.iter().cloned());
+        self.inner.changed.notify_waiters();
         Ok(())
     }
 
@@ -113,6 +113,13 @@ impl Delivery for MemoryDelivery {
         }
         Ok(())
     }
+
+    /// The in-process queue has no dead letters: the job is dropped (the
+    /// caller logs why).
+    async fn reject(mut self: Box<Self>) -> Result<(), QueueError> {
+        self.job = None;
+        Ok(())
+    }
 }
 
 impl Drop for MemoryDelivery {
@@ -145,8 +152,8 @@ mod tests {
     #[tokio::test]
     async fn delivers_in_order_and_redelivers_unacked_jobs() {
         let queue = MemoryQueue::new();
-        queue.publish(&job(1)).await.unwrap();
-        queue.publish(&job(2)).await.unwrap();
+        queue.publish(&[job(1)]).await.unwrap();
+        queue.publish(&[job(2)]).await.unwrap();
 
         let first = queue.next().await.unwrap().unwrap();
         assert_eq!(first.job().mailbox, 1);
@@ -178,7 +185,7 @@ mod tests {
             })
         };
         tokio::task::yield_now().await;
-        queue.publish(&job(7)).await.unwrap();
+        queue.publish(&[job(7)]).await.unwrap();
         assert_eq!(consumer.await.unwrap(), job(7));
 
         let waiting = {

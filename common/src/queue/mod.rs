@@ -37,8 +37,10 @@ impl Classify for QueueError {
 /// Where jobs wait for workers.
 #[async_trait]
 pub trait JobQueue: Send + Sync + 'static {
-    /// Publishes a job; returns once the queue has it durably.
-    async fn publish(&self, job: &Job) -> Result<(), QueueError>;
+    /// Publishes the jobs; returns once the queue has every one durably
+    /// (some perhaps twice, after a connection loss: delivery is at least
+    /// once).
+    async fn publish(&self, jobs: &[Job]) -> Result<(), QueueError>;
 
     /// Waits for the next job; `None` once the queue is closed and drained.
     async fn next(&self) -> Result<Option<Box<dyn Delivery>>, QueueError>;
@@ -55,4 +57,8 @@ pub trait Delivery: Send {
 
     /// Hands the job back for another worker (graceful shutdown).
     async fn requeue(self: Box<Self>) -> Result<(), QueueError>;
+
+    /// Refuses the job for good: no worker could ever run it (a poison
+    /// job). A broker moves it to the dead-letter queue for an operator.
+    async fn reject(self: Box<Self>) -> Result<(), QueueError>;
 }

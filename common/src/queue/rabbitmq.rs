@@ -14,6 +14,16 @@
 //! worker acknowledges the job once it holds the mailbox's lease, so
 //! RabbitMQ's consumer timeout (30 minutes by default) never matters.
 //!
+//! # One job per free slot
+//!
+//! Because a job is acknowledged early, a long-lived consumer with a
+//! prefetch would be sent the next jobs while the worker is still busy:
+//! they would wait in a busy worker's buffer while another worker idles.
+//! So [`JobQueue::next`] takes exactly one job: it starts a consumer with a
+//! prefetch of one, waits for its delivery and cancels it before returning.
+//! A worker holds a job only while a slot is free to run it, and the broker
+//! spreads jobs over every free slot of every worker.
+//!
 //! A job requeued more often than the delivery limit allows (a poison job) is
 //! dead-lettered, and so is a message that is not a job at all: both wait in
 //! the dead-letter queue for an operator.
@@ -34,16 +44,16 @@ use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
-    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
-    Event, ExchangeKind,
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event,
+    ExchangeKind, PublisherConfirm,
 };
-use tokio::sync::{Mutex, OnceCell, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Delivery, JobQueue, QueueError};
@@ -76,8 +86,6 @@ pub struct RabbitOptions {
     /// connecting fail: RabbitMQ refuses to redeclare a queue with other
     /// arguments.
     pub delivery_limit: u32,
-    /// Unacknowledged jobs the broker sends this process ahead (`basic.qos`).
-    pub prefetch: u16,
     /// How long `publish` waits for the broker before giving up.
     pub publish_timeout: Duration,
     /// The longest pause between two reconnection attempts, before a random
@@ -89,7 +97,6 @@ impl Default for RabbitOptions {
     fn default() -> RabbitOptions {
         RabbitOptions {
             delivery_limit: 5,
-            prefetch: 1,
             publish_timeout: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(30),
         }
@@ -115,10 +122,9 @@ struct Link {
     connection: Connection,
     /// In publisher-confirm mode.
     publisher: Channel,
+    /// Every consumer on it has a prefetch of one (`basic.qos`, per
+    /// consumer).
     consumer_channel: Channel,
-    /// Started by the first `next`, so that a process that only publishes
-    /// never holds jobs.
-    consumer: OnceCell<Mutex<Consumer>>,
 }
 
 impl RabbitQueue {
@@ -159,14 +165,18 @@ impl Drop for RabbitQueue {
 
 #[async_trait]
 impl JobQueue for RabbitQueue {
-    async fn publish(&self, job: &Job) -> Result<(), QueueError> {
-        let body = serde_json::to_vec(job).map_err(|e| QueueError::Malformed(e.to_string()))?;
+    async fn publish(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        let bodies = jobs
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| QueueError::Malformed(e.to_string()))?;
         let timeout = self.shared.options.publish_timeout;
-        tokio::time::timeout(timeout, self.shared.publish(&body))
+        tokio::time::timeout(timeout, self.shared.publish(&bodies))
             .await
             .unwrap_or_else(|_| {
                 Err(QueueError::Unavailable(format!(
-                    "RabbitMQ did not take the job within {timeout:?}"
+                    "RabbitMQ did not take the jobs within {timeout:?}"
                 )))
             })
     }
@@ -174,17 +184,17 @@ impl JobQueue for RabbitQueue {
     async fn next(&self) -> Result<Option<Box<dyn Delivery>>, QueueError> {
         loop {
             let link = self.shared.current_link().await?;
-            let consumer = match link.consumer(&self.shared.names.jobs).await {
-                Ok(consumer) => consumer,
-                Err(error) => {
-                    tracing::warn!(%error, "could not start consuming jobs");
+            let delivery = match link.take_one(&self.shared.names.jobs).await {
+                Ok(Some(delivery)) => delivery,
+                Ok(None) => {
                     self.shared.report_broken(&link);
                     continue;
                 }
-            };
-            let Some(delivery) = consumer.lock().await.next().await else {
-                self.shared.report_broken(&link);
-                continue;
+                Err(error) => {
+                    tracing::warn!(%error, "could not take a job");
+                    self.shared.report_broken(&link);
+                    continue;
+                }
             };
             let delivery = match delivery {
                 Ok(delivery) => delivery,
@@ -245,36 +255,65 @@ impl Shared {
         });
     }
 
-    /// Publishes until the broker confirms, riding out connection losses.
-    async fn publish(&self, body: &[u8]) -> Result<(), QueueError> {
-        loop {
+    /// Publishes until the broker confirms every message, riding out
+    /// connection losses. The messages are sent one after the other and
+    /// their confirmations awaited together, so a batch costs about one
+    /// round trip; what a lost connection left unconfirmed is sent again.
+    async fn publish(&self, bodies: &[Vec<u8>]) -> Result<(), QueueError> {
+        let mut pending: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        while !pending.is_empty() {
             let link = self.current_link().await?;
-            let confirmation = match link.publish(&self.names.jobs, body).await {
-                Ok(confirmation) => confirmation,
-                Err(error) => {
-                    tracing::warn!(%error, "publishing a job failed; retrying after reconnecting");
-                    self.report_broken(&link);
-                    continue;
+            let mut confirms = Vec::with_capacity(pending.len());
+            let mut broken = false;
+            for body in &pending {
+                match link.send(&self.names.jobs, body).await {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(error) => {
+                        tracing::warn!(%error, "publishing a job failed; retrying after reconnecting");
+                        broken = true;
+                        break;
+                    }
                 }
-            };
-            return match confirmation {
-                Confirmation::Ack(None) => Ok(()),
-                Confirmation::Ack(Some(returned)) => {
-                    // No queue to route to: a new link declares it again.
-                    self.report_broken(&link);
-                    Err(QueueError::Unavailable(format!(
-                        "RabbitMQ returned the job: {} {}",
-                        returned.reply_code, returned.reply_text
-                    )))
+            }
+            let outcomes = futures::future::join_all(confirms).await;
+            let mut unconfirmed = pending.split_off(outcomes.len());
+            for (body, outcome) in pending.into_iter().zip(outcomes) {
+                match outcome {
+                    Ok(confirmation) => confirmed(confirmation, || self.report_broken(&link))?,
+                    Err(error) => {
+                        tracing::warn!(%error, "a job's confirmation was lost; publishing it again");
+                        broken = true;
+                        unconfirmed.push(body);
+                    }
                 }
-                Confirmation::Nack(_) => Err(QueueError::Unavailable(
-                    "RabbitMQ refused the job (nack)".into(),
-                )),
-                Confirmation::NotRequested => Err(QueueError::Unavailable(
-                    "publisher confirms are off on the publishing channel".into(),
-                )),
-            };
+            }
+            if broken {
+                self.report_broken(&link);
+            }
+            pending = unconfirmed;
         }
+        Ok(())
+    }
+}
+
+/// Whether the broker took a message; `on_returned` runs when it had no
+/// queue to route it to (a new link declares the queue again).
+fn confirmed(confirmation: Confirmation, on_returned: impl FnOnce()) -> Result<(), QueueError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => {
+            on_returned();
+            Err(QueueError::Unavailable(format!(
+                "RabbitMQ returned the job: {} {}",
+                returned.reply_code, returned.reply_text
+            )))
+        }
+        Confirmation::Nack(_) => Err(QueueError::Unavailable(
+            "RabbitMQ refused the job (nack)".into(),
+        )),
+        Confirmation::NotRequested => Err(QueueError::Unavailable(
+            "publisher confirms are off on the publishing channel".into(),
+        )),
     }
 }
 
@@ -291,17 +330,17 @@ impl Link {
             .await?;
         let consumer_channel = connection.create_channel().await?;
         consumer_channel
-            .basic_qos(options.prefetch, BasicQosOptions::default())
+            .basic_qos(1, BasicQosOptions::default())
             .await?;
         Ok(Link {
             connection,
             publisher,
             consumer_channel,
-            consumer: OnceCell::new(),
         })
     }
 
-    async fn publish(&self, queue: &str, body: &[u8]) -> lapin::Result<Confirmation> {
+    /// Sends a persistent message; the returned future is its confirmation.
+    async fn send(&self, queue: &str, body: &[u8]) -> lapin::Result<PublisherConfirm> {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
@@ -311,25 +350,35 @@ impl Link {
         };
         self.publisher
             .basic_publish("".into(), queue.into(), options, body, properties)
-            .await?
             .await
     }
 
-    async fn consumer(&self, queue: &str) -> lapin::Result<&Mutex<Consumer>> {
-        self.consumer
-            .get_or_try_init(|| async {
-                let consumer = self
-                    .consumer_channel
-                    .basic_consume(
-                        queue.into(),
-                        "".into(),
-                        BasicConsumeOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await?;
-                Ok(Mutex::new(consumer))
-            })
-            .await
+    /// Waits for one job with a consumer of its own, which is cancelled
+    /// before the job is returned (see the module's docs). `None` when the
+    /// consumer ended without a job (the broker cancelled it). Dropped while
+    /// waiting, the consumer cancels itself.
+    async fn take_one(
+        &self,
+        queue: &str,
+    ) -> lapin::Result<Option<lapin::Result<lapin::message::Delivery>>> {
+        let mut consumer = self
+            .consumer_channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let delivery = consumer.next().await;
+        if delivery.is_some() {
+            // The prefetch of one keeps anything else from arriving
+            // meanwhile; the delivery stays ours to settle.
+            self.consumer_channel
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await?;
+        }
+        Ok(delivery)
     }
 
     /// Closes the connection if it is still up, so that the broker hands back
@@ -495,6 +544,14 @@ impl Delivery for RabbitDelivery {
 
     async fn requeue(self: Box<Self>) -> Result<(), QueueError> {
         settled(self.acker.nack(requeue()).await)
+    }
+
+    async fn reject(self: Box<Self>) -> Result<(), QueueError> {
+        settled(
+            self.acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await,
+        )
     }
 }
 
@@ -719,6 +776,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_busy_worker_is_sent_no_job_it_cannot_start() {
+        with_names(async |names| {
+            let busy = connect(names, RabbitOptions::default()).await;
+            let idle = connect(names, RabbitOptions::default()).await;
+            busy.publish(&[job(1)]).await.unwrap();
+            // The busy worker's only slot takes a job and acknowledges it at
+            // once, as a worker does when it holds the lease.
+            let running = take(&busy).await;
+            assert_eq!(running.job(), &job(1));
+            running.ack().await.unwrap();
+
+            // Every later job goes to the worker with a free slot.
+            busy.publish(&[job(2), job(3), job(4)]).await.unwrap();
+            let mut seen = Vec::new();
+            for _ in 0..3 {
+                let delivery = take(&idle).await;
+                seen.push(delivery.job().mailbox);
+                delivery.ack().await.unwrap();
+            }
+            assert_eq!(seen, [2, 3, 4]);
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn poison_job_is_dead_lettered_after_the_delivery_limit() {
         with_names(async |names| {
             let options = RabbitOptions {
@@ -726,7 +808,7 @@ mod tests {
                 ..RabbitOptions::default()
             };
             let queue = connect(names, options).await;
-            queue.publish(&job(7)).await.unwrap();
+            queue.publish(&[job(7)]).await.unwrap();
 
             let mut deliveries = 0;
             while let Some(delivery) = take_within(&queue, Duration::from_secs(2)).await {
@@ -764,7 +846,7 @@ mod tests {
                 .unwrap()
                 .await
                 .unwrap();
-            queue.publish(&job(8)).await.unwrap();
+            queue.publish(&[job(8)]).await.unwrap();
 
             let delivery = take(&queue).await;
             assert_eq!(delivery.job(), &job(8));
@@ -780,7 +862,7 @@ mod tests {
         with_names(async |names| {
             let queue = connect(names, RabbitOptions::default()).await;
             for mailbox in 1..=3 {
-                queue.publish(&job(mailbox)).await.unwrap();
+                queue.publish(&[job(mailbox)]).await.unwrap();
             }
             let held = take(&queue).await;
             assert_eq!(held.job(), &job(1));
@@ -789,7 +871,7 @@ mod tests {
             // Publishing goes on while the broker drops the connection.
             let publishing = async {
                 for mailbox in 4..=30 {
-                    queue.publish(&job(mailbox)).await.unwrap();
+                    queue.publish(&[job(mailbox)]).await.unwrap();
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             };
@@ -833,13 +915,13 @@ mod tests {
             let queue = RabbitQueue::connect_with(&user.url(), names.clone(), options)
                 .await
                 .unwrap_or_else(|e| panic!("{e}: is RabbitMQ running? {START_IT}"));
-            queue.publish(&job(1)).await.unwrap();
+            queue.publish(&[job(1)]).await.unwrap();
 
             // The broker drops us and will not let us back in.
             tokio::task::block_in_place(|| user.revoke());
             force_close(names).await;
             let started = Instant::now();
-            let refused = queue.publish(&job(2)).await;
+            let refused = queue.publish(&[job(2)]).await;
             assert!(
                 matches!(refused, Err(QueueError::Unavailable(_))),
                 "{refused:?}"
@@ -848,7 +930,7 @@ mod tests {
 
             // Once it does, publishing and consuming go on.
             tokio::task::block_in_place(|| user.grant());
-            queue.publish(&job(3)).await.unwrap();
+            queue.publish(&[job(3)]).await.unwrap();
             for mailbox in [1, 3] {
                 let delivery = take(&queue).await;
                 assert_eq!(delivery.job(), &job(mailbox));

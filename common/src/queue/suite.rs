@@ -52,9 +52,8 @@ async fn assert_empty(queue: &dyn JobQueue) {
 }
 
 async fn delivers_in_publish_order(queue: &dyn JobQueue) {
-    for mailbox in 1..=3 {
-        queue.publish(&job(mailbox)).await.unwrap();
-    }
+    queue.publish(&[job(1), job(2)]).await.unwrap();
+    queue.publish(&[job(3)]).await.unwrap();
     for mailbox in 1..=3 {
         let delivery = take(queue).await;
         assert_eq!(delivery.job(), &job(mailbox));
@@ -66,7 +65,7 @@ async fn delivers_in_publish_order(queue: &dyn JobQueue) {
 async fn waiting_consumer_wakes_on_publish(queue: &dyn JobQueue) {
     let (delivery, published) = tokio::join!(take(queue), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        queue.publish(&job(10)).await
+        queue.publish(&[job(10)]).await
     });
     published.unwrap();
     assert_eq!(delivery.job(), &job(10));
@@ -75,7 +74,7 @@ async fn waiting_consumer_wakes_on_publish(queue: &dyn JobQueue) {
 }
 
 async fn requeue_redelivers(queue: &dyn JobQueue) {
-    queue.publish(&job(20)).await.unwrap();
+    queue.publish(&[job(20)]).await.unwrap();
     take(queue).await.requeue().await.unwrap();
     let again = take(queue).await;
     assert_eq!(again.job(), &job(20));
@@ -84,7 +83,7 @@ async fn requeue_redelivers(queue: &dyn JobQueue) {
 }
 
 async fn dropped_delivery_comes_back(queue: &dyn JobQueue) {
-    queue.publish(&job(30)).await.unwrap();
+    queue.publish(&[job(30)]).await.unwrap();
     drop(take(queue).await);
     let again = take(queue).await;
     assert_eq!(again.job(), &job(30));
@@ -96,8 +95,8 @@ async fn consumer_death_hands_the_job_back(
     queue: &dyn JobQueue,
     consumer_death: impl AsyncFn(Box<dyn Delivery>),
 ) {
-    queue.publish(&job(40)).await.unwrap();
-    queue.publish(&job(41)).await.unwrap();
+    queue.publish(&[job(40)]).await.unwrap();
+    queue.publish(&[job(41)]).await.unwrap();
     let first = take(queue).await;
     assert_eq!(first.job(), &job(40));
     consumer_death(first).await;
