@@ -42,9 +42,9 @@ pub async fn plan_pass(
             mailbox: record.id,
             pass,
         };
-        queue.publish(&job).await?;
         jobs.push(job);
     }
+    queue.publish(&jobs).await?;
     Ok(PlannedPass { wave, jobs })
 }
 

@@ -166,6 +166,8 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the mailbox for `pass` on behalf of `worker` until the store's
     /// clock passes now + `ttl`. `true` when no live lease of another worker
     /// exists (none, expired, or already `worker`'s); `false` otherwise.
+    /// [`StoreError::NotFound`] when there is no such mailbox (a job of
+    /// another deployment, or of a database that was reset).
     async fn acquire_lease(
         &self,
         mailbox: MailboxId,
@@ -257,14 +259,15 @@ pub trait Store: Send + Sync + 'static {
     /// running, with that next pass.
     async fn next_to_publish(&self, wave: WaveId, limit: usize) -> Result<Vec<Job>, StoreError>;
 
-    /// Before publishing `pass` of the mailbox: it becomes `Queued` for
-    /// that pass (attempts, error and figures cleared), its job not yet
-    /// confirmed. `false` when the mailbox is not waiting for that pass or
-    /// its wave is not running (nothing to publish).
-    async fn mark_published(&self, mailbox: MailboxId, pass: i64) -> Result<bool, StoreError>;
+    /// Before publishing these jobs, atomically: each job's mailbox becomes
+    /// `Queued` for the job's pass (attempts, error and figures cleared),
+    /// the job not yet confirmed. Returns the jobs marked, in the order
+    /// given; a job is left out when its mailbox is not waiting for that
+    /// pass or its wave is not running (nothing to publish).
+    async fn mark_published(&self, jobs: &[Job]) -> Result<Vec<Job>, StoreError>;
 
-    /// The queue confirmed the job of `pass` of the mailbox.
-    async fn confirm_published(&self, mailbox: MailboxId, pass: i64) -> Result<(), StoreError>;
+    /// The queue confirmed these jobs.
+    async fn confirm_published(&self, jobs: &[Job]) -> Result<(), StoreError>;
 
     /// Jobs of queued mailboxes not confirmed on the queue, by mailbox id:
     /// marked by a coordinator that stopped before the queue confirmed them,

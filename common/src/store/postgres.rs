@@ -45,6 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -469,7 +470,9 @@ impl Store for PostgresStore {
             .await?;
         let select = client
             .prepare_cached(&format!(
-                "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = $1 AND source = ANY($2)"
+                "SELECT {MAILBOX_COLUMNS} FROM mailboxes
+                 JOIN unnest($2::text[]) AS given (source) USING (source)
+                 WHERE wave = $1"
             ))
             .await?;
         let mut by_source = HashMap::with_capacity(specs.len());
@@ -769,10 +772,16 @@ impl Store for PostgresStore {
                  WHERE leases.worker = excluded.worker OR leases.expires_at <= now()",
             )
             .await?;
-        let changed = client
+        match client
             .execute(&stmt, &[&mailbox, &pass, &worker, &ttl.as_secs_f64()])
-            .await?;
-        Ok(changed == 1)
+            .await
+        {
+            Ok(changed) => Ok(changed == 1),
+            Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
+                Err(StoreError::NotFound(format!("mailbox {mailbox}")))
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     async fn renew_lease(
@@ -998,27 +1007,45 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn mark_published(&self, mailbox: MailboxId, pass: i64) -> Result<bool, StoreError> {
+    async fn mark_published(&self, jobs: &[Job]) -> Result<Vec<Job>, StoreError> {
+        let (ids, passes): (Vec<i64>, Vec<i64>) = jobs.iter().map(|j| (j.mailbox, j.pass)).unzip();
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "UPDATE mailboxes SET state = 'queued', pass = $2::bigint, attempts = 0,
+                "UPDATE mailboxes m SET state = 'queued', pass = j.pass, attempts = 0,
                      last_error = NULL, stats = '{}', job_published = false, workers_lost = 0,
                      updated_at = now()
-                 WHERE id = $1 AND pass = $2::bigint - 1 AND wanted_pass >= $2::bigint
-                   AND state NOT IN ('queued', 'running')
-                   AND (SELECT state FROM waves WHERE waves.id = mailboxes.wave) = 'running'",
+                 FROM unnest($1::bigint[], $2::bigint[]) AS j(id, pass)
+                 WHERE m.id = j.id AND m.pass = j.pass - 1 AND m.wanted_pass >= j.pass
+                   AND m.state NOT IN ('queued', 'running')
+                   AND (SELECT state FROM waves WHERE waves.id = m.wave) = 'running'
+                 RETURNING m.id",
             )
             .await?;
-        Ok(client.execute(&stmt, &[&mailbox, &pass]).await? == 1)
+        let marked: HashSet<i64> = client
+            .query(&stmt, &[&ids, &passes])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        Ok(jobs
+            .iter()
+            .filter(|job| marked.contains(&job.mailbox))
+            .cloned()
+            .collect())
     }
 
-    async fn confirm_published(&self, mailbox: MailboxId, pass: i64) -> Result<(), StoreError> {
+    async fn confirm_published(&self, jobs: &[Job]) -> Result<(), StoreError> {
+        let (ids, passes): (Vec<i64>, Vec<i64>) = jobs.iter().map(|j| (j.mailbox, j.pass)).unzip();
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("UPDATE mailboxes SET job_published = true WHERE id = $1 AND pass = $2")
+            .prepare_cached(
+                "UPDATE mailboxes m SET job_published = true
+                 FROM unnest($1::bigint[], $2::bigint[]) AS j(id, pass)
+                 WHERE m.id = j.id AND m.pass = j.pass",
+            )
             .await?;
-        client.execute(&stmt, &[&mailbox, &pass]).await?;
+        client.execute(&stmt, &[&ids, &passes]).await?;
         Ok(())
     }
 

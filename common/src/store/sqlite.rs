@@ -489,7 +489,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let worker = worker.to_owned();
         self.with(move |conn| {
-            let changed = conn.execute(
+            let inserted = conn.execute(
                 "INSERT INTO leases (mailbox, pass, worker, expires_at)
                  VALUES (?1, ?2, ?3, CAST(unixepoch('subsec') * 1000 AS INTEGER) + ?4)
                  ON CONFLICT (mailbox) DO UPDATE SET
@@ -498,8 +498,16 @@ impl Store for SqliteStore {
                  WHERE leases.worker = excluded.worker
                     OR leases.expires_at <= CAST(unixepoch('subsec') * 1000 AS INTEGER)",
                 params![mailbox, pass, worker, ttl_millis(ttl)],
-            )?;
-            Ok(changed == 1)
+            );
+            match inserted {
+                Ok(changed) => Ok(changed == 1),
+                Err(rusqlite::Error::SqliteFailure(failure, _))
+                    if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+                {
+                    Err(StoreError::NotFound(format!("mailbox {mailbox}")))
+                }
+                Err(error) => Err(error.into()),
+            }
         })
         .await
     }
@@ -727,28 +735,45 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn mark_published(&self, mailbox: MailboxId, pass: i64) -> Result<bool, StoreError> {
+    async fn mark_published(&self, jobs: &[Job]) -> Result<Vec<Job>, StoreError> {
+        let jobs = jobs.to_vec();
         self.with(move |conn| {
-            let changed = conn.execute(
-                "UPDATE mailboxes SET state = 'queued', pass = ?2, attempts = 0,
-                     last_error = NULL, stats = '{}', job_published = 0, workers_lost = 0,
-                     updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
-                 WHERE id = ?1 AND pass = ?2 - 1 AND wanted_pass >= ?2
-                   AND state NOT IN ('queued', 'running')
-                   AND (SELECT state FROM waves WHERE waves.id = mailboxes.wave) = 'running'",
-                params![mailbox, pass],
-            )?;
-            Ok(changed == 1)
+            let tx = conn.transaction()?;
+            let mut marked = Vec::with_capacity(jobs.len());
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE mailboxes SET state = 'queued', pass = ?2, attempts = 0,
+                         last_error = NULL, stats = '{}', job_published = 0, workers_lost = 0,
+                         updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+                     WHERE id = ?1 AND pass = ?2 - 1 AND wanted_pass >= ?2
+                       AND state NOT IN ('queued', 'running')
+                       AND (SELECT state FROM waves WHERE waves.id = mailboxes.wave) = 'running'",
+                )?;
+                for job in jobs {
+                    if stmt.execute(params![job.mailbox, job.pass])? == 1 {
+                        marked.push(job);
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(marked)
         })
         .await
     }
 
-    async fn confirm_published(&self, mailbox: MailboxId, pass: i64) -> Result<(), StoreError> {
+    async fn confirm_published(&self, jobs: &[Job]) -> Result<(), StoreError> {
+        let jobs = jobs.to_vec();
         self.with(move |conn| {
-            conn.execute(
-                "UPDATE mailboxes SET job_published = 1 WHERE id = ?1 AND pass = ?2",
-                params![mailbox, pass],
-            )?;
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE mailboxes SET job_published = 1 WHERE id = ?1 AND pass = ?2",
+                )?;
+                for job in jobs {
+                    stmt.execute(params![job.mailbox, job.pass])?;
+                }
+            }
+            tx.commit()?;
             Ok(())
         })
         .await

@@ -270,6 +270,11 @@ async fn leases(store: &dyn Store) {
     assert!(store.renew_lease(m1, "w1", LONG).await.unwrap());
     assert!(!store.renew_lease(m1, "w2", LONG).await.unwrap());
     assert!(store.expired_leases().await.unwrap().is_empty());
+    let unknown = store.acquire_lease(m4 + 1000, 1, "w1", LONG).await;
+    assert!(
+        matches!(unknown, Err(StoreError::NotFound(_))),
+        "{unknown:?}"
+    );
 
     // Once expired, another worker takes it and the first one learns on renewal.
     assert!(store.acquire_lease(m1, 1, "w1", TINY).await.unwrap());
@@ -339,6 +344,26 @@ fn job(wave: i64, mailbox: MailboxId, pass: i64) -> Job {
     }
 }
 
+/// Marks one job before publishing it; `true` when it was marked.
+async fn mark(store: &dyn Store, mailbox: MailboxId, pass: i64) -> bool {
+    let wave = store.mailbox(mailbox).await.unwrap().wave;
+    let job = job(wave, mailbox, pass);
+    let marked = store
+        .mark_published(std::slice::from_ref(&job))
+        .await
+        .unwrap();
+    assert!(marked.is_empty() || marked == [job.clone()], "{marked:?}");
+    !marked.is_empty()
+}
+
+async fn confirm(store: &dyn Store, mailbox: MailboxId, pass: i64) {
+    let wave = store.mailbox(mailbox).await.unwrap().wave;
+    store
+        .confirm_published(&[job(wave, mailbox, pass)])
+        .await
+        .unwrap();
+}
+
 async fn wave_states_and_publishing(store: &dyn Store) {
     use WaveState::{Cancelled, Created, Paused, Running};
     let config = serde_json::json!({"migration": {"max_concurrent_mailboxes": 2}});
@@ -398,16 +423,16 @@ async fn wave_states_and_publishing(store: &dyn Store) {
     );
 
     // Marked before publishing, confirmed after; marked once only.
-    assert!(store.mark_published(m1, 1).await.unwrap());
-    assert!(!store.mark_published(m1, 1).await.unwrap());
-    assert!(!store.mark_published(m2, 2).await.unwrap(), "not that pass");
+    assert!(mark(store, m1, 1).await);
+    assert!(!mark(store, m1, 1).await);
+    assert!(!mark(store, m2, 2).await, "not that pass");
     let marked = store.mailbox(m1).await.unwrap();
     assert_eq!((marked.state, marked.pass), (MailboxState::Queued, 1));
     assert_eq!(
         store.unpublished_jobs(wave).await.unwrap(),
         [job(wave, m1, 1)]
     );
-    store.confirm_published(m1, 1).await.unwrap();
+    confirm(store, m1, 1).await;
     assert!(store.unpublished_jobs(wave).await.unwrap().is_empty());
     assert_eq!(store.in_flight(wave).await.unwrap(), 1);
     assert_eq!(
@@ -456,7 +481,7 @@ async fn wave_states_and_publishing(store: &dyn Store) {
             .await
             .unwrap()
     );
-    assert!(!store.mark_published(m2, 1).await.unwrap());
+    assert!(!mark(store, m2, 1).await);
     assert!(
         store
             .transition_wave(wave, &[Paused], Some(Running), WaveAction::None)
@@ -468,9 +493,21 @@ async fn wave_states_and_publishing(store: &dyn Store) {
         "no final pass asked"
     );
 
+    // A batch marks what is waiting, in the order given, and leaves out the
+    // rest; one confirmation covers the batch.
+    let batch = [job(wave, m3, 1), job(wave, m1, 1), job(wave, m2, 1)];
+    assert_eq!(
+        store.mark_published(&batch).await.unwrap(),
+        [job(wave, m3, 1), job(wave, m2, 1)]
+    );
+    assert_eq!(
+        store.unpublished_jobs(wave).await.unwrap(),
+        [job(wave, m2, 1), job(wave, m3, 1)]
+    );
+    store.confirm_published(&batch).await.unwrap();
+    assert!(store.unpublished_jobs(wave).await.unwrap().is_empty());
+
     // Cancel puts queued mailboxes back to pending; their jobs go stale.
-    assert!(store.mark_published(m2, 1).await.unwrap());
-    store.confirm_published(m2, 1).await.unwrap();
     assert!(
         store
             .transition_wave(
@@ -488,7 +525,7 @@ async fn wave_states_and_publishing(store: &dyn Store) {
         MailboxState::Pending
     );
     assert!(!store.start_pass(m2, 1).await.unwrap(), "its job is stale");
-    assert!(!store.mark_published(m3, 1).await.unwrap());
+    assert!(!mark(store, m3, 1).await);
     assert_eq!(store.in_flight(wave).await.unwrap(), 0);
 }
 
@@ -507,7 +544,7 @@ async fn final_pass_completes_the_wave(store: &dyn Store) {
         )
         .await
         .unwrap();
-    assert!(store.mark_published(id, 1).await.unwrap());
+    assert!(mark(store, id, 1).await);
     assert!(store.start_pass(id, 1).await.unwrap());
     store.finish_pass(id, 1, &completed(1, 1)).await.unwrap();
     assert!(!store.complete_wave_if_done(wave).await.unwrap());
@@ -528,7 +565,7 @@ async fn final_pass_completes_the_wave(store: &dyn Store) {
         !store.complete_wave_if_done(wave).await.unwrap(),
         "the final pass is wanted"
     );
-    assert!(store.mark_published(id, 2).await.unwrap());
+    assert!(mark(store, id, 2).await);
     assert!(!store.complete_wave_if_done(wave).await.unwrap(), "queued");
     assert!(store.start_pass(id, 2).await.unwrap());
     assert!(!store.complete_wave_if_done(wave).await.unwrap(), "running");
@@ -589,8 +626,8 @@ async fn reaping_expired_leases(store: &dyn Store) {
         .await
         .unwrap();
     for &id in &ids {
-        assert!(store.mark_published(id, 1).await.unwrap());
-        store.confirm_published(id, 1).await.unwrap();
+        assert!(mark(store, id, 1).await);
+        confirm(store, id, 1).await;
         assert!(store.start_pass(id, 1).await.unwrap());
     }
     assert!(store.start_pass(m2, 1).await.unwrap(), "m2: second attempt");
@@ -632,7 +669,7 @@ async fn reaping_expired_leases(store: &dyn Store) {
     assert_eq!(failed.last_error.as_deref(), Some("worker lost 1 time"));
 
     // The re-queued pass is taken again and its worker lost again.
-    store.confirm_published(m1, 1).await.unwrap();
+    confirm(store, m1, 1).await;
     assert!(store.start_pass(m1, 1).await.unwrap());
     assert!(store.acquire_lease(m1, 1, "w4", TINY).await.unwrap());
     until_expired(store, m1).await;
@@ -700,8 +737,8 @@ async fn handing_back(store: &dyn Store) {
         .await
         .unwrap();
     for &id in &ids {
-        assert!(store.mark_published(id, 1).await.unwrap());
-        store.confirm_published(id, 1).await.unwrap();
+        assert!(mark(store, id, 1).await);
+        confirm(store, id, 1).await;
         assert!(store.start_pass(id, 1).await.unwrap());
         assert!(store.acquire_lease(id, 1, "w1", LONG).await.unwrap());
     }
@@ -726,7 +763,7 @@ async fn handing_back(store: &dyn Store) {
     );
     assert!(!store.hand_back(m1, 1, "w1").await.unwrap(), "only once");
     // Another worker takes it again.
-    store.confirm_published(m1, 1).await.unwrap();
+    confirm(store, m1, 1).await;
     assert!(store.start_pass(m1, 1).await.unwrap());
     assert!(store.acquire_lease(m1, 1, "w2", LONG).await.unwrap());
 
