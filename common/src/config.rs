@@ -302,6 +302,20 @@ impl Config {
     }
 }
 
+impl EndpointConfig {
+    /// The server (or Maildir tree) this endpoint reaches, e.g.
+    /// `imap://mail.example.com:993`: waves with the same source and target
+    /// servers share one budget of mailboxes in flight.
+    pub fn server(&self) -> String {
+        match self {
+            EndpointConfig::Imap(imap) => {
+                format!("imap://{}:{}", imap.host.to_ascii_lowercase(), imap.port())
+            }
+            EndpointConfig::Maildir(maildir) => format!("maildir:{}", maildir.path),
+        }
+    }
+}
+
 impl ImapEndpoint {
     /// The port to connect to.
     pub fn port(&self) -> u16 {

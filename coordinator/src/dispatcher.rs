@@ -1,12 +1,15 @@
 //! The dispatcher: publishes the jobs of running waves, never more than a
-//! wave's `migration.max_concurrent_mailboxes` mailboxes queued or running.
+//! wave's `migration.max_concurrent_mailboxes` mailboxes queued or running,
+//! and never more than that between one pair of source and target servers
+//! when several waves run between them (the smallest of their caps).
 //!
 //! # Idempotent publishing
 //!
-//! A job is published in three steps: the mailbox is marked in the store
-//! (`Queued` for its next pass, job unconfirmed: [`Store::mark_published`]),
-//! the job is published (the queue confirms it), and the mark is confirmed
-//! ([`Store::confirm_published`]). The mark comes first so that a mailbox is
+//! Jobs are published in batches, each in three steps: the mailboxes are
+//! marked in the store (`Queued` for their next pass, jobs unconfirmed:
+//! [`Store::mark_published`]), the jobs are published (the queue confirms
+//! them), and the marks are confirmed ([`Store::confirm_published`]). Each
+//! step is one round trip for the whole batch. The mark comes first so that a mailbox is
 //! never published twice by a coordinator that restarts: a confirmed job is
 //! never published again, and a mailbox needing a pass is marked (once: the
 //! mark is a conditional update) before its job exists.
@@ -20,16 +23,21 @@
 //! the lease taken ([`Store::acquire_lease`]) or the pass no longer queued or
 //! running ([`Store::start_pass`]), and is dropped as stale.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailwave_common::config::MigrationConfig;
+use mailwave_common::config::{EndpointConfig, MigrationConfig};
 use mailwave_common::model::{Job, WaveId, WaveRecord, WaveState};
 use mailwave_common::queue::JobQueue;
 use mailwave_common::store::Store;
 use tokio::sync::{Notify, watch};
 
 use crate::wave::WaveError;
+
+/// Jobs marked, published and confirmed together: three round trips per
+/// batch rather than per job.
+const BATCH: usize = 500;
 
 /// The `[migration]` settings of a wave's stored configuration; defaults for
 /// a wave without any (e.g. one of `mailwave run`).
@@ -51,34 +59,76 @@ pub struct DispatchReport {
     pub completed: Vec<WaveId>,
 }
 
-/// One round over every running wave.
+/// The source and target servers of a wave (see [`EndpointConfig::server`]);
+/// a wave whose configuration does not name them is a pair of its own.
+fn endpoint_pair(wave: &WaveRecord) -> String {
+    let server = |side: &str| {
+        wave.config
+            .get(side)
+            .and_then(|e| serde_json::from_value::<EndpointConfig>(e.clone()).ok())
+            .map(|e| e.server())
+    };
+    match (server("source"), server("target")) {
+        (Some(source), Some(target)) => format!("{source} -> {target}"),
+        _ => format!("wave {}", wave.id),
+    }
+}
+
+/// Mailboxes in flight between one pair of servers, and the most allowed:
+/// the smallest `max_concurrent_mailboxes` of the running waves between them.
+#[derive(Debug, Clone, Copy)]
+struct PairBudget {
+    in_flight: u64,
+    cap: u64,
+}
+
+/// One round over every running wave: no wave has more than its own
+/// `max_concurrent_mailboxes` mailboxes in flight, and no pair of servers
+/// more than the smallest cap of the waves between them.
 pub async fn dispatch_once(
     store: &dyn Store,
     queue: &dyn JobQueue,
 ) -> Result<DispatchReport, WaveError> {
     let mut report = DispatchReport::default();
+    let mut waves = Vec::new();
+    let mut pairs: HashMap<String, PairBudget> = HashMap::new();
     for wave in store.waves().await? {
         if wave.state != WaveState::Running {
             continue;
         }
         // Marked but unconfirmed jobs already count as in flight.
-        for job in store.unpublished_jobs(wave.id).await? {
-            queue.publish(&job).await?;
-            store.confirm_published(job.mailbox, job.pass).await?;
-            report.republished.push(job);
+        for batch in store.unpublished_jobs(wave.id).await?.chunks(BATCH) {
+            queue.publish(batch).await?;
+            store.confirm_published(batch).await?;
+            report.republished.extend_from_slice(batch);
         }
         let cap = wave_migration(&wave).max_concurrent_mailboxes as u64;
         let in_flight = store.in_flight(wave.id).await?;
-        let room = cap.saturating_sub(in_flight) as usize;
-        if room > 0 {
-            for job in store.next_to_publish(wave.id, room).await? {
-                if !store.mark_published(job.mailbox, job.pass).await? {
-                    continue; // paused, cancelled or changed meanwhile
-                }
-                queue.publish(&job).await?;
-                store.confirm_published(job.mailbox, job.pass).await?;
-                report.published.push(job);
+        let pair = endpoint_pair(&wave);
+        let budget = pairs
+            .entry(pair.clone())
+            .or_insert(PairBudget { in_flight: 0, cap });
+        budget.in_flight += in_flight;
+        budget.cap = budget.cap.min(cap);
+        waves.push((wave, cap, in_flight, pair));
+    }
+    for (wave, cap, in_flight, pair) in waves {
+        let budget = pairs.get_mut(&pair).expect("every pair is counted");
+        let mut room = cap
+            .saturating_sub(in_flight)
+            .min(budget.cap.saturating_sub(budget.in_flight)) as usize;
+        while room > 0 {
+            let next = store.next_to_publish(wave.id, room.min(BATCH)).await?;
+            if next.is_empty() {
+                break;
             }
+            room -= next.len();
+            // Left out: paused, cancelled or changed meanwhile.
+            let marked = store.mark_published(&next).await?;
+            queue.publish(&marked).await?;
+            store.confirm_published(&marked).await?;
+            budget.in_flight += marked.len() as u64;
+            report.published.extend(marked);
         }
         if wave.final_pass && store.complete_wave_if_done(wave.id).await? {
             tracing::info!(wave = %wave.name, "final pass done: wave completed");

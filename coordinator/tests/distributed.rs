@@ -39,9 +39,9 @@ impl RecordingQueue {
 
 #[async_trait]
 impl JobQueue for RecordingQueue {
-    async fn publish(&self, job: &Job) -> Result<(), QueueError> {
-        self.published.lock().unwrap().push(job.clone());
-        self.inner.publish(job).await
+    async fn publish(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        self.published.lock().unwrap().extend_from_slice(jobs);
+        self.inner.publish(jobs).await
     }
 
     async fn next(&self) -> Result<Option<Box<dyn Delivery>>, QueueError> {
@@ -309,12 +309,7 @@ async fn control_plane_flow(store: Arc<dyn Store>) {
     // round (a new dispatcher) publishes that job again, and nothing else.
     h.work(&more[0]).await;
     let next = h.store.next_to_publish(wave, 1).await.unwrap();
-    assert!(
-        h.store
-            .mark_published(next[0].mailbox, next[0].pass)
-            .await
-            .unwrap()
-    );
+    assert_eq!(h.store.mark_published(&next).await.unwrap(), next);
     let again = h.dispatch(wave).await;
     assert_eq!(again, next, "only the unconfirmed job is published again");
     // A restarted dispatcher does not publish what was published.
@@ -440,6 +435,61 @@ async fn final_pass_flow(store: Arc<dyn Store>) {
     assert_eq!(status["counts"]["completed"], 2);
     let (code, _) = h.command(wave, "sync").await;
     assert_eq!(code, StatusCode::CONFLICT);
+}
+
+/// Waves between the same pair of servers share one cap; a wave to other
+/// servers has its own.
+async fn waves_between_the_same_servers_share_the_cap(store: Arc<dyn Store>) {
+    let h = Harness::new(store);
+    let csv = "source,target\na@old,a@new\nb@old,b@new\nc@old,c@new\n";
+    let elsewhere = config(2).replace("/srv/mail/", "/srv/elsewhere/");
+    let mut waves = Vec::new();
+    for (name, config) in [
+        ("pair-1", config(2)),
+        ("pair-2", config(3)),
+        ("elsewhere", elsewhere),
+    ] {
+        let body = json!({"name": name, "config_toml": config, "mailboxes_csv": csv});
+        let (code, body) = h.api("POST", "/api/v1/waves", Some(body)).await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+        let wave = body["id"].as_i64().unwrap();
+        h.command(wave, "start").await;
+        waves.push(wave);
+    }
+    let [pair_1, pair_2, elsewhere] = waves[..] else {
+        unreachable!()
+    };
+    let mut done = 0;
+    let mut rounds = 0;
+    while done < 9 {
+        rounds += 1;
+        assert!(rounds < 20, "the waves never finished");
+        let published = h.dispatch(pair_1).await;
+        let shared =
+            h.store.in_flight(pair_1).await.unwrap() + h.store.in_flight(pair_2).await.unwrap();
+        assert!(
+            shared <= 2,
+            "{shared} in flight between one pair of servers, caps 2 and 3"
+        );
+        assert!(h.store.in_flight(elsewhere).await.unwrap() <= 2);
+        if rounds == 1 {
+            let of = |wave| published.iter().filter(|j| j.wave == wave).count();
+            assert_eq!(
+                (of(pair_1) + of(pair_2), of(elsewhere)),
+                (2, 2),
+                "{published:?}"
+            );
+        }
+        for job in &published {
+            h.work(job).await;
+        }
+        done += published.len();
+    }
+}
+
+#[tokio::test]
+async fn waves_share_the_cap_over_sqlite() {
+    waves_between_the_same_servers_share_the_cap(Arc::new(SqliteStore::in_memory().unwrap())).await;
 }
 
 #[tokio::test]
