@@ -876,3 +876,83 @@ async fn coordinator_restarted_mid_wave() {
         started.elapsed()
     );
 }
+
+/// Takes one message off `queue` without a consumer, waiting up to `limit`
+/// (dead-lettering is asynchronous).
+async fn get_message(queue: &str, limit: Duration) -> Option<Vec<u8>> {
+    use lapin::options::BasicGetOptions;
+    let connection = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let got = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap();
+        if let Some(message) = got {
+            return Some(message.delivery.data);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_job_reaches_the_dead_letter_queue_and_the_wave_goes_on() {
+    use lapin::BasicProperties;
+    use lapin::options::BasicPublishOptions;
+
+    let users = users("poison", 3);
+    let source = server('.', &users);
+    let target = server('.', &users);
+    let spec = CorpusSpec::for_server(&source, 53).messages(30).folders(2);
+    corpus::load_users(&source, &users_ref(&users), &spec).unwrap();
+    let mut cluster = Cluster::start(fault_timing(), 2).await;
+    let config = cluster.config(&source, &target, "max_concurrent_mailboxes = 3\n");
+    let wave = cluster.start_wave(&config, &users).await;
+
+    // A job for a mailbox this deployment does not have (left over from a
+    // database that was reset, say): well-formed, but no worker can run it.
+    let poison = json!({"wave": wave, "mailbox": 999_999, "pass": 1});
+    let connection = lapin::Connection::connect(AMQP_URL, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let jobs = format!("{}.jobs", cluster.queues.prefix);
+    channel
+        .basic_publish(
+            "".into(),
+            jobs.as_str().into(),
+            BasicPublishOptions::default(),
+            poison.to_string().as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    cluster
+        .wait_completed(wave, users.len() as u64, Duration::from_secs(240))
+        .await;
+    assert_exact(&source, &target, &users).await;
+    let dead_letters = format!("{}.jobs.dead", cluster.queues.prefix);
+    let dead = get_message(&dead_letters, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| panic!("no dead letter:\n{}", cluster.logs()));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&dead).unwrap(),
+        poison,
+        "{}",
+        cluster.logs()
+    );
+    assert!(
+        cluster
+            .logs()
+            .contains("no worker can run this job: dead-lettering it"),
+        "{}",
+        cluster.logs()
+    );
+}

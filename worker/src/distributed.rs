@@ -10,6 +10,9 @@
 //! and dropped. Taken: the message is acknowledged at once, because from now
 //! on the lease is what says who owns the mailbox; a copy of many hours
 //! therefore never meets RabbitMQ's consumer acknowledgement timeout.
+//! A job the store can never lease (its mailbox does not exist: a job of
+//! another deployment, or of a database that was reset) is a poison job: it
+//! is rejected, and RabbitMQ moves it to the dead-letter queue.
 //!
 //! While the pass runs, a heartbeat renews the lease every third of its TTL.
 //! A renewal answered `false` means the lease is someone else's now (this
@@ -37,11 +40,10 @@ use std::time::Duration;
 use anyhow::Context;
 use mailwave_common::config::{Config, load_section};
 use mailwave_common::model::{Job, MailboxState, PassStats};
-use mailwave_common::queue::{
-    Delivery, JobQueue, QueueError, QueueNames, RabbitOptions, RabbitQueue,
-};
+use mailwave_common::queue::{Delivery, JobQueue, QueueError, QueueNames, RabbitQueue};
 use mailwave_common::shutdown::shutdown_signal;
 use mailwave_common::store::{PassOutcome, PostgresStore, Store, StoreError};
+use mailwave_common::{Classify, ErrorClass};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +65,7 @@ pub struct WorkerSettings {
     pub queue_prefix: String,
     /// This worker's name in leases; defaults to `hostname-pid`.
     pub worker_id: Option<String>,
-    /// Mailboxes copied at once (also the RabbitMQ prefetch).
+    /// Mailboxes copied at once; the worker takes a job only for a free one.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// The lease TTL; must be the coordinator's `lease_ttl_secs`.
@@ -154,20 +156,27 @@ pub async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
         .await
         .context("connecting to PostgreSQL")?;
     let store: Arc<dyn Store> = Arc::new(store);
-    let options = RabbitOptions {
-        prefetch: u16::try_from(settings.concurrency).unwrap_or(u16::MAX),
-        ..RabbitOptions::default()
-    };
     let queue: Arc<dyn JobQueue> = Arc::new(
-        RabbitQueue::connect_with(
+        RabbitQueue::connect(
             &settings.amqp_url,
             QueueNames::with_prefix(&settings.queue_prefix),
-            options,
         )
         .await
         .context("connecting to RabbitMQ")?,
     );
     run(settings, store, queue, shutdown_signal()).await
+}
+
+/// What taking a job's lease came to.
+enum Claim {
+    /// The lease is this worker's: run the job.
+    Ours,
+    /// Another worker holds a live lease: the job is a duplicate or stale.
+    Another,
+    /// The store refused for good (e.g. no such mailbox): a poison job.
+    Impossible(StoreError),
+    /// Shutdown came before the store answered.
+    ShuttingDown,
 }
 
 /// One worker process: its store, its memory budget, its leases.
@@ -273,21 +282,28 @@ impl Worker {
     /// One delivery: the lease, the ack, the job, the lease's end.
     async fn take(&self, delivery: Box<dyn Delivery>) {
         let job = delivery.job().clone();
-        let Some(acquired) = self.acquire(&job).await else {
+        let claim = self.claim(&job).await;
+        let settled = match &claim {
             // Shutting down before the store answered: the job goes back.
-            if let Err(error) = delivery.requeue().await {
-                tracing::warn!(?job, %error, "could not hand a job back to the queue");
+            Claim::ShuttingDown => delivery.requeue().await,
+            Claim::Impossible(error) => {
+                tracing::error!(?job, %error, "no worker can run this job: dead-lettering it");
+                delivery.reject().await
             }
-            return;
+            // Ours or another worker's, the lease owns the mailbox from now
+            // on: the message has served its purpose.
+            Claim::Ours | Claim::Another => delivery.ack().await,
         };
-        // Acquired or not, the message has served its purpose: the lease
-        // (ours or another worker's) owns the mailbox from now on.
-        if let Err(error) = delivery.ack().await {
-            tracing::warn!(?job, %error, "could not acknowledge a job (it may come again and will be dropped)");
+        if let Err(error) = settled {
+            tracing::warn!(?job, %error, "could not settle a job (it may come again and will be dropped)");
         }
-        if !acquired {
-            tracing::info!(?job, "mailbox leased by another worker: job dropped");
-            return;
+        match claim {
+            Claim::Ours => {}
+            Claim::Another => {
+                tracing::info!(?job, "mailbox leased by another worker: job dropped");
+                return;
+            }
+            Claim::ShuttingDown | Claim::Impossible(_) => return,
         }
         self.running
             .lock()
@@ -300,9 +316,8 @@ impl Worker {
             .remove(&(job.mailbox, job.pass));
     }
 
-    /// Takes the lease, retrying while the store is unavailable. `None` when
-    /// shutdown came first.
-    async fn acquire(&self, job: &Job) -> Option<bool> {
+    /// Takes the lease, retrying while the store is unavailable.
+    async fn claim(&self, job: &Job) -> Claim {
         let mut delay = Duration::from_millis(250);
         loop {
             match self
@@ -310,14 +325,18 @@ impl Worker {
                 .acquire_lease(job.mailbox, job.pass, &self.id, self.ttl)
                 .await
             {
-                Ok(acquired) => return Some(acquired),
+                Ok(true) => return Claim::Ours,
+                Ok(false) => return Claim::Another,
+                Err(error) if error.class() != ErrorClass::Transient => {
+                    return Claim::Impossible(error);
+                }
                 Err(error) => {
                     tracing::warn!(?job, %error, "taking the lease failed; retrying");
                 }
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.jobs_stop.cancelled() => return None,
+                () = self.jobs_stop.cancelled() => return Claim::ShuttingDown,
             }
             delay = (delay * 2).min(Duration::from_secs(10));
         }
