@@ -101,6 +101,15 @@ pub struct DovecotOptions {
     pub debug: bool,
     /// Appended verbatim to the generated config.
     pub extra_config: String,
+    /// Adds an `oauth2` passdb (after the passwd-file ones) for XOAUTH2 and
+    /// OAUTHBEARER logins that asks this RFC 7662 introspection URL about
+    /// the token (`GET`, token appended), e.g. the Graph emulator's
+    /// [`introspection_url`](crate::GraphEmulator::introspection_url). The
+    /// answer's `username` must be in the login's domain
+    /// (`username_format = %d`), so an app-only token is good for every
+    /// mailbox of its tenant, as with Exchange Online. OAuth users still
+    /// need a `users` entry: it is their userdb.
+    pub oauth2_introspection_url: Option<String>,
 }
 
 impl Default for DovecotOptions {
@@ -117,6 +126,7 @@ impl Default for DovecotOptions {
             allow_plaintext_auth: true,
             debug: false,
             extra_config: String::new(),
+            oauth2_introspection_url: None,
         }
     }
 }
@@ -168,6 +178,32 @@ impl DovecotOptions {
         self.debug = on;
         self
     }
+
+    /// Accepts XOAUTH2 and OAUTHBEARER logins validated by token
+    /// introspection (see [`DovecotOptions::oauth2_introspection_url`]).
+    pub fn oauth2_introspection(mut self, url: &str) -> Self {
+        self.oauth2_introspection_url = Some(url.to_owned());
+        for mech in ["xoauth2", "oauthbearer"] {
+            if !self.auth_mechanisms.iter().any(|m| m == mech) {
+                self.auth_mechanisms.push(mech.to_owned());
+            }
+        }
+        self
+    }
+}
+
+/// The `oauth2` passdb's settings for an introspection endpoint.
+fn oauth2_settings(introspection_url: &str, debug: bool) -> String {
+    format!(
+        "introspection_mode = get\n\
+         introspection_url = {introspection_url}\n\
+         username_attribute = username\n\
+         username_format = %d\n\
+         active_attribute = active\n\
+         active_value = true\n\
+         debug = {}\n",
+        if debug { "yes" } else { "no" }
+    )
 }
 
 /// A running Dovecot instance; killed and deleted on drop.
@@ -379,6 +415,12 @@ impl DovecotServer {
             writeln!(users, "{u}:{{PLAIN}}{p}::::::")?;
         }
         std::fs::write(root.join("etc/users"), users)?;
+        if let Some(url) = &options.oauth2_introspection_url {
+            std::fs::write(
+                root.join("etc/oauth2.conf.ext"),
+                oauth2_settings(url, options.debug),
+            )?;
+        }
         std::fs::write(
             root.join("etc/masters"),
             format!(
@@ -549,6 +591,12 @@ impl DovecotServer {
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {r}/etc/users\n}}\n\
              userdb {{\n  driver = passwd-file\n  args = username_format=%u {r}/etc/users\n}}\n"
         );
+        if o.oauth2_introspection_url.is_some() {
+            let _ = write!(
+                c,
+                "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {r}/etc/oauth2.conf.ext\n}}\n"
+            );
+        }
         let _ = write!(
             c,
             "namespace inbox {{\n  inbox = yes\n  prefix =\n  separator = {}\n",

@@ -1,0 +1,1796 @@
+//! The Microsoft Graph emulator over real HTTP: identity, introspection,
+//! the mailbox import/export and mail APIs, delta queries, and the
+//! throttling and fault rules, each checked against Microsoft's documented
+//! behaviour.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use mailwave_tests::graph_emulator::{
+    AppSeed, EmulatorConfig, Faults, FlagStatus, GRAPH_SCOPE, GraphEmulator, ItemSeed, ItemUpdate,
+    Limits, OUTLOOK_SCOPE, TenantSeed, ThrottleReason, UserSeed,
+};
+use mailwave_tests::{DovecotOptions, DovecotServer};
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const SECRET_A: &str = "secret-of-app-a";
+const SECRET_B: &str = "secret-of-app-b";
+const ALICE: &str = "alice@contoso.example";
+const CAROL: &str = "carol@contoso.example";
+const BOB: &str = "bob@fabrikam.example";
+
+const MIME_PLAIN: &[u8] = b"From: Alice <alice@contoso.example>\r\nTo: bob@fabrikam.example\r\nSubject: Quarterly numbers\r\nMessage-ID: <q1@contoso.example>\r\nDate: Mon, 06 May 2024 09:30:00 +0200\r\n\r\nHello Bob,\r\nthe numbers are in.\r\n";
+const MIME_BARE_LF: &[u8] =
+    b"From: x@contoso.example\nSubject: bare LF\nMessage-ID: <lf@contoso.example>\n\nline one\nline two\n";
+const MIME_8BIT: &[u8] = b"From: z@contoso.example\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMessage-ID: <8bit@contoso.example>\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln \xff\r\n";
+const MIME_PROJECT: &[u8] =
+    b"From: pm@contoso.example\r\nSubject: Kick-off\r\nMessage-ID: <kickoff@contoso.example>\r\n\r\nAgenda.\r\n";
+const MIME_SENT: &[u8] =
+    b"From: alice@contoso.example\r\nSubject: Re: lunch\r\nMessage-ID: <sent1@contoso.example>\r\n\r\nSure.\r\n";
+
+fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+    s.parse().expect("a valid timestamp")
+}
+
+/// Alice's mailbox: messages in three folders, an appointment, a contact.
+fn alice() -> UserSeed {
+    UserSeed::new(ALICE)
+        .folder("Inbox/Projects", "IPF.Note")
+        .item(ItemSeed::message("Inbox", MIME_PLAIN).received(at("2024-05-06T07:31:00Z")))
+        .item(
+            ItemSeed::message("Inbox", MIME_BARE_LF)
+                .read(true)
+                .received(at("2024-05-07T08:00:00Z")),
+        )
+        .item(
+            ItemSeed::message("Inbox", MIME_8BIT)
+                .flag(FlagStatus::Flagged)
+                .received(at("2024-05-08T09:00:00Z")),
+        )
+        .item(
+            ItemSeed::message("Inbox/Projects", MIME_PROJECT)
+                .flag(FlagStatus::Complete)
+                .read(true)
+                .received(at("2024-04-01T12:00:00Z")),
+        )
+        .item(
+            ItemSeed::message("sentitems", MIME_SENT)
+                .read(true)
+                .received(at("2024-05-02T11:00:00Z")),
+        )
+        .item(ItemSeed::new(
+            "Calendar",
+            "IPM.Appointment",
+            b"BEGIN:VEVENT\r\nSUMMARY:Review\r\nDTSTART:20240510T090000Z\r\nEND:VEVENT\r\n",
+        ))
+        .item(ItemSeed::new(
+            "Contacts",
+            "IPM.Contact",
+            br#"{"displayName":"Dana Swope"}"#,
+        ))
+}
+
+fn contoso() -> TenantSeed {
+    TenantSeed::new("contoso-tenant")
+        .app(AppSeed::with_secret("app-a", SECRET_A))
+        .user(alice())
+        .user(UserSeed::new(CAROL))
+}
+
+fn fabrikam() -> TenantSeed {
+    TenantSeed::new("fabrikam-tenant")
+        .app(AppSeed::with_secret("app-b", SECRET_B))
+        .user(UserSeed::new(BOB))
+}
+
+async fn start(config: EmulatorConfig) -> GraphEmulator {
+    GraphEmulator::start(config)
+        .await
+        .expect("the emulator starts")
+}
+
+async fn two_tenants() -> GraphEmulator {
+    start(
+        EmulatorConfig::default()
+            .tenant(contoso())
+            .tenant(fabrikam()),
+    )
+    .await
+}
+
+/// Status, headers and JSON body (Null when empty or not JSON).
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, HeaderMap, Value) {
+    let response = request
+        .send()
+        .await
+        .expect("the request reaches the emulator");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.expect("a body");
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+async fn request_token(
+    emu: &GraphEmulator,
+    tenant: &str,
+    form: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Value) {
+    send(
+        reqwest::Client::new()
+            .post(emu.token_url(tenant))
+            .form(form),
+    )
+    .await
+}
+
+async fn token(
+    emu: &GraphEmulator,
+    tenant: &str,
+    client_id: &str,
+    secret: &str,
+    scope: &str,
+) -> String {
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", secret),
+        ("scope", scope),
+    ];
+    let (status, _, body) = request_token(emu, tenant, &form).await;
+    assert_eq!(status, StatusCode::OK, "token request failed: {body}");
+    body["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned()
+}
+
+/// A Graph client for one app.
+struct Graph {
+    http: reqwest::Client,
+    root: String,
+    token: String,
+    immutable_ids: bool,
+}
+
+impl Graph {
+    async fn new(emu: &GraphEmulator, tenant: &str, client_id: &str, secret: &str) -> Graph {
+        Graph {
+            http: reqwest::Client::new(),
+            root: emu.graph_url(),
+            token: token(emu, tenant, client_id, secret, GRAPH_SCOPE).await,
+            immutable_ids: true,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.root)
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
+        if self.immutable_ids {
+            request.header("Prefer", "IdType=\"ImmutableId\"")
+        } else {
+            request
+        }
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, HeaderMap, Value) {
+        send(self.request(Method::GET, path)).await
+    }
+
+    async fn get_ok(&self, path: &str) -> Value {
+        let (status, _, body) = self.get(path).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, HeaderMap, Value) {
+        send(self.request(Method::POST, path).json(body)).await
+    }
+
+    /// Every entry of a collection, following `@odata.nextLink`.
+    async fn all_pages(&self, path: &str) -> Vec<Value> {
+        let mut values = Vec::new();
+        let mut next = Some(path.to_owned());
+        while let Some(url) = next {
+            let body = self.get_ok(&url).await;
+            values.extend(
+                body["value"]
+                    .as_array()
+                    .expect("a value array")
+                    .iter()
+                    .cloned(),
+            );
+            next = body["@odata.nextLink"].as_str().map(str::to_owned);
+        }
+        values
+    }
+
+    /// One delta round with a page size: (pages, entries, deltaLink).
+    async fn delta_round(&self, path: &str, page_size: usize) -> (usize, Vec<Value>, String) {
+        let mut pages = 0;
+        let mut values = Vec::new();
+        let mut url = path.to_owned();
+        loop {
+            let request = self
+                .request(Method::GET, &url)
+                .header("Prefer", format!("odata.maxpagesize={page_size}"));
+            let (status, headers, body) = send(request).await;
+            assert_eq!(status, StatusCode::OK, "delta GET {url}: {body}");
+            assert_eq!(
+                headers
+                    .get("preference-applied")
+                    .and_then(|v| v.to_str().ok()),
+                Some(format!("odata.maxpagesize={page_size}").as_str())
+            );
+            pages += 1;
+            let page = body["value"].as_array().expect("a value array");
+            assert!(page.len() <= page_size);
+            values.extend(page.iter().cloned());
+            if let Some(next) = body["@odata.nextLink"].as_str() {
+                assert!(next.contains("$skiptoken="), "{next}");
+                url = next.to_owned();
+                continue;
+            }
+            let delta = body["@odata.deltaLink"]
+                .as_str()
+                .expect("a nextLink or a deltaLink");
+            assert!(delta.contains("$deltatoken="), "{delta}");
+            return (pages, values, delta.to_owned());
+        }
+    }
+
+    async fn mailbox_id(&self, user: &str) -> String {
+        let body = self
+            .get_ok(&format!("/users/{user}/settings/exchange"))
+            .await;
+        body["primaryMailboxId"]
+            .as_str()
+            .expect("primaryMailboxId")
+            .to_owned()
+    }
+}
+
+fn ids(values: &[Value]) -> BTreeSet<String> {
+    values
+        .iter()
+        .map(|v| v["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn token_endpoint_secrets_errors_and_expiry() {
+    let emu = start(
+        EmulatorConfig::default()
+            .tenant(contoso())
+            .token_lifetime(Duration::from_secs(1)),
+    )
+    .await;
+    let form = |secret: &'static str| {
+        vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", "app-a"),
+            ("client_secret", secret),
+            ("scope", GRAPH_SCOPE),
+        ]
+    };
+
+    let (status, headers, body) = request_token(&emu, "contoso-tenant", &form(SECRET_A)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 1);
+    assert_eq!(body["ext_expires_in"], 1);
+    assert!(body["access_token"].as_str().is_some_and(|t| t.len() >= 32));
+    assert!(headers.get("cache-control").is_some());
+    // The tenant's domain names it as well.
+    let (status, _, _) = request_token(&emu, "contoso.example", &form(SECRET_A)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, _, body) = request_token(&emu, "contoso-tenant", &form("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"], "invalid_client");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("AADSTS7000215: ")
+    );
+    assert_eq!(body["error_codes"], json!([7000215]));
+
+    let (status, _, body) = request_token(&emu, "no-such-tenant", &form(SECRET_A)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("AADSTS90002: ")
+    );
+    let mut unknown_app = form(SECRET_A);
+    unknown_app[1] = ("client_id", "app-x");
+    let (status, _, body) = request_token(&emu, "contoso-tenant", &unknown_app).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unauthorized_client"))
+    );
+    let mut bad_scope = form(SECRET_A);
+    bad_scope[3] = ("scope", "Mail.Read");
+    let (status, _, body) = request_token(&emu, "contoso-tenant", &bad_scope).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+    );
+    let (status, _, body) = request_token(&emu, "contoso-tenant", &form(SECRET_A)[..3]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("AADSTS900144: ")
+    );
+
+    // A live token works; without one, or after it expired: 401.
+    let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    assert!(graph.mailbox_id(ALICE).await.starts_with("MBX:"));
+    let (status, _, body) = send(reqwest::Client::new().get(format!(
+        "{}/users/{ALICE}/settings/exchange",
+        emu.graph_url()
+    )))
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken")
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, _, body) = graph
+        .get(&format!("/users/{ALICE}/settings/exchange"))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body["error"],
+        json!({
+            "code": "InvalidAuthenticationToken",
+            "message": "Access token has expired or is not yet valid.",
+            "innerError": body["error"]["innerError"].clone(),
+        })
+    );
+    // An Outlook-scope token is not for Graph.
+    let outlook = token(&emu, "contoso-tenant", "app-a", SECRET_A, OUTLOOK_SCOPE).await;
+    let (status, _, body) = send(
+        reqwest::Client::new()
+            .get(format!(
+                "{}/users/{ALICE}/settings/exchange",
+                emu.graph_url()
+            ))
+            .bearer_auth(outlook),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid audience")
+    );
+}
+
+/// An RSA key and a self-signed certificate, made with `openssl`.
+fn rsa_certificate(dir: &std::path::Path, name: &str) -> (ring::signature::RsaKeyPair, String) {
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success());
+    let key_pem = std::fs::read(&key).unwrap();
+    let der = match rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .unwrap()
+        .unwrap()
+    {
+        rustls::pki_types::PrivateKeyDer::Pkcs8(der) => der.secret_pkcs8_der().to_vec(),
+        other => panic!("expected a PKCS#8 key, got {other:?}"),
+    };
+    let key_pair = ring::signature::RsaKeyPair::from_pkcs8(&der).expect("an RSA key");
+    (key_pair, std::fs::read_to_string(&cert).unwrap())
+}
+
+fn sign_assertion(key: &ring::signature::RsaKeyPair, cert_pem: &str, claims: &Value) -> String {
+    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let thumbprint = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
+    let header = json!({ "alg": "RS256", "typ": "JWT", "x5t": URL_SAFE_NO_PAD.encode(thumbprint) });
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(
+        &ring::signature::RSA_PKCS1_SHA256,
+        &ring::rand::SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut signature,
+    )
+    .unwrap();
+    format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+}
+
+#[tokio::test]
+async fn certificate_client_assertions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = rsa_certificate(dir.path(), "registered");
+    let (other_key, other_cert) = rsa_certificate(dir.path(), "other");
+    let tenant = TenantSeed::new("contoso-tenant")
+        .app(AppSeed {
+            client_id: "cert-app".to_owned(),
+            secret: None,
+            certificates_pem: vec![cert.clone()],
+        })
+        .user(UserSeed::new(ALICE));
+    let emu = start(EmulatorConfig::default().tenant(tenant)).await;
+    let now = chrono::Utc::now().timestamp();
+    let claims = |aud: String, exp: i64| json!({ "aud": aud, "iss": "cert-app", "sub": "cert-app", "jti": "1", "nbf": now - 10, "exp": exp });
+    let exchange = |assertion: String| {
+        let emu = &emu;
+        async move {
+            let form = [
+                ("grant_type", "client_credentials"),
+                ("client_id", "cert-app"),
+                ("scope", GRAPH_SCOPE),
+                (
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                ),
+                ("client_assertion", assertion.as_str()),
+            ];
+            request_token(emu, "contoso-tenant", &form).await
+        }
+    };
+    let aud = emu.token_url("contoso-tenant");
+
+    let (status, _, body) =
+        exchange(sign_assertion(&key, &cert, &claims(aud.clone(), now + 600))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let graph = Graph {
+        http: reqwest::Client::new(),
+        root: emu.graph_url(),
+        token: body["access_token"].as_str().unwrap().to_owned(),
+        immutable_ids: false,
+    };
+    assert!(graph.mailbox_id(ALICE).await.starts_with("MBX:"));
+    // Microsoft's own audience is accepted too.
+    let login_aud = "https://login.microsoftonline.com/contoso-tenant/oauth2/v2.0/token".to_owned();
+    let (status, _, _) = exchange(sign_assertion(&key, &cert, &claims(login_aud, now + 600))).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let refused = |body: &Value, code: &str| {
+        assert_eq!(body["error"], "invalid_client", "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{code}: ")),
+            "{body}"
+        );
+    };
+    // Unregistered certificate.
+    let (status, _, body) = exchange(sign_assertion(
+        &other_key,
+        &other_cert,
+        &claims(aud.clone(), now + 600),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&body, "AADSTS700027");
+    // Registered thumbprint, but signed by another key.
+    let (status, _, body) = exchange(sign_assertion(
+        &other_key,
+        &cert,
+        &claims(aud.clone(), now + 600),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused(&body, "AADSTS700027");
+    // Expired, wrong audience, malformed.
+    let (_, _, body) = exchange(sign_assertion(
+        &key,
+        &cert,
+        &claims(aud.clone(), now - 3600),
+    ))
+    .await;
+    refused(&body, "AADSTS700024");
+    let (_, _, body) = exchange(sign_assertion(
+        &key,
+        &cert,
+        &claims("https://elsewhere/token".to_owned(), now + 600),
+    ))
+    .await;
+    refused(&body, "AADSTS700016");
+    let (_, _, body) = exchange("not-a-jwt".to_owned()).await;
+    refused(&body, "AADSTS50027");
+}
+
+#[tokio::test]
+async fn introspection_for_imap_logins() {
+    let emu = start(
+        EmulatorConfig::default()
+            .tenant(contoso())
+            .tenant(fabrikam()),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let outlook = token(&emu, "contoso-tenant", "app-a", SECRET_A, OUTLOOK_SCOPE).await;
+    let graph = token(&emu, "contoso-tenant", "app-a", SECRET_A, GRAPH_SCOPE).await;
+    let base = emu.base_url();
+
+    let (status, _, body) = send(http.get(format!("{}{outlook}", emu.introspection_url()))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["active"], true);
+    assert_eq!(body["client_id"], "app-a");
+    assert_eq!(body["scope"], OUTLOOK_SCOPE);
+    assert_eq!(body["tenant"], "contoso-tenant");
+    assert_eq!(body["username"], "app-a@contoso.example");
+    assert!(body["exp"].as_i64().unwrap() > chrono::Utc::now().timestamp());
+    // The same answer by path and by POST form (RFC 7662).
+    let (_, _, by_path) = send(http.get(format!("{base}/introspect/{outlook}"))).await;
+    let (_, _, by_post) = send(
+        http.post(format!("{base}/introspect"))
+            .form(&[("token", outlook.as_str())]),
+    )
+    .await;
+    assert_eq!(by_path, body);
+    assert_eq!(by_post, body);
+
+    // Per mailbox: any mailbox of the token's tenant, no other.
+    let (_, _, body) = send(http.get(format!("{base}/introspect/{CAROL}?token={outlook}"))).await;
+    assert_eq!(
+        (body["active"].as_bool(), body["username"].as_str()),
+        (Some(true), Some(CAROL))
+    );
+    let (_, _, body) = send(http.get(format!("{base}/introspect/{BOB}?token={outlook}"))).await;
+    assert_eq!(body, json!({ "active": false }));
+
+    // Graph tokens, unknown tokens: inactive.
+    for token in [graph.as_str(), "no-such-token"] {
+        let (status, _, body) = send(http.get(format!("{}{token}", emu.introspection_url()))).await;
+        assert_eq!((status, body), (StatusCode::OK, json!({ "active": false })));
+    }
+}
+
+#[tokio::test]
+async fn folders_list_page_filter_and_tenant_isolation() {
+    let emu = two_tenants().await;
+    let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let mbx = graph.mailbox_id(ALICE).await;
+    assert_eq!(mbx, emu.mailbox_id(ALICE).unwrap());
+    let folders_url = format!("/admin/exchange/mailboxes/{mbx}/folders");
+
+    // Paging: 9 default folders, 4 per page.
+    let first = graph.get_ok(&format!("{folders_url}?$top=4")).await;
+    assert_eq!(first["value"].as_array().unwrap().len(), 4);
+    let next = first["@odata.nextLink"].as_str().expect("a nextLink");
+    assert!(
+        next.contains("$skip=4") && next.contains("$top=4"),
+        "{next}"
+    );
+    let all = graph.all_pages(&format!("{folders_url}?$top=4")).await;
+    let names: Vec<&str> = all
+        .iter()
+        .map(|f| f["displayName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Inbox",
+            "Sent Items",
+            "Drafts",
+            "Deleted Items",
+            "Junk Email",
+            "Archive",
+            "Calendar",
+            "Contacts",
+            "Tasks"
+        ]
+    );
+    let inbox = &all[0];
+    assert_eq!(inbox["@odata.type"], "#microsoft.graph.mailboxFolder");
+    assert_eq!(inbox["wellKnownName"], "inbox");
+    assert_eq!(inbox["type"], "IPF.Note");
+    assert_eq!(inbox["totalItemCount"], 3);
+    assert_eq!(inbox["childFolderCount"], 1);
+    assert_eq!(
+        inbox["parentMailboxUrl"],
+        format!("{}/admin/exchange/mailboxes/{mbx}", emu.graph_url())
+    );
+    assert_eq!(all[6]["wellKnownName"], "calendar");
+    assert_eq!(all[6]["type"], "IPF.Appointment");
+
+    // $filter by class, $select.
+    let calendars = graph
+        .get_ok(&format!(
+            "{folders_url}?$filter=type eq 'IPF.Appointment'&$select=displayName,type"
+        ))
+        .await;
+    let calendars = calendars["value"].as_array().unwrap();
+    assert_eq!(calendars.len(), 1);
+    assert_eq!(calendars[0]["displayName"], "Calendar");
+    assert!(calendars[0].get("totalItemCount").is_none());
+    assert!(calendars[0].get("id").is_some());
+    let (status, _, body) = graph
+        .get(&format!("{folders_url}?$filter=displayName eq 'Inbox'"))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "BadRequest")
+    );
+
+    // A folder by well-known name and by id; its children.
+    let by_name = graph.get_ok(&format!("{folders_url}/inbox")).await;
+    assert_eq!(by_name["id"], inbox["id"]);
+    let children = graph
+        .all_pages(&format!("{folders_url}/inbox/childFolders"))
+        .await;
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0]["displayName"], "Projects");
+    assert_eq!(children[0]["parentFolderId"], inbox["id"]);
+    assert_eq!(children[0]["wellKnownName"], Value::Null);
+    let (status, _, body) = graph.get(&format!("{folders_url}/no-such-folder")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "ErrorFolderNotFound")
+    );
+
+    // Another tenant's users and mailboxes are invisible.
+    let bob_mbx = emu.mailbox_id(BOB).unwrap();
+    let (status, _, body) = graph.get(&format!("/users/{BOB}/settings/exchange")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "ErrorInvalidUser")
+    );
+    let (status, _, _) = graph
+        .get(&format!("/admin/exchange/mailboxes/{bob_mbx}/folders"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn create_folders_with_class_and_duplicates() {
+    let emu = two_tenants().await;
+    let graph = Graph::new(&emu, "fabrikam-tenant", "app-b", SECRET_B).await;
+    let mbx = graph.mailbox_id(BOB).await;
+    let folders = format!("/admin/exchange/mailboxes/{mbx}/folders");
+
+    let (status, _, team) = graph
+        .post(
+            &folders,
+            &json!({ "displayName": "Team Calendar", "type": "IPF.Appointment" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{team}");
+    assert_eq!(team["displayName"], "Team Calendar");
+    assert_eq!(team["type"], "IPF.Appointment");
+    assert_eq!(team["childFolderCount"], 0);
+    assert_eq!(team["totalItemCount"], 0);
+    assert_eq!(team["wellKnownName"], Value::Null);
+    let inbox = graph.get_ok(&format!("{folders}/inbox")).await;
+    assert_eq!(
+        team["parentFolderId"], inbox["parentFolderId"],
+        "created at the top"
+    );
+
+    let (status, _, child) = graph
+        .post(
+            &format!("{folders}/inbox/childFolders"),
+            &json!({ "displayName": "Invoices", "type": "IPF.Note" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(child["parentFolderId"], inbox["id"]);
+    let (status, _, _) = graph
+        .post(
+            &format!("{folders}/{}/childFolders", child["id"].as_str().unwrap()),
+            &json!({ "displayName": "2024", "type": "IPF.Note" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // The same name under the same parent (case-insensitively) is refused;
+    // under another parent it is fine.
+    let (status, _, body) = graph
+        .post(
+            &format!("{folders}/inbox/childFolders"),
+            &json!({ "displayName": "invoices", "type": "IPF.Note" }),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "ErrorFolderExists")
+    );
+    let (status, _, _) = graph
+        .post(
+            &folders,
+            &json!({ "displayName": "Invoices", "type": "IPF.Note" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, body) = graph
+        .post(&folders, &json!({ "displayName": "No class" }))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "ErrorInvalidRequest")
+    );
+
+    let snapshot = emu.snapshot(BOB).unwrap();
+    assert_eq!(
+        snapshot.folder(&["Team Calendar"]).unwrap().class,
+        "IPF.Appointment"
+    );
+    assert!(snapshot.folder(&["Inbox", "Invoices", "2024"]).is_some());
+    // Folder delta reports every folder, nested ones included.
+    let (_, entries, _) = graph.delta_round(&format!("{folders}/delta"), 5).await;
+    let names: BTreeSet<&str> = entries
+        .iter()
+        .map(|f| f["displayName"].as_str().unwrap())
+        .collect();
+    assert_eq!(entries.len(), 9 + 4);
+    assert!(names.contains("2024") && names.contains("Team Calendar"));
+}
+
+/// Recreates `source`'s folder tree in `target` (by well-known name or
+/// display name and class) and copies every item with exportItems and an
+/// import session; returns source item id → exported data.
+async fn migrate(
+    source: &Graph,
+    source_mbx: &str,
+    target: &Graph,
+    target_mbx: &str,
+) -> BTreeMap<String, String> {
+    let session_url = format!("/admin/exchange/mailboxes/{target_mbx}/createImportSession");
+    let (status, _, session) = target.post(&session_url, &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    let import_url = session["importUrl"].as_str().unwrap().to_owned();
+    assert!(import_url.contains("authtoken="));
+    assert!(session["expirationDateTime"].as_str().is_some());
+
+    let mut exported = BTreeMap::new();
+    let src_folders = format!("/admin/exchange/mailboxes/{source_mbx}/folders");
+    let tgt_folders = format!("/admin/exchange/mailboxes/{target_mbx}/folders");
+    // (source folder id, target parent id or None for the top)
+    let mut queue: Vec<(Value, Option<String>)> = source
+        .all_pages(&format!("{src_folders}?$top=100"))
+        .await
+        .into_iter()
+        .map(|f| (f, None))
+        .collect();
+    while let Some((folder, target_parent)) = queue.pop() {
+        let target_id = match folder["wellKnownName"].as_str() {
+            Some(well_known) => target.get_ok(&format!("{tgt_folders}/{well_known}")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+            None => {
+                let url = match &target_parent {
+                    Some(parent) => format!("{tgt_folders}/{parent}/childFolders"),
+                    None => tgt_folders.clone(),
+                };
+                let body = json!({ "displayName": folder["displayName"], "type": folder["type"] });
+                let (status, _, created) = target.post(&url, &body).await;
+                assert_eq!(status, StatusCode::CREATED, "{created}");
+                created["id"].as_str().unwrap().to_owned()
+            }
+        };
+        let folder_id = folder["id"].as_str().unwrap();
+        for child in source
+            .all_pages(&format!("{src_folders}/{folder_id}/childFolders"))
+            .await
+        {
+            queue.push((child, Some(target_id.clone())));
+        }
+        let items = source
+            .all_pages(&format!("{src_folders}/{folder_id}/items?$top=2"))
+            .await;
+        for batch in items.chunks(20) {
+            let body =
+                json!({ "itemIds": batch.iter().map(|i| i["id"].clone()).collect::<Vec<_>>() });
+            let (status, _, answer) = source
+                .post(
+                    &format!("/admin/exchange/mailboxes/{source_mbx}/exportItems"),
+                    &body,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            for entry in answer["value"].as_array().unwrap() {
+                let data = entry["data"].as_str().expect("exported data").to_owned();
+                assert!(entry["changeKey"].as_str().is_some());
+                let import = json!({ "FolderId": target_id, "Mode": "create", "Data": data });
+                let request = target
+                    .http
+                    .post(&import_url)
+                    .header("Prefer", "IdType=\"ImmutableId\"");
+                let (status, _, imported) = send(request.json(&import)).await;
+                assert_eq!(status, StatusCode::OK, "{imported}");
+                assert!(
+                    imported["itemId"].as_str().is_some()
+                        && imported["changeKey"].as_str().is_some()
+                );
+                exported.insert(entry["itemId"].as_str().unwrap().to_owned(), data);
+            }
+        }
+    }
+    exported
+}
+
+#[tokio::test]
+async fn export_import_round_trips_across_tenants() {
+    let emu = two_tenants().await;
+    let contoso = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let fabrikam = Graph::new(&emu, "fabrikam-tenant", "app-b", SECRET_B).await;
+    let alice_mbx = contoso.mailbox_id(ALICE).await;
+    let bob_mbx = fabrikam.mailbox_id(BOB).await;
+
+    let exported = migrate(&contoso, &alice_mbx, &fabrikam, &bob_mbx).await;
+    assert_eq!(exported.len(), 7);
+    // The client asked for immutable ids on every request.
+    let stats = emu.stats(BOB).unwrap();
+    assert!(stats.requests_total > 10);
+    assert_eq!(stats.immutable_id_requests, stats.requests_total);
+    assert!(
+        stats
+            .events
+            .iter()
+            .all(|e| e.immutable_id && (200..300).contains(&e.status))
+    );
+
+    // Item by item: same folders (path, class), same items (data, MIME,
+    // flags, dates).
+    let source = emu.snapshot(ALICE).unwrap();
+    let target = emu.snapshot(BOB).unwrap();
+    assert_eq!(target.item_count(), 7);
+    assert_eq!(source.folders, target.folders);
+    let inbox = target.folder(&["Inbox"]).unwrap();
+    let mimes: BTreeSet<&[u8]> = inbox
+        .items
+        .iter()
+        .filter_map(|i| i.mime.as_deref())
+        .collect();
+    assert_eq!(mimes, BTreeSet::from([MIME_PLAIN, MIME_BARE_LF, MIME_8BIT]));
+    assert!(
+        inbox
+            .items
+            .iter()
+            .any(|i| i.flag_status == FlagStatus::Flagged)
+    );
+
+    // Exporting the copies gives the same bytes again.
+    let mut reexported = BTreeSet::new();
+    for folder in fabrikam
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{bob_mbx}/folders/delta"
+        ))
+        .await
+    {
+        let id = folder["id"].as_str().unwrap();
+        let items = fabrikam
+            .all_pages(&format!(
+                "/admin/exchange/mailboxes/{bob_mbx}/folders/{id}/items"
+            ))
+            .await;
+        if items.is_empty() {
+            continue;
+        }
+        let body = json!({ "ItemIds": items.iter().map(|i| i["id"].clone()).collect::<Vec<_>>() });
+        let (_, _, answer) = fabrikam
+            .post(
+                &format!("/admin/exchange/mailboxes/{bob_mbx}/exportItems"),
+                &body,
+            )
+            .await;
+        for entry in answer["value"].as_array().unwrap() {
+            reexported.insert(entry["data"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(reexported, exported.values().cloned().collect());
+
+    // exportItems limits and per-item errors.
+    let export_url = format!("/admin/exchange/mailboxes/{alice_mbx}/exportItems");
+    let known = exported.keys().next().unwrap().clone();
+    let too_many: Vec<String> = (0..21).map(|_| known.clone()).collect();
+    let (status, _, body) = contoso
+        .post(&export_url, &json!({ "itemIds": too_many }))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "ErrorInvalidRequest")
+    );
+    let (status, _, body) = contoso
+        .post(
+            &export_url,
+            &json!({ "itemIds": [known, "AAkALgNoSuchItem"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["value"][0]["data"].is_string());
+    assert_eq!(body["value"][1]["itemId"], "AAkALgNoSuchItem");
+    assert_eq!(body["value"][1]["error"]["code"], "ErrorItemNotFound");
+    assert!(body["value"][1].get("data").is_none());
+
+    // Damaged data and bad modes are refused; nothing is created.
+    let (_, _, session) = fabrikam
+        .post(
+            &format!("/admin/exchange/mailboxes/{bob_mbx}/createImportSession"),
+            &json!({}),
+        )
+        .await;
+    let import_url = session["importUrl"].as_str().unwrap();
+    let bad = json!({ "FolderId": "inbox", "Mode": "create", "Data": STANDARD.encode(b"garbage") });
+    let (status, _, body) = send(reqwest::Client::new().post(import_url).json(&bad)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "ErrorCorruptData")
+    );
+    let data = exported.values().next().unwrap();
+    let bad = json!({ "FolderId": "inbox", "Mode": "create", "Data": data, "ItemId": "x" });
+    let (status, _, _) = send(reqwest::Client::new().post(import_url).json(&bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(emu.snapshot(BOB).unwrap().item_count(), 7);
+}
+
+#[tokio::test]
+async fn import_sessions_expire() {
+    let emu = start(
+        EmulatorConfig::default()
+            .tenant(contoso())
+            .import_session_lifetime(Duration::from_secs(1)),
+    )
+    .await;
+    let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let mbx = graph.mailbox_id(ALICE).await;
+    let item = graph
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{mbx}/folders/sentitems/items"
+        ))
+        .await;
+    let (_, _, export) = graph
+        .post(
+            &format!("/admin/exchange/mailboxes/{mbx}/exportItems"),
+            &json!({ "itemIds": [item[0]["id"]] }),
+        )
+        .await;
+    let body =
+        json!({ "FolderId": "archive", "Mode": "create", "Data": export["value"][0]["data"] });
+    let (_, _, session) = graph
+        .post(
+            &format!("/admin/exchange/mailboxes/{mbx}/createImportSession"),
+            &json!({}),
+        )
+        .await;
+    let created_at = std::time::Instant::now();
+    let import_url = session["importUrl"].as_str().unwrap().to_owned();
+    let (status, _, _) = send(reqwest::Client::new().post(&import_url).json(&body)).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep_until((created_at + Duration::from_millis(1100)).into()).await;
+    let (status, _, answer) = send(reqwest::Client::new().post(&import_url).json(&body)).await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken")
+    );
+    let tampered = import_url.replace("authtoken=", "authtoken=x");
+    let (status, _, _) = send(reqwest::Client::new().post(&tampered).json(&body)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        emu.snapshot(ALICE)
+            .unwrap()
+            .folder(&["Archive"])
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn item_delta_tracks_changes_and_resets() {
+    let mut user = UserSeed::new(CAROL);
+    for i in 0..5 {
+        let mime = format!(
+            "Subject: message {i}\r\nMessage-ID: <m{i}@contoso.example>\r\n\r\nbody {i}\r\n"
+        );
+        user = user.item(ItemSeed::message("Inbox", mime.as_bytes()));
+    }
+    let tenant = TenantSeed::new("contoso-tenant")
+        .app(AppSeed::with_secret("app-a", SECRET_A))
+        .user(user);
+    let emu = start(EmulatorConfig::default().tenant(tenant)).await;
+    let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let mbx = graph.mailbox_id(CAROL).await;
+    let delta_url = format!("/admin/exchange/mailboxes/{mbx}/folders/inbox/items/delta");
+
+    // The initial round: everything, 2 per page, then a deltaLink.
+    let (pages, entries, delta_link) = graph.delta_round(&delta_url, 2).await;
+    assert_eq!((pages, entries.len()), (3, 5));
+    let first_ids = ids(&entries);
+    assert_eq!(first_ids.len(), 5);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["type"] == "IPM.Note" && e["size"].as_u64().unwrap() > 0)
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["@odata.type"] == "#microsoft.graph.mailboxItem")
+    );
+
+    // Nothing changed: an empty round.
+    let (_, entries, delta_link) = graph.delta_round(&delta_link, 2).await;
+    assert!(entries.is_empty());
+
+    // A new item, a changed one, a deleted one.
+    let mut existing = first_ids.iter();
+    let changed = existing.next().unwrap().clone();
+    let deleted = existing.next().unwrap().clone();
+    let before = graph
+        .get_ok(&format!(
+            "/admin/exchange/mailboxes/{mbx}/folders/inbox/items/{changed}"
+        ))
+        .await;
+    let added = emu
+        .add_item(
+            CAROL,
+            &ItemSeed::message("Inbox", b"Subject: new\r\n\r\nnew\r\n"),
+        )
+        .unwrap();
+    emu.update_item(
+        CAROL,
+        &changed,
+        &ItemUpdate {
+            is_read: Some(true),
+            ..ItemUpdate::default()
+        },
+    )
+    .unwrap();
+    emu.delete_item(CAROL, &deleted).unwrap();
+    let (_, entries, delta_link) = graph.delta_round(&delta_link, 2).await;
+    assert_eq!(entries.len(), 3, "{entries:?}");
+    let by_id: BTreeMap<String, &Value> = entries
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap().to_owned(), e))
+        .collect();
+    assert_eq!(by_id[&deleted]["@removed"], json!({ "reason": "deleted" }));
+    assert_ne!(by_id[&changed]["changeKey"], before["changeKey"]);
+    assert!(by_id[&added]["changeKey"].is_string());
+
+    // Moving an item: it leaves the Inbox's delta; its immutable id stays,
+    // its default id changes.
+    let plain = Graph {
+        immutable_ids: false,
+        http: reqwest::Client::new(),
+        root: graph.root.clone(),
+        token: graph.token.clone(),
+    };
+    let rest_before = ids(&plain
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{mbx}/folders/inbox/items"
+        ))
+        .await);
+    emu.update_item(
+        CAROL,
+        &added,
+        &ItemUpdate {
+            folder: Some("archive".to_owned()),
+            ..ItemUpdate::default()
+        },
+    )
+    .unwrap();
+    let archived = graph
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{mbx}/folders/archive/items"
+        ))
+        .await;
+    assert_eq!(ids(&archived), BTreeSet::from([added.clone()]));
+    let archived_rest = plain
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{mbx}/folders/archive/items"
+        ))
+        .await;
+    assert!(!rest_before.contains(archived_rest[0]["id"].as_str().unwrap()));
+    let (_, entries, delta_link) = graph.delta_round(&delta_link, 2).await;
+    assert_eq!(
+        entries,
+        vec![json!({
+            "@odata.type": "#microsoft.graph.mailboxItem",
+            "id": added,
+            "@removed": { "reason": "deleted" },
+        })]
+    );
+
+    // After a reset, old state tokens are gone: 410 with the way back.
+    let (_, _, nextlink_page) = send(
+        graph
+            .request(Method::GET, &delta_url)
+            .header("Prefer", "odata.maxpagesize=1"),
+    )
+    .await;
+    let skip_link = nextlink_page["@odata.nextLink"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let inbox = inbox_id(&graph, &mbx).await;
+    let initial_url = graph.url(&format!(
+        "/admin/exchange/mailboxes/{mbx}/folders/{inbox}/items/delta"
+    ));
+    emu.reset_delta_tokens(&mbx).unwrap();
+    for link in [delta_link, skip_link] {
+        let (status, headers, body) = graph.get(&link).await;
+        assert_eq!(status, StatusCode::GONE);
+        assert_eq!(error_code(&body), "syncStateNotFound");
+        let location = headers.get("location").unwrap().to_str().unwrap();
+        assert_eq!(location, initial_url);
+    }
+    let (_, entries, _) = graph.delta_round(&delta_url, 10).await;
+    assert_eq!(entries.len(), 4, "a full resync after the reset");
+}
+
+async fn inbox_id(graph: &Graph, mbx: &str) -> String {
+    graph
+        .get_ok(&format!("/admin/exchange/mailboxes/{mbx}/folders/inbox"))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn mail_api_delta_and_exact_mime() {
+    let emu = two_tenants().await;
+    let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+
+    // Mail folders only (no Calendar/Contacts/Tasks), paged.
+    let folders = graph
+        .all_pages(&format!("/users/{ALICE}/mailFolders?$top=4"))
+        .await;
+    let names: Vec<&str> = folders
+        .iter()
+        .map(|f| f["displayName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Inbox",
+            "Sent Items",
+            "Drafts",
+            "Deleted Items",
+            "Junk Email",
+            "Archive"
+        ]
+    );
+    assert_eq!(folders[0]["totalItemCount"], 3);
+    assert_eq!(folders[0]["unreadItemCount"], 2);
+    assert_eq!(folders[0]["childFolderCount"], 1);
+    let inbox = graph
+        .get_ok(&format!("/users/{ALICE}/mailFolders/inbox"))
+        .await;
+    assert_eq!(inbox["id"], folders[0]["id"]);
+    let children = graph
+        .all_pages(&format!("/users/{ALICE}/mailFolders/inbox/childFolders"))
+        .await;
+    assert_eq!(children[0]["displayName"], "Projects");
+    let (status, _, _) = graph
+        .get(&format!("/users/{ALICE}/mailFolders/calendar"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Message delta with $select, then $value of each message.
+    let delta_url = format!(
+        "/users/{ALICE}/mailFolders/inbox/messages/delta?$select=isRead,receivedDateTime,flag"
+    );
+    let (pages, messages, delta_link) = graph.delta_round(&delta_url, 2).await;
+    assert_eq!((pages, messages.len()), (2, 3));
+    for message in &messages {
+        assert!(
+            message.get("subject").is_none(),
+            "$select applies: {message}"
+        );
+        assert!(message["isRead"].is_boolean() && message["receivedDateTime"].is_string());
+        assert!(message["flag"]["flagStatus"].is_string());
+    }
+    let mut mimes = BTreeMap::new();
+    for message in &messages {
+        let id = message["id"].as_str().unwrap();
+        let full = graph.get_ok(&format!("/users/{ALICE}/messages/{id}")).await;
+        let response = graph
+            .request(Method::GET, &format!("/users/{ALICE}/messages/{id}/$value"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.bytes().await.unwrap().to_vec();
+        mimes.insert(
+            full["internetMessageId"].as_str().unwrap().to_owned(),
+            (full, bytes),
+        );
+    }
+    let (plain, plain_mime) = &mimes["<q1@contoso.example>"];
+    assert_eq!(plain_mime.as_slice(), MIME_PLAIN);
+    assert_eq!(plain["subject"], "Quarterly numbers");
+    assert_eq!(plain["receivedDateTime"], "2024-05-06T07:31:00Z");
+    assert_eq!(plain["sentDateTime"], "2024-05-06T07:30:00Z");
+    assert_eq!(plain["isRead"], false);
+    assert_eq!(plain["parentFolderId"], inbox["id"]);
+    assert_eq!(mimes["<lf@contoso.example>"].1.as_slice(), MIME_BARE_LF);
+    let (eight_bit, eight_bit_mime) = &mimes["<8bit@contoso.example>"];
+    assert_eq!(eight_bit_mime.as_slice(), MIME_8BIT);
+    assert_eq!(eight_bit["flag"]["flagStatus"], "flagged");
+
+    // Calendar items are not messages.
+    let appointments = emu.snapshot(ALICE).unwrap();
+    assert!(
+        appointments.folder(&["Calendar"]).unwrap().items[0]
+            .mime
+            .is_none()
+    );
+
+    // A flag change shows up in the next round, with the selected fields.
+    let id = plain["id"].as_str().unwrap();
+    emu.update_item(
+        ALICE,
+        id,
+        &ItemUpdate {
+            is_read: Some(true),
+            ..ItemUpdate::default()
+        },
+    )
+    .unwrap();
+    let (_, changes, _) = graph.delta_round(&delta_link, 2).await;
+    assert_eq!(changes.len(), 1);
+    assert_eq!(
+        (changes[0]["id"].as_str(), changes[0]["isRead"].as_bool()),
+        (Some(id), Some(true))
+    );
+    // changeType=created sees only new messages.
+    let (_, _, created_link) = graph
+        .delta_round(
+            &format!("/users/{ALICE}/mailFolders/inbox/messages/delta?changeType=created"),
+            10,
+        )
+        .await;
+    emu.update_item(
+        ALICE,
+        id,
+        &ItemUpdate {
+            flag_status: Some(FlagStatus::Complete),
+            ..ItemUpdate::default()
+        },
+    )
+    .unwrap();
+    let new = emu
+        .add_item(
+            ALICE,
+            &ItemSeed::message("Inbox", b"Subject: later\r\n\r\n"),
+        )
+        .unwrap();
+    let (_, created, _) = graph.delta_round(&created_link, 10).await;
+    assert_eq!(ids(&created), BTreeSet::from([new]));
+}
+
+#[tokio::test]
+async fn fifth_concurrent_request_is_throttled() {
+    let emu = two_tenants().await;
+    emu.set_faults(Faults {
+        latency: Duration::from_millis(800),
+        ..Faults::default()
+    });
+    let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let mbx = emu.mailbox_id(ALICE).unwrap();
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let request = graph.request(
+            Method::GET,
+            &format!("/admin/exchange/mailboxes/{mbx}/folders"),
+        );
+        requests.spawn(send(request));
+    }
+    let mut statuses = BTreeMap::new();
+    while let Some(result) = requests.join_next().await {
+        let (status, headers, body) = result.unwrap();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["error"]["code"], "ApplicationThrottled", "{body}");
+            assert_eq!(
+                body["error"]["message"],
+                "Application is over its MailboxConcurrency limit."
+            );
+            assert!(headers.get("retry-after").is_none());
+        }
+        *statuses.entry(status.as_u16()).or_insert(0) += 1;
+    }
+    assert_eq!(statuses, BTreeMap::from([(200, 4), (429, 1)]));
+    // Another mailbox of the same app is not affected, and slots free up.
+    let graph_b = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let (status, _, _) = graph_b
+        .get(&format!("/users/{CAROL}/settings/exchange"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let stats = emu.stats(ALICE).unwrap();
+    assert_eq!(stats.throttled_by(ThrottleReason::Concurrency), 1);
+    assert_eq!(stats.events.iter().filter(|e| e.status == 200).count(), 4);
+}
+
+#[tokio::test]
+async fn request_rate_window_and_retry_after() {
+    let emu = two_tenants().await;
+    emu.set_limits(Limits {
+        requests_per_window: 5,
+        request_window: Duration::from_secs(2),
+        ..Limits::default()
+    });
+    let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let path = format!("/users/{ALICE}/settings/exchange");
+    for _ in 0..5 {
+        assert_eq!(graph.get(&path).await.0, StatusCode::OK);
+    }
+    let retry_after = |headers: &HeaderMap| -> u64 {
+        headers
+            .get("retry-after")
+            .expect("Retry-After")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (status, headers, body) = graph.get(&path).await;
+    let throttled_at = std::time::Instant::now();
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests")
+    );
+    let wait = retry_after(&headers);
+    assert!((1..=2).contains(&wait), "Retry-After: {wait}");
+    // Inside the window: refused again, without extending it by default.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, headers, _) = graph.get(&path).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&headers) <= wait);
+    // Other users are not affected (limits are per mailbox).
+    let other = graph
+        .get(&format!("/users/{CAROL}/settings/exchange"))
+        .await;
+    assert_eq!(other.0, StatusCode::OK);
+    let window_end = throttled_at + Duration::from_secs(wait) + Duration::from_millis(150);
+    tokio::time::sleep_until(window_end.into()).await;
+    assert_eq!(graph.get(&path).await.0, StatusCode::OK);
+    let stats = emu.stats(ALICE).unwrap();
+    assert_eq!(stats.throttled_by(ThrottleReason::RequestRate), 1);
+    assert_eq!(stats.throttled_by(ThrottleReason::RetryAfterWindow), 1);
+    assert_eq!(stats.requests_total, 8);
+
+    // With extension on, a request inside the window restarts it.
+    emu.set_limits(Limits {
+        requests_per_window: 1,
+        request_window: Duration::from_secs(2),
+        retry_after_extends: true,
+        ..Limits::default()
+    });
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(graph.get(&path).await.0, StatusCode::OK);
+    let (status, headers, _) = graph.get(&path).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let wait = retry_after(&headers);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, headers, _) = graph.get(&path).await;
+    assert_eq!(retry_after(&headers), wait, "the window restarted");
+}
+
+#[tokio::test]
+async fn upload_budget_window() {
+    let emu = two_tenants().await;
+    let contoso = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let fabrikam = Graph::new(&emu, "fabrikam-tenant", "app-b", SECRET_B).await;
+    let alice_mbx = contoso.mailbox_id(ALICE).await;
+    let bob_mbx = fabrikam.mailbox_id(BOB).await;
+    let items = contoso
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{alice_mbx}/folders/inbox/items"
+        ))
+        .await;
+    let (_, _, export) = contoso
+        .post(
+            &format!("/admin/exchange/mailboxes/{alice_mbx}/exportItems"),
+            &json!({ "itemIds": ids(&items) }),
+        )
+        .await;
+    let bodies: Vec<Vec<u8>> = export["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            serde_json::to_vec(&json!({ "FolderId": "inbox", "Mode": "create", "Data": e["data"] }))
+                .unwrap()
+        })
+        .collect();
+    let largest = bodies.iter().map(Vec::len).max().unwrap() as u64;
+    emu.set_limits(Limits {
+        upload_bytes_per_window: largest + 10,
+        upload_window: Duration::from_secs(2),
+        ..Limits::default()
+    });
+    let (_, _, session) = fabrikam
+        .post(
+            &format!("/admin/exchange/mailboxes/{bob_mbx}/createImportSession"),
+            &json!({}),
+        )
+        .await;
+    let import_url = session["importUrl"].as_str().unwrap();
+    let import = |body: &Vec<u8>| {
+        send(
+            reqwest::Client::new()
+                .post(import_url)
+                .header("content-type", "application/json")
+                .body(body.clone()),
+        )
+    };
+    assert_eq!(import(&bodies[0]).await.0, StatusCode::OK);
+    let (status, headers, body) = import(&bodies[1]).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait));
+    // Small requests are refused too while the window is open.
+    assert_eq!(
+        fabrikam
+            .get(&format!("/users/{BOB}/settings/exchange"))
+            .await
+            .0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(100)).await;
+    assert_eq!(import(&bodies[1]).await.0, StatusCode::OK);
+
+    let stats = emu.stats(BOB).unwrap();
+    assert_eq!(stats.throttled_by(ThrottleReason::UploadVolume), 1);
+    assert_eq!(stats.throttled_by(ThrottleReason::RetryAfterWindow), 1);
+    assert_eq!(
+        stats.bytes_uploaded,
+        (bodies[0].len() + bodies[1].len() + 2) as u64,
+        "bodies + the session's {{}}"
+    );
+    assert_eq!(emu.snapshot(BOB).unwrap().item_count(), 2);
+}
+
+#[tokio::test]
+async fn mailbox_quota_is_enforced() {
+    let tenant = TenantSeed::new("fabrikam-tenant")
+        .app(AppSeed::with_secret("app-b", SECRET_B))
+        .user(UserSeed::new(BOB).quota_bytes(400));
+    let emu = start(EmulatorConfig::default().tenant(contoso()).tenant(tenant)).await;
+    let contoso = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let fabrikam = Graph::new(&emu, "fabrikam-tenant", "app-b", SECRET_B).await;
+    let alice_mbx = contoso.mailbox_id(ALICE).await;
+    let bob_mbx = fabrikam.mailbox_id(BOB).await;
+    let items = contoso
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{alice_mbx}/folders/inbox/items"
+        ))
+        .await;
+    let sizes: Vec<u64> = items.iter().map(|i| i["size"].as_u64().unwrap()).collect();
+    let (_, _, export) = contoso
+        .post(
+            &format!("/admin/exchange/mailboxes/{alice_mbx}/exportItems"),
+            &json!({ "itemIds": ids(&items) }),
+        )
+        .await;
+    let (_, _, session) = fabrikam
+        .post(
+            &format!("/admin/exchange/mailboxes/{bob_mbx}/createImportSession"),
+            &json!({}),
+        )
+        .await;
+    let import_url = session["importUrl"].as_str().unwrap();
+    let mut outcomes = Vec::new();
+    for entry in export["value"].as_array().unwrap() {
+        let body = json!({ "FolderId": "inbox", "Mode": "create", "Data": entry["data"] });
+        let (status, _, answer) = send(reqwest::Client::new().post(import_url).json(&body)).await;
+        if status == StatusCode::INSUFFICIENT_STORAGE {
+            assert_eq!(error_code(&answer), "ErrorQuotaExceeded");
+        }
+        outcomes.push(status);
+    }
+    let stored = emu.snapshot(BOB).unwrap();
+    let stored_bytes: u64 = stored
+        .folders
+        .iter()
+        .flat_map(|f| &f.items)
+        .map(|i| i.export_data.len() as u64)
+        .sum();
+    assert!(stored_bytes <= 400, "quota kept: {stored_bytes}");
+    assert!(
+        outcomes.contains(&StatusCode::OK),
+        "{outcomes:?} with sizes {sizes:?}"
+    );
+    assert!(
+        outcomes.contains(&StatusCode::INSUFFICIENT_STORAGE),
+        "{outcomes:?} with sizes {sizes:?}"
+    );
+    assert_eq!(
+        stored.item_count(),
+        outcomes.iter().filter(|s| **s == StatusCode::OK).count()
+    );
+}
+
+/// The statuses of `count` identical requests, and how many 503s had no body.
+async fn status_sequence(emu: &GraphEmulator, count: usize) -> (Vec<u16>, usize) {
+    let graph = Graph::new(emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let mut statuses = Vec::new();
+    let mut empty_bodies = 0;
+    for _ in 0..count {
+        let response = graph
+            .request(Method::GET, &format!("/users/{ALICE}/settings/exchange"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = response.bytes().await.unwrap();
+        if status == 503 && body.is_empty() {
+            empty_bodies += 1;
+        }
+        if status == 503 && !body.is_empty() {
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(error_code(&body), "serviceNotAvailable");
+        }
+        statuses.push(status);
+    }
+    (statuses, empty_bodies)
+}
+
+#[tokio::test]
+async fn fault_injection_is_seeded_and_switchable() {
+    let faults = Faults {
+        enabled: true,
+        seed: 42,
+        server_busy_rate: 0.2,
+        empty_body_share: 0.5,
+        gateway_timeout_rate: 0.1,
+        latency: Duration::ZERO,
+    };
+    let config = || {
+        EmulatorConfig::default()
+            .tenant(contoso())
+            .faults(faults.clone())
+    };
+    let emu = start(config()).await;
+    let (statuses, empty_bodies) = status_sequence(&emu, 400).await;
+    let count = |code: u16| statuses.iter().filter(|s| **s == code).count();
+    let (busy, timeouts, ok) = (count(503), count(504), count(200));
+    assert_eq!(busy + timeouts + ok, 400);
+    assert!((55..=105).contains(&busy), "503: {busy} of 400 at 20%");
+    assert!(
+        (22..=60).contains(&timeouts),
+        "504: {timeouts} of 400 at 10%"
+    );
+    assert!(
+        empty_bodies > busy / 4 && empty_bodies < busy * 3 / 4,
+        "{empty_bodies} of {busy} empty"
+    );
+    let stats = emu.stats(ALICE).unwrap();
+    assert_eq!(
+        (stats.server_busy_503, stats.gateway_timeout_504),
+        (busy as u64, timeouts as u64)
+    );
+
+    // The same seed gives the same sequence.
+    let again = start(config()).await;
+    assert_eq!(status_sequence(&again, 400).await, (statuses, empty_bodies));
+
+    // Off at runtime.
+    emu.set_faults(Faults {
+        enabled: false,
+        ..faults
+    });
+    let (statuses, _) = status_sequence(&emu, 50).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+}
+
+#[tokio::test]
+async fn binary_serves_a_seed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = json!({
+        "tenants": [{
+            "id": "contoso-tenant",
+            "apps": [{ "clientId": "app-a", "secret": SECRET_A }],
+            "users": [{
+                "userPrincipalName": ALICE,
+                "folders": [{ "path": "Inbox/Projects", "type": "IPF.Note" }],
+                "items": [{ "folder": "Inbox/Projects", "mime": "Subject: hi\r\n\r\nhello\r\n", "isRead": true }],
+            }],
+        }],
+        "limits": { "concurrentRequests": 2 },
+        "tokenLifetimeSecs": 120,
+    });
+    let seed_path = dir.path().join("seed.json");
+    std::fs::write(&seed_path, serde_json::to_vec_pretty(&seed).unwrap()).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_graph-emulator"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--seed")
+        .arg(&seed_path)
+        .arg("--latency-ms")
+        .arg("1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the graph-emulator binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("the emulator prints its address")
+        .unwrap()
+        .unwrap();
+    let base = line
+        .strip_prefix("graph-emulator listening on ")
+        .expect(&line)
+        .to_owned();
+
+    let http = reqwest::Client::new();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("client_id", "app-a"),
+        ("client_secret", SECRET_A),
+        ("scope", GRAPH_SCOPE),
+    ];
+    let (status, _, body) = send(
+        http.post(format!("{base}/contoso-tenant/oauth2/v2.0/token"))
+            .form(&form),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["expires_in"], 120);
+    let token = body["access_token"].as_str().unwrap();
+    let (status, _, body) = send(
+        http.get(format!("{base}/v1.0/users/{ALICE}/settings/exchange"))
+            .bearer_auth(token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body["primaryMailboxId"]
+            .as_str()
+            .unwrap()
+            .starts_with("MBX:")
+    );
+
+    // The test API over HTTP.
+    let (_, _, limits) = send(http.get(format!("{base}/_emulator/limits"))).await;
+    assert_eq!(limits["concurrentRequests"], 2);
+    let (_, _, snapshot) =
+        send(http.get(format!("{base}/_emulator/mailboxes/{ALICE}/snapshot"))).await;
+    let projects = snapshot["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == json!(["Inbox", "Projects"]))
+        .unwrap();
+    assert_eq!(projects["items"][0]["isRead"], true);
+    assert_eq!(
+        projects["items"][0]["mime"],
+        STANDARD.encode("Subject: hi\r\n\r\nhello\r\n")
+    );
+    let (status, _, _) = send(
+        http.post(format!("{base}/_emulator/mailboxes/{ALICE}/items"))
+            .json(&json!({ "folder": "Inbox", "mime": "Subject: added\r\n\r\n" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, stats) = send(http.get(format!("{base}/_emulator/mailboxes/{ALICE}/stats"))).await;
+    assert_eq!(stats["requestsTotal"], 1);
+    assert_eq!(stats["events"][0]["status"], 200);
+    child.kill().await.unwrap();
+}
+
+/// Logs in over IMAP with SASL XOAUTH2 from 127.0.0.`source`; whether
+/// Dovecot said OK. Failed logins from one address make Dovecot delay the
+/// next ones from it (auth penalty), so each refusal gets its own.
+async fn xoauth2_login(source: u8, port: u16, user: &str, token: &str) -> bool {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, source], 0)))
+        .unwrap();
+    let stream = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("Dovecot accepts connections");
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    let greeting = lines.next_line().await.unwrap().unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    let sasl = STANDARD.encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"));
+    let command = format!("a AUTHENTICATE XOAUTH2 {sasl}\r\n");
+    write.write_all(command.as_bytes()).await.unwrap();
+    loop {
+        let line = lines.next_line().await.unwrap().expect("a tagged answer");
+        if line.starts_with("+ ") {
+            // The error challenge: an empty response ends the exchange.
+            write.write_all(b"\r\n").await.unwrap();
+            continue;
+        }
+        if line.starts_with("a ") {
+            return line.starts_with("a OK");
+        }
+    }
+}
+
+#[tokio::test]
+async fn dovecot_accepts_xoauth2_tokens_of_its_tenant() {
+    let lifetime = Duration::from_secs(3);
+    let emu = start(
+        EmulatorConfig::default()
+            .tenant(contoso())
+            .tenant(fabrikam())
+            .token_lifetime(lifetime),
+    )
+    .await;
+    let options = DovecotOptions::default()
+        .user(ALICE, "pw-alice")
+        .user(CAROL, "pw-carol")
+        .user(BOB, "pw-bob")
+        .oauth2_introspection(&emu.introspection_url());
+    let dovecot = tokio::task::spawn_blocking(move || DovecotServer::start(options))
+        .await
+        .unwrap()
+        .expect("start Dovecot");
+    let port = dovecot.port();
+    let issued = std::time::Instant::now();
+    let contoso = token(&emu, "contoso-tenant", "app-a", SECRET_A, OUTLOOK_SCOPE).await;
+    let fabrikam = token(&emu, "fabrikam-tenant", "app-b", SECRET_B, OUTLOOK_SCOPE).await;
+    let graph = token(&emu, "contoso-tenant", "app-a", SECRET_A, GRAPH_SCOPE).await;
+
+    // An app-only token is good for every mailbox of its tenant.
+    let logged_in = |source, user, token| xoauth2_login(source, port, user, token);
+    assert!(
+        logged_in(1, ALICE, &contoso).await,
+        "{}",
+        dovecot.log_contents()
+    );
+    assert!(logged_in(1, CAROL, &contoso).await);
+    assert!(logged_in(1, BOB, &fabrikam).await);
+    // Not for another tenant's mailbox; Graph tokens and made-up ones never.
+    assert!(!logged_in(2, BOB, &contoso).await);
+    assert!(!logged_in(3, ALICE, &fabrikam).await);
+    assert!(!logged_in(4, ALICE, &graph).await);
+    assert!(!logged_in(5, ALICE, "no-such-token").await);
+    // Passwords still work next to OAuth.
+    let client = dovecot.endpoint(ALICE).unwrap().connect().await.unwrap();
+    client.logout().await;
+
+    let expiry = (issued + lifetime + Duration::from_millis(200))
+        .saturating_duration_since(std::time::Instant::now());
+    tokio::time::sleep(expiry).await;
+    assert!(!logged_in(6, ALICE, &contoso).await, "an expired token");
+}
