@@ -75,7 +75,14 @@ pub fn parse_mailbox_csv(mut input: impl Read) -> Result<MailboxList, CsvError> 
         .read_to_end(&mut text)
         .map_err(|e| CsvError::Read(e.into()))?;
     // The csv crate does not count comment and blank lines, so line numbers
-    // are taken from byte offsets in the file itself.
+    // are taken from byte offsets in the file itself: the number of line
+    // ends before the offset, found by binary search (a wave may have a
+    // hundred thousand rows).
+    let line_ends: Vec<usize> = text
+        .iter()
+        .enumerate()
+        .filter_map(|(at, &byte)| (byte == b'\n').then_some(at))
+        .collect();
     let line_at = |position: Option<&csv::Position>| {
         position.map_or(0, |p| {
             // A record's offset may point at blank lines before it.
@@ -83,7 +90,7 @@ pub fn parse_mailbox_csv(mut input: impl Read) -> Result<MailboxList, CsvError> 
             while offset < text.len() && matches!(text[offset], b'\r' | b'\n') {
                 offset += 1;
             }
-            1 + text[..offset].iter().filter(|&&b| b == b'\n').count() as u64
+            1 + line_ends.partition_point(|&end| end < offset) as u64
         })
     };
     let mut reader = csv::ReaderBuilder::new()

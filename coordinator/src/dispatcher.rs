@@ -37,7 +37,7 @@ use crate::wave::WaveError;
 
 /// Jobs marked, published and confirmed together: three round trips per
 /// batch rather than per job.
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
 
 /// The `[migration]` settings of a wave's stored configuration; defaults for
 /// a wave without any (e.g. one of `mailwave run`).
