@@ -80,6 +80,7 @@ pub struct MailboxRecord {
 
 /// What one pass over a mailbox did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PassStats {
     pub folders: u64,
     pub items_copied: u64,
@@ -88,6 +89,12 @@ pub struct PassStats {
     pub items_recovered: u64,
     pub flags_updated: u64,
     pub items_skipped: u64,
+    /// Restarts from the checkpoints after a failure worth retrying.
+    pub retries: u64,
+    /// Of those, the ones the server asked for (throttling).
+    pub throttled: u64,
+    /// Milliseconds spent waiting before those restarts.
+    pub wait_millis: u64,
 }
 
 impl PassStats {
@@ -99,6 +106,9 @@ impl PassStats {
         self.items_recovered += other.items_recovered;
         self.flags_updated += other.flags_updated;
         self.items_skipped += other.items_skipped;
+        self.retries += other.retries;
+        self.throttled += other.throttled;
+        self.wait_millis += other.wait_millis;
     }
 }
 

@@ -73,15 +73,24 @@ impl WaveReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<32} {:<10} {:>5} {:>8} {:>10} {:>9} {:>6} {:>7}",
-            "mailbox", "state", "pass", "copied", "bytes", "recovered", "flags", "skipped"
+            "{:<32} {:<10} {:>5} {:>8} {:>10} {:>9} {:>6} {:>7} {:>7} {:>9}",
+            "mailbox",
+            "state",
+            "pass",
+            "copied",
+            "bytes",
+            "recovered",
+            "flags",
+            "skipped",
+            "retries",
+            "throttled"
         );
         for m in &self.mailboxes {
             let r = &m.record;
             let s = &r.stats;
             let _ = writeln!(
                 out,
-                "{:<32} {:<10} {:>5} {:>8} {:>10} {:>9} {:>6} {:>7}",
+                "{:<32} {:<10} {:>5} {:>8} {:>10} {:>9} {:>6} {:>7} {:>7} {:>9}",
                 truncate(&format!("{} -> {}", r.source, r.target), 32),
                 r.state.as_str(),
                 r.pass,
@@ -89,7 +98,9 @@ impl WaveReport {
                 human_bytes(s.bytes_copied),
                 s.items_recovered,
                 s.flags_updated,
-                s.items_skipped
+                s.items_skipped,
+                s.retries,
+                s.throttled
             );
         }
         let failed: Vec<_> = self

@@ -246,6 +246,11 @@ async fn bad_rows_and_a_wrong_password_fail_alone() {
         result.stdout
     );
     assert_eq!(result.mailbox("hank")["state"], "failed");
+    assert_eq!(
+        result.stat("hank", "retries"),
+        0,
+        "a wrong password is not retried"
+    );
     assert_eq!(result.mailbox("gina")["state"], "completed");
     assert_eq!(result.mailbox("ivan")["state"], "completed");
     assert_exact(&source, &target, &["gina", "ivan"]).await;
@@ -257,6 +262,33 @@ async fn bad_rows_and_a_wrong_password_fail_alone() {
         0,
         "nothing was written for the failed mailbox"
     );
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_retried_then_fails_with_the_retries_reported() {
+    // A port nobody listens on: connection refused, a transient failure.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let source = format!(
+        "kind = \"imap\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\npassword_file = \"pw\"\n"
+    );
+    let migration = Migration::new(
+        &source,
+        "kind = \"maildir\"\npath = \"out/{mailbox}\"\n",
+        "[migration]\nmax_attempts = 3\n",
+        "source,target\nkim,kim\n",
+    )
+    .unwrap();
+    std::fs::write(migration.dir().join("pw"), "secret\n").unwrap();
+    let result = migration.run().unwrap();
+    assert!(!result.success, "{}", result.stdout);
+    assert_eq!(result.mailbox("kim")["state"], "failed");
+    assert_eq!(result.stat("kim", "retries"), 2, "{}", result.stdout);
+    assert_eq!(result.stat("kim", "throttled"), 0);
+    assert!(result.stdout.contains("FAILED kim: "), "{}", result.stdout);
 }
 
 #[tokio::test]

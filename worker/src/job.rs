@@ -103,12 +103,15 @@ pub async fn run_job(
         progress: ctx.progress.as_ref(),
         stop,
     };
+    // Exponential back-off with full jitter: a random wait between zero and
+    // the exponential delay, capped, so that mailboxes that failed together
+    // do not come back together.
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(ctx.retry_min_delay)
         .with_max_delay(ctx.retry_max_delay)
-        .with_jitter()
         .with_max_times(ctx.config.migration.max_attempts.saturating_sub(1) as usize)
-        .build();
+        .build()
+        .map(|delay| delay.mul_f64(rand::random::<f64>()));
     let started = std::time::Instant::now();
     let mut total = PassStats::default();
     let outcome = loop {
@@ -136,8 +139,13 @@ pub async fn run_job(
                 stats: total,
             };
         };
-        // A throttled server's own hint is obeyed when it asks for longer.
+        // A throttled server's own hint is obeyed when it asks for longer:
+        // the whole mailbox waits, since more requests in the window would
+        // only extend the penalty.
         let delay = error.retry_after().map_or(delay, |hint| hint.max(delay));
+        total.retries += 1;
+        total.throttled += u64::from(error.class() == ErrorClass::Throttled);
+        total.wait_millis += u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(mailbox = %mailbox.source, class = %error.class(), %error,
             retry_in = ?delay, "retrying mailbox from its checkpoints");
         tokio::select! {
@@ -149,7 +157,8 @@ pub async fn run_job(
     tracing::info!(mailbox = %mailbox.source, pass = job.pass, state = outcome.state.as_str(),
         seconds = started.elapsed().as_secs_f64(), folders = s.folders, copied = s.items_copied,
         bytes = s.bytes_copied, recovered = s.items_recovered, flags = s.flags_updated,
-        skipped = s.items_skipped, "mailbox pass ended");
+        skipped = s.items_skipped, retries = s.retries, throttled = s.throttled,
+        waited_ms = s.wait_millis, "mailbox pass ended");
     ctx.store
         .finish_pass(job.mailbox, job.pass, &outcome)
         .await?;
