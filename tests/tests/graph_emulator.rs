@@ -1576,7 +1576,7 @@ async fn fault_injection_is_seeded_and_switchable() {
         server_busy_rate: 0.2,
         empty_body_share: 0.5,
         gateway_timeout_rate: 0.1,
-        latency: Duration::ZERO,
+        ..Faults::default()
     };
     let config = || {
         EmulatorConfig::default()

@@ -122,6 +122,12 @@ pub struct Faults {
     pub empty_body_share: f64,
     /// Share of admitted requests answered `504 Gateway Timeout`.
     pub gateway_timeout_rate: f64,
+    /// Share of admitted requests answered `429 TooManyRequests`, each
+    /// opening a Retry-After window of `throttle_retry_after` (rounded up to
+    /// whole seconds) for the app and mailbox.
+    pub throttle_rate: f64,
+    #[serde(rename = "throttleRetryAfterSecs", with = "secs")]
+    pub throttle_retry_after: Duration,
     /// Every admitted Graph request takes at least this long (it holds its
     /// concurrency slot meanwhile). Applies even when `enabled` is false.
     #[serde(rename = "latencySecs", with = "secs")]
@@ -136,6 +142,8 @@ impl Default for Faults {
             server_busy_rate: 0.0,
             empty_body_share: 0.0,
             gateway_timeout_rate: 0.0,
+            throttle_rate: 0.0,
+            throttle_retry_after: Duration::from_secs(1),
             latency: Duration::ZERO,
         }
     }

@@ -156,6 +156,11 @@ impl GraphEmulator {
         format!("{}/introspect?token=", self.shared.base_url)
     }
 
+    /// Access tokens issued so far (every tenant, app and scope).
+    pub fn tokens_issued(&self) -> usize {
+        self.shared.lock().tokens.len()
+    }
+
     /// Adds a tenant with its apps and users at runtime.
     pub fn add_tenant(&self, tenant: &TenantSeed) -> Result<()> {
         self.shared.add_tenant(tenant)

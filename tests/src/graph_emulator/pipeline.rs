@@ -232,6 +232,7 @@ fn rejection_response(rejection: Rejection) -> GraphError {
                 ThrottleReason::RetryAfterWindow => {
                     "Application is throttled for this mailbox; retry after the Retry-After period."
                 }
+                ThrottleReason::Injected => "Application is over its limit for this mailbox.",
                 ThrottleReason::RequestRate | ThrottleReason::Concurrency => {
                     "Application is over its request limit for this mailbox."
                 }

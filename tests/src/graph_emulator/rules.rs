@@ -22,6 +22,9 @@ pub enum ThrottleReason {
     UploadVolume,
     /// Sent while a Retry-After window was open.
     RetryAfterWindow,
+    /// Drawn by fault injection ([`Faults::throttle_rate`]; opens a
+    /// Retry-After window).
+    Injected,
 }
 
 /// An injected failure.
@@ -188,6 +191,7 @@ impl Rules {
     ) -> (usize, Result<(), Rejection>) {
         let now = Instant::now();
         let decision = self.decide(client_id, mailbox_id, upload_bytes, now);
+        let decision = decision.and_then(|()| self.draw_throttle(client_id, mailbox_id, now));
         let decision = decision.and_then(|()| match self.draw_fault() {
             Some(fault) => {
                 self.release(client_id, mailbox_id);
@@ -283,6 +287,28 @@ impl Rules {
             budget.uploaded += upload_bytes;
         }
         Ok(())
+    }
+
+    /// An injected 429 for an admitted request: its slot is released and
+    /// the mailbox's Retry-After window opens, as after a real throttle.
+    fn draw_throttle(
+        &mut self,
+        client_id: &str,
+        mailbox_id: &str,
+        now: Instant,
+    ) -> Result<(), Rejection> {
+        if !self.faults.enabled || self.rng.random::<f64>() >= self.faults.throttle_rate {
+            return Ok(());
+        }
+        self.release(client_id, mailbox_id);
+        let budget = self
+            .budgets
+            .get_mut(&(client_id.to_owned(), mailbox_id.to_owned()))
+            .expect("admitted requests have a budget");
+        Err(Rejection::Throttled {
+            reason: ThrottleReason::Injected,
+            retry_after: Some(budget.open_block(now, self.faults.throttle_retry_after)),
+        })
     }
 
     fn draw_fault(&mut self) -> Option<Fault> {
