@@ -7,3 +7,4 @@ pub mod distributed;
 pub mod engine;
 pub mod job;
 pub mod pool;
+pub mod throttle;

@@ -1,0 +1,1019 @@
+//! The throttling-aware request scheduler that HTTP connectors (Microsoft
+//! Graph) call around every request.
+//!
+//! An [`EndpointThrottle`] is one endpoint of the process (say
+//! `graph:tenant-b`); each mailbox using it gets a [`MailboxThrottle`]. A
+//! request first takes a [`Permit`] ([`MailboxThrottle::acquire`]), which
+//! waits until
+//!
+//! - the mailbox is not paused: after a throttle the *whole* mailbox waits
+//!   until the server's hint has passed, since anything sent in that window
+//!   only extends the penalty (a later throttle with an earlier hint never
+//!   shortens the pause);
+//! - a slot of the mailbox's adaptive window and one of the endpoint's are
+//!   free;
+//! - the endpoint's optional rate limit (governor) allows one more request.
+//!
+//! The request's outcome then settles the permit, and the windows adapt by
+//! additive increase, multiplicative decrease (AIMD): a window grows by one
+//! after a window's worth of successes, up to its ceiling, and shrinks on
+//! throttles (mailbox × 0.5, endpoint × 0.75), transient faults (× 0.9) and
+//! latency growth (mailbox × 0.9), never below one. As in TCP, a window
+//! shrinks at most once per window of requests: the outcome of a request
+//! that was sent before the last decrease (under the old, larger window)
+//! does not decrease it again, so four requests throttled together halve
+//! the mailbox's window once, not four times.
+//!
+//! Requests, throttle events, retries by class and the time spent waiting
+//! are counted per endpoint in one place, [`ThrottleCounters`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use mailwave_common::ErrorClass;
+use rand::Rng as _;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Back-off of a throttle without a hint: the first one waits up to this…
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// …each throttle in a row doubles it, up to this.
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// How long a mailbox's baseline latency (the lowest smoothed latency) is
+/// kept before a newer, higher one may replace it.
+const BASELINE_LIFETIME: Duration = Duration::from_secs(300);
+/// Weight of a new sample in the smoothed latency.
+const LATENCY_SMOOTHING: f64 = 0.125;
+/// Factor of the decrease on a transient fault or latency growth.
+const GENTLE_DECREASE: f64 = 0.9;
+/// Factor of the mailbox window's decrease on a throttle.
+const MAILBOX_THROTTLE_DECREASE: f64 = 0.5;
+/// Factor of the endpoint window's decrease on a throttle.
+const ENDPOINT_THROTTLE_DECREASE: f64 = 0.75;
+/// The longest pause a throttle sets, whatever the server's hint.
+const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
+/// A mailbox nobody holds, idle and not paused for this long, is forgotten.
+const IDLE_MAILBOX_LIFETIME: Duration = Duration::from_secs(900);
+/// How often the mailboxes are swept for idle ones, at most.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Settings of one endpoint's scheduler.
+#[derive(Debug, Clone)]
+pub struct ThrottleSettings {
+    /// Most requests in flight per mailbox (Graph: 4); at least 1.
+    pub mailbox_ceiling: usize,
+    /// Most requests in flight for the whole endpoint, all mailboxes of this
+    /// process; at least 1.
+    pub endpoint_ceiling: usize,
+    /// Optional steady rate limit for the endpoint, requests per second
+    /// (governor), with bursts of up to one second's worth. A value that is
+    /// not a positive finite number sets no limit.
+    pub requests_per_second: Option<f64>,
+    /// Latency growth that counts as congestion: a request slower than
+    /// `latency_factor` × the mailbox's baseline latency (the lowest recent
+    /// smoothed latency) shrinks the window. `f64::INFINITY` turns it off.
+    pub latency_factor: f64,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        ThrottleSettings {
+            mailbox_ceiling: 4,
+            endpoint_ceiling: 64,
+            requests_per_second: None,
+            latency_factor: 3.0,
+        }
+    }
+}
+
+/// Counters of one endpoint, by error class: requests, throttle events,
+/// retries, and seconds spent waiting (in the gate and for a slot). One place
+/// for what metrics will later export.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ThrottleCounters {
+    /// Permits handed out (requests sent).
+    pub requests: u64,
+    /// Requests settled as succeeded.
+    pub succeeded: u64,
+    /// Requests the server throttled.
+    pub throttle_events: u64,
+    /// Retries by class label (`ErrorClass::as_str()`), throttled included.
+    pub retries: BTreeMap<String, u64>,
+    /// Time spent in [`MailboxThrottle::acquire`]: paused, waiting for a
+    /// slot or for the rate limit.
+    pub seconds_waiting: f64,
+}
+
+/// One endpoint (e.g. "graph:tenant-b"): its adaptive limit, its rate
+/// limiter, its counters, and the per-mailbox state of every mailbox using
+/// it. Cheap to clone (Arc inside); shared by all mailboxes of the process
+/// that use the endpoint.
+#[derive(Clone)]
+pub struct EndpointThrottle {
+    shared: Arc<EndpointShared>,
+}
+
+struct EndpointShared {
+    label: String,
+    settings: ThrottleSettings,
+    window: Arc<AdaptiveWindow>,
+    limiter: Option<RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>>,
+    clock: TokioClock,
+    counters: Mutex<ThrottleCounters>,
+    mailboxes: Mutex<Mailboxes>,
+}
+
+/// The mailboxes of an endpoint, by name.
+struct Mailboxes {
+    by_name: HashMap<String, Arc<MailboxShared>>,
+    last_sweep: Instant,
+}
+
+impl EndpointThrottle {
+    /// The scheduler of endpoint `label` (used in logs), both windows at
+    /// their ceilings.
+    pub fn new(label: impl Into<String>, settings: ThrottleSettings) -> EndpointThrottle {
+        let clock = TokioClock {
+            origin: Instant::now(),
+        };
+        let limiter = settings
+            .requests_per_second
+            .and_then(quota)
+            .map(|quota| RateLimiter::direct_with_clock(quota, clock.clone()));
+        EndpointThrottle {
+            shared: Arc::new(EndpointShared {
+                label: label.into(),
+                window: Arc::new(AdaptiveWindow::new(settings.endpoint_ceiling)),
+                settings,
+                limiter,
+                clock,
+                counters: Mutex::default(),
+                mailboxes: Mutex::new(Mailboxes {
+                    by_name: HashMap::new(),
+                    last_sweep: Instant::now(),
+                }),
+            }),
+        }
+    }
+
+    /// The scheduler of one mailbox on this endpoint (created on first use,
+    /// shared afterwards, keyed by the mailbox's name). A mailbox that
+    /// nobody has held for a long while, with nothing in flight and no pause,
+    /// is forgotten and starts afresh.
+    pub fn mailbox(&self, mailbox: &str) -> MailboxThrottle {
+        let now = Instant::now();
+        let mut mailboxes = lock(&self.shared.mailboxes);
+        if now.duration_since(mailboxes.last_sweep) >= SWEEP_INTERVAL {
+            mailboxes.last_sweep = now;
+            mailboxes
+                .by_name
+                .retain(|_, shared| Arc::strong_count(shared) > 1 || !shared.is_idle(now));
+        }
+        let shared = mailboxes
+            .by_name
+            .entry(mailbox.to_owned())
+            .or_insert_with(|| {
+                Arc::new(MailboxShared {
+                    name: mailbox.to_owned(),
+                    window: Arc::new(AdaptiveWindow::new(self.shared.settings.mailbox_ceiling)),
+                    state: Mutex::new(MailboxState {
+                        paused_until: None,
+                        throttles_in_a_row: 0,
+                        smoothed_latency: None,
+                        baseline: None,
+                        last_active: now,
+                    }),
+                })
+            });
+        MailboxThrottle {
+            endpoint: Arc::clone(&self.shared),
+            mailbox: Arc::clone(shared),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> ThrottleCounters {
+        lock(&self.shared.counters).clone()
+    }
+}
+
+impl EndpointShared {
+    /// Waits until the rate limit (if any) allows one more request.
+    async fn rate_limit(&self) {
+        let Some(limiter) = &self.limiter else {
+            return;
+        };
+        while let Err(not_until) = limiter.check() {
+            tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
+        }
+    }
+
+    fn count(&self, update: impl FnOnce(&mut ThrottleCounters)) {
+        update(&mut lock(&self.counters));
+    }
+}
+
+/// The quota of a rate of `per_second` requests, with bursts of up to one
+/// second's worth; `None` when the rate is no positive finite number (or so
+/// high that no limit is left).
+fn quota(per_second: f64) -> Option<Quota> {
+    if !(per_second.is_finite() && per_second > 0.0) {
+        return None;
+    }
+    let period = Duration::try_from_secs_f64(per_second.recip()).ok()?;
+    // Saturating float-to-int cast: at least 1, at most u32::MAX.
+    let burst = NonZeroU32::new(per_second.floor() as u32).unwrap_or(NonZeroU32::MIN);
+    Some(Quota::with_period(period)?.allow_burst(burst))
+}
+
+/// governor's time source: tokio's clock (so a paused test clock drives the
+/// rate limit too), as the time since the endpoint was made.
+#[derive(Clone)]
+struct TokioClock {
+    origin: Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
+    }
+}
+
+/// The scheduler of one mailbox on one endpoint. Cheap to clone; every clone
+/// (and every [`EndpointThrottle::mailbox`] of the same name) shares the
+/// same state.
+#[derive(Clone)]
+pub struct MailboxThrottle {
+    endpoint: Arc<EndpointShared>,
+    mailbox: Arc<MailboxShared>,
+}
+
+struct MailboxShared {
+    name: String,
+    window: Arc<AdaptiveWindow>,
+    state: Mutex<MailboxState>,
+}
+
+struct MailboxState {
+    /// The mailbox sends nothing before this.
+    paused_until: Option<Instant>,
+    /// Throttles since the last success: the attempt of the next back-off.
+    throttles_in_a_row: u32,
+    /// Exponentially weighted moving average of the latencies.
+    smoothed_latency: Option<Duration>,
+    /// The lowest smoothed latency of late, and when it was set.
+    baseline: Option<(Duration, Instant)>,
+    /// When a request of the mailbox last started or ended.
+    last_active: Instant,
+}
+
+impl MailboxShared {
+    /// Until when the mailbox is paused, if it is at `now`.
+    fn paused_until(&self, now: Instant) -> Option<Instant> {
+        lock(&self.state).paused_until.filter(|until| *until > now)
+    }
+
+    fn is_idle(&self, now: Instant) -> bool {
+        let state = lock(&self.state);
+        lock(&self.window.state).in_flight == 0
+            && state.paused_until.is_none_or(|until| until <= now)
+            && now.duration_since(state.last_active) >= IDLE_MAILBOX_LIFETIME
+    }
+
+    fn touch(&self) {
+        lock(&self.state).last_active = Instant::now();
+    }
+}
+
+impl MailboxThrottle {
+    /// Waits until the mailbox's throttle window (if any) has passed, a slot
+    /// of the mailbox's adaptive window and one of the endpoint's are free,
+    /// and the rate limiter allows; the permit holds both slots until it is
+    /// settled or dropped. Time spent waiting is counted.
+    ///
+    /// Cancel-safe: dropping the future frees whatever slot it had taken.
+    pub async fn acquire(&self) -> Permit {
+        let started = Instant::now();
+        let permit = loop {
+            while let Some(until) = self.mailbox.paused_until(Instant::now()) {
+                tokio::time::sleep_until(until).await;
+            }
+            let mailbox_slot = self.mailbox.window.acquire().await;
+            // A throttle may have paused the mailbox while this waited: then
+            // the slots go back (the endpoint's belongs to other mailboxes).
+            if self.paused() {
+                continue;
+            }
+            let endpoint_slot = self.endpoint.window.acquire().await;
+            if self.paused() {
+                continue;
+            }
+            self.endpoint.rate_limit().await;
+            if self.paused() {
+                continue;
+            }
+            break Permit {
+                endpoint: Arc::clone(&self.endpoint),
+                mailbox: Arc::clone(&self.mailbox),
+                mailbox_slot,
+                endpoint_slot,
+            };
+        };
+        self.mailbox.touch();
+        let waited = started.elapsed().as_secs_f64();
+        self.endpoint.count(|counters| {
+            counters.requests += 1;
+            counters.seconds_waiting += waited;
+        });
+        permit
+    }
+
+    /// The current window sizes (mailbox, endpoint), for tests and logs.
+    pub fn windows(&self) -> (usize, usize) {
+        (self.mailbox.window.size(), self.endpoint.window.size())
+    }
+
+    /// Until when the mailbox is paused, if it is.
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.mailbox.paused_until(Instant::now())
+    }
+
+    fn paused(&self) -> bool {
+        self.paused_until().is_some()
+    }
+}
+
+/// A request slot. Settle it with one of the methods; dropping it unsettled
+/// counts as neither success nor failure (e.g. the request future was
+/// cancelled).
+pub struct Permit {
+    endpoint: Arc<EndpointShared>,
+    mailbox: Arc<MailboxShared>,
+    mailbox_slot: Slot,
+    endpoint_slot: Slot,
+}
+
+impl Permit {
+    /// The request succeeded after `latency`: additive increase (the window
+    /// grows by one after a window's worth of successes), unless `latency`
+    /// shows congestion (multiplicative decrease of the mailbox window by
+    /// 0.9 at most once per window; no increase of either window).
+    pub fn succeeded(self, latency: std::time::Duration) {
+        let congested = {
+            let mut state = lock(&self.mailbox.state);
+            state.throttles_in_a_row = 0;
+            state.last_active = Instant::now();
+            state.record_latency(latency, self.endpoint.settings.latency_factor)
+        };
+        if congested {
+            self.mailbox_slot.decrease(GENTLE_DECREASE);
+        } else {
+            self.mailbox_slot.increase();
+            self.endpoint_slot.increase();
+        }
+        self.endpoint.count(|counters| counters.succeeded += 1);
+    }
+
+    /// The server throttled the request (`retry_after`: its hint). The whole
+    /// mailbox pauses until now + hint (or, without a hint, the back-off
+    /// given by [`next_backoff`] for the throttles in a row; a day at the
+    /// most), unless it is already paused for longer; the mailbox window halves (at least 1),
+    /// the endpoint window shrinks by 0.75 (at least 1), each at most once
+    /// per window. Counted as a throttle event and a retry. Returns how long
+    /// the mailbox now waits.
+    pub fn throttled(self, retry_after: Option<std::time::Duration>) -> std::time::Duration {
+        let now = Instant::now();
+        let until = {
+            let mut state = lock(&self.mailbox.state);
+            let attempt = state.throttles_in_a_row;
+            state.throttles_in_a_row = attempt.saturating_add(1);
+            state.last_active = now;
+            let hint = retry_after
+                .unwrap_or_else(|| next_backoff(attempt, BACKOFF_BASE, BACKOFF_CAP))
+                .min(MAX_PAUSE);
+            let until = state
+                .paused_until
+                .map_or(now + hint, |paused| paused.max(now + hint));
+            state.paused_until = Some(until);
+            until
+        };
+        self.mailbox_slot.decrease(MAILBOX_THROTTLE_DECREASE);
+        self.endpoint_slot.decrease(ENDPOINT_THROTTLE_DECREASE);
+        self.endpoint.count(|counters| {
+            counters.throttle_events += 1;
+            *counters
+                .retries
+                .entry(ErrorClass::Throttled.as_str().to_owned())
+                .or_default() += 1;
+        });
+        let wait = until.duration_since(now);
+        tracing::debug!(
+            endpoint = %self.endpoint.label,
+            mailbox = %self.mailbox.name,
+            ?retry_after,
+            ?wait,
+            windows = ?(self.mailbox_slot.window.size(), self.endpoint_slot.window.size()),
+            "throttled: the mailbox pauses"
+        );
+        wait
+    }
+
+    /// The request failed for another reason of class `class` (transient
+    /// faults: 503/504/timeouts); counted as a retry of that class; no window
+    /// change for Item/Mailbox classes, a gentle decrease (0.9, at most once
+    /// per window) of both windows for Transient. `Throttled` is taken as
+    /// [`Permit::throttled`] without a hint.
+    pub fn failed(self, class: mailwave_common::ErrorClass) {
+        match class {
+            ErrorClass::Throttled => {
+                self.throttled(None);
+                return;
+            }
+            ErrorClass::Transient => {
+                self.mailbox_slot.decrease(GENTLE_DECREASE);
+                self.endpoint_slot.decrease(GENTLE_DECREASE);
+            }
+            ErrorClass::Item | ErrorClass::Mailbox => {}
+        }
+        self.mailbox.touch();
+        self.endpoint.count(|counters| {
+            *counters
+                .retries
+                .entry(class.as_str().to_owned())
+                .or_default() += 1;
+        });
+    }
+}
+
+impl MailboxState {
+    /// Takes in one latency sample; whether it shows congestion (slower than
+    /// `factor` × the baseline).
+    fn record_latency(&mut self, latency: Duration, factor: f64) -> bool {
+        let now = Instant::now();
+        let congested = self
+            .baseline
+            .is_some_and(|(baseline, _)| latency.as_secs_f64() > factor * baseline.as_secs_f64());
+        let smoothed = match self.smoothed_latency {
+            None => latency,
+            Some(smoothed) => Duration::from_secs_f64(
+                smoothed.as_secs_f64() * (1.0 - LATENCY_SMOOTHING)
+                    + latency.as_secs_f64() * LATENCY_SMOOTHING,
+            ),
+        };
+        self.smoothed_latency = Some(smoothed);
+        let renew = self.baseline.is_none_or(|(baseline, set)| {
+            smoothed <= baseline || now.duration_since(set) >= BASELINE_LIFETIME
+        });
+        if renew {
+            self.baseline = Some((smoothed, now));
+        }
+        congested
+    }
+}
+
+/// Exponential back-off with full jitter: attempt n (0-based) waits a random
+/// time in [0, min(cap, base × 2^n)]. Used when the server gives no hint.
+pub fn next_backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let most = 1u32
+        .checked_shl(attempt)
+        .and_then(|factor| base.checked_mul(factor))
+        .map_or(cap, |backoff| backoff.min(cap));
+    let nanos = u64::try_from(most.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+/// A concurrency window that may shrink while slots are out (so not a
+/// semaphore): `limit` moves between 1 and the ceiling, and a slot is free
+/// while fewer than ⌊limit⌋ are taken.
+struct AdaptiveWindow {
+    state: Mutex<WindowState>,
+    /// Woken when a slot is freed or the window grows.
+    freed: Notify,
+}
+
+struct WindowState {
+    limit: f64,
+    ceiling: f64,
+    in_flight: usize,
+    /// Slots handed out so far: a slot's sequence number.
+    issued: u64,
+    /// `issued` at the last decrease: slots handed out before it do not
+    /// decrease the window again.
+    decreased_at: u64,
+    /// Successes since the window last changed.
+    successes: usize,
+}
+
+impl WindowState {
+    fn size(&self) -> usize {
+        // ⌊limit⌋, with limit in [1, ceiling].
+        self.limit as usize
+    }
+}
+
+impl AdaptiveWindow {
+    fn new(ceiling: usize) -> AdaptiveWindow {
+        let ceiling = ceiling.max(1) as f64;
+        AdaptiveWindow {
+            state: Mutex::new(WindowState {
+                limit: ceiling,
+                ceiling,
+                in_flight: 0,
+                issued: 0,
+                decreased_at: 0,
+                successes: 0,
+            }),
+            freed: Notify::new(),
+        }
+    }
+
+    fn size(&self) -> usize {
+        lock(&self.state).size()
+    }
+
+    /// Waits for a free slot and takes it.
+    async fn acquire(self: &Arc<Self>) -> Slot {
+        loop {
+            // Registered before the check: `notify_waiters` reaches every
+            // `Notified` that exists, polled or not, so no wake-up is lost
+            // between the check and the wait.
+            let freed = self.freed.notified();
+            {
+                let mut state = lock(&self.state);
+                if state.in_flight < state.size() {
+                    state.in_flight += 1;
+                    let sequence = state.issued;
+                    state.issued += 1;
+                    return Slot {
+                        window: Arc::clone(self),
+                        sequence,
+                    };
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+/// One taken slot of an [`AdaptiveWindow`], given back on drop.
+struct Slot {
+    window: Arc<AdaptiveWindow>,
+    sequence: u64,
+}
+
+impl Slot {
+    /// Additive increase: one more slot after a window's worth of successes.
+    fn increase(&self) {
+        let grew = {
+            let mut state = lock(&self.window.state);
+            if state.limit >= state.ceiling {
+                return;
+            }
+            state.successes += 1;
+            if state.successes < state.size() {
+                return;
+            }
+            let before = state.size();
+            state.limit = (state.limit + 1.0).min(state.ceiling);
+            state.successes = 0;
+            state.size() > before
+        };
+        if grew {
+            self.window.freed.notify_waiters();
+        }
+    }
+
+    /// Multiplicative decrease by `factor` (at least 1), unless the window
+    /// already decreased since this slot was handed out.
+    fn decrease(&self, factor: f64) {
+        let mut state = lock(&self.window.state);
+        if self.sequence < state.decreased_at {
+            return;
+        }
+        state.limit = (state.limit * factor).max(1.0);
+        state.decreased_at = state.issued;
+        state.successes = 0;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.window.state).in_flight -= 1;
+        self.window.freed.notify_waiters();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::pin::pin;
+
+    use futures::FutureExt as _;
+    use futures::poll;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn endpoint(settings: ThrottleSettings) -> EndpointThrottle {
+        EndpointThrottle::new("test", settings)
+    }
+
+    fn default_endpoint() -> EndpointThrottle {
+        endpoint(ThrottleSettings::default())
+    }
+
+    /// A permit that is free right now (no waiting).
+    fn now(mailbox: &MailboxThrottle) -> Permit {
+        mailbox
+            .acquire()
+            .now_or_never()
+            .expect("a permit is free right away")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_mailbox_ceiling_holds_a_fifth_request_back() {
+        let endpoint = default_endpoint();
+        let mailbox = endpoint.mailbox("alice");
+        let mut permits: Vec<Permit> = (0..4).map(|_| now(&mailbox)).collect();
+        let mut fifth = pin!(mailbox.acquire());
+        assert!(poll!(fifth.as_mut()).is_pending());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(poll!(fifth.as_mut()).is_pending());
+
+        // A permit given back (unsettled) lets the fifth through.
+        drop(permits.pop());
+        let fifth = fifth.now_or_never().expect("the freed slot is taken");
+        assert_eq!(mailbox.windows(), (4, 64));
+
+        // A cancelled acquire gives its slots back.
+        let sixth = mailbox.acquire();
+        drop(sixth);
+        drop(fifth);
+        let again = now(&mailbox);
+        let counters = endpoint.counters();
+        assert_eq!(counters.requests, 6);
+        assert_eq!(counters.succeeded, 0);
+        assert!(counters.retries.is_empty());
+        drop((permits, again));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn aimd_halves_on_throttles_and_grows_back_within_the_ceiling() {
+        let endpoint = default_endpoint();
+        let mailbox = endpoint.mailbox("alice");
+
+        now(&mailbox).throttled(Some(Duration::ZERO));
+        assert_eq!(mailbox.windows(), (2, 48));
+        mailbox.acquire().await.throttled(Some(Duration::ZERO));
+        assert_eq!(mailbox.windows(), (1, 36));
+        mailbox.acquire().await.throttled(Some(Duration::ZERO));
+        assert_eq!(mailbox.windows(), (1, 27), "never below 1");
+
+        // One window's worth of successes: one more slot.
+        let mut sizes = Vec::new();
+        for _ in 0..12 {
+            mailbox.acquire().await.succeeded(10 * MS);
+            sizes.push(mailbox.windows().0);
+        }
+        // 1 success → 2, 2 more → 3, 3 more → 4, then it stays at the ceiling.
+        assert_eq!(sizes, [2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4]);
+        // The endpoint's window (27) grows after 27 successes.
+        assert_eq!(mailbox.windows().1, 27);
+        for _ in 0..15 {
+            mailbox.acquire().await.succeeded(10 * MS);
+        }
+        assert_eq!(mailbox.windows().1, 28);
+
+        // Never above the ceiling, however many successes.
+        for _ in 0..2000 {
+            mailbox.acquire().await.succeeded(10 * MS);
+        }
+        assert_eq!(mailbox.windows(), (4, 64));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_out_together_decrease_the_window_once() {
+        let endpoint = default_endpoint();
+        let mailbox = endpoint.mailbox("alice");
+        let permits: Vec<Permit> = (0..4).map(|_| now(&mailbox)).collect();
+        for permit in permits {
+            permit.throttled(Some(Duration::from_secs(1)));
+        }
+        assert_eq!(mailbox.windows(), (2, 48));
+        // A request sent after the decrease decreases it again.
+        mailbox.acquire().await.failed(ErrorClass::Transient);
+        assert_eq!(mailbox.windows(), (1, 43));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_pauses_the_whole_mailbox_not_the_others() {
+        let endpoint = default_endpoint();
+        let alice = endpoint.mailbox("alice");
+        let bob = endpoint.mailbox("bob");
+        let start = Instant::now();
+        let first = now(&alice);
+        let second = now(&alice);
+
+        assert_eq!(
+            first.throttled(Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(alice.paused_until(), Some(start + Duration::from_secs(30)));
+        assert_eq!(bob.paused_until(), None);
+        // Another handle of the same mailbox sees the pause.
+        assert!(endpoint.mailbox("alice").paused_until().is_some());
+
+        let mut next = pin!(alice.acquire());
+        assert!(poll!(next.as_mut()).is_pending(), "a free slot, but paused");
+        now(&bob).succeeded(10 * MS);
+        // The request in flight still settles.
+        second.succeeded(10 * MS);
+
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(poll!(next.as_mut()).is_pending());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        next.await.succeeded(10 * MS);
+        assert_eq!(Instant::now() - start, Duration::from_secs(30));
+        assert_eq!(alice.paused_until(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_shorter_hint_does_not_shorten_the_pause() {
+        let endpoint = default_endpoint();
+        let mailbox = endpoint.mailbox("alice");
+        let start = Instant::now();
+        let first = now(&mailbox);
+        let second = now(&mailbox);
+        assert_eq!(
+            first.throttled(Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            second.throttled(Some(Duration::from_secs(5))),
+            Duration::from_secs(50)
+        );
+        assert_eq!(
+            mailbox.paused_until(),
+            Some(start + Duration::from_secs(60))
+        );
+
+        mailbox.acquire().await.succeeded(10 * MS);
+        assert_eq!(Instant::now() - start, Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_without_a_hint_backs_off_within_bounds() {
+        let endpoint = default_endpoint();
+        let mailbox = endpoint.mailbox("alice");
+        // Throttles in a row double the bound of the back-off: 1 s, 2 s, 4 s.
+        for bound in [1, 2, 4] {
+            let wait = mailbox.acquire().await.throttled(None);
+            assert!(wait <= Duration::from_secs(bound), "{wait:?}");
+            assert_eq!(mailbox.paused_until().is_some(), !wait.is_zero());
+        }
+        // An absurd hint pauses for a day, without overflowing the clock.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(now(&mailbox).throttled(Some(Duration::MAX)), MAX_PAUSE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn latency_growth_shrinks_the_window() {
+        let endpoint = default_endpoint();
+        let mailbox = endpoint.mailbox("alice");
+        for _ in 0..5 {
+            mailbox.acquire().await.succeeded(100 * MS);
+        }
+        // Slower, but within 3 × the baseline: no congestion.
+        now(&mailbox).succeeded(250 * MS);
+        assert_eq!(mailbox.windows(), (4, 64));
+
+        // Two requests out together, both too slow: one decrease (4 × 0.9).
+        let first = now(&mailbox);
+        let second = now(&mailbox);
+        first.succeeded(400 * MS);
+        second.succeeded(400 * MS);
+        assert_eq!(mailbox.windows(), (3, 64));
+
+        // The endpoint has no part in a mailbox's latency.
+        let other = endpoint.mailbox("bob");
+        now(&other).succeeded(400 * MS);
+        assert_eq!(other.windows(), (4, 64));
+
+        // Off with an infinite factor.
+        let relaxed = EndpointThrottle::new(
+            "relaxed",
+            ThrottleSettings {
+                latency_factor: f64::INFINITY,
+                ..ThrottleSettings::default()
+            },
+        )
+        .mailbox("alice");
+        now(&relaxed).succeeded(MS);
+        now(&relaxed).succeeded(Duration::from_secs(60));
+        assert_eq!(relaxed.windows().0, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_fault_decreases_gently_other_classes_not_at_all() {
+        let endpoint = default_endpoint();
+        let mailbox = endpoint.mailbox("alice");
+        now(&mailbox).failed(ErrorClass::Item);
+        now(&mailbox).failed(ErrorClass::Mailbox);
+        assert_eq!(mailbox.windows(), (4, 64));
+        now(&mailbox).failed(ErrorClass::Transient);
+        assert_eq!(mailbox.windows(), (3, 57));
+        assert_eq!(mailbox.paused_until(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_endpoint_ceiling_limits_the_sum_over_mailboxes() {
+        let endpoint = endpoint(ThrottleSettings {
+            endpoint_ceiling: 6,
+            ..ThrottleSettings::default()
+        });
+        let alice = endpoint.mailbox("alice");
+        let bob = endpoint.mailbox("bob");
+        let carol = endpoint.mailbox("carol");
+        let mut alices: Vec<Permit> = (0..4).map(|_| now(&alice)).collect();
+        let bobs: Vec<Permit> = (0..2).map(|_| now(&bob)).collect();
+        assert_eq!(alice.windows(), (4, 6));
+
+        let mut third_bob = pin!(bob.acquire());
+        let mut first_carol = pin!(carol.acquire());
+        assert!(poll!(third_bob.as_mut()).is_pending());
+        assert!(poll!(first_carol.as_mut()).is_pending());
+
+        // One slot freed: one of the two goes, the other still waits.
+        drop(alices.pop());
+        let bob_went = poll!(third_bob.as_mut());
+        let carol_went = poll!(first_carol.as_mut());
+        assert!(bob_went.is_ready() != carol_went.is_ready());
+        drop((alices, bobs, bob_went, carol_went));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_go_when_the_window_grows() {
+        let endpoint = default_endpoint();
+        let mailbox = endpoint.mailbox("alice");
+        mailbox.acquire().await.throttled(Some(Duration::ZERO));
+        mailbox.acquire().await.succeeded(10 * MS);
+        assert_eq!(mailbox.windows().0, 2);
+        let first = now(&mailbox);
+        let second = now(&mailbox);
+        let mut third = pin!(mailbox.acquire());
+        let mut fourth = pin!(mailbox.acquire());
+        assert!(poll!(third.as_mut()).is_pending());
+        assert!(poll!(fourth.as_mut()).is_pending());
+        // The second success of the window grows it to 3 and frees a slot:
+        // two slots for the two waiters.
+        first.succeeded(10 * MS);
+        assert_eq!(mailbox.windows().0, 3);
+        let third = poll!(third.as_mut());
+        let fourth = poll!(fourth.as_mut());
+        assert!(third.is_ready() && fourth.is_ready());
+        drop((second, third, fourth));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_limit_spaces_requests() {
+        let endpoint = endpoint(ThrottleSettings {
+            requests_per_second: Some(10.0),
+            ..ThrottleSettings::default()
+        });
+        let mailbox = endpoint.mailbox("alice");
+        let start = Instant::now();
+        for _ in 0..20 {
+            mailbox.acquire().await.succeeded(MS);
+        }
+        // A burst of one second's worth (10), then one every 100 ms.
+        let elapsed = Instant::now() - start;
+        assert!(
+            elapsed >= 950 * MS && elapsed <= 1050 * MS,
+            "20 requests at 10/s took {elapsed:?}"
+        );
+        let waited = endpoint.counters().seconds_waiting;
+        assert!((waited - elapsed.as_secs_f64()).abs() < 0.01, "{waited}");
+    }
+
+    #[test]
+    fn only_a_positive_finite_rate_limits() {
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e12] {
+            assert!(quota(rate).is_none(), "{rate}");
+        }
+        let quota = quota(0.5).expect("a slow rate");
+        assert_eq!(quota.replenish_interval(), Duration::from_secs(2));
+        assert_eq!(quota.burst_size().get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counters_add_up() {
+        let endpoint = default_endpoint();
+        let alice = endpoint.mailbox("alice");
+        let bob = endpoint.mailbox("bob");
+        now(&alice).succeeded(10 * MS);
+        assert_eq!(
+            now(&alice).throttled(Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        now(&bob).failed(ErrorClass::Transient);
+        now(&bob).failed(ErrorClass::Transient);
+        now(&bob).failed(ErrorClass::Item);
+        drop(now(&bob));
+        // Waits out the pause: 2 s of waiting.
+        alice.acquire().await.failed(ErrorClass::Throttled);
+
+        let counters = endpoint.counters();
+        assert_eq!(
+            counters,
+            ThrottleCounters {
+                requests: 7,
+                succeeded: 1,
+                throttle_events: 2,
+                retries: [("item", 1), ("throttled", 2), ("transient", 2)]
+                    .into_iter()
+                    .map(|(class, n)| (class.to_owned(), n))
+                    .collect(),
+                seconds_waiting: counters.seconds_waiting,
+            }
+        );
+        assert!(
+            (counters.seconds_waiting - 2.0).abs() < 0.01,
+            "{}",
+            counters.seconds_waiting
+        );
+        // A different endpoint counts for itself.
+        assert_eq!(default_endpoint().counters(), ThrottleCounters::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_mailboxes_are_forgotten_held_ones_kept() {
+        let endpoint = default_endpoint();
+        let held = endpoint.mailbox("held");
+        held.acquire().await.throttled(Some(Duration::ZERO));
+        endpoint
+            .mailbox("idle")
+            .acquire()
+            .await
+            .throttled(Some(Duration::ZERO));
+        let paused = endpoint.mailbox("paused");
+        paused
+            .acquire()
+            .await
+            .throttled(Some(IDLE_MAILBOX_LIFETIME * 2));
+        drop(paused);
+
+        tokio::time::advance(IDLE_MAILBOX_LIFETIME).await;
+        // The sweep runs as a mailbox is asked for.
+        let _ = endpoint.mailbox("new");
+        let names = {
+            let mailboxes = lock(&endpoint.shared.mailboxes);
+            let mut names: Vec<String> = mailboxes.by_name.keys().cloned().collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names, ["held", "new", "paused"]);
+        assert_eq!(held.windows().0, 2, "a held mailbox keeps its state");
+        assert_eq!(endpoint.mailbox("idle").windows().0, 4, "afresh");
+    }
+
+    #[test]
+    fn backoff_stays_within_its_bounds_and_varies() {
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(10);
+        for attempt in 0..12 {
+            let bound = (base * 2u32.pow(attempt)).min(cap);
+            let samples: Vec<Duration> =
+                (0..500).map(|_| next_backoff(attempt, base, cap)).collect();
+            assert!(
+                samples.iter().all(|wait| *wait <= bound),
+                "attempt {attempt}"
+            );
+            let mut distinct = samples.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert!(distinct.len() > 100, "attempt {attempt}: hardly random");
+            // Full jitter: both halves of the range are used.
+            assert!(samples.iter().any(|wait| *wait < bound / 2));
+            assert!(samples.iter().any(|wait| *wait > bound / 2));
+        }
+        // Huge attempts stay at the cap, without overflow.
+        for attempt in [31, 32, 64, u32::MAX] {
+            assert!(next_backoff(attempt, base, cap) <= cap);
+        }
+        next_backoff(u32::MAX, Duration::MAX, Duration::MAX);
+        assert_eq!(next_backoff(3, Duration::ZERO, cap), Duration::ZERO);
+    }
+}
