@@ -24,6 +24,7 @@ pub struct Config {
 pub enum EndpointConfig {
     Imap(ImapEndpoint),
     Maildir(MaildirEndpoint),
+    Graph(GraphEndpoint),
 }
 
 /// An IMAP server.
@@ -57,6 +58,9 @@ pub struct ImapEndpoint {
     pub oauth2_token_file: Option<PathBuf>,
     /// XOAUTH2: a command printing the access token, run at every connect.
     pub oauth2_token_command: Option<String>,
+    /// XOAUTH2: app-only tokens from the identity platform (client
+    /// credentials grant), fetched, cached and refreshed by mailwave.
+    pub oauth2: Option<OAuth2ClientCredentials>,
     /// Seconds any single network operation may take.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
@@ -64,6 +68,165 @@ pub struct ImapEndpoint {
 
 fn default_timeout_secs() -> u64 {
     120
+}
+
+/// Microsoft's global identity platform, the default authority.
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+
+/// The scope of app-only tokens for Exchange Online's IMAP side, the
+/// default scope.
+pub const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
+
+/// The OAuth 2 client credentials grant of Microsoft's identity platform:
+/// an app registration of a tenant gets app-only tokens with a client
+/// secret or a certificate assertion. Secrets are named, never literal.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2ClientCredentials {
+    /// The tenant: its id (a GUID) or one of its domain names.
+    pub tenant: String,
+    /// The app registration's application (client) id.
+    pub client_id: String,
+    /// The client secret: name of an environment variable holding it…
+    pub client_secret_env: Option<String>,
+    /// …or a file holding it.
+    pub client_secret_file: Option<PathBuf>,
+    /// A certificate assertion instead of a secret: the certificate
+    /// registered on the app (PEM)…
+    pub certificate_file: Option<PathBuf>,
+    /// …and its RSA private key (PEM, PKCS#8 or PKCS#1).
+    pub private_key_file: Option<PathBuf>,
+    /// The identity platform's host, e.g. `https://login.microsoftonline.us`
+    /// for a national cloud; `http://` only on loopback (test emulators).
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    /// What the tokens are for.
+    #[serde(default = "default_oauth2_scope")]
+    pub scope: String,
+}
+
+fn default_authority() -> String {
+    DEFAULT_AUTHORITY.to_owned()
+}
+
+fn default_oauth2_scope() -> String {
+    OUTLOOK_SCOPE.to_owned()
+}
+
+/// How an app proves who it is at the token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCredential<'a> {
+    /// A client secret, read from where the configuration names it.
+    Secret(String),
+    /// A client assertion signed with the key of a registered certificate.
+    Certificate {
+        certificate_file: &'a Path,
+        private_key_file: &'a Path,
+    },
+}
+
+impl OAuth2ClientCredentials {
+    /// The tenant's v2.0 token endpoint; also the audience of a client
+    /// assertion.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.authority.trim_end_matches('/'),
+            self.tenant
+        )
+    }
+
+    /// The credential to present, with the secret read now (from the
+    /// environment or its file).
+    pub fn credential(&self) -> Result<ClientCredential<'_>, ConfigError> {
+        if let (Some(certificate_file), Some(private_key_file)) =
+            (&self.certificate_file, &self.private_key_file)
+        {
+            return Ok(ClientCredential::Certificate {
+                certificate_file,
+                private_key_file,
+            });
+        }
+        if let Some(path) = &self.client_secret_file {
+            return read_secret_file(path).map(ClientCredential::Secret);
+        }
+        let Some(var) = &self.client_secret_env else {
+            return Err(ConfigError::Invalid(format!(
+                "oauth2 of client {} needs client_secret_env, client_secret_file or certificate_file with private_key_file",
+                self.client_id
+            )));
+        };
+        std::env::var(var)
+            .map(ClientCredential::Secret)
+            .map_err(|_| ConfigError::Secret {
+                what: format!("client_secret_env {var}"),
+                reason: "environment variable is not set".into(),
+            })
+    }
+
+    /// Checks the table `[{side}.oauth2]`.
+    fn validate(&self, side: &str) -> Result<(), ConfigError> {
+        let invalid =
+            |reason: String| Err(ConfigError::Invalid(format!("{side}.oauth2: {reason}")));
+        let is_name = |value: &str| {
+            !value.is_empty()
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        };
+        if !is_name(&self.tenant) {
+            return invalid(format!(
+                "tenant {:?} must be a tenant id or domain name",
+                self.tenant
+            ));
+        }
+        if self.client_id.trim().is_empty() {
+            return invalid("client_id must not be empty".into());
+        }
+        if self.scope.trim().is_empty() {
+            return invalid("scope must not be empty".into());
+        }
+        if !self.authority.starts_with("https://") && !is_loopback_http(&self.authority) {
+            return invalid(format!(
+                "authority {:?} must be an https:// URL (http:// only on loopback)",
+                self.authority
+            ));
+        }
+        if self.certificate_file.is_some() != self.private_key_file.is_some() {
+            return invalid("certificate_file and private_key_file go together".into());
+        }
+        let credentials = [
+            self.client_secret_env.is_some(),
+            self.client_secret_file.is_some(),
+            self.certificate_file.is_some(),
+        ];
+        if credentials.iter().filter(|given| **given).count() != 1 {
+            return invalid(
+                "give exactly one of client_secret_env, client_secret_file, or certificate_file with private_key_file".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether `url` is a plain-HTTP URL of this machine (`localhost`,
+/// `127.x.x.x`, `[::1]`), where no secret crosses a network.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return false;
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How the connection is secured.
@@ -110,6 +273,71 @@ pub struct MaildirEndpoint {
     /// Path of each mailbox's Maildir; `{mailbox}` is replaced by the
     /// mailbox's name from the CSV (made safe for use as one path component).
     pub path: String,
+}
+
+/// Exchange Online through Microsoft Graph, with app-only tokens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphEndpoint {
+    /// Graph's root: `https://graph.microsoft.com`, or a national cloud's.
+    #[serde(default = "default_graph_url")]
+    pub graph_url: String,
+    /// The app registration and how it proves itself. Its `scope` defaults
+    /// to Graph's (`{graph_url}/.default`) here.
+    pub oauth2: OAuth2ClientCredentials,
+    /// Requests in flight per mailbox at most (Graph allows 4); the
+    /// scheduler adapts below it to the server's answers.
+    #[serde(default = "default_graph_concurrency")]
+    pub max_concurrent_requests: usize,
+    /// An optional steady limit of requests per second for the endpoint.
+    pub requests_per_second: Option<f64>,
+}
+
+fn default_graph_url() -> String {
+    "https://graph.microsoft.com".to_owned()
+}
+
+fn default_graph_concurrency() -> usize {
+    4
+}
+
+impl GraphEndpoint {
+    /// The versioned API root, e.g. `https://graph.microsoft.com/v1.0`.
+    pub fn api_url(&self) -> String {
+        format!("{}/v1.0", self.graph_url.trim_end_matches('/'))
+    }
+
+    /// The credentials, asking for Graph's scope unless another was set.
+    pub fn credentials(&self) -> OAuth2ClientCredentials {
+        let mut credentials = self.oauth2.clone();
+        if credentials.scope == OUTLOOK_SCOPE {
+            credentials.scope = format!("{}/.default", self.graph_url.trim_end_matches('/'));
+        }
+        credentials
+    }
+
+    fn validate(&self, side: &str) -> Result<(), ConfigError> {
+        if !self.graph_url.starts_with("https://") && !is_loopback_http(&self.graph_url) {
+            return Err(ConfigError::Invalid(format!(
+                "{side}: graph_url {:?} must be an https:// URL (http:// only on loopback)",
+                self.graph_url
+            )));
+        }
+        if !(1..=64).contains(&self.max_concurrent_requests) {
+            return Err(ConfigError::Invalid(format!(
+                "{side}: max_concurrent_requests must be between 1 and 64"
+            )));
+        }
+        if self
+            .requests_per_second
+            .is_some_and(|r| !r.is_finite() || r <= 0.0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{side}: requests_per_second must be positive"
+            )));
+        }
+        self.oauth2.validate(side)
+    }
 }
 
 /// How hard to push.
@@ -272,7 +500,28 @@ impl Config {
                     .into(),
             ));
         }
+        match (&self.source, &self.target) {
+            (EndpointConfig::Graph(_), EndpointConfig::Graph(_)) => {}
+            (_, EndpointConfig::Graph(_)) => {
+                return Err(ConfigError::Invalid(
+                    "target: a Graph target takes items from a Graph source (tenant to tenant); \
+                     for mail from other systems use an IMAP target with auth = \"xoauth2\""
+                        .into(),
+                ));
+            }
+            (EndpointConfig::Graph(_), _) => {
+                return Err(ConfigError::Invalid(
+                    "source: a Graph source goes to a Graph target (tenant to tenant); \
+                     to copy Exchange Online elsewhere, use an IMAP source with auth = \"xoauth2\""
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
         for (side, endpoint) in [("source", &self.source), ("target", &self.target)] {
+            if let EndpointConfig::Graph(graph) = endpoint {
+                graph.validate(side)?;
+            }
             let EndpointConfig::Imap(imap) = endpoint else {
                 continue;
             };
@@ -289,14 +538,7 @@ impl Config {
                     "{side}: impersonation = \"template\" needs login_template, e.g. \"{{mailbox}}*{{admin}}\""
                 )));
             }
-            if imap.auth == AuthMechanism::Xoauth2
-                && imap.oauth2_token_file.is_none()
-                && imap.oauth2_token_command.is_none()
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "{side}: auth = \"xoauth2\" needs oauth2_token_file or oauth2_token_command"
-                )));
-            }
+            imap.validate_token_source(side)?;
         }
         Ok(())
     }
@@ -312,6 +554,9 @@ impl EndpointConfig {
                 format!("imap://{}:{}", imap.host.to_ascii_lowercase(), imap.port())
             }
             EndpointConfig::Maildir(maildir) => format!("maildir:{}", maildir.path),
+            EndpointConfig::Graph(graph) => {
+                format!("graph:{}/{}", graph.graph_url, graph.oauth2.tenant)
+            }
         }
     }
 }
@@ -323,6 +568,42 @@ impl ImapEndpoint {
             TlsMode::Implicit => 993,
             _ => 143,
         })
+    }
+
+    /// With `auth = "xoauth2"`, exactly one of `oauth2_token_file`,
+    /// `oauth2_token_command` and `[{side}.oauth2]`; none otherwise.
+    fn validate_token_source(&self, side: &str) -> Result<(), ConfigError> {
+        let given: Vec<&str> = [
+            ("oauth2_token_file", self.oauth2_token_file.is_some()),
+            ("oauth2_token_command", self.oauth2_token_command.is_some()),
+            ("oauth2", self.oauth2.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, present)| present.then_some(key))
+        .collect();
+        if self.auth != AuthMechanism::Xoauth2 {
+            if given.is_empty() {
+                return Ok(());
+            }
+            return Err(ConfigError::Invalid(format!(
+                "{side}: {} given, but auth is not \"xoauth2\"",
+                given.join(", ")
+            )));
+        }
+        if given.len() != 1 {
+            let found = if given.is_empty() {
+                "none".to_owned()
+            } else {
+                given.join(" and ")
+            };
+            return Err(ConfigError::Invalid(format!(
+                "{side}: auth = \"xoauth2\" needs exactly one token source: oauth2_token_file, oauth2_token_command or a [{side}.oauth2] table (found {found})"
+            )));
+        }
+        match &self.oauth2 {
+            Some(oauth2) => oauth2.validate(side),
+            None => Ok(()),
+        }
     }
 
     /// The configured password (admin's or shared), if any is configured.
@@ -387,6 +668,42 @@ pub fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn graph_endpoints_go_tenant_to_tenant_with_graphs_scope() {
+        let graph = |tenant: &str| {
+            format!(
+                "kind = \"graph\"\n[oauth2]\ntenant = \"{tenant}\"\nclient_id = \"app\"\n\
+                 client_secret_env = \"SECRET\"\n"
+            )
+        };
+        let parse = |source: &str, target: &str| {
+            // Sub-tables of `[source]` and `[target]`.
+            let source = source.replace("[oauth2]", "[source.oauth2]");
+            let target = target.replace("[oauth2]", "[target.oauth2]");
+            Config::from_toml_str(&format!("[source]\n{source}[target]\n{target}"))
+        };
+        let config = parse(&graph("a.example"), &graph("b.example")).unwrap();
+        let EndpointConfig::Graph(target) = &config.target else {
+            panic!("a Graph target: {config:?}");
+        };
+        assert_eq!(target.api_url(), "https://graph.microsoft.com/v1.0");
+        assert_eq!(
+            target.credentials().scope,
+            "https://graph.microsoft.com/.default"
+        );
+        assert_eq!(target.max_concurrent_requests, 4);
+        assert_eq!(
+            config.target.server(),
+            "graph:https://graph.microsoft.com/b.example"
+        );
+
+        let maildir = "kind = \"maildir\"\npath = \"/m/{mailbox}\"\n";
+        let error = parse(maildir, &graph("b.example")).unwrap_err();
+        assert!(error.to_string().contains("xoauth2"), "{error}");
+        let error = parse(&graph("a.example"), maildir).unwrap_err();
+        assert!(error.to_string().contains("tenant to tenant"), "{error}");
+    }
 
     #[test]
     fn wildcards_match_folder_paths() {
@@ -464,6 +781,126 @@ max_concurrent_mailboxes = 5
         assert_eq!(config.migration.max_concurrent_mailboxes, 5);
         assert_eq!(config.migration.batch_messages, 7);
         assert_eq!(config.migration.connections_per_mailbox, 2);
+    }
+
+    const MAILDIR_SOURCE: &str = "[source]\nkind = \"maildir\"\npath = \"a\"\n";
+
+    fn xoauth2_target(table: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(&format!(
+            "{MAILDIR_SOURCE}[target]\nkind = \"imap\"\nhost = \"outlook.office365.com\"\nauth = \"xoauth2\"\n{table}"
+        ))
+    }
+
+    #[test]
+    fn client_credentials_take_defaults_and_name_their_token_endpoint() {
+        let config = xoauth2_target(
+            "[target.oauth2]\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"app-1\"\nclient_secret_file = \"/run/secrets/exo\"\n",
+        )
+        .unwrap();
+        let EndpointConfig::Imap(target) = &config.target else {
+            panic!("target is imap")
+        };
+        let oauth2 = target.oauth2.as_ref().unwrap();
+        assert_eq!(oauth2.authority, DEFAULT_AUTHORITY);
+        assert_eq!(oauth2.scope, OUTLOOK_SCOPE);
+        assert_eq!(
+            oauth2.token_url(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+
+        let national = xoauth2_target(
+            "[target.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\ncertificate_file = \"c.pem\"\nprivate_key_file = \"k.pem\"\nauthority = \"https://login.microsoftonline.us/\"\nscope = \"https://outlook.office365.us/.default\"\n",
+        )
+        .unwrap();
+        let EndpointConfig::Imap(target) = &national.target else {
+            panic!("target is imap")
+        };
+        let oauth2 = target.oauth2.as_ref().unwrap();
+        assert_eq!(
+            oauth2.token_url(),
+            "https://login.microsoftonline.us/t/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            oauth2.credential().unwrap(),
+            ClientCredential::Certificate {
+                certificate_file: Path::new("c.pem"),
+                private_key_file: Path::new("k.pem"),
+            }
+        );
+    }
+
+    #[test]
+    fn xoauth2_needs_exactly_one_token_source() {
+        let table =
+            "[target.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\nclient_secret_env = \"S\"\n";
+        let cases = [
+            ("", "found none"),
+            (
+                &format!("oauth2_token_file = \"/t\"\n{table}") as &str,
+                "found oauth2_token_file and oauth2",
+            ),
+            (
+                "oauth2_token_file = \"/t\"\noauth2_token_command = \"x\"\n",
+                "found oauth2_token_file and oauth2_token_command",
+            ),
+        ];
+        for (keys, expected) in cases {
+            let error = xoauth2_target(keys).unwrap_err().to_string();
+            assert!(error.contains("target: auth = \"xoauth2\""), "{error}");
+            assert!(error.contains(expected), "{error}");
+        }
+        let error = Config::from_toml_str(&format!(
+            "{MAILDIR_SOURCE}[target]\nkind = \"imap\"\nhost = \"h\"\n{table}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("target: oauth2 given, but auth is not \"xoauth2\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn client_credentials_are_checked() {
+        let table = |body: &str| {
+            xoauth2_target(&format!(
+                "[target.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\n{body}"
+            ))
+            .map(drop)
+            .map_err(|e| e.to_string())
+        };
+        assert!(table("client_secret_env = \"S\"\n").is_ok());
+        assert!(
+            table("client_secret_env = \"S\"\nauthority = \"http://127.0.0.1:8080\"\n").is_ok()
+        );
+        assert!(table("client_secret_env = \"S\"\nauthority = \"http://[::1]:80/\"\n").is_ok());
+        let refused = [
+            ("", "exactly one of client_secret_env"),
+            (
+                "client_secret_env = \"S\"\nclient_secret_file = \"f\"\n",
+                "exactly one of client_secret_env",
+            ),
+            ("certificate_file = \"c.pem\"\n", "go together"),
+            (
+                "client_secret_env = \"S\"\nauthority = \"http://login.example\"\n",
+                "https://",
+            ),
+            (
+                "client_secret_env = \"S\"\nauthority = \"http://127.0.0.1@evil.example\"\n",
+                "https://",
+            ),
+            ("client_secret = \"literal\"\n", "client_secret"),
+        ];
+        for (body, expected) in refused {
+            let error = table(body).unwrap_err();
+            assert!(error.contains(expected), "{body}: {error}");
+        }
+        let error = xoauth2_target(
+            "[target.oauth2]\ntenant = \"a/b\"\nclient_id = \"c\"\nclient_secret_env = \"S\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("target.oauth2: tenant"), "{error}");
     }
 
     #[test]

@@ -125,7 +125,8 @@ mod tests {
         );
         let xml = "<t:Value Name=\"BackOffMilliseconds\">"; // a name with no value
         assert_eq!(http_retry_hint(None, xml, now()), None);
-        let xml = "<m:MessageXml><t:Value Name=\"BackOffMilliseconds\">1200</t:Value></m:MessageXml>";
+        let xml =
+            "<m:MessageXml><t:Value Name=\"BackOffMilliseconds\">1200</t:Value></m:MessageXml>";
         assert_eq!(
             http_retry_hint(None, xml, now()),
             Some(Duration::from_millis(1200))

@@ -139,6 +139,9 @@ pub struct FolderCheckpoint {
     /// The target's position (IMAP: UIDNEXT) right after the last committed
     /// append: anything past it may be an in-doubt copy from an interrupted run.
     pub target_mark: u64,
+    /// Where the source's change listing resumes (Microsoft Graph: the delta
+    /// link), saved once everything it listed is copied or recorded.
+    pub sync_state: Option<String>,
 }
 
 /// One copied item: where it came from and where it went. The ledger is what

@@ -46,6 +46,8 @@ pub enum Auth {
         authcid: String,
         password: String,
     },
+    /// `AUTHENTICATE XOAUTH2` with an OAuth 2 bearer token.
+    Xoauth2 { user: String, token: String },
 }
 
 /// Everything needed to open an authenticated session.
@@ -87,6 +89,7 @@ impl Endpoint {
                 Some(z) => format!("{z} (as {authcid})"),
                 None => authcid.clone(),
             },
+            Auth::Xoauth2 { user, .. } => format!("{user} (XOAUTH2)"),
         };
         format!("{who}@{}:{} ({:?})", self.host, self.port, self.tls)
     }
@@ -113,6 +116,7 @@ impl Endpoint {
                     .authenticate_plain(authzid.as_deref(), authcid, password)
                     .await
             }
+            Auth::Xoauth2 { user, token } => client.authenticate_xoauth2(user, token).await,
         }
         .with_context(|| format!("authenticating {}", self.describe()))?;
         Ok(client)
@@ -378,6 +382,26 @@ impl Client {
             let mut untagged = Vec::new();
             self.wait_continuation(&mut untagged).await?;
             self.write_all(format!("{token}\r\n").as_bytes()).await?;
+            self.finish(&tag, &mut |_| Ok(()), &mut untagged).await?;
+        }
+        self.refresh_capabilities().await
+    }
+
+    /// `AUTHENTICATE XOAUTH2`, with SASL-IR if available. A refused token
+    /// is an error (the server's error challenge is not answered).
+    pub async fn authenticate_xoauth2(&mut self, user: &str, token: &str) -> Result<()> {
+        let initial = base64::engine::general_purpose::STANDARD
+            .encode(format!("user={user}\x01auth=Bearer {token}\x01\x01"));
+        if self.has_capability("SASL-IR") {
+            self.run_text(&format!("AUTHENTICATE XOAUTH2 {initial}"))
+                .await?;
+        } else {
+            let tag = self.new_tag();
+            self.write_all(format!("{tag} AUTHENTICATE XOAUTH2\r\n").as_bytes())
+                .await?;
+            let mut untagged = Vec::new();
+            self.wait_continuation(&mut untagged).await?;
+            self.write_all(format!("{initial}\r\n").as_bytes()).await?;
             self.finish(&tag, &mut |_| Ok(()), &mut untagged).await?;
         }
         self.refresh_capabilities().await

@@ -17,6 +17,7 @@ pub mod graph_emulator;
 pub mod harness;
 pub mod imap;
 pub mod mutf7;
+pub mod tenants;
 pub mod verify;
 
 pub use corpus::{Corpus, CorpusMessage, CorpusSpec, SizeProfile};

@@ -341,6 +341,11 @@ impl Cluster {
         for user in users {
             csv.push_str(&format!("{user},{user}\n"));
         }
+        self.start_wave_csv(config_toml, &csv, users.len()).await
+    }
+
+    /// Creates and starts a wave of the `mailboxes` rows of `csv`.
+    async fn start_wave_csv(&self, config_toml: &str, csv: &str, mailboxes: usize) -> i64 {
         let created = self
             .api(
                 "POST",
@@ -348,7 +353,7 @@ impl Cluster {
                 Some(&json!({"name": "wave", "config_toml": config_toml, "mailboxes_csv": csv})),
             )
             .await;
-        assert_eq!(created["mailboxes"], users.len(), "{created}");
+        assert_eq!(created["mailboxes"], mailboxes, "{created}");
         let id = created["id"].as_i64().unwrap();
         let started = self
             .api("POST", &format!("/api/v1/waves/{id}/start"), None)
@@ -954,5 +959,67 @@ async fn a_poison_job_reaches_the_dead_letter_queue_and_the_wave_goes_on() {
             .contains("no worker can run this job: dead-lettering it"),
         "{}",
         cluster.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graph_tenant_to_tenant_survives_a_worker_killed_mid_mailbox() {
+    use mailwave_tests::GraphEmulator;
+    use mailwave_tests::graph_emulator::Faults;
+    use mailwave_tests::tenants;
+
+    let started = Instant::now();
+    let users = 4;
+    let emu = GraphEmulator::start(tenants::two_tenants(users, 25))
+        .await
+        .expect("the Graph emulator starts");
+    // Slow enough to catch a worker in the middle of a mailbox.
+    emu.set_faults(Faults {
+        latency: Duration::from_millis(30),
+        ..Faults::default()
+    });
+    let mut cluster = Cluster::start(
+        Timing {
+            lease_ttl_secs: 3,
+            reaper_interval_secs: 1,
+            worker_concurrency: 2,
+            shutdown_grace_secs: 20,
+        },
+        2,
+    )
+    .await;
+    let secret_a = cluster.dir.path().join("a.secret");
+    let secret_b = cluster.dir.path().join("b.secret");
+    std::fs::write(&secret_a, tenants::SECRET_A).unwrap();
+    std::fs::write(&secret_b, tenants::SECRET_B).unwrap();
+    let (source, target) = tenants::endpoints(
+        &emu,
+        &secret_a.display().to_string(),
+        &secret_b.display().to_string(),
+    );
+    let config = format!(
+        "[source]\n{source}\n[target]\n{target}\n\
+         [migration]\nmax_concurrent_mailboxes = {users}\nbatch_messages = 5\n"
+    );
+    let wave = cluster
+        .start_wave_csv(&config, &tenants::csv(users), users)
+        .await;
+
+    let victim = cluster.mid_mailbox_of("w1", Duration::from_secs(120)).await;
+    let rows_before = cluster.ledger_rows(victim).await;
+    cluster.worker("w1").kill().unwrap(); // SIGKILL
+    cluster.worker("w1").wait().unwrap();
+    cluster
+        .wait_completed(wave, users as u64, Duration::from_secs(240))
+        .await;
+    assert!(
+        cluster.workers_lost(victim).await >= 1,
+        "the reaper re-queued mailbox {victim}:\n{}",
+        cluster.logs()
+    );
+    tenants::assert_exact(&emu, users);
+    eprintln!(
+        "killed w1 in mailbox {victim} at {rows_before} ledger rows; exact after {:?}",
+        started.elapsed()
     );
 }

@@ -13,6 +13,7 @@ use mailwave_common::store::{PassOutcome, Store, StoreError};
 use mailwave_common::{Classify, ErrorClass};
 use tokio_util::sync::CancellationToken;
 
+use crate::connector::graph::{GraphExportSource, GraphImportTarget};
 use crate::connector::maildir::Maildir;
 use crate::connector::{ConnectorError, MailSource, MailTarget, imap};
 use crate::engine::{CopySettings, MailboxConnector, MailboxPass, MemoryBudget, ProgressSink};
@@ -195,6 +196,11 @@ impl MailboxConnector for EndpointConnector {
                     imap::connect(endpoint, login, self.secrets.source_password.as_deref()).await?;
                 Ok(Box::new(imap::ImapSource::new(session).await?))
             }
+            // Exchange to Exchange: the opaque export stream (the
+            // configuration admits a Graph source only with a Graph target).
+            EndpointConfig::Graph(endpoint) => {
+                Ok(Box::new(GraphExportSource::open(endpoint, login).await?))
+            }
         }
     }
 
@@ -208,6 +214,9 @@ impl MailboxConnector for EndpointConnector {
                 let session =
                     imap::connect(endpoint, login, self.secrets.target_password.as_deref()).await?;
                 Ok(Box::new(imap::ImapTarget::new(session).await?))
+            }
+            EndpointConfig::Graph(endpoint) => {
+                Ok(Box::new(GraphImportTarget::open(endpoint, login).await?))
             }
         }
     }

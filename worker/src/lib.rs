@@ -6,5 +6,6 @@ pub mod connector;
 pub mod distributed;
 pub mod engine;
 pub mod job;
+pub mod oauth;
 pub mod pool;
 pub mod throttle;

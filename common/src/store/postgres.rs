@@ -297,6 +297,7 @@ fn checkpoint_from_row(row: &Row) -> Result<FolderCheckpoint, StoreError> {
         high_water_mark: u32_column(row, 4)?,
         highest_modseq: row.try_get::<_, Option<i64>>(5)?.map(|m| m as u64),
         target_mark: row.try_get::<_, i64>(6)? as u64,
+        sync_state: row.try_get(7)?,
     })
 }
 
@@ -329,23 +330,24 @@ fn failure_from_row(row: &Row) -> Result<ItemFailure, StoreError> {
     })
 }
 
-/// The upsert of a folder checkpoint from parameters `$1` to `$7` (see
+/// The upsert of a folder checkpoint from parameters `$1` to `$8` (see
 /// [`CheckpointParams`]); the main statement of the batch writes, whose
 /// other half comes first as a data-modifying `WITH`.
 macro_rules! checkpoint_upsert {
     () => {
         "INSERT INTO folder_checkpoints
              (mailbox, folder, target_folder, validity, high_water_mark, highest_modseq,
-              target_mark)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+              target_mark, sync_state)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (mailbox, folder) DO UPDATE SET
              target_folder = excluded.target_folder, validity = excluded.validity,
              high_water_mark = excluded.high_water_mark,
-             highest_modseq = excluded.highest_modseq, target_mark = excluded.target_mark"
+             highest_modseq = excluded.highest_modseq, target_mark = excluded.target_mark,
+             sync_state = excluded.sync_state"
     };
 }
 
-/// A folder checkpoint as the parameters `$1` to `$7` of [`checkpoint_upsert!`].
+/// A folder checkpoint as the parameters `$1` to `$8` of [`checkpoint_upsert!`].
 struct CheckpointParams<'a> {
     mailbox: i64,
     folder: &'a str,
@@ -354,6 +356,7 @@ struct CheckpointParams<'a> {
     high_water_mark: i64,
     highest_modseq: Option<i64>,
     target_mark: i64,
+    sync_state: Option<&'a str>,
 }
 
 impl<'a> CheckpointParams<'a> {
@@ -366,6 +369,7 @@ impl<'a> CheckpointParams<'a> {
             high_water_mark: i64::from(c.high_water_mark),
             highest_modseq: c.highest_modseq.map(|m| m as i64),
             target_mark: c.target_mark as i64,
+            sync_state: c.sync_state.as_deref(),
         }
     }
 
@@ -378,6 +382,7 @@ impl<'a> CheckpointParams<'a> {
             &self.high_water_mark,
             &self.highest_modseq,
             &self.target_mark,
+            &self.sync_state,
         ]
     }
 }
@@ -575,7 +580,7 @@ impl Store for PostgresStore {
         let stmt = client
             .prepare_cached(
                 "SELECT mailbox, folder, target_folder, validity, high_water_mark, highest_modseq,
-                        target_mark
+                        target_mark, sync_state
                  FROM folder_checkpoints WHERE mailbox = $1 ORDER BY folder",
             )
             .await?;
@@ -612,9 +617,9 @@ impl Store for PostgresStore {
                 "WITH entries AS (
                      INSERT INTO ledger (mailbox, folder, validity, item, uid, target_folder,
                          target_id, size, content_hash, header_hash, flags)
-                     SELECT * FROM unnest($8::bigint[], $9::text[], $10::bigint[], $11::text[],
-                         $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::text[],
-                         $17::text[], $18::text[])
+                     SELECT * FROM unnest($9::bigint[], $10::text[], $11::bigint[], $12::text[],
+                         $13::bigint[], $14::text[], $15::text[], $16::bigint[], $17::text[],
+                         $18::text[], $19::text[])
                      ON CONFLICT (mailbox, folder, validity, item) DO UPDATE SET
                          target_folder = excluded.target_folder, target_id = excluded.target_id,
                          size = excluded.size, content_hash = excluded.content_hash,
@@ -698,9 +703,9 @@ impl Store for PostgresStore {
             .prepare_cached(concat!(
                 "WITH rekeyed AS (
                      UPDATE ledger SET validity = $4, item = r.new_item, uid = r.new_uid
-                     FROM unnest($9::text[], $10::text[], $11::bigint[])
+                     FROM unnest($10::text[], $11::text[], $12::bigint[])
                          AS r (old_item, new_item, new_uid)
-                     WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $8
+                     WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $9
                        AND ledger.item = r.old_item
                  ) ",
                 checkpoint_upsert!()
@@ -1235,7 +1240,7 @@ mod tests {
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(applied, 2, "V1__initial and V2__waves");
+            assert_eq!(applied, 3, "V1__initial, V2__waves and V3__sync_state");
             let partitions: i64 = client
                 .query_one(
                     "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ledger'::regclass",
@@ -1282,6 +1287,7 @@ mod tests {
                 high_water_mark: 5000,
                 highest_modseq: None,
                 target_mark: 5001,
+                sync_state: None,
             };
             store.commit_items(&checkpoint, &entries).await.unwrap();
 

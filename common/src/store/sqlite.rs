@@ -129,6 +129,7 @@ fn checkpoint_from_row(row: &Row<'_>) -> rusqlite::Result<FolderCheckpoint> {
         high_water_mark: row.get(4)?,
         highest_modseq: row.get::<_, Option<i64>>(5)?.map(|m| m as u64),
         target_mark: row.get::<_, i64>(6)? as u64,
+        sync_state: row.get(7)?,
     })
 }
 
@@ -151,12 +152,13 @@ fn ledger_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
 fn put_checkpoint(conn: &Connection, c: &FolderCheckpoint) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO folder_checkpoints
-             (mailbox, folder, target_folder, validity, high_water_mark, highest_modseq, target_mark)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             (mailbox, folder, target_folder, validity, high_water_mark, highest_modseq, target_mark,
+              sync_state)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
          ON CONFLICT (mailbox, folder) DO UPDATE SET
              target_folder = excluded.target_folder, validity = excluded.validity,
              high_water_mark = excluded.high_water_mark, highest_modseq = excluded.highest_modseq,
-             target_mark = excluded.target_mark",
+             target_mark = excluded.target_mark, sync_state = excluded.sync_state",
     )?
     .execute(params![
         c.mailbox,
@@ -165,7 +167,8 @@ fn put_checkpoint(conn: &Connection, c: &FolderCheckpoint) -> rusqlite::Result<(
         c.validity,
         c.high_water_mark,
         c.highest_modseq.map(|m| m as i64),
-        c.target_mark as i64
+        c.target_mark as i64,
+        c.sync_state
     ])?;
     Ok(())
 }
@@ -295,7 +298,7 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT mailbox, folder, target_folder, validity, high_water_mark, highest_modseq,
-                        target_mark
+                        target_mark, sync_state
                  FROM folder_checkpoints WHERE mailbox = ?1 ORDER BY folder",
             )?;
             let rows = stmt.query_map([mailbox], checkpoint_from_row)?;

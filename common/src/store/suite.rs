@@ -56,6 +56,7 @@ fn checkpoint(mailbox: i64, folder: &str, validity: u32, hwm: u32) -> FolderChec
         high_water_mark: hwm,
         highest_modseq: Some(7),
         target_mark: u64::from(hwm) + 101,
+        sync_state: None,
     }
 }
 
@@ -158,16 +159,18 @@ async fn checkpoints_and_ledger(store: &dyn Store) {
         .commit_items(&checkpoint(id, "INBOX", 5, 3), &batch)
         .await
         .unwrap();
+    // A delta link (Graph) rides with the checkpoint.
+    let sent = FolderCheckpoint {
+        sync_state: Some("https://graph.example/delta?$deltatoken=a%2Fb".into()),
+        ..checkpoint(id, "Sent", 9, 1)
+    };
     store
-        .commit_items(&checkpoint(id, "Sent", 9, 1), &[entry(id, "Sent", 9, 1)])
+        .commit_items(&sent, &[entry(id, "Sent", 9, 1)])
         .await
         .unwrap();
 
     let checkpoints = store.checkpoints(id).await.unwrap();
-    assert_eq!(
-        checkpoints,
-        [checkpoint(id, "INBOX", 5, 3), checkpoint(id, "Sent", 9, 1)]
-    );
+    assert_eq!(checkpoints, [checkpoint(id, "INBOX", 5, 3), sent]);
     assert_eq!(store.ledger(id, "INBOX", 5).await.unwrap(), batch);
     assert!(store.ledger(id, "INBOX", 6).await.unwrap().is_empty());
 

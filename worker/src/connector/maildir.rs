@@ -163,6 +163,7 @@ impl MailSource for Maildir {
                 key,
                 path,
                 special: None,
+                class: None,
             })
             .collect())
     }
@@ -186,6 +187,7 @@ impl MailSource for Maildir {
                 candidates,
                 complete: true,
                 flags: FlagScan::All(flags),
+                sync_state: None,
             })
         })
         .await
@@ -265,6 +267,7 @@ impl MailTarget for Maildir {
         &mut self,
         path: &FolderPath,
         _special: Option<SpecialUse>,
+        _class: Option<&str>,
     ) -> Result<TargetFolder, ConnectorError> {
         let Some(name) = folder_dir_name(path)? else {
             return Ok(TargetFolder {
@@ -1143,6 +1146,7 @@ mod tests {
             key: key.to_owned(),
             path: FolderPath::inbox(),
             special: None,
+            class: None,
         }
     }
 
@@ -1170,7 +1174,7 @@ mod tests {
         let temp = tempfile::tempdir().expect("temp dir");
         let mut target = open_target(temp.path()).await;
         let work = target
-            .ensure_folder(&path(&["Work"]), None)
+            .ensure_folder(&path(&["Work"]), None, None)
             .await
             .expect("folder");
         assert_eq!(work.name, ".Work");
@@ -1433,7 +1437,7 @@ mod tests {
         ];
         for (i, folder_path) in hostile.iter().enumerate() {
             let folder = target
-                .ensure_folder(folder_path, None)
+                .ensure_folder(folder_path, None, None)
                 .await
                 .expect("ensure");
             assert_eq!(&folder.path, folder_path);
@@ -1515,7 +1519,7 @@ mod tests {
         let mut target = open_target(temp.path()).await;
         let fits = "x".repeat(MAX_NAME - 1);
         target
-            .ensure_folder(&path(&[&fits]), None)
+            .ensure_folder(&path(&[&fits]), None, None)
             .await
             .expect("fits");
         for long in [
@@ -1524,7 +1528,7 @@ mod tests {
             path(&[&"/".repeat(90)]),
         ] {
             let error = target
-                .ensure_folder(&long, None)
+                .ensure_folder(&long, None, None)
                 .await
                 .expect_err("too long");
             assert_eq!(error.class, ErrorClass::Item);

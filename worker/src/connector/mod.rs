@@ -2,6 +2,7 @@
 //! is written. The copy engine only ever talks to these traits; each
 //! connector (IMAP, Maildir) turns them into its own protocol.
 
+pub mod graph;
 pub mod imap;
 pub mod maildir;
 
@@ -225,6 +226,10 @@ pub struct SourceFolder {
     pub path: FolderPath,
     /// Its role, from SPECIAL-USE or recognised from a well-known name.
     pub special: Option<SpecialUse>,
+    /// The class of its items where the source has one (Exchange:
+    /// `IPF.Note`, `IPF.Appointment`, `IPF.Contact`, `IPF.Task`, …): a
+    /// target that knows classes creates the folder with it.
+    pub class: Option<String>,
 }
 
 /// A source item as listed, before its body is read.
@@ -253,6 +258,9 @@ pub struct FolderScan {
     /// UIDVALIDITY change). `false`: only items above the high-water mark.
     pub complete: bool,
     pub flags: FlagScan,
+    /// Where the next scan resumes (Graph: the delta link), for the folder
+    /// checkpoint once everything listed here is copied or recorded.
+    pub sync_state: Option<String>,
 }
 
 /// Flags of items copied before, as the source has them now.
@@ -353,11 +361,13 @@ pub trait MailTarget: Send {
     /// The folders that exist now.
     async fn folders(&mut self) -> Result<Vec<TargetFolder>, ConnectorError>;
 
-    /// Creates the folder at `path` (and its parents) unless it exists.
+    /// Creates the folder at `path` (and its parents) unless it exists,
+    /// for items of `class` where the target knows classes.
     async fn ensure_folder(
         &mut self,
         path: &FolderPath,
         special: Option<SpecialUse>,
+        class: Option<&str>,
     ) -> Result<TargetFolder, ConnectorError>;
 
     /// The folder's position now (IMAP: UIDNEXT): messages appended from now

@@ -214,6 +214,7 @@ mod tests {
             key: key.into(),
             path: path(levels),
             special,
+            class: None,
         }
     }
 

@@ -320,8 +320,14 @@ impl MailboxPass<'_> {
             .collect();
 
         if !pending.is_empty() {
+            // Copies the ledger already names are never in doubt (a target
+            // whose mark is approximate lists some of them again).
+            let known: std::collections::HashSet<&str> = ledger
+                .values()
+                .filter_map(|e| e.target_id.as_deref())
+                .collect();
             stats.items_recovered = self
-                .recover(lane, folder, &checkpoint, &mut pending)
+                .recover(lane, folder, &checkpoint, &known, &mut pending)
                 .await?;
         }
         self.copy_items(lane, folder, &mut checkpoint, pending, &mut stats)
@@ -345,6 +351,7 @@ impl MailboxPass<'_> {
         let highest_uid = scan.candidates.iter().map(|i| i.uid).max().unwrap_or(0);
         checkpoint.high_water_mark = checkpoint.high_water_mark.max(highest_uid);
         checkpoint.highest_modseq = scan.highest_modseq;
+        checkpoint.sync_state = scan.sync_state;
         self.store.save_checkpoint(&checkpoint).await?;
         shared.stats.lock().expect("lock").add(&stats);
         Ok(())
@@ -368,7 +375,9 @@ impl MailboxPass<'_> {
             }
             folders::target_path(folder, role, listed.as_deref().unwrap_or_default())
         };
-        let created = target.ensure_folder(&path, role).await?;
+        let created = target
+            .ensure_folder(&path, role, folder.class.as_deref())
+            .await?;
         let mark = target.mark(&created.name).await?;
         let checkpoint = FolderCheckpoint {
             mailbox: self.mailbox.id,
@@ -378,6 +387,7 @@ impl MailboxPass<'_> {
             high_water_mark: 0,
             highest_modseq: None,
             target_mark: mark,
+            sync_state: None,
         };
         if let Some(listed) = shared.target_folders.lock().await.as_mut()
             && !listed.iter().any(|t| t.name == created.name)
@@ -452,13 +462,15 @@ impl MailboxPass<'_> {
         lane: &mut Lane<'_>,
         folder: &SourceFolder,
         checkpoint: &FolderCheckpoint,
+        known: &std::collections::HashSet<&str>,
         pending: &mut Vec<ItemMeta>,
     ) -> Result<u64, ConnectorError> {
-        let in_target = lane
+        let mut in_target = lane
             .target()
             .await?
             .items_since(&checkpoint.target_folder, checkpoint.target_mark)
             .await?;
+        in_target.retain(|item| !known.contains(item.id.as_str()));
         if in_target.is_empty() {
             return Ok(0);
         }

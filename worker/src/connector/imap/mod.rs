@@ -161,8 +161,23 @@ async fn authenticate(
 
     if endpoint.auth == AuthMechanism::Xoauth2 {
         let token = oauth2_token(endpoint).await?;
+        let refused = match conn.authenticate_xoauth2(mailbox, token.secret()).await {
+            Ok(()) => return Ok(()),
+            Err(refused @ ImapError::No { .. }) => refused,
+            Err(error) => return Err(auth_error(error)),
+        };
+        // A cached token may have expired between its fetch and this login
+        // (or been revoked): one new token, one more try.
+        let (OAuth2Token::ClientCredentials(stale), Some(client)) = (&token, &endpoint.oauth2)
+        else {
+            return Err(auth_error(refused));
+        };
+        tracing::info!(mailbox, %refused, "XOAUTH2 token refused; trying once more with a new one");
+        let fresh = crate::oauth::TokenCache::shared()
+            .replace_refused(client, stale)
+            .await?;
         return conn
-            .authenticate_xoauth2(mailbox, &token)
+            .authenticate_xoauth2(mailbox, fresh.secret())
             .await
             .map_err(auth_error);
     }
@@ -204,14 +219,40 @@ async fn plain_or_login(
     conn.authenticate_plain(None, user, password).await
 }
 
-/// The access token, read afresh at every connect (tokens expire).
-async fn oauth2_token(endpoint: &ImapEndpoint) -> Result<String, ConnectorError> {
+/// An XOAUTH2 access token and where it came from.
+enum OAuth2Token {
+    /// Read from `oauth2_token_file` or printed by `oauth2_token_command`.
+    External(String),
+    /// Fetched with the endpoint's client credentials (`oauth2` table),
+    /// shared by every connection of the process.
+    ClientCredentials(crate::oauth::AccessToken),
+}
+
+impl OAuth2Token {
+    fn secret(&self) -> &str {
+        match self {
+            OAuth2Token::External(token) => token,
+            OAuth2Token::ClientCredentials(token) => token.secret(),
+        }
+    }
+}
+
+/// The access token for a connect: from the process's token cache
+/// (refreshed ahead of its expiry), or read afresh from the token file or
+/// command (tokens expire).
+async fn oauth2_token(endpoint: &ImapEndpoint) -> Result<OAuth2Token, ConnectorError> {
+    if let Some(client) = &endpoint.oauth2 {
+        let token = crate::oauth::TokenCache::shared().token(client).await?;
+        return Ok(OAuth2Token::ClientCredentials(token));
+    }
     if let Some(path) = &endpoint.oauth2_token_file {
-        return read_secret_file(path).map_err(|e| ConnectorError::mailbox(e.to_string()));
+        return read_secret_file(path)
+            .map(OAuth2Token::External)
+            .map_err(|e| ConnectorError::mailbox(e.to_string()));
     }
     let Some(command) = &endpoint.oauth2_token_command else {
         return Err(ConnectorError::mailbox(
-            "xoauth2 needs oauth2_token_file or oauth2_token_command",
+            "xoauth2 needs oauth2_token_file, oauth2_token_command or an oauth2 table",
         ));
     };
     let output = tokio::process::Command::new("sh")
@@ -227,7 +268,9 @@ async fn oauth2_token(endpoint: &ImapEndpoint) -> Result<String, ConnectorError>
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    Ok(OAuth2Token::External(
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+    ))
 }
 
 /// A look-alike for a hierarchy separator inside a folder level, so that a
@@ -392,6 +435,7 @@ impl MailSource for ImapSource {
                 key: entry.name.clone(),
                 path: self.session.naming.path_of(entry),
                 special: Session::role_of(entry),
+                class: None,
             })
             .collect())
     }
@@ -590,6 +634,7 @@ impl MailTarget for ImapTarget {
         &mut self,
         path: &FolderPath,
         special: Option<SpecialUse>,
+        _class: Option<&str>,
     ) -> Result<TargetFolder, ConnectorError> {
         let name = self.session.naming.name_of(path);
         if !path.is_inbox() {

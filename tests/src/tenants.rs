@@ -1,0 +1,129 @@
+//! Two seeded Exchange Online tenants in the Graph emulator, for migrations
+//! from tenant A to tenant B: `user{i}@a.example` with mail, calendar,
+//! contact and task items, `user{i}@b.example` empty, and the checks that a
+//! migration between them is exact.
+
+use crate::GraphEmulator;
+use crate::graph_emulator::{AppSeed, EmulatorConfig, ItemSeed, TenantSeed, UserSeed};
+
+pub const TENANT_A: &str = "tenant-a";
+pub const TENANT_B: &str = "tenant-b";
+pub const APP_A: &str = "app-a";
+pub const APP_B: &str = "app-b";
+pub const SECRET_A: &str = "secret-of-tenant-a";
+pub const SECRET_B: &str = "secret-of-tenant-b";
+
+/// Folders of a source mailbox with items, each with `per_folder` of them.
+pub const FOLDERS_WITH_ITEMS: usize = 6;
+
+pub fn source_user(i: usize) -> String {
+    format!("user{i}@a.example")
+}
+
+pub fn target_user(i: usize) -> String {
+    format!("user{i}@b.example")
+}
+
+/// A message with a body unique to its user, folder and number.
+pub fn mime(user: usize, folder: &str, n: usize) -> Vec<u8> {
+    format!(
+        "From: sender{n}@a.example\r\nTo: user{user}@a.example\r\nSubject: {folder} {n}\r\n\
+         Message-ID: <{user}.{n}.{}@a.example>\r\n\r\nBody {n} of {folder} for user {user}.\r\n",
+        folder.replace(['/', ' '], "-")
+    )
+    .into_bytes()
+}
+
+/// Tenant A: `users` mailboxes with mail in several folders (one nested,
+/// one the user made), appointments, contacts and tasks, `per_folder` items
+/// in each of [`FOLDERS_WITH_ITEMS`] folders.
+pub fn tenant_a(users: usize, per_folder: usize) -> TenantSeed {
+    let mut tenant = TenantSeed::new(TENANT_A).app(AppSeed::with_secret(APP_A, SECRET_A));
+    for i in 1..=users {
+        let mut user = UserSeed::new(&source_user(i))
+            .folder("Projects", "IPF.Note")
+            .folder("Projects/2026", "IPF.Note");
+        for n in 1..=per_folder {
+            for folder in ["Inbox", "Sent Items", "Projects/2026"] {
+                user = user.item(ItemSeed::message(folder, &mime(i, folder, n)).read(n % 2 == 0));
+            }
+            let payload = |kind: &str| format!("{kind} {n} of user {i}").into_bytes();
+            user = user
+                .item(ItemSeed::new(
+                    "Calendar",
+                    "IPM.Appointment",
+                    &payload("meeting"),
+                ))
+                .item(ItemSeed::new(
+                    "Contacts",
+                    "IPM.Contact",
+                    &payload("contact"),
+                ))
+                .item(ItemSeed::new("Tasks", "IPM.Task", &payload("task")));
+        }
+        tenant = tenant.user(user);
+    }
+    tenant
+}
+
+/// Tenant B: the same users with empty mailboxes.
+pub fn tenant_b(users: usize) -> TenantSeed {
+    let mut tenant = TenantSeed::new(TENANT_B).app(AppSeed::with_secret(APP_B, SECRET_B));
+    for i in 1..=users {
+        tenant = tenant.user(UserSeed::new(&target_user(i)));
+    }
+    tenant
+}
+
+/// The emulator with both tenants.
+pub fn two_tenants(users: usize, per_folder: usize) -> EmulatorConfig {
+    EmulatorConfig::default()
+        .tenant(tenant_a(users, per_folder))
+        .tenant(tenant_b(users))
+}
+
+/// `[source]` and `[target]` bodies (with their `oauth2` tables) for a
+/// migration from tenant A to tenant B, the secrets in `secret_a` and
+/// `secret_b`. The emulator serves Graph at its own address but, like the
+/// real service, issues tokens for Graph's scope only: the scope is set.
+pub fn endpoints(emu: &GraphEmulator, secret_a: &str, secret_b: &str) -> (String, String) {
+    let endpoint = |side: &str, tenant: &str, app: &str, secret_file: &str| {
+        format!(
+            "kind = \"graph\"\ngraph_url = \"{graph}\"\n\
+             [{side}.oauth2]\ntenant = \"{tenant}\"\nclient_id = \"{app}\"\n\
+             client_secret_file = \"{secret_file}\"\nauthority = \"{authority}\"\n\
+             scope = \"https://graph.microsoft.com/.default\"\n",
+            graph = emu.base_url(),
+            authority = emu.authority_url(),
+        )
+    };
+    (
+        endpoint("source", TENANT_A, APP_A, secret_a),
+        endpoint("target", TENANT_B, APP_B, secret_b),
+    )
+}
+
+/// The mailboxes CSV of `users` pairs.
+pub fn csv(users: usize) -> String {
+    let mut csv = String::from("source,target\n");
+    for i in 1..=users {
+        csv.push_str(&format!("{},{}\n", source_user(i), target_user(i)));
+    }
+    csv
+}
+
+/// Every folder of every source mailbox is in the target with the same
+/// type and exactly the same items (export data, MIME, flags, dates), and
+/// nothing else was added.
+pub fn assert_exact(emu: &GraphEmulator, users: usize) {
+    for i in 1..=users {
+        let source = emu.snapshot(&source_user(i)).unwrap();
+        let target = emu.snapshot(&target_user(i)).unwrap();
+        assert_eq!(
+            source.folders, target.folders,
+            "mailbox {i}: target differs from source"
+        );
+        let items: usize = source.folders.iter().map(|f| f.items.len()).sum();
+        assert!(items > 0, "mailbox {i} has items");
+    }
+}

@@ -1,0 +1,370 @@
+//! Requests to Microsoft Graph for one mailbox: the app-only token, the
+//! throttling-aware scheduler around every request, retries with the
+//! server's hints, paging, and the classification of every failure.
+
+use std::time::Duration;
+
+use mailwave_common::config::OAuth2ClientCredentials;
+use mailwave_common::error::http_retry_hint;
+use mailwave_common::{Classify, ErrorClass};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::connector::ConnectorError;
+use crate::oauth::TokenCache;
+use crate::throttle::{MailboxThrottle, next_backoff};
+
+/// Attempts of one request before its failure reaches the engine (which
+/// then retries the whole mailbox from its checkpoints).
+const ATTEMPTS: u32 = 8;
+/// First back-off of a transient failure without a hint; it doubles, with
+/// full jitter, up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest any one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most characters of an error body quoted in a message.
+const QUOTED_BODY_CHARS: usize = 300;
+
+/// A failure of a Graph request, with what the engine needs to decide.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct GraphError {
+    pub class: ErrorClass,
+    pub retry_after: Option<Duration>,
+    /// The HTTP status, when the server answered.
+    pub status: Option<StatusCode>,
+    /// Graph's error code (`error.code`), when the body had one.
+    pub code: Option<String>,
+    pub message: String,
+}
+
+impl GraphError {
+    /// A delta link the server no longer knows (`410 Gone`,
+    /// `syncStateNotFound`): the folder must be synchronised from scratch.
+    pub fn is_sync_state_lost(&self) -> bool {
+        self.status == Some(StatusCode::GONE)
+    }
+
+    fn local(class: ErrorClass, message: String) -> GraphError {
+        GraphError {
+            class,
+            retry_after: None,
+            status: None,
+            code: None,
+            message,
+        }
+    }
+}
+
+impl Classify for GraphError {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl From<GraphError> for ConnectorError {
+    fn from(error: GraphError) -> Self {
+        ConnectorError {
+            class: error.class,
+            message: error.message,
+            retry_after: error.retry_after,
+        }
+    }
+}
+
+/// One mailbox's view of a Graph endpoint.
+#[derive(Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    /// `https://graph.microsoft.com/v1.0`, no trailing slash.
+    pub api: String,
+    credentials: OAuth2ClientCredentials,
+    throttle: MailboxThrottle,
+}
+
+/// What to send.
+pub enum Body<'a> {
+    None,
+    Json(&'a Value),
+}
+
+impl GraphClient {
+    /// A client of `api` (the Graph root with its version) with tokens for
+    /// `credentials`, scheduling every request through `throttle`.
+    pub fn new(
+        api: &str,
+        credentials: OAuth2ClientCredentials,
+        throttle: MailboxThrottle,
+    ) -> Result<GraphClient, ConnectorError> {
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(Duration::from_secs(15))
+            .build()
+            .map_err(|e| ConnectorError::mailbox(format!("HTTP client: {e}")))?;
+        Ok(GraphClient {
+            http,
+            api: api.trim_end_matches('/').to_owned(),
+            credentials,
+            throttle,
+        })
+    }
+
+    /// The URL of an API path (`/users/…`) or an absolute URL as given
+    /// (`@odata.nextLink`, delta links, import URLs).
+    pub fn url(&self, path_or_url: &str) -> String {
+        if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
+            path_or_url.to_owned()
+        } else {
+            format!("{}{path_or_url}", self.api)
+        }
+    }
+
+    /// GETs a JSON document.
+    pub async fn get(&self, path_or_url: &str) -> Result<Value, GraphError> {
+        self.send(Method::GET, path_or_url, Body::None, true).await
+    }
+
+    /// POSTs JSON and returns the JSON answer.
+    pub async fn post(&self, path_or_url: &str, body: &Value) -> Result<Value, GraphError> {
+        self.send(Method::POST, path_or_url, Body::Json(body), true)
+            .await
+    }
+
+    /// POSTs JSON to a pre-authenticated URL (an import session's): no
+    /// bearer token is sent.
+    pub async fn post_preauthenticated(
+        &self,
+        url: &str,
+        body: &Value,
+    ) -> Result<Value, GraphError> {
+        self.send(Method::POST, url, Body::Json(body), false).await
+    }
+
+    /// Every item of a collection, following `@odata.nextLink`.
+    pub async fn get_all(&self, path_or_url: &str) -> Result<Vec<Value>, GraphError> {
+        let mut items = Vec::new();
+        let mut next = Some(path_or_url.to_owned());
+        while let Some(url) = next.take() {
+            let mut page = self.get(&url).await?;
+            if let Some(Value::Array(values)) = page.get_mut("value").map(Value::take) {
+                items.extend(values);
+            }
+            next = page["@odata.nextLink"].as_str().map(str::to_owned);
+        }
+        Ok(items)
+    }
+
+    /// Sends one request, retrying throttled and transient failures (the
+    /// whole mailbox waits out a throttle), and refreshing a refused token
+    /// once.
+    async fn send(
+        &self,
+        method: Method,
+        path_or_url: &str,
+        body: Body<'_>,
+        authorized: bool,
+    ) -> Result<Value, GraphError> {
+        let url = self.url(path_or_url);
+        let mut token = if authorized {
+            Some(TokenCache::shared().token(&self.credentials).await?)
+        } else {
+            None
+        };
+        let mut token_refreshed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let permit = self.throttle.acquire().await;
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .header("Prefer", "IdType=\"ImmutableId\"");
+            if let Some(token) = &token {
+                request = request.bearer_auth(token.secret());
+            }
+            if let Body::Json(json) = body {
+                request = request.json(json);
+            }
+            let started = Instant::now();
+            let outcome = match request.send().await {
+                Ok(response) => read(response, &method, &url).await,
+                Err(error) => Err(GraphError::local(
+                    ErrorClass::Transient,
+                    format!("{method} {}: {error}", redact(&url)),
+                )),
+            };
+            let error = match outcome {
+                Ok(value) => {
+                    permit.succeeded(started.elapsed());
+                    return Ok(value);
+                }
+                Err(error) => error,
+            };
+            if error.status == Some(StatusCode::UNAUTHORIZED)
+                && !token_refreshed
+                && let Some(refused) = &token
+            {
+                drop(permit);
+                token_refreshed = true;
+                token = Some(
+                    TokenCache::shared()
+                        .replace_refused(&self.credentials, refused)
+                        .await?,
+                );
+                continue;
+            }
+            let wait = match error.class {
+                ErrorClass::Throttled => permit.throttled(error.retry_after),
+                ErrorClass::Transient => {
+                    permit.failed(ErrorClass::Transient);
+                    next_backoff(attempt - 1, BASE_BACKOFF, MAX_BACKOFF)
+                }
+                class => {
+                    permit.failed(class);
+                    return Err(error);
+                }
+            };
+            if attempt >= ATTEMPTS {
+                return Err(error);
+            }
+            tracing::debug!(%error, ?wait, attempt, "Graph request retried");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+impl From<crate::oauth::TokenError> for GraphError {
+    fn from(error: crate::oauth::TokenError) -> Self {
+        GraphError::local(error.class(), error.to_string())
+    }
+}
+
+/// The answer's JSON, or its failure classified.
+async fn read(
+    response: reqwest::Response,
+    method: &Method,
+    url: &str,
+) -> Result<Value, GraphError> {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let text = response.text().await.map_err(|e| {
+        GraphError::local(
+            ErrorClass::Transient,
+            format!("{method} {}: reading the answer: {e}", redact(url)),
+        )
+    })?;
+    if status.is_success() {
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        return serde_json::from_str(&text).map_err(|e| {
+            GraphError::local(
+                ErrorClass::Transient,
+                format!("{method} {}: answer is not JSON: {e}", redact(url)),
+            )
+        });
+    }
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let code = body["error"]["code"].as_str().map(str::to_owned);
+    let detail = body["error"]["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| text.chars().take(QUOTED_BODY_CHARS).collect());
+    let class = class_of(status, code.as_deref());
+    let retry_after = if class == ErrorClass::Throttled {
+        http_retry_hint(retry_after.as_deref(), &text, chrono::Utc::now())
+    } else {
+        None
+    };
+    Err(GraphError {
+        class,
+        retry_after,
+        status: Some(status),
+        message: format!(
+            "{method} {}: {status} {}{}",
+            redact(url),
+            code.as_deref().unwrap_or(""),
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            }
+        ),
+        code,
+    })
+}
+
+/// The class of a Graph answer (see the error taxonomy).
+fn class_of(status: StatusCode, code: Option<&str>) -> ErrorClass {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => ErrorClass::Throttled,
+        StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::INTERNAL_SERVER_ERROR
+        | StatusCode::REQUEST_TIMEOUT => ErrorClass::Transient,
+        // A token the server refused twice, a mailbox the app may not
+        // touch, a full mailbox, an unknown user: the mailbox stops.
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::INSUFFICIENT_STORAGE => {
+            ErrorClass::Mailbox
+        }
+        StatusCode::NOT_FOUND
+            if matches!(
+                code,
+                Some("ErrorInvalidUser" | "MailboxNotEnabledForRESTAPI" | "ResourceNotFound")
+            ) =>
+        {
+            ErrorClass::Mailbox
+        }
+        // A delta link gone (410) is handled by the caller; anything else
+        // concerns the request's item.
+        _ => ErrorClass::Item,
+    }
+}
+
+/// The URL without its query (import URLs carry a pre-authenticated token).
+fn redact(url: &str) -> &str {
+    url.split_once('?').map_or(url, |(path, _)| path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_of_graph_answers() {
+        let class = |status: u16, code| class_of(StatusCode::from_u16(status).unwrap(), code);
+        assert_eq!(
+            class(429, Some("ApplicationThrottled")),
+            ErrorClass::Throttled
+        );
+        assert_eq!(class(503, None), ErrorClass::Transient);
+        assert_eq!(class(504, Some("UnknownError")), ErrorClass::Transient);
+        assert_eq!(class(507, Some("ErrorQuotaExceeded")), ErrorClass::Mailbox);
+        assert_eq!(class(404, Some("ErrorInvalidUser")), ErrorClass::Mailbox);
+        assert_eq!(class(404, Some("ErrorItemNotFound")), ErrorClass::Item);
+        assert_eq!(class(400, Some("ErrorCorruptData")), ErrorClass::Item);
+    }
+
+    #[test]
+    fn import_urls_lose_their_token_in_messages() {
+        assert_eq!(
+            redact("https://outlook.office365.com/api/gv1.0/x/importItem?authtoken=secret"),
+            "https://outlook.office365.com/api/gv1.0/x/importItem"
+        );
+        assert_eq!(
+            redact("https://graph.microsoft.com/v1.0/users"),
+            "https://graph.microsoft.com/v1.0/users"
+        );
+    }
+}
