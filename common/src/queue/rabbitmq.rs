@@ -834,6 +834,12 @@ mod tests {
         with_names(async |names| {
             let queue = connect(names, RabbitOptions::default()).await;
             let (_connection, channel) = admin().await;
+            // Confirmed, so that it is queued before the job that follows
+            // (they travel on different connections).
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .unwrap();
             channel
                 .basic_publish(
                     "".into(),
