@@ -500,23 +500,16 @@ impl Config {
                     .into(),
             ));
         }
-        match (&self.source, &self.target) {
-            (EndpointConfig::Graph(_), EndpointConfig::Graph(_)) => {}
-            (_, EndpointConfig::Graph(_)) => {
-                return Err(ConfigError::Invalid(
-                    "target: a Graph target takes items from a Graph source (tenant to tenant); \
-                     for mail from other systems use an IMAP target with auth = \"xoauth2\""
-                        .into(),
-                ));
-            }
-            (EndpointConfig::Graph(_), _) => {
-                return Err(ConfigError::Invalid(
-                    "source: a Graph source goes to a Graph target (tenant to tenant); \
-                     to copy Exchange Online elsewhere, use an IMAP source with auth = \"xoauth2\""
-                        .into(),
-                ));
-            }
-            _ => {}
+        // A Graph source goes anywhere (export data to a Graph target, MIME
+        // elsewhere); a Graph target imports only what a Graph source exports.
+        if matches!(self.target, EndpointConfig::Graph(_))
+            && !matches!(self.source, EndpointConfig::Graph(_))
+        {
+            return Err(ConfigError::Invalid(
+                "target: a Graph target takes items from a Graph source (tenant to tenant); \
+                 for mail from other systems use an IMAP target with auth = \"xoauth2\""
+                    .into(),
+            ));
         }
         for (side, endpoint) in [("source", &self.source), ("target", &self.target)] {
             if let EndpointConfig::Graph(graph) = endpoint {
@@ -670,7 +663,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn graph_endpoints_go_tenant_to_tenant_with_graphs_scope() {
+    fn graph_endpoints_have_graphs_scope_and_a_graph_target_needs_a_graph_source() {
         let graph = |tenant: &str| {
             format!(
                 "kind = \"graph\"\n[oauth2]\ntenant = \"{tenant}\"\nclient_id = \"app\"\n\
@@ -701,8 +694,10 @@ mod tests {
         let maildir = "kind = \"maildir\"\npath = \"/m/{mailbox}\"\n";
         let error = parse(maildir, &graph("b.example")).unwrap_err();
         assert!(error.to_string().contains("xoauth2"), "{error}");
-        let error = parse(&graph("a.example"), maildir).unwrap_err();
-        assert!(error.to_string().contains("tenant to tenant"), "{error}");
+        // Exchange to a backup: the Graph source reads MIME.
+        let backup = parse(&graph("a.example"), maildir).unwrap();
+        assert!(matches!(backup.source, EndpointConfig::Graph(_)));
+        assert!(matches!(backup.target, EndpointConfig::Maildir(_)));
     }
 
     #[test]

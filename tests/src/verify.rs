@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use chrono::{DateTime, FixedOffset, Utc};
 
+use crate::graph_emulator::{FlagStatus, MailboxSnapshot};
 use crate::imap::Endpoint;
 
 /// A source folder as seen in LIST, given to the folder mapping.
@@ -372,6 +373,104 @@ pub fn snapshot_maildir(
         });
     }
     Ok(folders_sorted(folders))
+}
+
+/// The mail of a Graph emulator mailbox as a target outside Exchange should
+/// hold it: every mail folder (`IPF.Note`; the inbox as `INBOX`, other
+/// folders by their display names joined with `/`) with its messages' MIME,
+/// `\Seen` for read ones, `\Flagged` for flagged ones and the received date
+/// as internal date. Calendars, contacts and tasks have no MIME and are
+/// left out.
+pub fn snapshot_graph_mail(mailbox: &MailboxSnapshot, opts: &CompareOptions) -> Snapshot {
+    let folders = mailbox
+        .folders
+        .iter()
+        .filter(|folder| folder.class.starts_with("IPF.Note"))
+        .map(|folder| {
+            let mut levels = folder.path.clone();
+            if levels
+                .first()
+                .is_some_and(|l| l.eq_ignore_ascii_case("Inbox"))
+            {
+                levels[0] = "INBOX".to_owned();
+            }
+            let name = levels.join("/");
+            let messages = folder
+                .items
+                .iter()
+                .filter_map(|item| {
+                    let mime = item.mime.as_ref()?;
+                    let flags: Vec<String> = [
+                        (item.is_read, "\\Seen"),
+                        (item.flag_status == FlagStatus::Flagged, "\\Flagged"),
+                    ]
+                    .into_iter()
+                    .filter(|&(set, _)| set)
+                    .map(|(_, flag)| flag.to_owned())
+                    .collect();
+                    let date = item.received.fixed_offset();
+                    Some(MessageInfo {
+                        folder: name.clone(),
+                        uid: 0,
+                        locator: mailbox.user_principal_name.clone(),
+                        size: mime.len(),
+                        hash: hash_body(mime, opts),
+                        flags: normalize_flags(&flags, opts),
+                        internal_date: Some(date),
+                        internal_date_raw: date.to_rfc3339(),
+                        subject: subject_of(mime),
+                    })
+                })
+                .collect();
+            FolderSnapshot {
+                info: SourceFolderInfo {
+                    raw_name: name.clone(),
+                    name,
+                    separator: Some('/'),
+                    attributes: Vec::new(),
+                    special_use: None,
+                },
+                uidvalidity: None,
+                messages,
+            }
+        })
+        .collect();
+    folders_sorted(folders)
+}
+
+/// A Maildir++ directory written by mailwave (relative to the root) as a
+/// folder path for [`snapshot_maildir`]: the root is `INBOX`, levels split
+/// on `.` and joined by `/`, percent-escapes decoded.
+pub fn maildir_folder(relative: &Path) -> String {
+    let name = relative.to_string_lossy();
+    let Some(levels) = name.strip_prefix('.') else {
+        return "INBOX".to_owned();
+    };
+    levels
+        .split('.')
+        .map(percent_decode)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn percent_decode(level: &str) -> String {
+    let bytes = level.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(byte) = level
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A source message absent from its target folder.

@@ -1,19 +1,23 @@
-//! Exchange Online to Exchange Online (tenant to tenant) through the Graph
-//! emulator: the real `mailwave run` with a Graph source and a Graph target,
+//! Exchange Online through the Graph emulator with the real `mailwave run`:
+//! to Exchange Online (tenant to tenant, Graph source and Graph target),
 //! checked item by item against the emulator's own state (folders with
-//! their types, every item's export data, MIME, flags and dates). The
-//! emulator serves from the test's runtime while `mailwave run` blocks one
-//! of its threads: the tests run on a multi-threaded runtime.
+//! their types, every item's export data, MIME, flags and dates); and to a
+//! Maildir backup (the Graph source reads MIME), checked message by message
+//! against the emulator's mail. The emulator serves from the test's runtime
+//! while `mailwave run` blocks one of its threads: the tests run on a
+//! multi-threaded runtime.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use mailwave_tests::GraphEmulator;
-use mailwave_tests::graph_emulator::{Faults, ItemSeed, ThrottleReason};
+use mailwave_tests::graph_emulator::{Faults, FlagStatus, ItemSeed, ItemUpdate, ThrottleReason};
 use mailwave_tests::harness::Migration;
 use mailwave_tests::tenants::{
     FOLDERS_WITH_ITEMS, SECRET_A, SECRET_B, assert_exact, csv, endpoints, mime, source_user,
     target_user, two_tenants,
 };
+use mailwave_tests::verify::{self, CompareOptions};
 
 async fn emulator(users: usize, per_folder: usize) -> GraphEmulator {
     GraphEmulator::start(two_tenants(users, per_folder))
@@ -143,5 +147,169 @@ async fn throttling_and_server_errors_still_give_an_exact_copy() {
     assert!(
         in_window * 2 < injected,
         "{in_window} requests sent into a Retry-After window after {injected} throttles"
+    );
+}
+
+/// `mailwave run` from tenant A into a Maildir backup (`out/user{i}` in
+/// the migration's directory): the Graph source reads MIME.
+fn backup(emu: &GraphEmulator, users: usize) -> Migration {
+    let (source, _) = endpoints(emu, "a.secret", "b.secret");
+    let target = "kind = \"maildir\"\npath = \"out/{mailbox}\"\n";
+    let mut csv = String::from("source,target\n");
+    for i in 1..=users {
+        csv.push_str(&format!("{},user{i}\n", source_user(i)));
+    }
+    let migration = Migration::new(&source, target, "", &csv).unwrap();
+    std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
+    migration
+}
+
+/// Every mail folder of every source mailbox is a Maildir folder of the
+/// same path (the inbox the Maildir's root) holding exactly its messages:
+/// MIME byte for byte, `\Seen` and `\Flagged` as in Exchange, the received
+/// date as the file's mtime. Calendars, contacts and tasks are not mail
+/// (the mail API does not list them): no folder of theirs is made.
+fn assert_backup_exact(emu: &GraphEmulator, migration: &Migration, users: usize) {
+    let options = CompareOptions::default();
+    for i in 1..=users {
+        let mailbox = emu.snapshot(&source_user(i)).unwrap();
+        let source = verify::snapshot_graph_mail(&mailbox, &options);
+        let root = migration.dir().join(format!("out/user{i}"));
+        let backup = verify::snapshot_maildir(&root, verify::maildir_folder, &options).unwrap();
+        assert_eq!(
+            backup.folder_names(),
+            [
+                "Archive",
+                "Deleted Items",
+                "Drafts",
+                "INBOX",
+                "Junk Email",
+                "Projects",
+                "Projects/2026",
+                "Sent Items"
+            ],
+            "mailbox {i}: the mail folders, and nothing else"
+        );
+        for other in ["Calendar", "Contacts", "Tasks"] {
+            assert!(
+                !mailbox.folder(&[other]).unwrap().items.is_empty(),
+                "mailbox {i} has items in {other}"
+            );
+        }
+        assert_eq!(source.folder_names(), backup.folder_names());
+        assert!(source.message_count() > 0);
+        let report = verify::compare_snapshots(&source, &backup, verify::same_name, &options);
+        report.assert_exact();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exchange_to_maildir_backup_is_exact_mime_and_delta_passes_follow() {
+    let users = 2;
+    let emu = emulator(users, 3).await;
+    // Flagged messages, and a received date far from today's.
+    let received = chrono::DateTime::parse_from_rfc3339("2024-02-29T12:34:56Z")
+        .unwrap()
+        .to_utc();
+    emu.add_item(
+        &source_user(1),
+        &ItemSeed::message("Projects/2026", &mime(1, "flagged", 1))
+            .flag(FlagStatus::Flagged)
+            .received(received),
+    )
+    .unwrap();
+    emu.add_item(
+        &source_user(2),
+        &ItemSeed::message("Inbox", &mime(2, "flagged and read", 1))
+            .flag(FlagStatus::Flagged)
+            .read(true),
+    )
+    .unwrap();
+    let unread = emu
+        .add_item(
+            &source_user(1),
+            &ItemSeed::message("Sent Items", &mime(1, "read later", 1)),
+        )
+        .unwrap();
+    let migration = backup(&emu, users);
+
+    let first = migration.run_ok().unwrap();
+    let messages = users * 3 * 3 + 3;
+    assert_eq!(first.total("items_copied"), messages as u64);
+    assert_eq!(first.total("items_skipped"), 0);
+    assert_backup_exact(&emu, &migration, users);
+    let user1 = verify::snapshot_maildir(
+        &migration.dir().join("out/user1"),
+        verify::maildir_folder,
+        &CompareOptions::default(),
+    )
+    .unwrap();
+    let flagged = user1.folder("Projects/2026").unwrap().messages.iter();
+    let flagged = flagged
+        .filter(|m| m.subject == "flagged 1")
+        .collect::<Vec<_>>();
+    assert_eq!(flagged.len(), 1, "{user1:?}");
+    assert_eq!(flagged[0].flags, BTreeSet::from(["\\Flagged".to_owned()]));
+    assert_eq!(
+        flagged[0].internal_date.map(|d| d.timestamp()),
+        Some(received.timestamp()),
+        "the received date is the file's mtime"
+    );
+
+    emu.update_item(
+        &source_user(1),
+        &unread,
+        &ItemUpdate {
+            is_read: Some(true),
+            ..ItemUpdate::default()
+        },
+    )
+    .unwrap();
+    emu.add_item(
+        &source_user(2),
+        &ItemSeed::message("Projects/2026", &mime(2, "late", 1)),
+    )
+    .unwrap();
+    let delta = migration.run_ok().unwrap();
+    assert_eq!(delta.total("items_copied"), 1);
+    assert_eq!(delta.stat(&source_user(2), "items_copied"), 1);
+    assert_eq!(delta.total("flags_updated"), 1);
+    assert_eq!(delta.stat(&source_user(1), "flags_updated"), 1);
+    assert_backup_exact(&emu, &migration, users);
+
+    // Forgotten delta links, throttling and server errors (some 503s with
+    // an empty body) while reading MIME: still one copy of each message.
+    emu.reset_delta_tokens(&source_user(1)).unwrap();
+    emu.add_item(
+        &source_user(1),
+        &ItemSeed::message("Inbox", &mime(1, "after reset", 1)),
+    )
+    .unwrap();
+    emu.set_faults(Faults {
+        enabled: true,
+        seed: 11,
+        throttle_rate: 0.2,
+        throttle_retry_after: Duration::from_secs(1),
+        server_busy_rate: 0.1,
+        empty_body_share: 0.5,
+        gateway_timeout_rate: 0.05,
+        ..Faults::default()
+    });
+    let resync = migration.run_ok().unwrap();
+    emu.set_faults(Faults::default());
+    assert_eq!(resync.total("items_copied"), 1);
+    assert_eq!(resync.total("items_skipped"), 0);
+    assert_backup_exact(&emu, &migration, users);
+    let stats = emu.stats(&source_user(1)).unwrap();
+    assert!(
+        stats.throttled_by(ThrottleReason::Injected) + stats.server_busy_503 > 0,
+        "{stats:?}"
+    );
+
+    // Every request asked for immutable ids.
+    let stats = emu.stats(&source_user(1)).unwrap();
+    assert_eq!(
+        stats.immutable_id_requests, stats.requests_total,
+        "{stats:?}"
     );
 }

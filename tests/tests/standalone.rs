@@ -372,7 +372,7 @@ async fn hostile_folder_names_stay_inside_the_maildir_root() {
         &source.master_endpoint("judy"),
         &root,
         |info| info.components().join("/"),
-        maildir_folder,
+        verify::maildir_folder,
         &CompareOptions {
             skip_folders: vec!["..".into(), "../../etc".into()],
             ..CompareOptions::default()
@@ -385,40 +385,6 @@ async fn hostile_folder_names_stay_inside_the_maildir_root() {
         result.stat("judy", "items_copied")
     );
     report.assert_exact();
-}
-
-/// A Maildir++ directory (relative to the root) as a folder path: levels
-/// split on `.`, percent-escapes decoded.
-fn maildir_folder(relative: &std::path::Path) -> String {
-    let name = relative.to_string_lossy();
-    let Some(levels) = name.strip_prefix('.') else {
-        return "INBOX".to_owned();
-    };
-    levels
-        .split('.')
-        .map(percent_decode)
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-fn percent_decode(level: &str) -> String {
-    let bytes = level.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(byte) = level
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn names_in(dir: &std::path::Path) -> Vec<String> {
@@ -671,7 +637,8 @@ async fn the_shipped_maildir_sample_migrates_into_imap_exactly() {
 
     for user in users {
         let options = CompareOptions::default();
-        let from = verify::snapshot_maildir(&sample.join(user), maildir_folder, &options).unwrap();
+        let from =
+            verify::snapshot_maildir(&sample.join(user), verify::maildir_folder, &options).unwrap();
         let to = verify::snapshot(&target.master_endpoint(user), &options)
             .await
             .unwrap();

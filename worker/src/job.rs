@@ -13,6 +13,7 @@ use mailwave_common::store::{PassOutcome, Store, StoreError};
 use mailwave_common::{Classify, ErrorClass};
 use tokio_util::sync::CancellationToken;
 
+use crate::connector::graph::mail::GraphMimeSource;
 use crate::connector::graph::{GraphExportSource, GraphImportTarget};
 use crate::connector::maildir::Maildir;
 use crate::connector::{ConnectorError, MailSource, MailTarget, imap};
@@ -116,9 +117,8 @@ pub async fn run_job(
     let started = std::time::Instant::now();
     let mut total = PassStats::default();
     let outcome = loop {
-        let error = match pass.run(&connector).await {
-            Ok(stats) => {
-                total.add(&stats);
+        let error = match pass.run(&connector, &mut total).await {
+            Ok(()) => {
                 break PassOutcome {
                     state: MailboxState::Completed,
                     error: None,
@@ -196,11 +196,16 @@ impl MailboxConnector for EndpointConnector {
                     imap::connect(endpoint, login, self.secrets.source_password.as_deref()).await?;
                 Ok(Box::new(imap::ImapSource::new(session).await?))
             }
-            // Exchange to Exchange: the opaque export stream (the
-            // configuration admits a Graph source only with a Graph target).
-            EndpointConfig::Graph(endpoint) => {
-                Ok(Box::new(GraphExportSource::open(endpoint, login).await?))
-            }
+            // What an Exchange item is on the way depends on the target:
+            // Exchange's opaque export stream for Exchange, MIME otherwise.
+            EndpointConfig::Graph(endpoint) => match &self.config.target {
+                EndpointConfig::Graph(_) => {
+                    Ok(Box::new(GraphExportSource::open(endpoint, login).await?))
+                }
+                EndpointConfig::Imap(_) | EndpointConfig::Maildir(_) => {
+                    Ok(Box::new(GraphMimeSource::open(endpoint, login)?))
+                }
+            },
         }
     }
 

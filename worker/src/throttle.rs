@@ -24,6 +24,16 @@
 //! does not decrease it again, so four requests throttled together halve
 //! the mailbox's window once, not four times.
 //!
+//! Uploads are paced as well ([`MailboxThrottle::acquire_upload`]): servers
+//! limit the bytes a mailbox may upload per window (Exchange Online: 150 MB
+//! per 5 minutes), and a client that bursts into that budget and waits out
+//! each 429 is throttled over and over. A mailbox's uploads are unpaced until
+//! the first throttled upload; from then on they go at the rate the server
+//! accepted (the bytes uploaded since the last pause over the time until the
+//! new pause ends), less a margin, raised a little every few seconds without
+//! a throttle and lowered on each later one (additive increase,
+//! multiplicative decrease, on the byte rate).
+//!
 //! Requests, throttle events, retries by class and the time spent waiting
 //! are counted per endpoint in one place, [`ThrottleCounters`].
 
@@ -62,6 +72,17 @@ const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
 const IDLE_MAILBOX_LIFETIME: Duration = Duration::from_secs(900);
 /// How often the mailboxes are swept for idle ones, at most.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// The share of the accepted upload rate a mailbox keeps to after its first
+/// throttled upload.
+const UPLOAD_RATE_MARGIN: f64 = 0.95;
+/// The upload rate grows by this share after each [`UPLOAD_RATE_PERIOD`]
+/// without a throttled upload…
+const UPLOAD_RATE_INCREASE: f64 = 0.02;
+const UPLOAD_RATE_PERIOD: Duration = Duration::from_secs(5);
+/// …and shrinks by this factor on a throttled upload.
+const UPLOAD_RATE_DECREASE: f64 = 0.9;
+/// Bytes a paced mailbox may send at once: this long at its rate.
+const UPLOAD_BURST: Duration = Duration::from_secs(1);
 
 /// Settings of one endpoint's scheduler.
 #[derive(Debug, Clone)]
@@ -188,6 +209,7 @@ impl EndpointThrottle {
                         smoothed_latency: None,
                         baseline: None,
                         last_active: now,
+                        pacer: UploadPacer::new(now),
                     }),
                 })
             });
@@ -273,6 +295,90 @@ struct MailboxState {
     baseline: Option<(Duration, Instant)>,
     /// When a request of the mailbox last started or ended.
     last_active: Instant,
+    pacer: UploadPacer,
+}
+
+/// The upload rate of a mailbox (see the module's docs): a token bucket of
+/// bytes, unlimited until the first throttled upload.
+struct UploadPacer {
+    /// Bytes per second; `None` until a throttled upload taught a rate.
+    rate: Option<f64>,
+    /// Bytes that may go now; negative when reserved ahead.
+    tokens: f64,
+    refilled: Instant,
+    /// When the first upload since the last pause was reserved, and the
+    /// bytes uploaded since.
+    run_started: Option<Instant>,
+    run_bytes: u64,
+    /// When the rate last grew.
+    raised: Instant,
+}
+
+impl UploadPacer {
+    fn new(now: Instant) -> UploadPacer {
+        UploadPacer {
+            rate: None,
+            tokens: 0.0,
+            refilled: now,
+            run_started: None,
+            run_bytes: 0,
+            raised: now,
+        }
+    }
+
+    /// Reserves `bytes`: how long to wait before sending them.
+    fn reserve(&mut self, bytes: u64, now: Instant) -> Duration {
+        self.run_started.get_or_insert(now);
+        let Some(rate) = self.rate else {
+            return Duration::ZERO;
+        };
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + rate * elapsed).min(rate * UPLOAD_BURST.as_secs_f64());
+        self.refilled = now;
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(-self.tokens / rate)
+    }
+
+    /// `bytes` went through: they count towards the rate of this run, and
+    /// the rate grows after a period without throttles.
+    fn uploaded(&mut self, bytes: u64, now: Instant) {
+        self.run_bytes += bytes;
+        let Some(rate) = self.rate.as_mut() else {
+            return;
+        };
+        if now.saturating_duration_since(self.raised) >= UPLOAD_RATE_PERIOD {
+            *rate *= 1.0 + UPLOAD_RATE_INCREASE;
+            self.raised = now;
+        }
+    }
+
+    /// An upload was throttled and the mailbox pauses until `until`
+    /// (`new_pause`: this throttle opened the pause, rather than meeting one
+    /// already open). The first time, the rate becomes what the server
+    /// accepted during the run; later, it shrinks.
+    fn throttled(&mut self, now: Instant, until: Instant, new_pause: bool) {
+        if !new_pause {
+            return;
+        }
+        match self.rate.as_mut() {
+            Some(rate) => *rate *= UPLOAD_RATE_DECREASE,
+            None => {
+                if let Some(started) = self.run_started.filter(|_| self.run_bytes > 0) {
+                    let seconds = until.saturating_duration_since(started).as_secs_f64();
+                    self.rate =
+                        Some(UPLOAD_RATE_MARGIN * self.run_bytes as f64 / seconds.max(1e-3));
+                }
+            }
+        }
+        self.tokens = 0.0;
+        self.refilled = until.max(now);
+        self.run_started = None;
+        self.run_bytes = 0;
+        self.raised = until.max(now);
+    }
 }
 
 impl MailboxShared {
@@ -325,6 +431,7 @@ impl MailboxThrottle {
                 mailbox: Arc::clone(&self.mailbox),
                 mailbox_slot,
                 endpoint_slot,
+                upload_bytes: 0,
             };
         };
         self.mailbox.touch();
@@ -334,6 +441,28 @@ impl MailboxThrottle {
             counters.seconds_waiting += waited;
         });
         permit
+    }
+
+    /// [`MailboxThrottle::acquire`] for an upload of `bytes`, which also
+    /// waits for the mailbox's upload rate (see the module's docs).
+    pub async fn acquire_upload(&self, bytes: u64) -> Permit {
+        let mut permit = self.acquire().await;
+        let wait = lock(&self.mailbox.state)
+            .pacer
+            .reserve(bytes, Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+            let waited = wait.as_secs_f64();
+            self.endpoint
+                .count(|counters| counters.seconds_waiting += waited);
+        }
+        permit.upload_bytes = bytes;
+        permit
+    }
+
+    /// The mailbox's learned upload rate in bytes per second, if it has one.
+    pub fn upload_rate(&self) -> Option<f64> {
+        lock(&self.mailbox.state).pacer.rate
     }
 
     /// The current window sizes (mailbox, endpoint), for tests and logs.
@@ -359,6 +488,8 @@ pub struct Permit {
     mailbox: Arc<MailboxShared>,
     mailbox_slot: Slot,
     endpoint_slot: Slot,
+    /// The size of the upload this permit is for (0: not an upload).
+    upload_bytes: u64,
 }
 
 impl Permit {
@@ -369,8 +500,12 @@ impl Permit {
     pub fn succeeded(self, latency: std::time::Duration) {
         let congested = {
             let mut state = lock(&self.mailbox.state);
+            let now = Instant::now();
             state.throttles_in_a_row = 0;
-            state.last_active = Instant::now();
+            state.last_active = now;
+            if self.upload_bytes > 0 {
+                state.pacer.uploaded(self.upload_bytes, now);
+            }
             state.record_latency(latency, self.endpoint.settings.latency_factor)
         };
         if congested {
@@ -399,10 +534,12 @@ impl Permit {
             let hint = retry_after
                 .unwrap_or_else(|| next_backoff(attempt, BACKOFF_BASE, BACKOFF_CAP))
                 .min(MAX_PAUSE);
-            let until = state
-                .paused_until
-                .map_or(now + hint, |paused| paused.max(now + hint));
+            let open = state.paused_until.filter(|paused| *paused > now);
+            let until = open.map_or(now + hint, |paused| paused.max(now + hint));
             state.paused_until = Some(until);
+            if self.upload_bytes > 0 {
+                state.pacer.throttled(now, until, open.is_none());
+            }
             until
         };
         self.mailbox_slot.decrease(MAILBOX_THROTTLE_DECREASE);
@@ -640,6 +777,68 @@ mod tests {
             .acquire()
             .now_or_never()
             .expect("a permit is free right away")
+    }
+
+    const KB: u64 = 1000;
+
+    #[tokio::test(start_paused = true)]
+    async fn uploads_go_at_the_rate_the_server_accepted_after_the_first_throttle() {
+        let endpoint = default_endpoint();
+        let mailbox = endpoint.mailbox("alice");
+        // Unpaced: a burst of ten 100 kB uploads goes at once.
+        for _ in 0..10 {
+            let permit = mailbox
+                .acquire_upload(100 * KB)
+                .now_or_never()
+                .expect("no pacing before a throttle");
+            permit.succeeded(MS);
+        }
+        assert_eq!(mailbox.upload_rate(), None);
+        // The budget is spent: the server asks for 5 s. It accepted 1 MB
+        // until the pause ends, so 0.95 MB per 5 s from then on.
+        let throttled = mailbox.acquire_upload(100 * KB).await;
+        assert_eq!(
+            throttled.throttled(Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
+        let rate = mailbox.upload_rate().expect("a rate was learned");
+        assert!((rate - 190.0 * KB as f64).abs() < 1.0, "{rate}");
+
+        // Nineteen uploads after the pause take 19 × 100 kB / 190 kB/s.
+        let started = Instant::now();
+        for _ in 0..19 {
+            mailbox.acquire_upload(100 * KB).await.succeeded(MS);
+        }
+        let took = Instant::now() - started;
+        // 5 s of pause, then about 10 s of paced uploads (a little less:
+        // the rate grows by 2% after the first 5 s).
+        assert!(
+            (14.7..15.01).contains(&took.as_secs_f64()),
+            "{took:?} for the pause and 1.9 MB at 190 kB/s"
+        );
+        // Five seconds without a throttle raised the rate by 2% (once per
+        // period).
+        let raised = mailbox.upload_rate().unwrap();
+        assert!(raised > rate * 1.019, "{raised} after {rate}");
+
+        // A later throttled upload lowers it by a tenth; throttles meeting
+        // the open pause change nothing more.
+        let first = mailbox.acquire_upload(100 * KB).await;
+        let second = mailbox.acquire_upload(100 * KB).await;
+        first.throttled(Some(Duration::from_secs(1)));
+        second.throttled(Some(Duration::from_secs(1)));
+        let lowered = mailbox.upload_rate().unwrap();
+        assert!(
+            (lowered - raised * 0.9).abs() < 1.0,
+            "{lowered} after {raised}"
+        );
+
+        // Requests that are not uploads are not paced.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..50 {
+            now(&mailbox).succeeded(MS);
+        }
+        assert_eq!(mailbox.upload_rate(), Some(lowered));
     }
 
     #[tokio::test(start_paused = true)]

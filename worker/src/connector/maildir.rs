@@ -26,8 +26,8 @@ use chrono::{DateTime, Utc};
 use mailwave_common::model::FolderCheckpoint;
 
 use super::{
-    AppendReport, ConnectorError, FlagScan, Flags, FolderPath, FolderScan, ItemMeta, MailSource,
-    MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
+    AppendReport, ConnectorError, FlagScan, Flags, FolderPath, FolderScan, IMAP_DATE, ItemMeta,
+    MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
     header_block,
 };
 
@@ -37,8 +37,6 @@ const INBOX_KEY: &str = "INBOX";
 const KEYWORDS_FILE: &str = "dovecot-keywords";
 /// The longest file name most filesystems accept, in bytes.
 const MAX_NAME: usize = 255;
-/// IMAP date-time, as in `21-Nov-2026 14:53:20 +0000`.
-const IMAP_DATE: &str = "%d-%b-%Y %H:%M:%S %z";
 /// The longest `source_ref` put into a file name.
 const MAX_SOURCE_REF: usize = 128;
 /// How many threads fsync the files of one append.

@@ -85,6 +85,9 @@ impl From<std::io::Error> for ConnectorError {
     }
 }
 
+/// The `chrono` format of an IMAP date-time, as in `21-Nov-2026 14:53:20 +0000`.
+pub(crate) const IMAP_DATE: &str = "%d-%b-%Y %H:%M:%S %z";
+
 /// A folder's place in the hierarchy as people read it: its levels, decoded
 /// to Unicode. Separators and encodings belong to each connector.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -239,6 +242,9 @@ pub struct ItemMeta {
     pub item: String,
     /// The IMAP UID; 0 for sources without UIDs.
     pub uid: u32,
+    /// The size in bytes; 0 when the source cannot tell before the body is
+    /// read (Graph's mail API): the engine then assumes a size for batching
+    /// and the memory budget, and checks the real one once fetched.
     pub size: u64,
     pub flags: Flags,
     /// The received date in IMAP date-time form (`21-Nov-2026 14:53:20 +0000`).

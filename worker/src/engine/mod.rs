@@ -39,6 +39,11 @@ use crate::connector::{
     Outgoing, SourceFolder, SpecialUse, TargetFolder, header_hash,
 };
 
+/// What a message whose size the source cannot tell before reading it
+/// ([`ItemMeta::size`] 0) is taken to weigh, for batching and the memory
+/// budget, until its body is fetched and charged at its real size.
+const UNKNOWN_SIZE: u64 = 256 * 1024;
+
 /// How a pass is cut into batches and spread over connections.
 #[derive(Debug, Clone)]
 pub struct CopySettings {
@@ -121,6 +126,22 @@ impl MemoryBudget {
             .try_acquire_many_owned(self.cost(bytes))
             .ok()
     }
+
+    /// Makes `permit` pay for `bytes` already in memory (bodies larger than
+    /// listed, or of unknown size), with what the budget has left, without
+    /// waiting: fetches that come later wait for it instead.
+    fn charge(&self, permit: &mut OwnedSemaphorePermit, bytes: u64) {
+        let held = u32::try_from(permit.num_permits()).unwrap_or(u32::MAX);
+        let missing = self.cost(bytes).saturating_sub(held);
+        let available = u32::try_from(self.permits.available_permits()).unwrap_or(u32::MAX);
+        let take = missing.min(available);
+        if take == 0 {
+            return;
+        }
+        if let Ok(more) = Arc::clone(&self.permits).try_acquire_many_owned(take) {
+            permit.merge(more);
+        }
+    }
 }
 
 impl From<StoreError> for ConnectorError {
@@ -185,8 +206,14 @@ impl Lane<'_> {
 }
 
 impl MailboxPass<'_> {
-    /// Copies everything new, syncs flags, and returns what was done.
-    pub async fn run(&self, connector: &dyn MailboxConnector) -> Result<PassStats, ConnectorError> {
+    /// Copies everything new and syncs flags; adds what was done to
+    /// `done`, also when the pass fails part-way (its committed batches
+    /// stay done).
+    pub async fn run(
+        &self,
+        connector: &dyn MailboxConnector,
+        done: &mut PassStats,
+    ) -> Result<(), ConnectorError> {
         let mut source = connector.source().await?;
         let folders: Vec<SourceFolder> = source
             .folders()
@@ -233,8 +260,9 @@ impl MailboxPass<'_> {
                 Ok(())
             }
         });
-        try_join_all(lane_runs).await?;
-        Ok(shared.stats.into_inner().expect("lock"))
+        let result = try_join_all(lane_runs).await;
+        done.add(&shared.stats.into_inner().expect("lock"));
+        result.map(|_| ())
     }
 
     async fn run_lane(&self, lane: &mut Lane<'_>, shared: &Shared) -> Result<(), ConnectorError> {
@@ -271,23 +299,38 @@ impl MailboxPass<'_> {
         }
     }
 
+    /// Copies one folder; what it committed counts in the pass's figures
+    /// even when it fails part-way.
     async fn copy_folder(
         &self,
         lane: &mut Lane<'_>,
         shared: &Shared,
         folder: &SourceFolder,
     ) -> Result<(), ConnectorError> {
-        let previous = shared.checkpoints.get(&folder.key);
-        let scan = lane.source.scan(folder, previous).await?;
         let mut stats = PassStats {
             folders: 1,
             ..PassStats::default()
         };
+        let result = self
+            .copy_folder_counted(lane, shared, folder, &mut stats)
+            .await;
+        shared.stats.lock().expect("lock").add(&stats);
+        result
+    }
+
+    async fn copy_folder_counted(
+        &self,
+        lane: &mut Lane<'_>,
+        shared: &Shared,
+        folder: &SourceFolder,
+        stats: &mut PassStats,
+    ) -> Result<(), ConnectorError> {
+        let previous = shared.checkpoints.get(&folder.key);
+        let scan = lane.source.scan(folder, previous).await?;
         let unchanged = previous.is_some_and(|c| {
             c.validity == scan.validity && c.highest_modseq == scan.highest_modseq
         });
         if unchanged && scan.candidates.is_empty() && matches!(scan.flags, FlagScan::Unchanged) {
-            shared.stats.lock().expect("lock").add(&stats);
             return Ok(());
         }
 
@@ -330,7 +373,7 @@ impl MailboxPass<'_> {
                 .recover(lane, folder, &checkpoint, &known, &mut pending)
                 .await?;
         }
-        self.copy_items(lane, folder, &mut checkpoint, pending, &mut stats)
+        self.copy_items(lane, folder, &mut checkpoint, pending, stats)
             .await?;
 
         let flag_state: Vec<(String, Flags)> = match scan.flags {
@@ -353,7 +396,6 @@ impl MailboxPass<'_> {
         checkpoint.highest_modseq = scan.highest_modseq;
         checkpoint.sync_state = scan.sync_state;
         self.store.save_checkpoint(&checkpoint).await?;
-        shared.stats.lock().expect("lock").add(&stats);
         Ok(())
     }
 
@@ -482,9 +524,10 @@ impl MailboxPass<'_> {
                 .push_back(item.id);
         }
         let sizes: std::collections::HashSet<u64> = by_identity.keys().map(|(s, _)| *s).collect();
+        // An item of unknown size may be any of them.
         let suspects: Vec<ItemMeta> = pending
             .iter()
-            .filter(|i| sizes.contains(&i.size))
+            .filter(|i| i.size == 0 || sizes.contains(&i.size))
             .cloned()
             .collect();
         let mut entries = Vec::new();
@@ -520,17 +563,10 @@ impl MailboxPass<'_> {
         items: Vec<ItemMeta>,
         stats: &mut PassStats,
     ) -> Result<(), ConnectorError> {
-        let limit = self.settings.max_message_bytes;
         let (oversized, items): (Vec<_>, Vec<_>) =
-            items.into_iter().partition(|i| limit > 0 && i.size > limit);
+            items.into_iter().partition(|i| self.oversized(i.size));
         for item in oversized {
-            let reason = format!(
-                "message of {} bytes exceeds migration.max_message_bytes ({limit})",
-                item.size
-            );
-            self.record_item_failure(folder, &item, ErrorClass::Item, reason)
-                .await?;
-            stats.items_skipped += 1;
+            self.skip_oversized(folder, &item, stats).await?;
         }
         if items.is_empty() {
             return Ok(());
@@ -567,6 +603,11 @@ impl MailboxPass<'_> {
                 }
                 None => fetch.await?,
             };
+            let mut permit = permit;
+            self.budget.charge(
+                &mut permit,
+                fetched.iter().map(|m| m.body.len() as u64).sum(),
+            );
             in_hand = Some((batch, fetched, permit));
         }
         if let Some(held) = in_hand {
@@ -589,6 +630,17 @@ impl MailboxPass<'_> {
         (batch, messages, _permit): (Vec<ItemMeta>, Vec<Message>, OwnedSemaphorePermit),
         stats: &mut PassStats,
     ) -> Result<(), ConnectorError> {
+        // Sizes the source could not tell before are known now.
+        let (oversized, messages): (Vec<_>, Vec<_>) = messages
+            .into_iter()
+            .partition(|m| self.oversized(m.body.len() as u64));
+        for message in oversized {
+            let meta = ItemMeta {
+                size: message.body.len() as u64,
+                ..message.meta
+            };
+            self.skip_oversized(folder, &meta, stats).await?;
+        }
         let outgoing: Vec<Outgoing> = messages
             .iter()
             .map(|m| Outgoing {
@@ -686,12 +738,12 @@ impl MailboxPass<'_> {
         let mut bytes = 0;
         for item in items {
             let full = current.len() >= self.settings.batch_messages
-                || (!current.is_empty() && bytes + item.size > self.settings.batch_bytes);
+                || (!current.is_empty() && bytes + weight(&item) > self.settings.batch_bytes);
             if full {
                 batches.push(std::mem::take(&mut current));
                 bytes = 0;
             }
-            bytes += item.size;
+            bytes += weight(&item);
             current.push(item);
         }
         if !current.is_empty() {
@@ -736,6 +788,29 @@ impl MailboxPass<'_> {
         hasher.finalize().to_hex()[..32].to_owned()
     }
 
+    /// Whether a message of `size` bytes exceeds `max_message_bytes`.
+    fn oversized(&self, size: u64) -> bool {
+        let limit = self.settings.max_message_bytes;
+        limit > 0 && size > limit
+    }
+
+    /// Records a message too large to copy, and skips it.
+    async fn skip_oversized(
+        &self,
+        folder: &SourceFolder,
+        item: &ItemMeta,
+        stats: &mut PassStats,
+    ) -> Result<(), ConnectorError> {
+        let reason = format!(
+            "message of {} bytes exceeds migration.max_message_bytes ({})",
+            item.size, self.settings.max_message_bytes
+        );
+        self.record_item_failure(folder, item, ErrorClass::Item, reason)
+            .await?;
+        stats.items_skipped += 1;
+        Ok(())
+    }
+
     async fn record_item_failure(
         &self,
         folder: &SourceFolder,
@@ -760,6 +835,50 @@ impl MailboxPass<'_> {
     }
 }
 
+/// What an item is taken to weigh before its body is read.
+fn weight(item: &ItemMeta) -> u64 {
+    if item.size == 0 {
+        UNKNOWN_SIZE
+    } else {
+        item.size
+    }
+}
+
 fn batch_size(items: &[ItemMeta]) -> u64 {
-    items.iter().map(|i| i.size).sum()
+    items.iter().map(weight).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(size: u64) -> ItemMeta {
+        ItemMeta {
+            item: "x".into(),
+            uid: 0,
+            size,
+            flags: Flags::default(),
+            internal_date: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_of_unknown_size_are_paid_for_once_fetched() {
+        let budget = MemoryBudget::new(1024 * 1024);
+        let listed = [item(0), item(0)];
+        assert_eq!(batch_size(&listed), 2 * UNKNOWN_SIZE);
+        assert_eq!(batch_size(&[item(10), item(0)]), 10 + UNKNOWN_SIZE);
+
+        let mut permit = budget.acquire(batch_size(&listed)).await;
+        assert_eq!(permit.num_permits(), 512);
+        budget.charge(&mut permit, 700 * 1024);
+        assert_eq!(permit.num_permits(), 700, "charged at the real size");
+        assert!(budget.try_acquire(400 * 1024).is_none());
+        budget.charge(&mut permit, 600 * 1024);
+        assert_eq!(permit.num_permits(), 700, "never given back early");
+        budget.charge(&mut permit, 2 * 1024 * 1024);
+        assert_eq!(permit.num_permits(), 1024, "what is left, without waiting");
+        drop(permit);
+        assert!(budget.try_acquire(1024 * 1024).is_some());
+    }
 }

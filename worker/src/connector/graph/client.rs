@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use mailwave_common::config::OAuth2ClientCredentials;
 use mailwave_common::error::http_retry_hint;
 use mailwave_common::{Classify, ErrorClass};
@@ -92,6 +93,9 @@ pub struct GraphClient {
 pub enum Body<'a> {
     None,
     Json(&'a Value),
+    /// JSON carrying item data to the server: paced by the mailbox's
+    /// upload rate (see [`crate::throttle`]).
+    Upload(&'a Value),
 }
 
 impl GraphClient {
@@ -127,13 +131,27 @@ impl GraphClient {
 
     /// GETs a JSON document.
     pub async fn get(&self, path_or_url: &str) -> Result<Value, GraphError> {
-        self.send(Method::GET, path_or_url, Body::None, true).await
+        self.send(Method::GET, path_or_url, Body::None, true, json_answer)
+            .await
+    }
+
+    /// GETs a document as the server sent it, byte for byte (a message's
+    /// MIME from `$value`).
+    pub async fn get_bytes(&self, path_or_url: &str) -> Result<Bytes, GraphError> {
+        self.send(Method::GET, path_or_url, Body::None, true, Ok)
+            .await
     }
 
     /// POSTs JSON and returns the JSON answer.
     pub async fn post(&self, path_or_url: &str, body: &Value) -> Result<Value, GraphError> {
-        self.send(Method::POST, path_or_url, Body::Json(body), true)
-            .await
+        self.send(
+            Method::POST,
+            path_or_url,
+            Body::Json(body),
+            true,
+            json_answer,
+        )
+        .await
     }
 
     /// POSTs JSON to a pre-authenticated URL (an import session's): no
@@ -143,7 +161,8 @@ impl GraphClient {
         url: &str,
         body: &Value,
     ) -> Result<Value, GraphError> {
-        self.send(Method::POST, url, Body::Json(body), false).await
+        self.send(Method::POST, url, Body::Upload(body), false, json_answer)
+            .await
     }
 
     /// Every item of a collection, following `@odata.nextLink`.
@@ -162,15 +181,22 @@ impl GraphClient {
 
     /// Sends one request, retrying throttled and transient failures (the
     /// whole mailbox waits out a throttle), and refreshing a refused token
-    /// once.
-    async fn send(
+    /// once. A successful answer is read by `decode`; an answer it refuses
+    /// counts as a transient failure.
+    async fn send<T>(
         &self,
         method: Method,
         path_or_url: &str,
         body: Body<'_>,
         authorized: bool,
-    ) -> Result<Value, GraphError> {
+        decode: fn(Bytes) -> Result<T, String>,
+    ) -> Result<T, GraphError> {
         let url = self.url(path_or_url);
+        let (payload, upload) = match body {
+            Body::None => (None, false),
+            Body::Json(json) => (Some(to_json(json)?), false),
+            Body::Upload(json) => (Some(to_json(json)?), true),
+        };
         let mut token = if authorized {
             Some(TokenCache::shared().token(&self.credentials).await?)
         } else {
@@ -180,7 +206,10 @@ impl GraphClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let permit = self.throttle.acquire().await;
+            let permit = match &payload {
+                Some(bytes) if upload => self.throttle.acquire_upload(bytes.len() as u64).await,
+                _ => self.throttle.acquire().await,
+            };
             let mut request = self
                 .http
                 .request(method.clone(), &url)
@@ -188,12 +217,14 @@ impl GraphClient {
             if let Some(token) = &token {
                 request = request.bearer_auth(token.secret());
             }
-            if let Body::Json(json) = body {
-                request = request.json(json);
+            if let Some(bytes) = &payload {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(bytes.clone());
             }
             let started = Instant::now();
             let outcome = match request.send().await {
-                Ok(response) => read(response, &method, &url).await,
+                Ok(response) => read(response, &method, &url, decode).await,
                 Err(error) => Err(GraphError::local(
                     ErrorClass::Transient,
                     format!("{method} {}: {error}", redact(&url)),
@@ -245,35 +276,49 @@ impl From<crate::oauth::TokenError> for GraphError {
     }
 }
 
-/// The answer's JSON, or its failure classified.
-async fn read(
+/// A successful answer's JSON (`null` when the body is empty).
+fn json_answer(body: Bytes) -> Result<Value, String> {
+    if body.trim_ascii().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("answer is not JSON: {e}"))
+}
+
+/// A request body's JSON bytes.
+fn to_json(value: &Value) -> Result<Bytes, GraphError> {
+    serde_json::to_vec(value).map(Bytes::from).map_err(|e| {
+        GraphError::local(ErrorClass::Item, format!("a request body is not JSON: {e}"))
+    })
+}
+
+/// The answer as `decode` reads it, or its failure classified.
+async fn read<T>(
     response: reqwest::Response,
     method: &Method,
     url: &str,
-) -> Result<Value, GraphError> {
+    decode: fn(Bytes) -> Result<T, String>,
+) -> Result<T, GraphError> {
     let status = response.status();
     let retry_after = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let text = response.text().await.map_err(|e| {
+    let body = response.bytes().await.map_err(|e| {
         GraphError::local(
             ErrorClass::Transient,
             format!("{method} {}: reading the answer: {e}", redact(url)),
         )
     })?;
     if status.is_success() {
-        if text.trim().is_empty() {
-            return Ok(Value::Null);
-        }
-        return serde_json::from_str(&text).map_err(|e| {
+        return decode(body).map_err(|e| {
             GraphError::local(
                 ErrorClass::Transient,
-                format!("{method} {}: answer is not JSON: {e}", redact(url)),
+                format!("{method} {}: {e}", redact(url)),
             )
         });
     }
+    let text = String::from_utf8_lossy(&body);
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     let code = body["error"]["code"].as_str().map(str::to_owned);
     let detail = body["error"]["message"]

@@ -1,7 +1,17 @@
-//! Exchange Online through Microsoft Graph, tenant to tenant, with the
-//! mailbox import/export API: items leave the source as Exchange's opaque
-//! full-fidelity export stream and enter the target unchanged, so mail,
-//! calendars, contacts and tasks move with every property.
+//! Exchange Online through Microsoft Graph. What an item is on the way
+//! depends on the pair of endpoints, chosen in one place
+//! (`job::EndpointConnector::source`):
+//!
+//! - **Exchange to Exchange** (tenant to tenant), this module: the mailbox
+//!   import/export API. Items leave the source as Exchange's opaque
+//!   full-fidelity export stream and enter the target unchanged, so mail,
+//!   calendars, contacts and tasks move with every property.
+//! - **Exchange to anything else** (IMAP, Maildir), [`mail`]: the mail API.
+//!   Messages leave as MIME with their read state, follow-up flag and
+//!   received date; calendars, contacts and tasks stay behind.
+//!
+//! What follows describes the import/export side; both sides share the
+//! client, the throttling, the folder walk and the delta scans.
 //!
 //! # Folders
 //! The folder tree comes from `/admin/exchange/mailboxes/{id}/folders` and
@@ -41,6 +51,7 @@
 //! `Retry-After` before sending anything else (see [`client`]).
 
 pub mod client;
+pub mod mail;
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, PoisonError};
@@ -55,7 +66,7 @@ use futures::StreamExt;
 use mailwave_common::ErrorClass;
 use mailwave_common::config::GraphEndpoint;
 use mailwave_common::model::FolderCheckpoint;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use self::client::GraphClient;
 use crate::connector::{
@@ -99,6 +110,13 @@ fn endpoint_throttle(endpoint: &GraphEndpoint) -> EndpointThrottle {
         .clone()
 }
 
+/// A client for `user`'s mailbox on `endpoint`, its requests scheduled by
+/// the mailbox's share of the endpoint's throttle.
+fn mailbox_client(endpoint: &GraphEndpoint, user: &str) -> Result<GraphClient, ConnectorError> {
+    let throttle = endpoint_throttle(endpoint).mailbox(user);
+    GraphClient::new(&endpoint.api_url(), endpoint.credentials(), throttle)
+}
+
 /// A mailbox of a Graph endpoint, resolved to its import/export id.
 struct GraphMailbox {
     client: GraphClient,
@@ -109,8 +127,7 @@ struct GraphMailbox {
 
 impl GraphMailbox {
     async fn open(endpoint: &GraphEndpoint, user: &str) -> Result<GraphMailbox, ConnectorError> {
-        let throttle = endpoint_throttle(endpoint).mailbox(user);
-        let client = GraphClient::new(&endpoint.api_url(), endpoint.credentials(), throttle)?;
+        let client = mailbox_client(endpoint, user)?;
         let settings = client
             .get(&format!("/users/{}/settings/exchange", encode(user)))
             .await
@@ -129,33 +146,7 @@ impl GraphMailbox {
 
     /// Every folder, parents before children, with its path.
     async fn folders(&self) -> Result<Vec<GraphFolder>, ConnectorError> {
-        let mut folders = Vec::new();
-        let mut pending: Vec<(String, FolderPath)> =
-            vec![(format!("{}/folders", self.root), FolderPath(Vec::new()))];
-        while let Some((url, parent)) = pending.pop() {
-            for value in self.client.get_all(&url).await? {
-                let (Some(id), Some(name)) = (value["id"].as_str(), value["displayName"].as_str())
-                else {
-                    continue;
-                };
-                let mut path = parent.clone();
-                path.0.push(name.to_owned());
-                if value["childFolderCount"].as_u64().unwrap_or(0) > 0 {
-                    pending.push((
-                        format!("{}/folders/{}/childFolders", self.root, encode(id)),
-                        path.clone(),
-                    ));
-                }
-                folders.push(GraphFolder {
-                    id: id.to_owned(),
-                    special: value["wellKnownName"].as_str().and_then(role_of_well_known),
-                    class: value["type"].as_str().map(str::to_owned),
-                    path,
-                });
-            }
-        }
-        folders.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(folders)
+        folder_tree(&self.client, &format!("{}/folders", self.root)).await
     }
 
     /// Exports items, at most [`EXPORT_BATCH`] per request; items the
@@ -193,20 +184,58 @@ impl GraphMailbox {
 struct GraphFolder {
     id: String,
     path: FolderPath,
+    /// The role of its `wellKnownName` (the import/export API names them;
+    /// the mail API does not).
     special: Option<SpecialUse>,
+    /// Its `type` (the import/export API only).
     class: Option<String>,
 }
 
+/// Every folder below `base` (`…/folders` of the import/export API or
+/// `/users/{id}/mailFolders` of the mail API, both with `childFolders`),
+/// parents before children, with its path of display names.
+async fn folder_tree(client: &GraphClient, base: &str) -> Result<Vec<GraphFolder>, ConnectorError> {
+    let mut folders = Vec::new();
+    let mut pending: Vec<(String, FolderPath)> = vec![(base.to_owned(), FolderPath(Vec::new()))];
+    while let Some((url, parent)) = pending.pop() {
+        for value in client.get_all(&url).await? {
+            let (Some(id), Some(name)) = (value["id"].as_str(), value["displayName"].as_str())
+            else {
+                continue;
+            };
+            let mut path = parent.clone();
+            path.0.push(name.to_owned());
+            if value["childFolderCount"].as_u64().unwrap_or(0) > 0 {
+                pending.push((format!("{base}/{}/childFolders", encode(id)), path.clone()));
+            }
+            folders.push(GraphFolder {
+                id: id.to_owned(),
+                special: value["wellKnownName"].as_str().and_then(role_of_well_known),
+                class: value["type"].as_str().map(str::to_owned),
+                path,
+            });
+        }
+    }
+    folders.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(folders)
+}
+
+/// Well-known folder names of Exchange with a role, as Graph URLs accept
+/// them in place of a folder id.
+const WELL_KNOWN_ROLES: [(&str, SpecialUse); 5] = [
+    ("sentitems", SpecialUse::Sent),
+    ("drafts", SpecialUse::Drafts),
+    ("deleteditems", SpecialUse::Trash),
+    ("junkemail", SpecialUse::Junk),
+    ("archive", SpecialUse::Archive),
+];
+
 /// The role of a well-known folder name of Exchange.
 fn role_of_well_known(name: &str) -> Option<SpecialUse> {
-    Some(match name.to_ascii_lowercase().as_str() {
-        "sentitems" => SpecialUse::Sent,
-        "drafts" => SpecialUse::Drafts,
-        "deleteditems" => SpecialUse::Trash,
-        "junkemail" => SpecialUse::Junk,
-        "archive" => SpecialUse::Archive,
-        _ => return None,
-    })
+    WELL_KNOWN_ROLES
+        .iter()
+        .find(|(known, _)| known.eq_ignore_ascii_case(name))
+        .map(|&(_, role)| role)
 }
 
 /// A path segment, percent-encoded.
@@ -234,45 +263,90 @@ impl GraphExportSource {
             mailbox: GraphMailbox::open(endpoint, user).await?,
         })
     }
+}
 
-    /// One delta round from `start`: the items present (new or changed) and
-    /// the delta link for the next pass.
-    async fn delta(&self, start: &str) -> Result<(Vec<ItemMeta>, String), client::GraphError> {
-        let mut items = Vec::new();
-        let mut next = start.to_owned();
-        loop {
-            let page = self.mailbox.client.get(&next).await?;
-            for value in page["value"].as_array().into_iter().flatten() {
-                if !value["@removed"].is_null() {
-                    continue;
-                }
-                let Some(id) = value["id"].as_str() else {
-                    continue;
-                };
-                items.push(ItemMeta {
-                    item: id.to_owned(),
-                    uid: 0,
-                    size: value["size"].as_u64().unwrap_or(0),
-                    flags: Flags::default(),
-                    internal_date: None,
-                });
-            }
-            if let Some(link) = page["@odata.nextLink"].as_str() {
-                next = link.to_owned();
+/// An item of a delta page (its id, and the entry) as the engine sees it.
+type ReadItem = fn(&str, &Value) -> ItemMeta;
+
+/// One delta round from `start`: the items present (new or changed), read
+/// by `read`, each once (as last listed, should a round list it twice), and
+/// the delta link for the next pass.
+async fn delta_round(
+    client: &GraphClient,
+    start: &str,
+    read: ReadItem,
+) -> Result<(Vec<ItemMeta>, String), client::GraphError> {
+    let mut items: Vec<ItemMeta> = Vec::new();
+    let mut listed: HashMap<String, usize> = HashMap::new();
+    let mut next = start.to_owned();
+    loop {
+        let page = client.get(&next).await?;
+        for value in page["value"].as_array().into_iter().flatten() {
+            if !value["@removed"].is_null() {
                 continue;
             }
-            let Some(link) = page["@odata.deltaLink"].as_str() else {
-                return Err(client::GraphError {
-                    class: ErrorClass::Transient,
-                    retry_after: None,
-                    status: None,
-                    code: None,
-                    message: "item delta ended without a delta link".into(),
-                });
+            let Some(id) = value["id"].as_str() else {
+                continue;
             };
-            return Ok((items, link.to_owned()));
+            let item = read(id, value);
+            match listed.get(id) {
+                Some(&at) => items[at] = item,
+                None => {
+                    listed.insert(id.to_owned(), items.len());
+                    items.push(item);
+                }
+            }
         }
+        if let Some(link) = page["@odata.nextLink"].as_str() {
+            next = link.to_owned();
+            continue;
+        }
+        let Some(link) = page["@odata.deltaLink"].as_str() else {
+            return Err(client::GraphError {
+                class: ErrorClass::Transient,
+                retry_after: None,
+                status: None,
+                code: None,
+                message: "item delta ended without a delta link".into(),
+            });
+        };
+        return Ok((items, link.to_owned()));
     }
+}
+
+/// What `folder` holds that its checkpoint does not cover, by delta: from
+/// the checkpoint's delta link, or from `initial` (a full listing) when
+/// there is none or the server forgot it. Delta rounds repeat items, so the
+/// scan is complete: the ledger leaves out the copied ones, and their flags
+/// are compared with the ledger's.
+async fn scan_by_delta(
+    client: &GraphClient,
+    user: &str,
+    folder: &SourceFolder,
+    checkpoint: Option<&FolderCheckpoint>,
+    initial: &str,
+    read: ReadItem,
+) -> Result<FolderScan, ConnectorError> {
+    let start = checkpoint
+        .and_then(|c| c.sync_state.as_deref())
+        .unwrap_or(initial);
+    let (candidates, link) = match delta_round(client, start, read).await {
+        Ok(found) => found,
+        Err(error) if error.is_sync_state_lost() => {
+            tracing::info!(mailbox = %user, folder = %folder.path,
+                "delta link expired; listing the folder again");
+            delta_round(client, initial, read).await?
+        }
+        Err(error) => return Err(error.into()),
+    };
+    Ok(FolderScan {
+        validity: VALIDITY,
+        highest_modseq: None,
+        candidates,
+        complete: true,
+        flags: FlagScan::Unchanged,
+        sync_state: Some(link),
+    })
 }
 
 #[async_trait]
@@ -302,27 +376,23 @@ impl MailSource for GraphExportSource {
             self.mailbox.root,
             encode(&folder.key)
         );
-        let start = checkpoint
-            .and_then(|c| c.sync_state.clone())
-            .unwrap_or_else(|| initial.clone());
-        let (candidates, link) = match self.delta(&start).await {
-            Ok(found) => found,
-            Err(error) if error.is_sync_state_lost() => {
-                tracing::info!(mailbox = %self.mailbox.user, folder = %folder.path,
-                    "delta link expired; listing the folder again");
-                self.delta(&initial).await?
-            }
-            Err(error) => return Err(error.into()),
+        let read: ReadItem = |id, value| ItemMeta {
+            item: id.to_owned(),
+            uid: 0,
+            size: value["size"].as_u64().unwrap_or(0),
+            flags: Flags::default(),
+            internal_date: None,
         };
-        Ok(FolderScan {
-            validity: VALIDITY,
-            highest_modseq: None,
-            candidates,
-            // Delta rounds repeat items: the ledger leaves out the copied ones.
-            complete: true,
-            flags: FlagScan::Unchanged,
-            sync_state: Some(link),
-        })
+        let mailbox = &self.mailbox;
+        scan_by_delta(
+            &mailbox.client,
+            &mailbox.user,
+            folder,
+            checkpoint,
+            &initial,
+            read,
+        )
+        .await
     }
 
     async fn fetch(
@@ -477,17 +547,26 @@ impl MailTarget for GraphImportTarget {
                     encode(&p.name)
                 ),
             };
-            let created = self
-                .mailbox
-                .client
-                .post(
-                    &url,
-                    &json!({ "displayName": path.0[depth - 1], "type": class }),
-                )
-                .await
-                .map_err(|e| {
-                    ConnectorError::from(e).context(format!("creating folder {prefix}"))
-                })?;
+            let body = json!({ "displayName": path.0[depth - 1], "type": class });
+            let created = match self.mailbox.client.post(&url, &body).await {
+                Ok(created) => created,
+                // Another connection of the mailbox made it meanwhile.
+                Err(error) if error.status == Some(reqwest::StatusCode::CONFLICT) => {
+                    let listed = self.folder_list().await?;
+                    let Some(found) = listed.into_iter().find(|f| same_path(&f.path, &prefix))
+                    else {
+                        return Err(ConnectorError::from(error)
+                            .context(format!("creating folder {prefix}")));
+                    };
+                    parent = Some(found);
+                    continue;
+                }
+                Err(error) => {
+                    return Err(
+                        ConnectorError::from(error).context(format!("creating folder {prefix}"))
+                    );
+                }
+            };
             let Some(id) = created["id"].as_str() else {
                 return Err(ConnectorError::transient(format!(
                     "creating folder {prefix}: no id in the answer"
