@@ -291,6 +291,20 @@ pub struct GraphEndpoint {
     pub max_concurrent_requests: usize,
     /// An optional steady limit of requests per second for the endpoint.
     pub requests_per_second: Option<f64>,
+    /// The server's upload budget per mailbox: this many bytes…
+    #[serde(default = "default_upload_bytes_per_window")]
+    pub upload_bytes_per_window: u64,
+    /// …per this many seconds (Exchange Online: 150 MB per 5 minutes).
+    #[serde(default = "default_upload_window_secs")]
+    pub upload_window_secs: u64,
+}
+
+fn default_upload_bytes_per_window() -> u64 {
+    150 * 1024 * 1024
+}
+
+fn default_upload_window_secs() -> u64 {
+    300
 }
 
 fn default_graph_url() -> String {
@@ -305,6 +319,12 @@ impl GraphEndpoint {
     /// The versioned API root, e.g. `https://graph.microsoft.com/v1.0`.
     pub fn api_url(&self) -> String {
         format!("{}/v1.0", self.graph_url.trim_end_matches('/'))
+    }
+
+    /// The upload rate each mailbox starts at, in bytes per second: 95% of
+    /// the budget (the scheduler then adapts it to the server's answers).
+    pub fn upload_rate(&self) -> f64 {
+        0.95 * self.upload_bytes_per_window as f64 / self.upload_window_secs.max(1) as f64
     }
 
     /// The credentials, asking for Graph's scope unless another was set.
@@ -334,6 +354,11 @@ impl GraphEndpoint {
         {
             return Err(ConfigError::Invalid(format!(
                 "{side}: requests_per_second must be positive"
+            )));
+        }
+        if self.upload_bytes_per_window == 0 || self.upload_window_secs == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{side}: upload_bytes_per_window and upload_window_secs must be positive"
             )));
         }
         self.oauth2.validate(side)

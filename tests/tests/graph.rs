@@ -104,6 +104,39 @@ async fn a_lost_delta_link_resyncs_the_folder_without_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn import_sessions_are_renewed_before_they_expire() {
+    let users = 1;
+    // Sessions of 2 s, requests of 100 ms, small batches: the run outlives
+    // many sessions.
+    let config = two_tenants(users, 6).import_session_lifetime(Duration::from_secs(2));
+    let emu = GraphEmulator::start(config)
+        .await
+        .expect("the Graph emulator starts");
+    emu.set_faults(Faults {
+        latency: Duration::from_millis(100),
+        ..Faults::default()
+    });
+    let (source, target) = endpoints(&emu, "a.secret", "b.secret");
+    let extra = "[migration]\nbatch_messages = 4\nconnections_per_mailbox = 1\n";
+    let migration = Migration::new(&source, &target, extra, &csv(users)).unwrap();
+    std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
+    std::fs::write(migration.dir().join("b.secret"), SECRET_B).unwrap();
+    let started = std::time::Instant::now();
+    let result = migration.run_ok().unwrap();
+    assert!(
+        started.elapsed() > Duration::from_secs(4),
+        "the run outlived sessions"
+    );
+    assert_eq!(
+        result.total("items_copied"),
+        (users * FOLDERS_WITH_ITEMS * 6) as u64
+    );
+    // An import into an expired session would have failed and been retried.
+    assert_eq!(result.total("retries"), 0, "{}", result.stdout);
+    assert_exact(&emu, users);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn throttling_and_server_errors_still_give_an_exact_copy() {
     let users = 2;
     let emu = emulator(users, 3).await;

@@ -18,6 +18,7 @@ use crate::connector::graph::{GraphExportSource, GraphImportTarget};
 use crate::connector::maildir::Maildir;
 use crate::connector::{ConnectorError, MailSource, MailTarget, imap};
 use crate::engine::{CopySettings, MailboxConnector, MailboxPass, MemoryBudget, ProgressSink};
+use crate::throttle::{self, MailboxThrottle, ThrottleSettings};
 
 /// Where a worker finds per-mailbox passwords (never in the job, never in
 /// the state store).
@@ -183,6 +184,26 @@ impl EndpointConnector {
     }
 }
 
+impl EndpointConnector {
+    /// The scheduler of `login`'s mailbox on an IMAP endpoint: at most
+    /// `connections_per_mailbox` commands of the mailbox at once, fewer after
+    /// throttles (the window adapts), and the whole mailbox paused for a
+    /// throttle's hint. Command latencies vary too much with their size to
+    /// signal congestion, so only the server's answers adapt the window.
+    fn imap_throttle(&self, endpoint: &EndpointConfig, login: &str) -> MailboxThrottle {
+        let migration = &self.config.migration;
+        throttle::shared(&endpoint.server(), || ThrottleSettings {
+            mailbox_ceiling: migration.connections_per_mailbox,
+            endpoint_ceiling: migration.connections_per_mailbox
+                * migration.max_concurrent_mailboxes,
+            requests_per_second: None,
+            latency_factor: f64::INFINITY,
+            upload_rate: None,
+        })
+        .mailbox(login)
+    }
+}
+
 #[async_trait]
 impl MailboxConnector for EndpointConnector {
     async fn source(&self) -> Result<Box<dyn MailSource>, ConnectorError> {
@@ -194,7 +215,8 @@ impl MailboxConnector for EndpointConnector {
             EndpointConfig::Imap(endpoint) => {
                 let session =
                     imap::connect(endpoint, login, self.secrets.source_password.as_deref()).await?;
-                Ok(Box::new(imap::ImapSource::new(session).await?))
+                let throttle = self.imap_throttle(&self.config.source, login);
+                Ok(Box::new(imap::ImapSource::new(session, throttle)))
             }
             // What an Exchange item is on the way depends on the target:
             // Exchange's opaque export stream for Exchange, MIME otherwise.
@@ -218,7 +240,8 @@ impl MailboxConnector for EndpointConnector {
             EndpointConfig::Imap(endpoint) => {
                 let session =
                     imap::connect(endpoint, login, self.secrets.target_password.as_deref()).await?;
-                Ok(Box::new(imap::ImapTarget::new(session).await?))
+                let throttle = self.imap_throttle(&self.config.target, login);
+                Ok(Box::new(imap::ImapTarget::new(session, throttle)))
             }
             EndpointConfig::Graph(endpoint) => {
                 Ok(Box::new(GraphImportTarget::open(endpoint, login).await?))

@@ -54,7 +54,6 @@ pub mod client;
 pub mod mail;
 
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -73,7 +72,7 @@ use crate::connector::{
     AppendReport, ConnectorError, FlagScan, Flags, FolderPath, FolderScan, ItemMeta, MailSource,
     MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem, header_hash,
 };
-use crate::throttle::{EndpointThrottle, ThrottleSettings};
+use crate::throttle::{self, EndpointThrottle, ThrottleSettings};
 
 /// Most item ids `exportItems` takes at once.
 const EXPORT_BATCH: usize = 20;
@@ -85,29 +84,19 @@ const MARK_MARGIN: Duration = Duration::from_secs(300);
 /// An import session is renewed when less than this is left of it.
 const SESSION_RENEWAL: Duration = Duration::from_secs(120);
 
-/// The scheduler of each Graph endpoint of this process, shared by all its
-/// mailboxes (the endpoint's window counts every mailbox's requests).
+/// The scheduler of each Graph endpoint (tenant and app) of this process,
+/// shared by all its mailboxes.
 fn endpoint_throttle(endpoint: &GraphEndpoint) -> EndpointThrottle {
-    static THROTTLES: LazyLock<Mutex<HashMap<String, EndpointThrottle>>> =
-        LazyLock::new(Default::default);
     let label = format!(
         "graph:{}:{}",
         endpoint.oauth2.tenant, endpoint.oauth2.client_id
     );
-    let mut throttles = THROTTLES.lock().unwrap_or_else(PoisonError::into_inner);
-    throttles
-        .entry(label.clone())
-        .or_insert_with(|| {
-            EndpointThrottle::new(
-                label,
-                ThrottleSettings {
-                    mailbox_ceiling: endpoint.max_concurrent_requests,
-                    requests_per_second: endpoint.requests_per_second,
-                    ..ThrottleSettings::default()
-                },
-            )
-        })
-        .clone()
+    throttle::shared(&label, || ThrottleSettings {
+        mailbox_ceiling: endpoint.max_concurrent_requests,
+        requests_per_second: endpoint.requests_per_second,
+        upload_rate: Some(endpoint.upload_rate()),
+        ..ThrottleSettings::default()
+    })
 }
 
 /// A client for `user`'s mailbox on `endpoint`, its requests scheduled by

@@ -20,6 +20,7 @@ use super::{
     AppendReport, ConnectorError, FlagScan, Flags, FolderPath, FolderScan, ItemMeta, MailSource,
     MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
 };
+use crate::throttle::MailboxThrottle;
 use mailwave_common::ErrorClass;
 use mailwave_common::model::FolderCheckpoint;
 
@@ -397,11 +398,14 @@ fn item_meta(meta: wire::MessageMeta) -> ItemMeta {
 /// Reads a mailbox over IMAP.
 pub struct ImapSource {
     session: Session,
+    /// Every command goes through the mailbox's scheduler.
+    throttle: MailboxThrottle,
 }
 
 impl ImapSource {
-    pub async fn new(session: Session) -> Result<ImapSource, ConnectorError> {
-        Ok(ImapSource { session })
+    /// Reads through `session`, its commands scheduled by `throttle`.
+    pub fn new(session: Session, throttle: MailboxThrottle) -> ImapSource {
+        ImapSource { session, throttle }
     }
 
     async fn list_items(
@@ -428,16 +432,21 @@ impl ImapSource {
 #[async_trait]
 impl MailSource for ImapSource {
     async fn folders(&mut self) -> Result<Vec<SourceFolder>, ConnectorError> {
-        let entries = self.session.list().await?;
-        Ok(entries
-            .iter()
-            .map(|entry| SourceFolder {
-                key: entry.name.clone(),
-                path: self.session.naming.path_of(entry),
-                special: Session::role_of(entry),
-                class: None,
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                let entries = self.session.list().await?;
+                Ok(entries
+                    .iter()
+                    .map(|entry| SourceFolder {
+                        key: entry.name.clone(),
+                        path: self.session.naming.path_of(entry),
+                        special: Session::role_of(entry),
+                        class: None,
+                    })
+                    .collect())
             })
-            .collect())
+            .await
     }
 
     async fn scan(
@@ -445,51 +454,56 @@ impl MailSource for ImapSource {
         folder: &SourceFolder,
         checkpoint: Option<&FolderCheckpoint>,
     ) -> Result<FolderScan, ConnectorError> {
-        let status = self.session.conn.status(&folder.key).await?;
-        let validity = status.uid_validity.ok_or_else(|| {
-            ConnectorError::transient(format!("{}: server gave no UIDVALIDITY", folder.key))
-        })?;
-        let mut scan = FolderScan {
-            validity,
-            highest_modseq: status.highest_modseq,
-            ..FolderScan::default()
-        };
-        let Some(checkpoint) = checkpoint else {
-            if status.messages != Some(0) {
-                scan.candidates = self.list_items(&folder.key, 1).await?;
-            }
-            return Ok(scan);
-        };
-        if checkpoint.validity != validity {
-            scan.candidates = self.list_items(&folder.key, 1).await?;
-            scan.complete = true;
-            return Ok(scan);
-        }
-        let hwm = checkpoint.high_water_mark;
-        let has_new = status
-            .uid_next
-            .is_none_or(|next| next > hwm.saturating_add(1));
-        if has_new && status.messages != Some(0) {
-            scan.candidates = self.list_items(&folder.key, hwm.saturating_add(1)).await?;
-        }
-        if hwm == 0 {
-            return Ok(scan);
-        }
-        let copied = format!("1:{hwm}");
-        scan.flags = match (checkpoint.highest_modseq, status.highest_modseq) {
-            (Some(before), Some(now)) if before == now => FlagScan::Unchanged,
-            (Some(before), Some(_)) => {
-                self.session.select(&folder.key, false).await?;
-                let changed = self.session.conn.fetch_flags(&copied, Some(before)).await?;
-                FlagScan::Changed(to_flag_list(changed, hwm))
-            }
-            _ => {
-                self.session.select(&folder.key, false).await?;
-                let all = self.session.conn.fetch_flags(&copied, None).await?;
-                FlagScan::All(to_flag_list(all, hwm))
-            }
-        };
-        Ok(scan)
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                let status = self.session.conn.status(&folder.key).await?;
+                let validity = status.uid_validity.ok_or_else(|| {
+                    ConnectorError::transient(format!("{}: server gave no UIDVALIDITY", folder.key))
+                })?;
+                let mut scan = FolderScan {
+                    validity,
+                    highest_modseq: status.highest_modseq,
+                    ..FolderScan::default()
+                };
+                let Some(checkpoint) = checkpoint else {
+                    if status.messages != Some(0) {
+                        scan.candidates = self.list_items(&folder.key, 1).await?;
+                    }
+                    return Ok(scan);
+                };
+                if checkpoint.validity != validity {
+                    scan.candidates = self.list_items(&folder.key, 1).await?;
+                    scan.complete = true;
+                    return Ok(scan);
+                }
+                let hwm = checkpoint.high_water_mark;
+                let has_new = status
+                    .uid_next
+                    .is_none_or(|next| next > hwm.saturating_add(1));
+                if has_new && status.messages != Some(0) {
+                    scan.candidates = self.list_items(&folder.key, hwm.saturating_add(1)).await?;
+                }
+                if hwm == 0 {
+                    return Ok(scan);
+                }
+                let copied = format!("1:{hwm}");
+                scan.flags = match (checkpoint.highest_modseq, status.highest_modseq) {
+                    (Some(before), Some(now)) if before == now => FlagScan::Unchanged,
+                    (Some(before), Some(_)) => {
+                        self.session.select(&folder.key, false).await?;
+                        let changed = self.session.conn.fetch_flags(&copied, Some(before)).await?;
+                        FlagScan::Changed(to_flag_list(changed, hwm))
+                    }
+                    _ => {
+                        self.session.select(&folder.key, false).await?;
+                        let all = self.session.conn.fetch_flags(&copied, None).await?;
+                        FlagScan::All(to_flag_list(all, hwm))
+                    }
+                };
+                Ok(scan)
+            })
+            .await
     }
 
     async fn fetch(
@@ -497,31 +511,36 @@ impl MailSource for ImapSource {
         folder: &SourceFolder,
         items: &[ItemMeta],
     ) -> Result<Vec<Message>, ConnectorError> {
-        self.session.select(&folder.key, false).await?;
-        let uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
-        let mut fetched: HashMap<u32, wire::FetchedMessage> = self
-            .session
-            .conn
-            .fetch_bodies(&uids)
-            .await?
-            .into_iter()
-            .map(|m| (m.uid, m))
-            .collect();
-        Ok(items
-            .iter()
-            .filter_map(|item| {
-                let message = fetched.remove(&item.uid)?;
-                Some(Message {
-                    meta: ItemMeta {
-                        size: message.body.len() as u64,
-                        flags: Flags::from_iter(&message.flags),
-                        internal_date: Some(message.internal_date),
-                        ..item.clone()
-                    },
-                    body: message.body,
-                })
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                self.session.select(&folder.key, false).await?;
+                let uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
+                let mut fetched: HashMap<u32, wire::FetchedMessage> = self
+                    .session
+                    .conn
+                    .fetch_bodies(&uids)
+                    .await?
+                    .into_iter()
+                    .map(|m| (m.uid, m))
+                    .collect();
+                Ok(items
+                    .iter()
+                    .filter_map(|item| {
+                        let message = fetched.remove(&item.uid)?;
+                        Some(Message {
+                            meta: ItemMeta {
+                                size: message.body.len() as u64,
+                                flags: Flags::from_iter(&message.flags),
+                                internal_date: Some(message.internal_date),
+                                ..item.clone()
+                            },
+                            body: message.body,
+                        })
+                    })
+                    .collect())
             })
-            .collect())
+            .await
     }
 
     async fn fetch_headers(
@@ -529,20 +548,25 @@ impl MailSource for ImapSource {
         folder: &SourceFolder,
         items: &[ItemMeta],
     ) -> Result<Vec<(String, bytes::Bytes)>, ConnectorError> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.session.select(&folder.key, false).await?;
-        let uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
-        let headers = self
-            .session
-            .conn
-            .fetch_headers(&wire::uid_set(&uids))
-            .await?;
-        Ok(headers
-            .into_iter()
-            .map(|(uid, _, header)| (uid.to_string(), header))
-            .collect())
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                if items.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.session.select(&folder.key, false).await?;
+                let uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
+                let headers = self
+                    .session
+                    .conn
+                    .fetch_headers(&wire::uid_set(&uids))
+                    .await?;
+                Ok(headers
+                    .into_iter()
+                    .map(|(uid, _, header)| (uid.to_string(), header))
+                    .collect())
+            })
+            .await
     }
 
     async fn close(self: Box<Self>) {
@@ -561,11 +585,14 @@ fn to_flag_list(flags: Vec<(u32, Vec<String>)>, hwm: u32) -> Vec<(String, Flags)
 /// Writes a mailbox over IMAP.
 pub struct ImapTarget {
     session: Session,
+    /// Every command goes through the mailbox's scheduler.
+    throttle: MailboxThrottle,
 }
 
 impl ImapTarget {
-    pub async fn new(session: Session) -> Result<ImapTarget, ConnectorError> {
-        Ok(ImapTarget { session })
+    /// Writes through `session`, its commands scheduled by `throttle`.
+    pub fn new(session: Session, throttle: MailboxThrottle) -> ImapTarget {
+        ImapTarget { session, throttle }
     }
 
     /// APPEND, re-creating the folder once if the server says it is gone
@@ -619,15 +646,20 @@ impl ImapTarget {
 #[async_trait]
 impl MailTarget for ImapTarget {
     async fn folders(&mut self) -> Result<Vec<TargetFolder>, ConnectorError> {
-        let entries = self.session.list().await?;
-        Ok(entries
-            .iter()
-            .map(|entry| TargetFolder {
-                name: entry.name.clone(),
-                path: self.session.naming.path_of(entry),
-                special: Session::role_of(entry),
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                let entries = self.session.list().await?;
+                Ok(entries
+                    .iter()
+                    .map(|entry| TargetFolder {
+                        name: entry.name.clone(),
+                        path: self.session.naming.path_of(entry),
+                        special: Session::role_of(entry),
+                    })
+                    .collect())
             })
-            .collect())
+            .await
     }
 
     async fn ensure_folder(
@@ -636,32 +668,42 @@ impl MailTarget for ImapTarget {
         special: Option<SpecialUse>,
         _class: Option<&str>,
     ) -> Result<TargetFolder, ConnectorError> {
-        let name = self.session.naming.name_of(path);
-        if !path.is_inbox() {
-            match self.session.conn.create(&name).await {
-                Ok(()) => {}
-                Err(ImapError::No { code, text })
-                    if code.as_deref() == Some("ALREADYEXISTS")
-                        || text.to_ascii_lowercase().contains("exists") => {}
-                Err(error) => {
-                    return Err(ConnectorError::from(error)
-                        .context(format!("creating folder {path} as {name:?}")));
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                let name = self.session.naming.name_of(path);
+                if !path.is_inbox() {
+                    match self.session.conn.create(&name).await {
+                        Ok(()) => {}
+                        Err(ImapError::No { code, text })
+                            if code.as_deref() == Some("ALREADYEXISTS")
+                                || text.to_ascii_lowercase().contains("exists") => {}
+                        Err(error) => {
+                            return Err(ConnectorError::from(error)
+                                .context(format!("creating folder {path} as {name:?}")));
+                        }
+                    }
                 }
-            }
-        }
-        Ok(TargetFolder {
-            name,
-            path: path.clone(),
-            special,
-        })
+                Ok(TargetFolder {
+                    name,
+                    path: path.clone(),
+                    special,
+                })
+            })
+            .await
     }
 
     async fn mark(&mut self, folder: &str) -> Result<u64, ConnectorError> {
-        let status = self.session.conn.status(folder).await?;
-        let next = status.uid_next.ok_or_else(|| {
-            ConnectorError::transient(format!("{folder}: server gave no UIDNEXT"))
-        })?;
-        Ok(u64::from(next))
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                let status = self.session.conn.status(folder).await?;
+                let next = status.uid_next.ok_or_else(|| {
+                    ConnectorError::transient(format!("{folder}: server gave no UIDNEXT"))
+                })?;
+                Ok(u64::from(next))
+            })
+            .await
     }
 
     async fn items_since(
@@ -669,33 +711,38 @@ impl MailTarget for ImapTarget {
         folder: &str,
         mark: u64,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
-        let Ok(mark) = u32::try_from(mark.max(1)) else {
-            return Ok(Vec::new());
-        };
-        let status = match self.session.conn.status(folder).await {
-            // A folder deleted in the target holds no in-doubt copies; the
-            // next APPEND creates it again.
-            Err(error) if is_missing_folder(&error) => return Ok(Vec::new()),
-            result => result?,
-        };
-        if status.uid_next.is_some_and(|next| next <= mark) || status.messages == Some(0) {
-            return Ok(Vec::new());
-        }
-        self.session.select(folder, false).await?;
-        let headers = self
-            .session
-            .conn
-            .fetch_headers(&format!("{mark}:*"))
-            .await?;
-        Ok(headers
-            .into_iter()
-            .filter(|(uid, _, _)| *uid >= mark)
-            .map(|(uid, size, header)| TargetItem {
-                id: uid.to_string(),
-                size,
-                header_hash: blake3::hash(&header).to_hex().to_string(),
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                let Ok(mark) = u32::try_from(mark.max(1)) else {
+                    return Ok(Vec::new());
+                };
+                let status = match self.session.conn.status(folder).await {
+                    // A folder deleted in the target holds no in-doubt copies; the
+                    // next APPEND creates it again.
+                    Err(error) if is_missing_folder(&error) => return Ok(Vec::new()),
+                    result => result?,
+                };
+                if status.uid_next.is_some_and(|next| next <= mark) || status.messages == Some(0) {
+                    return Ok(Vec::new());
+                }
+                self.session.select(folder, false).await?;
+                let headers = self
+                    .session
+                    .conn
+                    .fetch_headers(&format!("{mark}:*"))
+                    .await?;
+                Ok(headers
+                    .into_iter()
+                    .filter(|(uid, _, _)| *uid >= mark)
+                    .map(|(uid, size, header)| TargetItem {
+                        id: uid.to_string(),
+                        size,
+                        header_hash: blake3::hash(&header).to_hex().to_string(),
+                    })
+                    .collect())
             })
-            .collect())
+            .await
     }
 
     async fn append(
@@ -703,71 +750,78 @@ impl MailTarget for ImapTarget {
         folder: &str,
         messages: &[Outgoing],
     ) -> Result<AppendReport, ConnectorError> {
-        let wire_messages: Vec<AppendMessage> = messages
-            .iter()
-            .map(|m| AppendMessage {
-                flags: m.flags.iter().map(str::to_owned).collect(),
-                internal_date: m.internal_date.clone(),
-                body: m.body.clone(),
-            })
-            .collect();
-        let uidplus = self.session.conn.has_capability("UIDPLUS");
-        let mark_before = if uidplus {
-            None
-        } else {
-            Some(self.mark(folder).await?)
-        };
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                let wire_messages: Vec<AppendMessage> = messages
+                    .iter()
+                    .map(|m| AppendMessage {
+                        flags: m.flags.iter().map(str::to_owned).collect(),
+                        internal_date: m.internal_date.clone(),
+                        body: m.body.clone(),
+                    })
+                    .collect();
+                let uidplus = self.session.conn.has_capability("UIDPLUS");
+                let mark_before = if uidplus {
+                    None
+                } else {
+                    Some(self.mark(folder).await?)
+                };
 
-        let mut results = if self.session.conn.has_capability("MULTIAPPEND") && messages.len() > 1 {
-            match self.append_wire(folder, &wire_messages).await {
-                Ok(outcome) => match outcome.uids {
-                    Some(uids) if uids.len() == messages.len() => {
-                        uids.iter().map(|uid| Ok(Some(uid.to_string()))).collect()
+                let mut results =
+                    if self.session.conn.has_capability("MULTIAPPEND") && messages.len() > 1 {
+                        match self.append_wire(folder, &wire_messages).await {
+                            Ok(outcome) => match outcome.uids {
+                                Some(uids) if uids.len() == messages.len() => {
+                                    uids.iter().map(|uid| Ok(Some(uid.to_string()))).collect()
+                                }
+                                _ => vec![Ok(None); messages.len()].into_iter().collect(),
+                            },
+                            // A refused MULTIAPPEND appends nothing (RFC 3502): find the
+                            // bad message by appending one at a time.
+                            Err(error) if class_of(&error) == ErrorClass::Item => {
+                                self.append_each(folder, &wire_messages).await?
+                            }
+                            Err(error) => return Err(error.into()),
+                        }
+                    } else {
+                        self.append_each(folder, &wire_messages).await?
+                    };
+
+                let mark_after = if let Some(before) = mark_before {
+                    // No UIDPLUS: find the new copies' UIDs by their headers.
+                    let mut found: HashMap<(u64, String), Vec<String>> = HashMap::new();
+                    for item in self.items_since(folder, before).await?.into_iter().rev() {
+                        found
+                            .entry((item.size, item.header_hash))
+                            .or_default()
+                            .push(item.id);
                     }
-                    _ => vec![Ok(None); messages.len()].into_iter().collect(),
-                },
-                // A refused MULTIAPPEND appends nothing (RFC 3502): find the
-                // bad message by appending one at a time.
-                Err(error) if class_of(&error) == ErrorClass::Item => {
-                    self.append_each(folder, &wire_messages).await?
-                }
-                Err(error) => return Err(error.into()),
-            }
-        } else {
-            self.append_each(folder, &wire_messages).await?
-        };
-
-        let mark_after = if let Some(before) = mark_before {
-            // No UIDPLUS: find the new copies' UIDs by their headers.
-            let mut found: HashMap<(u64, String), Vec<String>> = HashMap::new();
-            for item in self.items_since(folder, before).await?.into_iter().rev() {
-                found
-                    .entry((item.size, item.header_hash))
-                    .or_default()
-                    .push(item.id);
-            }
-            for (message, result) in messages.iter().zip(results.iter_mut()) {
-                if let Ok(id @ None) = result {
-                    let identity = (message.body.len() as u64, super::header_hash(&message.body));
-                    *id = found.get_mut(&identity).and_then(Vec::pop);
-                }
-            }
-            Some(self.mark(folder).await?)
-        } else {
-            results
-                .iter()
-                .filter_map(|r| {
-                    r.as_ref()
-                        .ok()
-                        .and_then(|id| id.as_deref()?.parse::<u64>().ok())
+                    for (message, result) in messages.iter().zip(results.iter_mut()) {
+                        if let Ok(id @ None) = result {
+                            let identity =
+                                (message.body.len() as u64, super::header_hash(&message.body));
+                            *id = found.get_mut(&identity).and_then(Vec::pop);
+                        }
+                    }
+                    Some(self.mark(folder).await?)
+                } else {
+                    results
+                        .iter()
+                        .filter_map(|r| {
+                            r.as_ref()
+                                .ok()
+                                .and_then(|id| id.as_deref()?.parse::<u64>().ok())
+                        })
+                        .max()
+                        .map(|uid| uid + 1)
+                };
+                Ok(AppendReport {
+                    results,
+                    mark_after,
                 })
-                .max()
-                .map(|uid| uid + 1)
-        };
-        Ok(AppendReport {
-            results,
-            mark_after,
-        })
+            })
+            .await
     }
 
     async fn set_flags(
@@ -775,24 +829,29 @@ impl MailTarget for ImapTarget {
         folder: &str,
         changes: &[(String, Flags)],
     ) -> Result<(), ConnectorError> {
-        self.session.select(folder, true).await?;
-        let mut by_flags: HashMap<String, (Vec<String>, Vec<u32>)> = HashMap::new();
-        for (id, flags) in changes {
-            let Ok(uid) = id.parse::<u32>() else { continue };
-            by_flags
-                .entry(flags.to_string())
-                .or_insert_with(|| (flags.iter().map(str::to_owned).collect(), Vec::new()))
-                .1
-                .push(uid);
-        }
-        for (flags, mut uids) in by_flags.into_values() {
-            uids.sort_unstable();
-            self.session
-                .conn
-                .store_flags(&wire::uid_set(&uids), &flags)
-                .await?;
-        }
-        Ok(())
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                self.session.select(folder, true).await?;
+                let mut by_flags: HashMap<String, (Vec<String>, Vec<u32>)> = HashMap::new();
+                for (id, flags) in changes {
+                    let Ok(uid) = id.parse::<u32>() else { continue };
+                    by_flags
+                        .entry(flags.to_string())
+                        .or_insert_with(|| (flags.iter().map(str::to_owned).collect(), Vec::new()))
+                        .1
+                        .push(uid);
+                }
+                for (flags, mut uids) in by_flags.into_values() {
+                    uids.sort_unstable();
+                    self.session
+                        .conn
+                        .store_flags(&wire::uid_set(&uids), &flags)
+                        .await?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn close(self: Box<Self>) {
