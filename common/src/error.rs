@@ -56,6 +56,20 @@ pub trait Classify {
     }
 }
 
+/// An error and its sources on one line (`a: b: c`): many libraries say
+/// little in their own message and keep the server's words or the I/O error
+/// in the source.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// A server's hint from an HTTP answer: the `Retry-After` header (seconds,
 /// or an HTTP date, measured from `now`) or, failing that, an EWS-style
 /// `BackOffMilliseconds` value in the body (JSON `"BackOffMilliseconds": N`,

@@ -21,6 +21,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use mailwave_common::config::{ClientCredential, OAuth2ClientCredentials};
+use mailwave_common::error::error_chain;
 use mailwave_common::{Classify, ErrorClass};
 use ring::rand::SecureRandom as _;
 use serde::Deserialize;
@@ -366,18 +367,6 @@ impl TokenEndpoint for HttpTokenEndpoint {
         }
         parse_issued(&body).map_err(|reason| failure(ErrorClass::Transient, None, reason))
     }
-}
-
-/// An error with its sources, on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The JSON of a successful token response.

@@ -46,6 +46,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
+
+use crate::error::error_chain;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -93,23 +95,10 @@ impl From<tokio_postgres::Error> for StoreError {
             }
         };
         if transient {
-            return StoreError::Unavailable(with_causes(&error));
+            return StoreError::Unavailable(error_chain(&error));
         }
-        StoreError::Corrupt(with_causes(&error))
+        StoreError::Corrupt(error_chain(&error))
     }
-}
-
-/// An error and its causes: `tokio-postgres` keeps the server's message (and
-/// the I/O error) in the source, and says just "db error" itself.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl From<PoolError> for StoreError {
@@ -146,7 +135,7 @@ impl PostgresStore {
             ));
         }
         let mut config = Config::from_str(url)
-            .map_err(|e| StoreError::Corrupt(format!("PostgreSQL URL: {}", with_causes(&e))))?;
+            .map_err(|e| StoreError::Corrupt(format!("PostgreSQL URL: {}", error_chain(&e))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -191,7 +180,7 @@ impl PostgresStore {
         let report = embedded::migrations::runner()
             .run_async(&mut *session)
             .await
-            .map_err(|e| StoreError::Corrupt(format!("schema migration: {}", with_causes(&e))))?;
+            .map_err(|e| StoreError::Corrupt(format!("schema migration: {}", error_chain(&e))))?;
         for migration in report.applied_migrations() {
             tracing::info!(%migration, "applied PostgreSQL schema migration");
         }
@@ -1188,7 +1177,7 @@ mod tests {
                     "PostgreSQL is not reachable on 127.0.0.1:5432 ({}). These tests need it: \
                      start it with `pg_ctlcluster --skip-systemctl-redirect \
                      $(ls /etc/postgresql) main start`",
-                    with_causes(&e)
+                    error_chain(&e)
                 )
             });
         tokio::spawn(connection);

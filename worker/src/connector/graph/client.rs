@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mailwave_common::config::OAuth2ClientCredentials;
-use mailwave_common::error::http_retry_hint;
+use mailwave_common::error::{error_chain, http_retry_hint};
 use mailwave_common::{Classify, ErrorClass};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -225,9 +225,14 @@ impl GraphClient {
             let started = Instant::now();
             let outcome = match request.send().await {
                 Ok(response) => read(response, &method, &url, decode).await,
+                // Without its URL: an import URL carries a token.
                 Err(error) => Err(GraphError::local(
                     ErrorClass::Transient,
-                    format!("{method} {}: {error}", redact(&url)),
+                    format!(
+                        "{method} {}: {}",
+                        redact(&url),
+                        error_chain(&error.without_url())
+                    ),
                 )),
             };
             let error = match outcome {
@@ -307,7 +312,11 @@ async fn read<T>(
     let body = response.bytes().await.map_err(|e| {
         GraphError::local(
             ErrorClass::Transient,
-            format!("{method} {}: reading the answer: {e}", redact(url)),
+            format!(
+                "{method} {}: reading the answer: {}",
+                redact(url),
+                error_chain(&e.without_url())
+            ),
         )
     })?;
     if status.is_success() {

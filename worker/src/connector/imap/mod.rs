@@ -595,6 +595,51 @@ impl ImapTarget {
         ImapTarget { session, throttle }
     }
 
+    /// The folder's UIDNEXT. Also called inside other commands, so it does
+    /// not take a slot of the scheduler itself (nor does `messages_since`).
+    async fn uid_next(&mut self, folder: &str) -> Result<u64, ConnectorError> {
+        let status = self.session.conn.status(folder).await?;
+        let next = status.uid_next.ok_or_else(|| {
+            ConnectorError::transient(format!("{folder}: server gave no UIDNEXT"))
+        })?;
+        Ok(u64::from(next))
+    }
+
+    /// The messages at or past UID `mark`, by size and header hash.
+    async fn messages_since(
+        &mut self,
+        folder: &str,
+        mark: u64,
+    ) -> Result<Vec<TargetItem>, ConnectorError> {
+        let Ok(mark) = u32::try_from(mark.max(1)) else {
+            return Ok(Vec::new());
+        };
+        let status = match self.session.conn.status(folder).await {
+            // A folder deleted in the target holds no in-doubt copies; the
+            // next APPEND creates it again.
+            Err(error) if is_missing_folder(&error) => return Ok(Vec::new()),
+            result => result?,
+        };
+        if status.uid_next.is_some_and(|next| next <= mark) || status.messages == Some(0) {
+            return Ok(Vec::new());
+        }
+        self.session.select(folder, false).await?;
+        let headers = self
+            .session
+            .conn
+            .fetch_headers(&format!("{mark}:*"))
+            .await?;
+        Ok(headers
+            .into_iter()
+            .filter(|(uid, _, _)| *uid >= mark)
+            .map(|(uid, size, header)| TargetItem {
+                id: uid.to_string(),
+                size,
+                header_hash: blake3::hash(&header).to_hex().to_string(),
+            })
+            .collect())
+    }
+
     /// APPEND, re-creating the folder once if the server says it is gone
     /// (`[TRYCREATE]`: deleted in the target between two passes).
     async fn append_wire(
@@ -695,15 +740,7 @@ impl MailTarget for ImapTarget {
 
     async fn mark(&mut self, folder: &str) -> Result<u64, ConnectorError> {
         let throttle = self.throttle.clone();
-        throttle
-            .run(async {
-                let status = self.session.conn.status(folder).await?;
-                let next = status.uid_next.ok_or_else(|| {
-                    ConnectorError::transient(format!("{folder}: server gave no UIDNEXT"))
-                })?;
-                Ok(u64::from(next))
-            })
-            .await
+        throttle.run(self.uid_next(folder)).await
     }
 
     async fn items_since(
@@ -712,37 +749,7 @@ impl MailTarget for ImapTarget {
         mark: u64,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
         let throttle = self.throttle.clone();
-        throttle
-            .run(async {
-                let Ok(mark) = u32::try_from(mark.max(1)) else {
-                    return Ok(Vec::new());
-                };
-                let status = match self.session.conn.status(folder).await {
-                    // A folder deleted in the target holds no in-doubt copies; the
-                    // next APPEND creates it again.
-                    Err(error) if is_missing_folder(&error) => return Ok(Vec::new()),
-                    result => result?,
-                };
-                if status.uid_next.is_some_and(|next| next <= mark) || status.messages == Some(0) {
-                    return Ok(Vec::new());
-                }
-                self.session.select(folder, false).await?;
-                let headers = self
-                    .session
-                    .conn
-                    .fetch_headers(&format!("{mark}:*"))
-                    .await?;
-                Ok(headers
-                    .into_iter()
-                    .filter(|(uid, _, _)| *uid >= mark)
-                    .map(|(uid, size, header)| TargetItem {
-                        id: uid.to_string(),
-                        size,
-                        header_hash: blake3::hash(&header).to_hex().to_string(),
-                    })
-                    .collect())
-            })
-            .await
+        throttle.run(self.messages_since(folder, mark)).await
     }
 
     async fn append(
@@ -765,7 +772,7 @@ impl MailTarget for ImapTarget {
                 let mark_before = if uidplus {
                     None
                 } else {
-                    Some(self.mark(folder).await?)
+                    Some(self.uid_next(folder).await?)
                 };
 
                 let mut results =
@@ -791,7 +798,7 @@ impl MailTarget for ImapTarget {
                 let mark_after = if let Some(before) = mark_before {
                     // No UIDPLUS: find the new copies' UIDs by their headers.
                     let mut found: HashMap<(u64, String), Vec<String>> = HashMap::new();
-                    for item in self.items_since(folder, before).await?.into_iter().rev() {
+                    for item in self.messages_since(folder, before).await?.into_iter().rev() {
                         found
                             .entry((item.size, item.header_hash))
                             .or_default()
@@ -804,7 +811,7 @@ impl MailTarget for ImapTarget {
                             *id = found.get_mut(&identity).and_then(Vec::pop);
                         }
                     }
-                    Some(self.mark(folder).await?)
+                    Some(self.uid_next(folder).await?)
                 } else {
                     results
                         .iter()
