@@ -19,6 +19,7 @@ use mailwave_coordinator::report::{WaveReport, human_bytes};
 use mailwave_coordinator::wave::{pass_records, plan_pass};
 use mailwave_worker::engine::ProgressSink;
 use mailwave_worker::job::{Credentials, WorkerContext};
+use mailwave_worker::throttle;
 use tokio_util::sync::CancellationToken;
 
 use crate::RunArgs;
@@ -136,8 +137,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let report = WaveReport::gather(store.as_ref(), &wave_name, records, &list.errors).await?;
     print!("{}", report.summary());
+    // What each server's scheduler saw: requests, throttles, retries, waits.
+    let endpoints = throttle::all_counters();
+    for (endpoint, c) in &endpoints {
+        println!(
+            "{endpoint}: {} requests, {} throttled, retries {:?}, {:.1} s waiting",
+            c.requests, c.throttle_events, c.retries, c.seconds_waiting
+        );
+    }
     if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report)?;
+        let mut json = serde_json::to_value(&report)?;
+        json["endpoints"] = serde_json::to_value(&endpoints)?;
+        let json = serde_json::to_vec_pretty(&json)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(if report.all_completed() {

@@ -161,15 +161,24 @@ async fn throttling_and_server_errors_still_give_an_exact_copy() {
 
     let mut injected = 0;
     let mut in_window = 0;
+    let mut all_429 = 0;
     let mut server_errors = 0;
     for i in 1..=users {
         for user in [source_user(i), target_user(i)] {
             let stats = emu.stats(&user).unwrap();
             injected += stats.throttled_by(ThrottleReason::Injected);
             in_window += stats.throttled_by(ThrottleReason::RetryAfterWindow);
+            all_429 += stats.throttled_total();
             server_errors += stats.server_busy_503 + stats.gateway_timeout_504;
         }
     }
+    // The report has what the schedulers saw, per endpoint: every 429.
+    let endpoints = result.report["endpoints"].as_object().expect("endpoints");
+    let seen: u64 = endpoints
+        .values()
+        .map(|c| c["throttle_events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(seen, all_429, "{endpoints:?}");
     eprintln!(
         "{injected} injected 429s, {in_window} requests into open windows, {server_errors} 503/504"
     );

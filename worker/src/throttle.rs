@@ -164,13 +164,23 @@ struct Mailboxes {
 /// `settings` on first use: every mailbox of the process that uses the
 /// endpoint counts in its window.
 pub fn shared(label: &str, settings: impl FnOnce() -> ThrottleSettings) -> EndpointThrottle {
-    static ENDPOINTS: LazyLock<Mutex<HashMap<String, EndpointThrottle>>> =
-        LazyLock::new(Default::default);
     lock(&ENDPOINTS)
         .entry(label.to_owned())
         .or_insert_with(|| EndpointThrottle::new(label, settings()))
         .clone()
 }
+
+/// The counters of every endpoint of this process, by label.
+pub fn all_counters() -> BTreeMap<String, ThrottleCounters> {
+    lock(&ENDPOINTS)
+        .iter()
+        .map(|(label, endpoint)| (label.clone(), endpoint.counters()))
+        .collect()
+}
+
+/// The endpoints of this process ([`shared`]).
+static ENDPOINTS: LazyLock<Mutex<HashMap<String, EndpointThrottle>>> =
+    LazyLock::new(Default::default);
 
 impl EndpointThrottle {
     /// The scheduler of endpoint `label` (used in logs), both windows at
