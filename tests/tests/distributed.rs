@@ -362,13 +362,20 @@ impl Cluster {
         id
     }
 
-    /// Polls the wave's status until every mailbox completed.
+    /// Polls the wave's status until every mailbox completed. The API's
+    /// "try again" (503 `unavailable`, the store briefly unreachable, as in
+    /// the PostgreSQL fault test) is waited out like any client would.
     async fn wait_completed(&mut self, wave: i64, mailboxes: u64, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;
         loop {
-            let status = self
-                .api("GET", &format!("/api/v1/waves/{wave}"), None)
-                .await;
+            let path = format!("/api/v1/waves/{wave}");
+            let (code, status) = self.http("GET", &path, None).await.unwrap();
+            if code == 503 && status["error"]["code"] == "unavailable" {
+                assert!(Instant::now() < deadline, "the store stayed unavailable");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            assert!((200..300).contains(&code), "GET {path}: {code} {status}");
             let counts = &status["counts"];
             if counts["completed"] == mailboxes {
                 return status;

@@ -142,8 +142,11 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("mailwave");
         }
+        // A pooled connection the server closed (a restart, an operator's
+        // `pg_terminate_backend`) is found out when it is taken from the
+        // pool, not by the caller's query.
         let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            recycling_method: RecyclingMethod::Verified,
         };
         let manager = if matches!(config.get_ssl_mode(), SslMode::Require) {
             Manager::from_config(config, tls_connector()?, manager_config)
