@@ -3,6 +3,9 @@
 //! contact and task items, `user{i}@b.example` empty, and the checks that a
 //! migration between them is exact.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
 use crate::GraphEmulator;
 use crate::graph_emulator::{AppSeed, EmulatorConfig, ItemSeed, TenantSeed, UserSeed};
 
@@ -126,4 +129,26 @@ pub fn assert_exact(emu: &GraphEmulator, users: usize) {
         let items: usize = source.folders.iter().map(|f| f.items.len()).sum();
         assert!(items > 0, "mailbox {i} has items");
     }
+}
+
+/// A certificate an app registers, and its RSA key, made with `openssl`
+/// in `dir` as `{name}.pem` and `{name}.key`: `(certificate, key)`.
+pub fn app_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{name}.pem"));
+    let key = dir.join(format!("{name}.key"));
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .arg("-subj")
+        .arg(format!("/CN={name}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl made a key and a certificate");
+    (cert, key)
 }

@@ -392,21 +392,7 @@ async fn token_endpoint_secrets_errors_and_expiry() {
 
 /// An RSA key and a self-signed certificate, made with `openssl`.
 fn rsa_certificate(dir: &std::path::Path, name: &str) -> (ring::signature::RsaKeyPair, String) {
-    let key = dir.join(format!("{name}.key"));
-    let cert = dir.join(format!("{name}.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-        ])
-        .arg(format!("/CN={name}"))
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success());
+    let (cert, key) = mailwave_tests::tenants::app_certificate(dir, name);
     let key_pem = std::fs::read(&key).unwrap();
     let der = match rustls_pemfile::private_key(&mut key_pem.as_slice())
         .unwrap()

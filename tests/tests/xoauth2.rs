@@ -377,30 +377,10 @@ async fn a_client_secret_run_refreshes_its_token_and_copies_exactly() {
     .await;
 }
 
-/// An RSA key and a self-signed certificate, made with `openssl`.
-fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let key = dir.join("app.key");
-    let cert = dir.join("app.pem");
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=mailwave-migration"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(status.success(), "openssl made a key and a certificate");
-    (cert, key)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_assertion_run_refreshes_its_token_and_copies_exactly() {
     let keys = tempfile::tempdir().unwrap();
-    let (cert, key) = certificate(keys.path());
+    let (cert, key) = mailwave_tests::tenants::app_certificate(keys.path(), "mailwave-migration");
     let app = AppSeed {
         client_id: APP.to_owned(),
         secret: None,

@@ -19,9 +19,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use mailwave_common::config::{ClientCredential, OAuth2ClientCredentials};
-use mailwave_common::error::error_chain;
+use mailwave_common::error::{error_chain, http_retry_hint};
 use mailwave_common::{Classify, ErrorClass};
 use ring::rand::SecureRandom as _;
 use serde::Deserialize;
@@ -352,7 +352,7 @@ impl TokenEndpoint for HttpTokenEndpoint {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| parse_retry_after(value, Utc::now()));
+            .and_then(|value| http_retry_hint(Some(value), "", Utc::now()));
         let body = response
             .bytes()
             .await
@@ -460,16 +460,6 @@ fn redact(text: &str, secret: &str) -> String {
         return text.to_owned();
     }
     text.replace(secret, "[redacted]")
-}
-
-/// A `Retry-After` value: seconds, or an HTTP date.
-fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = DateTime::parse_from_rfc2822(value).ok()?;
-    Some((at.with_timezone(&Utc) - now).to_std().unwrap_or_default())
 }
 
 /// Signs client assertions with the key of a certificate registered on the
@@ -804,26 +794,6 @@ mod tests {
             redact("bad secret s3cr3t!", "s3cr3t"),
             "bad secret [redacted]!"
         );
-    }
-
-    #[test]
-    fn retry_after_is_seconds_or_an_http_date() {
-        let now = DateTime::parse_from_rfc2822("Wed, 21 Oct 2026 07:28:00 GMT")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(
-            parse_retry_after("120", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2026 07:28:30 GMT", now),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2026 07:27:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]
