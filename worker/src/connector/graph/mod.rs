@@ -429,6 +429,9 @@ pub struct GraphImportTarget {
     mailbox: GraphMailbox,
     session: Option<ImportSession>,
     concurrency: usize,
+    /// The folder tree as last listed, with the folders made since: a
+    /// listing walks the whole tree, so it is not repeated per folder.
+    known_folders: Option<Vec<TargetFolder>>,
 }
 
 impl GraphImportTarget {
@@ -438,6 +441,7 @@ impl GraphImportTarget {
             mailbox: GraphMailbox::open(endpoint, user).await?,
             session: None,
             concurrency: endpoint.max_concurrent_requests.max(1),
+            known_folders: None,
         })
     }
 
@@ -475,8 +479,12 @@ impl GraphImportTarget {
         Ok(url.to_owned())
     }
 
-    async fn folder_list(&self) -> Result<Vec<TargetFolder>, ConnectorError> {
-        Ok(self
+    /// The folder tree, listed again when `relist` or never listed yet.
+    async fn folder_list(&mut self, relist: bool) -> Result<Vec<TargetFolder>, ConnectorError> {
+        if let (false, Some(known)) = (relist, &self.known_folders) {
+            return Ok(known.clone());
+        }
+        let listed: Vec<TargetFolder> = self
             .mailbox
             .folders()
             .await?
@@ -486,7 +494,9 @@ impl GraphImportTarget {
                 path: f.path,
                 special: f.special,
             })
-            .collect())
+            .collect();
+        self.known_folders = Some(listed.clone());
+        Ok(listed)
     }
 }
 
@@ -505,7 +515,7 @@ async fn import_one(
 #[async_trait]
 impl MailTarget for GraphImportTarget {
     async fn folders(&mut self) -> Result<Vec<TargetFolder>, ConnectorError> {
-        self.folder_list().await
+        self.folder_list(true).await
     }
 
     async fn ensure_folder(
@@ -514,7 +524,7 @@ impl MailTarget for GraphImportTarget {
         special: Option<SpecialUse>,
         class: Option<&str>,
     ) -> Result<TargetFolder, ConnectorError> {
-        let existing = self.folder_list().await?;
+        let existing = self.folder_list(false).await?;
         let mut parent: Option<TargetFolder> = None;
         for depth in 1..=path.0.len() {
             let prefix = FolderPath(path.0[..depth].to_vec());
@@ -541,7 +551,7 @@ impl MailTarget for GraphImportTarget {
                 Ok(created) => created,
                 // Another connection of the mailbox made it meanwhile.
                 Err(error) if error.status == Some(reqwest::StatusCode::CONFLICT) => {
-                    let listed = self.folder_list().await?;
+                    let listed = self.folder_list(true).await?;
                     let Some(found) = listed.into_iter().find(|f| same_path(&f.path, &prefix))
                     else {
                         return Err(ConnectorError::from(error)
@@ -561,11 +571,15 @@ impl MailTarget for GraphImportTarget {
                     "creating folder {prefix}: no id in the answer"
                 )));
             };
-            parent = Some(TargetFolder {
+            let made = TargetFolder {
                 name: id.to_owned(),
                 path: prefix,
                 special: if leaf { special } else { None },
-            });
+            };
+            if let Some(known) = self.known_folders.as_mut() {
+                known.push(made.clone());
+            }
+            parent = Some(made);
         }
         parent.ok_or_else(|| ConnectorError::item("an empty folder path"))
     }
