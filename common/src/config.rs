@@ -273,6 +273,10 @@ pub struct MaildirEndpoint {
     /// Path of each mailbox's Maildir; `{mailbox}` is replaced by the
     /// mailbox's name from the CSV (made safe for use as one path component).
     pub path: String,
+    /// Folder directory names in raw UTF-8 (Dovecot's `UTF-8` layout
+    /// option) instead of Dovecot's default modified UTF-7.
+    #[serde(default)]
+    pub utf8_names: bool,
 }
 
 /// Exchange Online through Microsoft Graph, with app-only tokens.
@@ -385,6 +389,10 @@ pub struct MigrationConfig {
     pub max_message_bytes: u64,
     /// Attempts of a mailbox pass after transient failures before it fails.
     pub max_attempts: u32,
+    /// The longest wait a server may ask for (`Retry-After`, IMAP's
+    /// `Suggested Backoff Time`): a longer hint fails the mailbox at once,
+    /// quoting the server, instead of waiting.
+    pub max_retry_after_secs: u64,
 }
 
 impl Default for MigrationConfig {
@@ -398,6 +406,7 @@ impl Default for MigrationConfig {
             memory_budget_bytes: 96 * 1024 * 1024,
             max_message_bytes: 0,
             max_attempts: 5,
+            max_retry_after_secs: 15 * 60,
         }
     }
 }

@@ -9,5 +9,6 @@ pub mod model;
 pub mod queue;
 pub mod shutdown;
 pub mod store;
+pub mod text;
 
 pub use error::{Classify, ErrorClass};

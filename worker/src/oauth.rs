@@ -66,11 +66,7 @@ impl Classify for TokenError {
 
 impl From<TokenError> for ConnectorError {
     fn from(error: TokenError) -> Self {
-        ConnectorError {
-            class: error.class,
-            message: error.message,
-            retry_after: error.retry_after,
-        }
+        ConnectorError::classified(error.class, error.message, error.retry_after)
     }
 }
 

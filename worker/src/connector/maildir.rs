@@ -13,7 +13,7 @@
 //! and a message whose `source_ref` is already in the folder is not written
 //! again. Filesystem work runs on the blocking pool, one task per call.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, DirBuilder, File, FileTimes, OpenOptions};
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -26,9 +26,9 @@ use chrono::{DateTime, Utc};
 use mailwave_common::model::FolderCheckpoint;
 
 use super::{
-    AppendReport, ConnectorError, FlagScan, Flags, FolderPath, FolderScan, IMAP_DATE, ItemMeta,
-    MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
-    header_block,
+    AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, IMAP_DATE,
+    ItemMeta, MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder,
+    TargetItem, header_block,
 };
 
 /// The folder key of the inbox (the Maildir root itself).
@@ -162,6 +162,7 @@ impl MailSource for Maildir {
                 path,
                 special: None,
                 class: None,
+                subscribed: false,
             })
             .collect())
     }
@@ -200,23 +201,24 @@ impl MailSource for Maildir {
         &mut self,
         folder: &SourceFolder,
         items: &[ItemMeta],
-    ) -> Result<Vec<Message>, ConnectorError> {
+    ) -> Result<Fetched, ConnectorError> {
         let items = items.to_vec();
         self.with_folder(&folder.key, false, move |folder, index| {
             let mut reader = ItemReader::new(folder, index);
-            let mut messages = Vec::with_capacity(items.len());
+            let mut result = Fetched::default();
             for mut meta in items {
                 let Some((body, flags)) = reader.read(&meta.item, |path| fs::read(path))? else {
+                    result.gone.push(meta.item);
                     continue;
                 };
                 meta.size = body.len() as u64;
                 meta.flags = flags;
-                messages.push(Message {
+                result.messages.push(Message {
                     meta,
                     body: Bytes::from(body),
                 });
             }
-            Ok(messages)
+            Ok(result)
         })
         .await
     }
@@ -294,6 +296,7 @@ impl MailTarget for Maildir {
         &mut self,
         _folder: &str,
         _mark: u64,
+        _wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
         Ok(Vec::new())
     }
@@ -316,6 +319,11 @@ impl MailTarget for Maildir {
 
     /// Renames the files to their new flags (into `cur/`); all known ids are
     /// done before an unknown one is reported (item class).
+    /// Dovecot's `subscriptions` file is not written yet: nothing to do.
+    async fn subscribe(&mut self, _folder: &str) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
     async fn set_flags(
         &mut self,
         folder: &str,
@@ -1145,6 +1153,7 @@ mod tests {
             path: FolderPath::inbox(),
             special: None,
             class: None,
+            subscribed: false,
         }
     }
 
@@ -1241,7 +1250,8 @@ mod tests {
         let messages = source
             .fetch(&folders[1], &scan.candidates)
             .await
-            .expect("fetch");
+            .expect("fetch")
+            .messages;
         assert_eq!(messages.len(), 3);
         for (outgoing, id) in sent.iter().zip(&ids) {
             let message = messages
@@ -1297,7 +1307,7 @@ mod tests {
         assert_eq!(fresh.mark("INBOX").await.expect("mark"), 0);
         assert!(
             fresh
-                .items_since("INBOX", 0)
+                .items_since("INBOX", 0, &HashSet::new())
                 .await
                 .expect("items")
                 .is_empty()
@@ -1393,7 +1403,11 @@ mod tests {
         )
         .expect("move");
         fs::remove_file(root.join("new/1700000001.P1Q3.host")).expect("delete");
-        let messages = source.fetch(&inbox, &scan.candidates).await.expect("fetch");
+        let messages = source
+            .fetch(&inbox, &scan.candidates)
+            .await
+            .expect("fetch")
+            .messages;
         let items: Vec<&str> = messages
             .iter()
             .map(|message| message.meta.item.as_str())

@@ -6,7 +6,7 @@ pub mod graph;
 pub mod imap;
 pub mod maildir;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -15,7 +15,10 @@ use bytes::Bytes;
 use mailwave_common::model::FolderCheckpoint;
 use mailwave_common::{Classify, ErrorClass};
 
-/// A failure inside a connector, already classified.
+/// A failure inside a connector, already classified. Its message may quote
+/// a server: the constructors escape control characters in it
+/// ([`mailwave_common::text::escape_controls`]), so it is safe to print,
+/// log and store.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ConnectorError {
@@ -28,8 +31,20 @@ impl ConnectorError {
     fn new(class: ErrorClass, message: impl Into<String>) -> Self {
         ConnectorError {
             class,
-            message: message.into(),
+            message: escaped(message.into()),
             retry_after: None,
+        }
+    }
+
+    /// An error of `class`, with the server's hint of when to retry.
+    pub fn classified(
+        class: ErrorClass,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        ConnectorError {
+            retry_after,
+            ..ConnectorError::new(class, message)
         }
     }
 
@@ -64,8 +79,15 @@ impl ConnectorError {
 
     /// The same error with context in front of its message.
     pub fn context(mut self, context: impl fmt::Display) -> Self {
-        self.message = format!("{context}: {}", self.message);
+        self.message = format!("{}: {}", escaped(context.to_string()), self.message);
         self
+    }
+}
+
+fn escaped(text: String) -> String {
+    match mailwave_common::text::escape_controls(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(escaped) => escaped,
     }
 }
 
@@ -233,6 +255,10 @@ pub struct SourceFolder {
     /// `IPF.Note`, `IPF.Appointment`, `IPF.Contact`, `IPF.Task`, …): a
     /// target that knows classes creates the folder with it.
     pub class: Option<String>,
+    /// Whether the mailbox's owner subscribed to it (IMAP LSUB / LIST
+    /// `\Subscribed`, Dovecot's `subscriptions` file); the copy is
+    /// subscribed too.
+    pub subscribed: bool,
 }
 
 /// A source item as listed, before its body is read.
@@ -288,6 +314,21 @@ pub struct Message {
     pub body: Bytes,
 }
 
+/// What a source gave for the items it was asked for. Every item asked for
+/// is in exactly one of the three lists: an item in none of them is a
+/// broken promise of the connector, which the engine treats as an error,
+/// never as a silent drop.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub messages: Vec<Message>,
+    /// Items the source confirmed are no longer there (IMAP: `UID SEARCH
+    /// UID n` finds nothing; Graph: `ErrorItemNotFound`; Maildir: no file).
+    pub gone: Vec<String>,
+    /// Items the source would not give, each with why (class
+    /// [`ErrorClass::Item`]: recorded as failures, the rest goes on).
+    pub refused: Vec<(String, ConnectorError)>,
+}
+
 /// Reads a mailbox.
 #[async_trait]
 pub trait MailSource: Send {
@@ -301,13 +342,13 @@ pub trait MailSource: Send {
         checkpoint: Option<&FolderCheckpoint>,
     ) -> Result<FolderScan, ConnectorError>;
 
-    /// The messages of these items, in the same order; items no longer in
-    /// the source are left out.
+    /// The messages of these items, in the same order, and what became of
+    /// those it could not give (see [`Fetched`]).
     async fn fetch(
         &mut self,
         folder: &SourceFolder,
         items: &[ItemMeta],
-    ) -> Result<Vec<Message>, ConnectorError>;
+    ) -> Result<Fetched, ConnectorError>;
 
     /// The header blocks of these items (item key, header bytes), to
     /// recognise copies whose record was lost.
@@ -356,9 +397,125 @@ pub struct AppendReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetItem {
     pub id: String,
-    pub size: u64,
-    /// blake3 of the header block, hex.
-    pub header_hash: String,
+    /// Computed from what the target gives back, which need not be the
+    /// bytes it was given.
+    pub identity: Identity,
+}
+
+/// What a message is, whatever a server did to its bytes on the way: a
+/// server that adds a trace header, re-folds headers, re-encodes parts or
+/// changes MIME boundaries (Exchange Online re-renders everything it
+/// stores) keeps it. Two parts, so that a target can tell by the cheap one
+/// (headers only) which messages are worth reading whole.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// blake3 of Message-ID, Date (as an instant), From's address and the
+    /// decoded Subject; of the raw header block when none of them parses.
+    pub header_key: String,
+    /// blake3 of the decoded contents of every leaf part, in order (text
+    /// with line ends and trailing white space normalised).
+    pub body_digest: String,
+}
+
+impl Identity {
+    /// The identity of a whole message.
+    pub fn of(message: &[u8]) -> Identity {
+        let parsed = mail_parser::MessageParser::default().parse(message);
+        Identity {
+            header_key: match &parsed {
+                Some(parsed) => key_of_fields(parsed).unwrap_or_else(|| raw_header_key(message)),
+                None => raw_header_key(message),
+            },
+            body_digest: match &parsed {
+                Some(parsed) => digest_of_parts(parsed),
+                None => blake3::hash(message).to_hex().to_string(),
+            },
+        }
+    }
+
+    /// The stored form, `header_key:body_digest`.
+    pub fn encode(&self) -> String {
+        format!("{}:{}", self.header_key, self.body_digest)
+    }
+
+    /// Parses [`Identity::encode`]'s form; `None` for entries written before
+    /// identities were recorded.
+    pub fn decode(text: &str) -> Option<Identity> {
+        let (header_key, body_digest) = text.split_once(':')?;
+        Some(Identity {
+            header_key: header_key.to_owned(),
+            body_digest: body_digest.to_owned(),
+        })
+    }
+}
+
+/// [`Identity::header_key`] of a message or of its header block alone.
+pub fn header_key(message_or_header: &[u8]) -> String {
+    match mail_parser::MessageParser::default().parse_headers(message_or_header) {
+        Some(parsed) => key_of_fields(&parsed).unwrap_or_else(|| raw_header_key(message_or_header)),
+        None => raw_header_key(message_or_header),
+    }
+}
+
+fn key_of_fields(message: &mail_parser::Message<'_>) -> Option<String> {
+    let message_id = message.message_id();
+    let date = message.date().map(|d| d.to_timestamp());
+    let from = message
+        .from()
+        .and_then(|f| f.first())
+        .and_then(|a| a.address())
+        .map(str::to_ascii_lowercase);
+    let subject = message
+        .subject()
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "));
+    if message_id.is_none() && date.is_none() && from.is_none() && subject.is_none() {
+        return None;
+    }
+    let mut hasher = blake3::Hasher::new();
+    for field in [
+        message_id.map(str::to_owned),
+        date.map(|d| d.to_string()),
+        from,
+        subject,
+    ] {
+        let field = field.unwrap_or_default();
+        hasher.update(&(field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    Some(hasher.finalize().to_hex().to_string())
+}
+
+fn raw_header_key(message: &[u8]) -> String {
+    blake3::hash(header_block(message)).to_hex().to_string()
+}
+
+fn digest_of_parts(message: &mail_parser::Message<'_>) -> String {
+    use mail_parser::PartType;
+    let mut hasher = blake3::Hasher::new();
+    for part in &message.parts {
+        let contents: std::borrow::Cow<'_, [u8]> = match &part.body {
+            PartType::Text(text) | PartType::Html(text) => normalised_text(text).into(),
+            PartType::Binary(bytes) | PartType::InlineBinary(bytes) => bytes.as_ref().into(),
+            // A nested message is a leaf of its own, hashed by its contents.
+            PartType::Message(nested) => digest_of_parts(nested).into_bytes().into(),
+            PartType::Multipart(_) => continue,
+        };
+        hasher.update(&(contents.len() as u64).to_be_bytes());
+        hasher.update(&contents);
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Text with CRLF as LF, white space at line ends and blank lines at the
+/// end removed: what re-encoding (quoted-printable, base64, 7bit) keeps.
+fn normalised_text(text: &str) -> Vec<u8> {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.truncate(out.trim_end().len());
+    out.into_bytes()
 }
 
 /// Writes a mailbox.
@@ -380,12 +537,14 @@ pub trait MailTarget: Send {
     /// on lie at or past it.
     async fn mark(&mut self, folder: &str) -> Result<u64, ConnectorError>;
 
-    /// Messages at or past `mark`; empty for targets whose appends are
-    /// idempotent by themselves.
+    /// Messages at or past `mark` whose [`Identity::header_key`] is one of
+    /// `wanted` (the target reads only those whole); empty for targets whose
+    /// appends are idempotent by themselves.
     async fn items_since(
         &mut self,
         folder: &str,
         mark: u64,
+        wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError>;
 
     /// Appends the messages in order.
@@ -394,6 +553,10 @@ pub trait MailTarget: Send {
         folder: &str,
         messages: &[Outgoing],
     ) -> Result<AppendReport, ConnectorError>;
+
+    /// Subscribes the owner to `folder` (idempotent). Targets without
+    /// subscriptions (Exchange through Graph) have nothing to do.
+    async fn subscribe(&mut self, folder: &str) -> Result<(), ConnectorError>;
 
     /// Replaces the flags of copies (target id, flags).
     async fn set_flags(
@@ -451,5 +614,51 @@ mod tests {
         assert_eq!(header_block(b"A: 1\r\n"), b"A: 1\r\n");
         assert_ne!(header_hash(b"A: 1\r\n\r\nx"), header_hash(b"A: 2\r\n\r\nx"));
         assert_eq!(header_hash(b"A: 1\r\n\r\nx"), header_hash(b"A: 1\r\n\r\ny"));
+    }
+
+    const PLAIN: &[u8] = b"Message-ID: <a@x>\r\nDate: Thu, 3 Dec 2026 10:00:00 +0100\r\n\
+        From: Alice <alice@example.org>\r\nSubject: Hello\r\n  again\r\n\
+        Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\
+        Gr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln   \r\nzweite Zeile\r\n";
+
+    #[test]
+    fn identity_survives_trace_headers_refolding_and_reencoding() {
+        let original = Identity::of(PLAIN);
+        let traced = [
+            b"Received: from mx by store; Thu, 3 Dec 2026 10:00:01 +0000\r\n".as_slice(),
+            PLAIN,
+        ]
+        .concat();
+        assert_eq!(Identity::of(&traced), original, "a trace header");
+        // Re-rendered as Exchange does: other header order and case, the
+        // subject unfolded, the date in UTC, the body quoted-printable.
+        let rerendered = b"subject: Hello again\r\nfrom: \"Alice\" <ALICE@example.org>\r\n\
+            date: Thu, 03 Dec 2026 09:00:00 +0000\r\nmessage-id: <a@x>\r\n\
+            Content-Type: text/plain; charset=\"utf-8\"\r\n\
+            Content-Transfer-Encoding: quoted-printable\r\n\r\n\
+            Gr=C3=BC=C3=9Fe aus K=C3=B6ln\r\nzweite Zeile\r\n\r\n";
+        assert_eq!(Identity::of(rerendered), original, "re-rendered");
+        assert_eq!(header_key(header_block(&traced)), original.header_key);
+        assert_eq!(Identity::decode(&original.encode()), Some(original));
+    }
+
+    #[test]
+    fn identity_tells_different_messages_apart() {
+        let original = Identity::of(PLAIN);
+        let other_body = [&PLAIN[..PLAIN.len() - 8], b"Zeile!\r\n"].concat();
+        let other = Identity::of(&other_body);
+        assert_eq!(other.header_key, original.header_key);
+        assert_ne!(other.body_digest, original.body_digest, "another body");
+        let other_id = String::from_utf8_lossy(PLAIN).replace("<a@x>", "<b@x>");
+        assert_ne!(
+            Identity::of(other_id.as_bytes()).header_key,
+            original.header_key
+        );
+        // No fields at all: the raw header block is the key.
+        assert_ne!(
+            Identity::of(b"X-A: 1\r\n\r\nbody").header_key,
+            Identity::of(b"X-A: 2\r\n\r\nbody").header_key
+        );
+        assert_eq!(Identity::decode("no separator"), None);
     }
 }

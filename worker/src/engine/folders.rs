@@ -215,6 +215,7 @@ mod tests {
             path: path(levels),
             special,
             class: None,
+            subscribed: false,
         }
     }
 

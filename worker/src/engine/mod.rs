@@ -20,7 +20,7 @@
 
 pub mod folders;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -35,8 +35,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::connector::{
-    ConnectorError, FlagScan, Flags, FolderScan, ItemMeta, MailSource, MailTarget, Message,
-    Outgoing, SourceFolder, SpecialUse, TargetFolder, header_hash,
+    ConnectorError, Fetched, FlagScan, Flags, FolderScan, Identity, ItemMeta, MailSource,
+    MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, header_hash, header_key,
 };
 
 /// What a message whose size the source cannot tell before reading it
@@ -147,11 +147,7 @@ impl MemoryBudget {
 impl From<StoreError> for ConnectorError {
     fn from(error: StoreError) -> Self {
         let class = mailwave_common::Classify::class(&error);
-        ConnectorError {
-            class,
-            message: error.to_string(),
-            retry_after: None,
-        }
+        ConnectorError::classified(class, error.to_string(), None)
     }
 }
 
@@ -420,6 +416,9 @@ impl MailboxPass<'_> {
         let created = target
             .ensure_folder(&path, role, folder.class.as_deref())
             .await?;
+        if folder.subscribed {
+            target.subscribe(&created.name).await?;
+        }
         let mark = target.mark(&created.name).await?;
         let checkpoint = FolderCheckpoint {
             mailbox: self.mailbox.id,
@@ -507,34 +506,45 @@ impl MailboxPass<'_> {
         known: &std::collections::HashSet<&str>,
         pending: &mut Vec<ItemMeta>,
     ) -> Result<u64, ConnectorError> {
+        let mut keys: HashMap<String, String> = HashMap::new();
+        for chunk in pending.chunks(self.settings.batch_messages.max(1)) {
+            for (item, header) in lane.source.fetch_headers(folder, chunk).await? {
+                keys.insert(item, header_key(&header));
+            }
+        }
+        let wanted: HashSet<String> = keys.values().cloned().collect();
         let mut in_target = lane
             .target()
             .await?
-            .items_since(&checkpoint.target_folder, checkpoint.target_mark)
+            .items_since(&checkpoint.target_folder, checkpoint.target_mark, &wanted)
             .await?;
         in_target.retain(|item| !known.contains(item.id.as_str()));
         if in_target.is_empty() {
             return Ok(0);
         }
-        let mut by_identity: HashMap<(u64, String), VecDeque<String>> = HashMap::new();
+        let mut by_identity: HashMap<Identity, VecDeque<String>> = HashMap::new();
+        let mut found_keys = HashSet::new();
         for item in in_target {
+            found_keys.insert(item.identity.header_key.clone());
             by_identity
-                .entry((item.size, item.header_hash))
+                .entry(item.identity)
                 .or_default()
                 .push_back(item.id);
         }
-        let sizes: std::collections::HashSet<u64> = by_identity.keys().map(|(s, _)| *s).collect();
-        // An item of unknown size may be any of them.
         let suspects: Vec<ItemMeta> = pending
             .iter()
-            .filter(|i| i.size == 0 || sizes.contains(&i.size))
+            .filter(|i| keys.get(&i.item).is_some_and(|k| found_keys.contains(k)))
             .cloned()
             .collect();
         let mut entries = Vec::new();
         for chunk in self.batches(suspects) {
             let _permit = self.budget.acquire(batch_size(&chunk)).await;
-            for message in lane.source.fetch(folder, &chunk).await? {
-                let identity = (message.body.len() as u64, header_hash(&message.body));
+            let fetched = lane.source.fetch(folder, &chunk).await?;
+            for message in self
+                .account(folder, &chunk, fetched, &mut PassStats::default())
+                .await?
+            {
+                let identity = Identity::of(&message.body);
                 let Some(id) = by_identity.get_mut(&identity).and_then(VecDeque::pop_front) else {
                     continue;
                 };
@@ -603,6 +613,7 @@ impl MailboxPass<'_> {
                 }
                 None => fetch.await?,
             };
+            let fetched = self.account(folder, &batch, fetched, stats).await?;
             let mut permit = permit;
             self.budget.charge(
                 &mut permit,
@@ -618,6 +629,54 @@ impl MailboxPass<'_> {
             return Err(ConnectorError::interrupted());
         }
         Ok(())
+    }
+
+    /// Checks that the source accounted for every item of `asked` (given,
+    /// gone, or refused), records the refused ones, and returns the
+    /// messages given. An item the source said nothing about is an error:
+    /// skipping it would move the high-water mark past it for good.
+    async fn account(
+        &self,
+        folder: &SourceFolder,
+        asked: &[ItemMeta],
+        fetched: Fetched,
+        stats: &mut PassStats,
+    ) -> Result<Vec<Message>, ConnectorError> {
+        let Fetched {
+            messages,
+            gone,
+            refused,
+        } = fetched;
+        let mut unaccounted: HashMap<&str, &ItemMeta> =
+            asked.iter().map(|i| (i.item.as_str(), i)).collect();
+        for item in messages
+            .iter()
+            .map(|m| m.meta.item.as_str())
+            .chain(gone.iter().map(String::as_str))
+            .chain(refused.iter().map(|(item, _)| item.as_str()))
+        {
+            unaccounted.remove(item);
+        }
+        if let Some(item) = unaccounted.keys().min() {
+            return Err(ConnectorError::transient(format!(
+                "the source answered nothing for item {item} (and {} more) of folder {}",
+                unaccounted.len() - 1,
+                folder.path
+            )));
+        }
+        for (item, error) in refused {
+            let Some(meta) = asked.iter().find(|i| i.item == item) else {
+                continue;
+            };
+            if error.class != ErrorClass::Item {
+                return Err(error.context(format!("item {item}")));
+            }
+            let reason = format!("refused by the source: {}", error.message);
+            self.record_item_failure(folder, meta, error.class, reason)
+                .await?;
+            stats.items_skipped += 1;
+        }
+        Ok(messages)
     }
 
     /// Appends one fetched batch and commits its ledger entries together

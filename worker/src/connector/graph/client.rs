@@ -71,11 +71,7 @@ impl Classify for GraphError {
 
 impl From<GraphError> for ConnectorError {
     fn from(error: GraphError) -> Self {
-        ConnectorError {
-            class: error.class,
-            message: error.message,
-            retry_after: error.retry_after,
-        }
+        ConnectorError::classified(error.class, error.message, error.retry_after)
     }
 }
 

@@ -36,7 +36,8 @@ use serde_json::Value;
 use super::client::{GraphClient, GraphError};
 use super::{WELL_KNOWN_ROLES, encode, folder_tree, mailbox_client, scan_by_delta};
 use crate::connector::{
-    ConnectorError, FolderPath, FolderScan, IMAP_DATE, ItemMeta, MailSource, Message, SourceFolder,
+    ConnectorError, Fetched, FolderPath, FolderScan, IMAP_DATE, ItemMeta, MailSource, Message,
+    SourceFolder,
 };
 
 /// What message delta lists of each message.
@@ -153,6 +154,7 @@ impl MailSource for GraphMimeSource {
                     key: f.id,
                     path,
                     class: None,
+                    subscribed: false,
                 }
             })
             .collect())
@@ -183,7 +185,7 @@ impl MailSource for GraphMimeSource {
         &mut self,
         _folder: &SourceFolder,
         items: &[ItemMeta],
-    ) -> Result<Vec<Message>, ConnectorError> {
+    ) -> Result<Fetched, ConnectorError> {
         let this = &*self;
         let fetched: Vec<Result<Option<Message>, GraphError>> =
             futures::stream::iter(items.iter().cloned())
@@ -191,11 +193,14 @@ impl MailSource for GraphMimeSource {
                 .buffered(self.concurrency)
                 .collect()
                 .await;
-        let mut messages = Vec::with_capacity(items.len());
-        for message in fetched {
-            messages.extend(message?);
+        let mut result = Fetched::default();
+        for (item, message) in items.iter().zip(fetched) {
+            match message? {
+                Some(message) => result.messages.push(message),
+                None => result.gone.push(item.item.clone()),
+            }
         }
-        Ok(messages)
+        Ok(result)
     }
 
     /// Graph folder and item ids never change, so there is never anything

@@ -53,7 +53,7 @@
 pub mod client;
 pub mod mail;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -69,8 +69,9 @@ use serde_json::{Value, json};
 
 use self::client::GraphClient;
 use crate::connector::{
-    AppendReport, ConnectorError, FlagScan, Flags, FolderPath, FolderScan, ItemMeta, MailSource,
-    MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem, header_hash,
+    AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
+    ItemMeta, MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder,
+    TargetItem,
 };
 use crate::throttle::{self, EndpointThrottle, ThrottleSettings};
 
@@ -351,6 +352,7 @@ impl MailSource for GraphExportSource {
                 path: f.path,
                 special: f.special,
                 class: f.class,
+                subscribed: false,
             })
             .collect())
     }
@@ -388,23 +390,25 @@ impl MailSource for GraphExportSource {
         &mut self,
         _folder: &SourceFolder,
         items: &[ItemMeta],
-    ) -> Result<Vec<Message>, ConnectorError> {
+    ) -> Result<Fetched, ConnectorError> {
         let ids: Vec<&str> = items.iter().map(|i| i.item.as_str()).collect();
         let mut exported: HashMap<String, Bytes> =
             self.mailbox.export(&ids).await?.into_iter().collect();
-        Ok(items
-            .iter()
-            .filter_map(|meta| {
-                let body = exported.remove(&meta.item)?;
-                Some(Message {
-                    meta: ItemMeta {
-                        size: body.len() as u64,
-                        ..meta.clone()
-                    },
-                    body,
-                })
-            })
-            .collect())
+        let mut result = Fetched::default();
+        for meta in items {
+            let Some(body) = exported.remove(&meta.item) else {
+                result.gone.push(meta.item.clone());
+                continue;
+            };
+            result.messages.push(Message {
+                meta: ItemMeta {
+                    size: body.len() as u64,
+                    ..meta.clone()
+                },
+                body,
+            });
+        }
+        Ok(result)
     }
 
     /// Graph folder and item ids never change, so there is never anything
@@ -595,6 +599,7 @@ impl MailTarget for GraphImportTarget {
         &mut self,
         folder: &str,
         mark: u64,
+        wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
         let listed = self
             .mailbox
@@ -624,9 +629,9 @@ impl MailTarget for GraphImportTarget {
             .into_iter()
             .map(|(id, data)| TargetItem {
                 id,
-                size: data.len() as u64,
-                header_hash: header_hash(&data),
+                identity: Identity::of(&data),
             })
+            .filter(|item| wanted.contains(&item.identity.header_key))
             .collect())
     }
 
@@ -668,6 +673,11 @@ impl MailTarget for GraphImportTarget {
     }
 
     /// Flags travel inside the export data; there is nothing to set.
+    /// Exchange has no folder subscriptions: every folder is shown.
+    async fn subscribe(&mut self, _folder: &str) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
     async fn set_flags(
         &mut self,
         _folder: &str,

@@ -7,7 +7,7 @@
 
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,8 +17,8 @@ use mailwave_common::config::{
 
 use self::wire::{AppendMessage, ImapConnection, ImapError, ListEntry};
 use super::{
-    AppendReport, ConnectorError, FlagScan, Flags, FolderPath, FolderScan, ItemMeta, MailSource,
-    MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
+    AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, ItemMeta,
+    MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
 };
 use crate::throttle::MailboxThrottle;
 use mailwave_common::ErrorClass;
@@ -63,13 +63,10 @@ fn class_of(error: &ImapError) -> ErrorClass {
 impl From<ImapError> for ConnectorError {
     fn from(error: ImapError) -> Self {
         let class = class_of(&error);
-        ConnectorError {
-            class,
-            retry_after: error
-                .backoff_hint()
-                .filter(|_| class == ErrorClass::Throttled),
-            message: error.to_string(),
-        }
+        let retry_after = error
+            .backoff_hint()
+            .filter(|_| class == ErrorClass::Throttled);
+        ConnectorError::classified(class, error.to_string(), retry_after)
     }
 }
 
@@ -443,6 +440,7 @@ impl MailSource for ImapSource {
                         path: self.session.naming.path_of(entry),
                         special: Session::role_of(entry),
                         class: None,
+                        subscribed: false,
                     })
                     .collect())
             })
@@ -510,7 +508,7 @@ impl MailSource for ImapSource {
         &mut self,
         folder: &SourceFolder,
         items: &[ItemMeta],
-    ) -> Result<Vec<Message>, ConnectorError> {
+    ) -> Result<Fetched, ConnectorError> {
         let throttle = self.throttle.clone();
         throttle
             .run(async {
@@ -524,21 +522,23 @@ impl MailSource for ImapSource {
                     .into_iter()
                     .map(|m| (m.uid, m))
                     .collect();
-                Ok(items
-                    .iter()
-                    .filter_map(|item| {
-                        let message = fetched.remove(&item.uid)?;
-                        Some(Message {
-                            meta: ItemMeta {
-                                size: message.body.len() as u64,
-                                flags: Flags::from_iter(&message.flags),
-                                internal_date: Some(message.internal_date),
-                                ..item.clone()
-                            },
-                            body: message.body,
-                        })
-                    })
-                    .collect())
+                let mut result = Fetched::default();
+                for item in items {
+                    let Some(message) = fetched.remove(&item.uid) else {
+                        result.gone.push(item.item.clone());
+                        continue;
+                    };
+                    result.messages.push(Message {
+                        meta: ItemMeta {
+                            size: message.body.len() as u64,
+                            flags: Flags::from_iter(&message.flags),
+                            internal_date: Some(message.internal_date),
+                            ..item.clone()
+                        },
+                        body: message.body,
+                    });
+                }
+                Ok(result)
             })
             .await
     }
@@ -605,11 +605,13 @@ impl ImapTarget {
         Ok(u64::from(next))
     }
 
-    /// The messages at or past UID `mark`, by size and header hash.
+    /// The messages at or past UID `mark` whose header key is `wanted`,
+    /// with their identities (read whole: only those).
     async fn messages_since(
         &mut self,
         folder: &str,
         mark: u64,
+        wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
         let Ok(mark) = u32::try_from(mark.max(1)) else {
             return Ok(Vec::new());
@@ -629,13 +631,23 @@ impl ImapTarget {
             .conn
             .fetch_headers(&format!("{mark}:*"))
             .await?;
-        Ok(headers
+        let worth_reading: Vec<u32> = headers
             .into_iter()
-            .filter(|(uid, _, _)| *uid >= mark)
-            .map(|(uid, size, header)| TargetItem {
-                id: uid.to_string(),
-                size,
-                header_hash: blake3::hash(&header).to_hex().to_string(),
+            .filter(|(uid, _, header)| *uid >= mark && wanted.contains(&super::header_key(header)))
+            .map(|(uid, _, _)| uid)
+            .collect();
+        if worth_reading.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .session
+            .conn
+            .fetch_bodies(&worth_reading)
+            .await?
+            .into_iter()
+            .map(|message| TargetItem {
+                id: message.uid.to_string(),
+                identity: super::Identity::of(&message.body),
             })
             .collect())
     }
@@ -747,9 +759,12 @@ impl MailTarget for ImapTarget {
         &mut self,
         folder: &str,
         mark: u64,
+        wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
         let throttle = self.throttle.clone();
-        throttle.run(self.messages_since(folder, mark)).await
+        throttle
+            .run(self.messages_since(folder, mark, wanted))
+            .await
     }
 
     async fn append(
@@ -796,19 +811,24 @@ impl MailTarget for ImapTarget {
                     };
 
                 let mark_after = if let Some(before) = mark_before {
-                    // No UIDPLUS: find the new copies' UIDs by their headers.
-                    let mut found: HashMap<(u64, String), Vec<String>> = HashMap::new();
-                    for item in self.messages_since(folder, before).await?.into_iter().rev() {
-                        found
-                            .entry((item.size, item.header_hash))
-                            .or_default()
-                            .push(item.id);
+                    // No UIDPLUS: find the new copies' UIDs by their identities.
+                    let identities: Vec<super::Identity> = messages
+                        .iter()
+                        .map(|m| super::Identity::of(&m.body))
+                        .collect();
+                    let wanted = identities.iter().map(|i| i.header_key.clone()).collect();
+                    let mut found: HashMap<super::Identity, Vec<String>> = HashMap::new();
+                    for item in self
+                        .messages_since(folder, before, &wanted)
+                        .await?
+                        .into_iter()
+                        .rev()
+                    {
+                        found.entry(item.identity).or_default().push(item.id);
                     }
-                    for (message, result) in messages.iter().zip(results.iter_mut()) {
+                    for (identity, result) in identities.iter().zip(results.iter_mut()) {
                         if let Ok(id @ None) = result {
-                            let identity =
-                                (message.body.len() as u64, super::header_hash(&message.body));
-                            *id = found.get_mut(&identity).and_then(Vec::pop);
+                            *id = found.get_mut(identity).and_then(Vec::pop);
                         }
                     }
                     Some(self.uid_next(folder).await?)
@@ -827,6 +847,16 @@ impl MailTarget for ImapTarget {
                     results,
                     mark_after,
                 })
+            })
+            .await
+    }
+
+    async fn subscribe(&mut self, folder: &str) -> Result<(), ConnectorError> {
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                self.session.conn.subscribe(folder).await?;
+                Ok(())
             })
             .await
     }

@@ -447,6 +447,13 @@ impl ImapConnection {
         self.execute(b.finish(), ignore).await.map(drop)
     }
 
+    /// `SUBSCRIBE`; subscribing twice is no error (RFC 3501 6.3.6).
+    pub async fn subscribe(&mut self, mailbox: &str) -> Result<(), ImapError> {
+        let mut b = self.builder();
+        b.raw("SUBSCRIBE ").string(mailbox);
+        self.execute(b.finish(), ignore).await.map(drop)
+    }
+
     /// UID, size, flags, internal date (and MODSEQ with CONDSTORE) of the
     /// messages in `uid_set`. `changed_since` adds `(CHANGEDSINCE n)` when the
     /// server has CONDSTORE; without it all messages in the set are returned.
