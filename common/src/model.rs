@@ -17,8 +17,12 @@ pub enum MailboxState {
     Queued,
     /// A worker holds the mailbox and is copying.
     Running,
-    /// The current pass finished; every item is copied or recorded as skipped.
+    /// The current pass finished and every item the source listed is copied
+    /// (or confirmed gone, or skipped by the operator's policy).
     Completed,
+    /// The current pass finished, but some items or folders could not be
+    /// copied: they are recorded as failures with their reasons.
+    CompletedWithErrors,
     /// The current pass stopped for a mailbox-level reason (see `last_error`).
     Failed,
 }
@@ -31,6 +35,7 @@ impl MailboxState {
             MailboxState::Queued => "queued",
             MailboxState::Running => "running",
             MailboxState::Completed => "completed",
+            MailboxState::CompletedWithErrors => "completed_with_errors",
             MailboxState::Failed => "failed",
         }
     }
@@ -42,6 +47,7 @@ impl MailboxState {
             "queued" => MailboxState::Queued,
             "running" => MailboxState::Running,
             "completed" => MailboxState::Completed,
+            "completed_with_errors" => MailboxState::CompletedWithErrors,
             "failed" => MailboxState::Failed,
             _ => return None,
         })
@@ -49,7 +55,10 @@ impl MailboxState {
 
     /// Whether the pass is over for this mailbox.
     pub fn is_terminal(self) -> bool {
-        matches!(self, MailboxState::Completed | MailboxState::Failed)
+        matches!(
+            self,
+            MailboxState::Completed | MailboxState::CompletedWithErrors | MailboxState::Failed
+        )
     }
 }
 
@@ -89,6 +98,11 @@ pub struct PassStats {
     pub items_recovered: u64,
     pub flags_updated: u64,
     pub items_skipped: u64,
+    /// Of the skipped items, those the operator's policy left out
+    /// (`max_message_bytes`): not errors.
+    pub items_skipped_by_policy: u64,
+    /// Items or folders that could not be copied (recorded with reasons).
+    pub items_failed: u64,
     /// Restarts from the checkpoints after a failure worth retrying.
     pub retries: u64,
     /// Of those, the ones the server asked for (throttling).
@@ -106,6 +120,8 @@ impl PassStats {
         self.items_recovered += other.items_recovered;
         self.flags_updated += other.flags_updated;
         self.items_skipped += other.items_skipped;
+        self.items_skipped_by_policy += other.items_skipped_by_policy;
+        self.items_failed += other.items_failed;
         self.retries += other.retries;
         self.throttled += other.throttled;
         self.wait_millis += other.wait_millis;
@@ -119,6 +135,20 @@ pub struct Job {
     pub wave: WaveId,
     pub mailbox: MailboxId,
     pub pass: i64,
+}
+
+/// A worker's hold on one pass of one mailbox. Every store write of the
+/// pass carries it, and the store accepts the write only while this is the
+/// mailbox's live lease: same worker, same `token`, not expired. The token
+/// grows with every lease taken on the mailbox (a fencing token), so a worker
+/// that lost its lease — frozen, cut off, or slower than its TTL — can never
+/// write over the worker that took the mailbox after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub mailbox: MailboxId,
+    pub pass: i64,
+    pub worker: String,
+    pub token: i64,
 }
 
 /// How far a source folder has been copied. Written in the same transaction
@@ -139,6 +169,12 @@ pub struct FolderCheckpoint {
     /// The target's position (IMAP: UIDNEXT) right after the last committed
     /// append: anything past it may be an in-doubt copy from an interrupted run.
     pub target_mark: u64,
+    /// The target folder's UIDVALIDITY when the ledger's target ids were
+    /// written (IMAP; `None` for targets without one, or not yet known).
+    /// When the target's changes, those ids name other messages.
+    pub target_validity: Option<u32>,
+    /// The copy was subscribed (the source folder is).
+    pub subscribed: bool,
     /// Where the source's change listing resumes (Microsoft Graph: the delta
     /// link), saved once everything it listed is copied or recorded.
     pub sync_state: Option<String>,
@@ -162,9 +198,13 @@ pub struct LedgerEntry {
     pub size: u64,
     /// blake3 of the whole message, hex.
     pub content_hash: String,
-    /// blake3 of the header block, hex: with the size, the identity used to
-    /// find in-doubt copies after an interruption.
+    /// blake3 of the header block, hex: with the size, how the copies of a
+    /// source folder whose UIDVALIDITY changed are recognised.
     pub header_hash: String,
+    /// The message's identity (`header_key:body_digest`, see the worker's
+    /// `connector::Identity`): how its copy is recognised in a target that
+    /// re-renders what it stores. Empty in entries written before it was kept.
+    pub identity: String,
     /// Flags as last written to the target, canonical form (see `Flags`).
     pub flags: String,
 }
@@ -179,6 +219,8 @@ pub struct ItemFailure {
     pub class: crate::ErrorClass,
     pub reason: String,
     pub pass: i64,
+    /// Left out by the operator's policy (`max_message_bytes`), not an error.
+    pub policy: bool,
 }
 
 /// Where a wave is in its life (distributed mode).
@@ -244,6 +286,7 @@ pub struct WaveCounts {
     pub queued: u64,
     pub running: u64,
     pub completed: u64,
+    pub completed_with_errors: u64,
     pub failed: u64,
     pub items_copied: u64,
     pub bytes_copied: u64,
@@ -253,7 +296,12 @@ pub struct WaveCounts {
 impl WaveCounts {
     /// Mailboxes in the wave.
     pub fn total(&self) -> u64 {
-        self.pending + self.queued + self.running + self.completed + self.failed
+        self.pending
+            + self.queued
+            + self.running
+            + self.completed
+            + self.completed_with_errors
+            + self.failed
     }
 
     /// Adds `n` mailboxes in `state`.
@@ -263,6 +311,7 @@ impl WaveCounts {
             MailboxState::Queued => self.queued += n,
             MailboxState::Running => self.running += n,
             MailboxState::Completed => self.completed += n,
+            MailboxState::CompletedWithErrors => self.completed_with_errors += n,
             MailboxState::Failed => self.failed += n,
         }
     }

@@ -105,7 +105,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "unavailable"),
+            StoreError::Corrupt(_) | StoreError::LeaseLost { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "unavailable")
+            }
         };
         if status.is_server_error() {
             tracing::error!(%error, "API request failed in the store");

@@ -411,10 +411,11 @@ pub fn human_bytes(bytes: u64) -> String {
 fn attention(state: MailboxState) -> u8 {
     match state {
         MailboxState::Failed => 0,
-        MailboxState::Running => 1,
-        MailboxState::Queued => 2,
-        MailboxState::Pending => 3,
-        MailboxState::Completed => 4,
+        MailboxState::CompletedWithErrors => 1,
+        MailboxState::Running => 2,
+        MailboxState::Queued => 3,
+        MailboxState::Pending => 4,
+        MailboxState::Completed => 5,
     }
 }
 
@@ -447,8 +448,13 @@ pub fn render_status(status: &WaveStatus, mailboxes: &[MailboxRecord], max_rows:
     );
     let _ = writeln!(
         out,
-        "mailboxes  pending {}  queued {}  running {}  completed {}  failed {}",
-        counts.pending, counts.queued, counts.running, counts.completed, counts.failed
+        "mailboxes  pending {}  queued {}  running {}  completed {}  with errors {}  failed {}",
+        counts.pending,
+        counts.queued,
+        counts.running,
+        counts.completed,
+        counts.completed_with_errors,
+        counts.failed
     );
     let _ = writeln!(
         out,
@@ -718,7 +724,7 @@ mod tests {
         assert!(text.contains("1/3 mailboxes completed (33.3%)"), "{text}");
         assert!(text.contains(&progress_bar(1, 3, 40)), "{text}");
         assert!(
-            text.contains("pending 0  queued 0  running 1  completed 1  failed 1"),
+            text.contains("pending 0  queued 0  running 1  completed 1  with errors 0  failed 1"),
             "{text}"
         );
         assert!(

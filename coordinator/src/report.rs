@@ -7,6 +7,30 @@ use mailwave_common::model::{ItemFailure, MailboxRecord, MailboxState};
 use mailwave_common::store::{Store, StoreError};
 use serde::Serialize;
 
+/// How a run ended; its exit code says it (documented in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every mailbox completed: every item copied, confirmed gone, or left
+    /// out by the operator's policy (listed). Exit code 0.
+    Completed,
+    /// Every mailbox finished, but some items or folders could not be
+    /// copied (each recorded with its reason), or CSV rows were rejected.
+    /// Exit code 3.
+    CompletedWithErrors,
+    /// At least one mailbox failed (or did not finish). Exit code 1.
+    MailboxesFailed,
+}
+
+impl RunOutcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            RunOutcome::Completed => 0,
+            RunOutcome::MailboxesFailed => 1,
+            RunOutcome::CompletedWithErrors => 3,
+        }
+    }
+}
+
 /// The report of one run over a wave.
 #[derive(Debug, Serialize)]
 pub struct WaveReport {
@@ -59,13 +83,18 @@ impl WaveReport {
         })
     }
 
-    /// Whether every mailbox completed and no row was left out.
-    pub fn all_completed(&self) -> bool {
-        self.rejected_rows.is_empty()
-            && self
-                .mailboxes
-                .iter()
-                .all(|m| m.record.state == MailboxState::Completed)
+    /// How the run ended, for the exit code.
+    pub fn outcome(&self) -> RunOutcome {
+        let state = |s| self.mailboxes.iter().any(|m| m.record.state == s);
+        if state(MailboxState::Failed)
+            || self.mailboxes.iter().any(|m| !m.record.state.is_terminal())
+        {
+            return RunOutcome::MailboxesFailed;
+        }
+        if state(MailboxState::CompletedWithErrors) || !self.rejected_rows.is_empty() {
+            return RunOutcome::CompletedWithErrors;
+        }
+        RunOutcome::Completed
     }
 
     /// A table per mailbox, then one line per failure.
@@ -73,7 +102,7 @@ impl WaveReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<32} {:<10} {:>5} {:>8} {:>10} {:>9} {:>6} {:>7} {:>7} {:>9}",
+            "{:<32} {:<21} {:>5} {:>8} {:>10} {:>9} {:>6} {:>7} {:>7} {:>7} {:>9}",
             "mailbox",
             "state",
             "pass",
@@ -81,7 +110,8 @@ impl WaveReport {
             "bytes",
             "recovered",
             "flags",
-            "skipped",
+            "failed",
+            "policy",
             "retries",
             "throttled"
         );
@@ -90,56 +120,81 @@ impl WaveReport {
             let s = &r.stats;
             let _ = writeln!(
                 out,
-                "{:<32} {:<10} {:>5} {:>8} {:>10} {:>9} {:>6} {:>7} {:>7} {:>9}",
-                truncate(&format!("{} -> {}", r.source, r.target), 32),
+                "{:<32} {:<21} {:>5} {:>8} {:>10} {:>9} {:>6} {:>7} {:>7} {:>7} {:>9}",
+                truncate(&safe(&format!("{} -> {}", r.source, r.target)), 32),
                 r.state.as_str(),
                 r.pass,
                 s.items_copied,
                 human_bytes(s.bytes_copied),
                 s.items_recovered,
                 s.flags_updated,
-                s.items_skipped,
+                s.items_failed,
+                s.items_skipped_by_policy,
                 s.retries,
                 s.throttled
             );
         }
-        let failed: Vec<_> = self
-            .mailboxes
-            .iter()
-            .filter(|m| m.record.state != MailboxState::Completed)
-            .collect();
-        let skipped = self
-            .mailboxes
-            .iter()
-            .map(|m| m.item_failures.len())
-            .sum::<usize>();
+        let in_state = |state| {
+            self.mailboxes
+                .iter()
+                .filter(|m| m.record.state == state)
+                .count()
+        };
+        let failures = || {
+            self.mailboxes
+                .iter()
+                .flat_map(|m| m.item_failures.iter().map(move |f| (m, f)))
+        };
         let _ = writeln!(
             out,
-            "\n{} mailboxes: {} completed, {} failed; {} items skipped; {} CSV rows rejected",
+            "\n{} mailboxes: {} completed, {} completed with errors, {} failed; \
+             {} items not copied, {} skipped by policy; {} CSV rows rejected",
             self.mailboxes.len(),
-            self.mailboxes.len() - failed.len(),
-            failed.len(),
-            skipped,
+            in_state(MailboxState::Completed),
+            in_state(MailboxState::CompletedWithErrors),
+            self.mailboxes.len()
+                - in_state(MailboxState::Completed)
+                - in_state(MailboxState::CompletedWithErrors),
+            failures().filter(|(_, f)| !f.policy).count(),
+            failures().filter(|(_, f)| f.policy).count(),
             self.rejected_rows.len()
         );
-        for m in failed {
+        for m in &self.mailboxes {
+            if matches!(
+                m.record.state,
+                MailboxState::Completed | MailboxState::CompletedWithErrors
+            ) {
+                continue;
+            }
             let reason = m.record.last_error.as_deref().unwrap_or("did not finish");
-            let _ = writeln!(out, "FAILED {}: {reason}", m.record.source);
+            let _ = writeln!(out, "FAILED {}: {}", safe(&m.record.source), safe(reason));
         }
         for row in &self.rejected_rows {
-            let _ = writeln!(out, "REJECTED CSV line {}: {}", row.line, row.reason);
+            let _ = writeln!(out, "REJECTED CSV line {}: {}", row.line, safe(&row.reason));
         }
-        for m in &self.mailboxes {
-            for f in &m.item_failures {
-                let _ = writeln!(
-                    out,
-                    "SKIPPED {} folder {:?} item {} ({} bytes): {}",
-                    m.record.source, f.folder, f.item, f.size, f.reason
-                );
-            }
+        for (m, f) in failures() {
+            let label = if f.policy {
+                "SKIPPED BY POLICY"
+            } else {
+                "NOT COPIED"
+            };
+            let _ = writeln!(
+                out,
+                "{label} {} folder {:?} item {} ({} bytes): {}",
+                safe(&m.record.source),
+                f.folder,
+                safe(&f.item),
+                f.size,
+                safe(&f.reason)
+            );
         }
         out
     }
+}
+
+/// Text that may come from a server or a file, safe for a terminal.
+fn safe(text: &str) -> std::borrow::Cow<'_, str> {
+    mailwave_common::text::escape_controls(text)
 }
 
 fn truncate(text: &str, width: usize) -> String {

@@ -47,6 +47,32 @@ impl ProgressSink for Counters {
     }
 }
 
+/// Takes the exclusive lock of `STATE.lock` beside the state file, or says
+/// why not: another `mailwave run` holds it.
+fn lock_state_file(state: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut name = state.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another mailwave run is using the state file {} (its lock {} is held); \
+             wait for it to finish, or give this run its own --state",
+            state.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = Arc::new(Config::load(&args.config)?);
     let csv = std::fs::File::open(&args.mailboxes)
@@ -60,6 +86,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .file_stem()
             .map_or_else(|| "wave".into(), |s| s.to_string_lossy().into_owned())
     });
+    // One run at a time per state file: a second one would copy everything
+    // the first is copying. Held until this function returns.
+    let _lock = lock_state_file(&args.state)?;
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&args.state)
             .with_context(|| format!("opening the state store {}", args.state.display()))?,
@@ -151,9 +180,5 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let json = serde_json::to_vec_pretty(&json)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(if report.all_completed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(ExitCode::from(report.outcome().exit_code()))
 }

@@ -106,16 +106,18 @@ mod tests {
         for job in &first.jobs {
             let delivery = queue.next().await.unwrap().unwrap();
             assert_eq!(delivery.job(), job);
-            assert!(store.start_pass(job.mailbox, job.pass).await.unwrap());
+            let lease = store
+                .acquire_lease(job.mailbox, job.pass, "w", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(store.start_pass(&lease).await.unwrap());
             let outcome = PassOutcome {
                 state: MailboxState::Completed,
                 error: None,
                 stats: PassStats::default(),
             };
-            store
-                .finish_pass(job.mailbox, job.pass, &outcome)
-                .await
-                .unwrap();
+            store.finish_pass(&lease, &outcome).await.unwrap();
             delivery.ack().await.unwrap();
         }
         let records = wait_for_pass(&store, &first, Duration::from_millis(1))

@@ -95,12 +95,13 @@ impl Coordinator {
 
     /// What a worker does: runs the pass and records how it ended.
     async fn work(&self, mailbox: &MailboxRecord, error: Option<&str>) {
-        assert!(
-            self.store
-                .start_pass(mailbox.id, mailbox.pass)
-                .await
-                .unwrap()
-        );
+        let lease = self
+            .store
+            .acquire_lease(mailbox.id, mailbox.pass, "worker", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        assert!(self.store.start_pass(&lease).await.unwrap());
         let outcome = PassOutcome {
             state: if error.is_some() {
                 MailboxState::Failed
@@ -115,10 +116,8 @@ impl Coordinator {
                 ..PassStats::default()
             },
         };
-        self.store
-            .finish_pass(mailbox.id, mailbox.pass, &outcome)
-            .await
-            .unwrap();
+        self.store.finish_pass(&lease, &outcome).await.unwrap();
+        self.store.release_lease(&lease).await.unwrap();
     }
 }
 
@@ -185,7 +184,7 @@ async fn client_drives_a_wave() {
     assert!(!over);
     assert!(screen.contains("state      running"), "{screen}");
     assert!(screen.contains("1/3 mailboxes completed"), "{screen}");
-    assert!(screen.contains("completed 1  failed 1"), "{screen}");
+    assert!(screen.contains("completed 1  with errors 0  failed 1"), "{screen}");
     assert!(
         screen.contains("20 items, 6.0 MiB   skipped items 2"),
         "{screen}"
@@ -328,7 +327,7 @@ async fn binary_drives_a_wave() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("1/3 mailboxes completed"), "{out}");
     assert!(
-        out.contains("pending 0  queued 2  running 0  completed 1  failed 0"),
+        out.contains("pending 0  queued 2  running 0  completed 1  with errors 0  failed 0"),
         "{out}"
     );
     assert!(out.contains("10 items, 3.0 MiB"), "{out}");

@@ -123,9 +123,16 @@ impl Harness {
         body
     }
 
-    /// What a worker does with a job: start the pass, finish it.
+    /// What a worker does with a job, in the real worker's order: take the
+    /// lease, start the pass, finish it, release the lease.
     async fn work(&self, job: &Job) {
-        assert!(self.store.start_pass(job.mailbox, job.pass).await.unwrap());
+        let lease = self
+            .store
+            .acquire_lease(job.mailbox, job.pass, "worker", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        assert!(self.store.start_pass(&lease).await.unwrap());
         let outcome = PassOutcome {
             state: MailboxState::Completed,
             error: None,
@@ -135,21 +142,25 @@ impl Harness {
                 ..PassStats::default()
             },
         };
-        self.store
-            .finish_pass(job.mailbox, job.pass, &outcome)
-            .await
-            .unwrap();
+        self.store.finish_pass(&lease, &outcome).await.unwrap();
+        self.store.release_lease(&lease).await.unwrap();
     }
 
-    /// A worker that starts the pass, takes a lease and dies.
+    /// A worker that takes a lease, starts the pass and dies.
     async fn lose_worker(&self, job: &Job, worker: &str) {
-        assert!(self.store.start_pass(job.mailbox, job.pass).await.unwrap());
-        assert!(
-            self.store
-                .acquire_lease(job.mailbox, job.pass, worker, Duration::from_millis(1))
-                .await
-                .unwrap()
-        );
+        let lease = self
+            .store
+            .acquire_lease(job.mailbox, job.pass, worker, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("the lease is free");
+        assert!(self.store.start_pass(&lease).await.unwrap());
+        // It stops renewing: its lease runs out.
+        self.store
+            .acquire_lease(job.mailbox, job.pass, worker, Duration::from_millis(1))
+            .await
+            .unwrap()
+            .expect("its own lease");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !self
             .store
@@ -381,11 +392,19 @@ async fn control_plane_flow(store: Arc<dyn Store>) {
         h.store.mailbox(queued[0].mailbox).await.unwrap().state,
         MailboxState::Pending
     );
+    let lease = h
+        .store
+        .acquire_lease(
+            queued[0].mailbox,
+            queued[0].pass,
+            "late",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .expect("nobody holds it");
     assert!(
-        !h.store
-            .start_pass(queued[0].mailbox, queued[0].pass)
-            .await
-            .unwrap(),
+        !h.store.start_pass(&lease).await.unwrap(),
         "its job is stale"
     );
     assert!(h.dispatch(wave).await.is_empty());

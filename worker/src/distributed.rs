@@ -14,12 +14,14 @@
 //! another deployment, or of a database that was reset) is a poison job: it
 //! is rejected, and RabbitMQ moves it to the dead-letter queue.
 //!
-//! While the pass runs, a heartbeat renews the lease every third of its TTL.
-//! A renewal answered `false` means the lease is someone else's now (this
-//! worker was too slow and the reaper re-queued the pass, or a newer pass
-//! was asked for): the job is cancelled, stops at its next checkpoint and
-//! records no outcome. A worker that dies simply stops renewing; the
-//! coordinator's reaper re-queues its mailboxes once the lease expired.
+//! While the pass runs, a [`LeaseKeeper`] renews the lease every third of
+//! its TTL, and every store write of the pass is fenced by the lease's
+//! token. A renewal answered `false`, a write refused, or no successful
+//! renewal for the TTL less a margin by the worker's own clock (the store
+//! unreachable, the process frozen) means the lease may be someone else's
+//! now: the job stops at once, the batch in hand is dropped, and no outcome
+//! is recorded. A worker that dies simply stops renewing; the coordinator's
+//! reaper re-queues its mailboxes once the lease expired.
 //!
 //! # Graceful shutdown
 //!
@@ -32,14 +34,14 @@
 //! of the engine cover an append interrupted by the process's exit exactly
 //! as they cover a crash.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use mailwave_common::config::{Config, load_section};
-use mailwave_common::model::{Job, MailboxState, PassStats};
+use mailwave_common::model::{Job, Lease, MailboxState, PassStats};
 use mailwave_common::queue::{Delivery, JobQueue, QueueError, QueueNames, RabbitQueue};
 use mailwave_common::shutdown::shutdown_signal;
 use mailwave_common::store::{PassOutcome, PostgresStore, Store, StoreError};
@@ -49,6 +51,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{CopySettings, MemoryBudget, NoProgress};
 use crate::job::{EndpointCredentialsOnly, JobOutcome, WorkerContext, run_job};
+use crate::lease::LeaseKeeper;
 
 /// `[worker]` of the settings file; every key can be overridden by
 /// `MAILWAVE__WORKER__KEY` (e.g. `MAILWAVE__WORKER__CONCURRENCY=8`). Other
@@ -170,7 +173,7 @@ pub async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
 /// What taking a job's lease came to.
 enum Claim {
     /// The lease is this worker's: run the job.
-    Ours,
+    Ours(Lease),
     /// Another worker holds a live lease: the job is a duplicate or stale.
     Another,
     /// The store refused for good (e.g. no such mailbox): a poison job.
@@ -187,8 +190,9 @@ struct Worker {
     ttl: Duration,
     /// Cancelled at shutdown: every running job stops at its next checkpoint.
     jobs_stop: CancellationToken,
-    /// Jobs running now, for the hand-back when the grace time runs out.
-    running: Mutex<HashSet<(i64, i64)>>,
+    /// The leases of the jobs running now, by mailbox, for the hand-back
+    /// when the grace time runs out.
+    running: Mutex<HashMap<i64, Lease>>,
 }
 
 /// Serves jobs from `queue` until `shutdown` completes, then stops as
@@ -205,7 +209,7 @@ pub async fn run(
         budget: MemoryBudget::new(settings.memory_budget_bytes),
         ttl: settings.lease_ttl(),
         jobs_stop: CancellationToken::new(),
-        running: Mutex::new(HashSet::new()),
+        running: Mutex::new(HashMap::new()),
     });
     tracing::info!(worker = %worker.id, concurrency = settings.concurrency, "worker serving");
     let consumers: Vec<_> = (0..settings.concurrency)
@@ -230,13 +234,19 @@ pub async fn run(
             match tokio::time::timeout(wait, &mut all).await {
                 Ok(results) => results,
                 Err(_) => {
-                    let left: Vec<_> = worker.running.lock().expect("lock").drain().collect();
+                    let left: Vec<Lease> = worker
+                        .running
+                        .lock()
+                        .expect("lock")
+                        .drain()
+                        .map(|(_, lease)| lease)
+                        .collect();
                     tracing::warn!(
                         jobs = left.len(),
                         "grace time spent; handing back the jobs still running"
                     );
-                    for (mailbox, pass) in left {
-                        worker.give_back(mailbox, pass).await;
+                    for lease in left {
+                        worker.give_back(&lease).await;
                     }
                     tracing::info!(worker = %worker.id, "worker stopped");
                     return Ok(());
@@ -282,6 +292,7 @@ impl Worker {
     /// One delivery: the lease, the ack, the job, the lease's end.
     async fn take(&self, delivery: Box<dyn Delivery>) {
         let job = delivery.job().clone();
+        let acquired = tokio::time::Instant::now();
         let claim = self.claim(&job).await;
         let settled = match &claim {
             // Shutting down before the store answered: the job goes back.
@@ -292,28 +303,25 @@ impl Worker {
             }
             // Ours or another worker's, the lease owns the mailbox from now
             // on: the message has served its purpose.
-            Claim::Ours | Claim::Another => delivery.ack().await,
+            Claim::Ours(_) | Claim::Another => delivery.ack().await,
         };
         if let Err(error) = settled {
             tracing::warn!(?job, %error, "could not settle a job (it may come again and will be dropped)");
         }
-        match claim {
-            Claim::Ours => {}
+        let lease = match claim {
+            Claim::Ours(lease) => lease,
             Claim::Another => {
                 tracing::info!(?job, "mailbox leased by another worker: job dropped");
                 return;
             }
             Claim::ShuttingDown | Claim::Impossible(_) => return,
-        }
+        };
         self.running
             .lock()
             .expect("lock")
-            .insert((job.mailbox, job.pass));
-        self.run_leased(&job).await;
-        self.running
-            .lock()
-            .expect("lock")
-            .remove(&(job.mailbox, job.pass));
+            .insert(job.mailbox, lease.clone());
+        self.run_leased(&job, lease, acquired).await;
+        self.running.lock().expect("lock").remove(&job.mailbox);
     }
 
     /// Takes the lease, retrying while the store is unavailable.
@@ -325,8 +333,8 @@ impl Worker {
                 .acquire_lease(job.mailbox, job.pass, &self.id, self.ttl)
                 .await
             {
-                Ok(true) => return Claim::Ours,
-                Ok(false) => return Claim::Another,
+                Ok(Some(lease)) => return Claim::Ours(lease),
+                Ok(None) => return Claim::Another,
                 Err(error) if error.class() != ErrorClass::Transient => {
                     return Claim::Impossible(error);
                 }
@@ -342,51 +350,26 @@ impl Worker {
         }
     }
 
-    /// Runs a job whose lease this worker holds, with the heartbeat.
-    async fn run_leased(&self, job: &Job) {
+    /// Runs a job whose lease this worker holds, keeping the lease.
+    async fn run_leased(&self, job: &Job, lease: Lease, acquired: tokio::time::Instant) {
         let stop = self.jobs_stop.child_token();
-        let lost = CancellationToken::new();
-        let heartbeat = {
-            let store = Arc::clone(&self.store);
-            let id = self.id.clone();
-            let ttl = self.ttl;
-            let stop = stop.clone();
-            let lost = lost.clone();
-            let mailbox = job.mailbox;
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    match store.renew_lease(mailbox, &id, ttl).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(mailbox, "lease lost to another worker; stopping");
-                            lost.cancel();
-                            stop.cancel();
-                            return;
-                        }
-                        Err(error) => {
-                            tracing::warn!(mailbox, %error, "renewing the lease failed; retrying");
-                        }
-                    }
-                }
-            })
-        };
-        let result = self.run_with_wave_config(job, &stop).await;
-        heartbeat.abort();
-        if lost.is_cancelled() {
-            // Someone else owns the mailbox: nothing of ours to record.
-            return;
-        }
+        let keeper = LeaseKeeper::start(Arc::clone(&self.store), lease, self.ttl, acquired);
+        let result = self.run_with_wave_config(job, &keeper, &stop).await;
+        keeper.stop();
         match result {
+            // Someone else may own the mailbox: nothing of ours to record.
+            Ok(JobOutcome::LeaseLost) => {
+                tracing::warn!(?job, "lease lost: the job stopped, nothing recorded");
+            }
             Ok(JobOutcome::Finished(state)) => {
                 tracing::info!(?job, ?state, "job finished");
-                self.release(job).await;
+                self.release(keeper.lease()).await;
             }
-            Ok(JobOutcome::Stale) => self.release(job).await,
-            Ok(JobOutcome::Interrupted) => self.give_back(job.mailbox, job.pass).await,
+            Ok(JobOutcome::Stale) => self.release(keeper.lease()).await,
+            Ok(JobOutcome::Interrupted) => self.give_back(keeper.lease()).await,
             Err(error) => {
                 tracing::error!(?job, %error, "the store failed; handing the mailbox back");
-                self.give_back(job.mailbox, job.pass).await;
+                self.give_back(keeper.lease()).await;
             }
         }
     }
@@ -395,6 +378,7 @@ impl Worker {
     async fn run_with_wave_config(
         &self,
         job: &Job,
+        keeper: &LeaseKeeper,
         stop: &CancellationToken,
     ) -> Result<JobOutcome, StoreError> {
         let wave = self.store.wave(job.wave).await?;
@@ -402,18 +386,23 @@ impl Worker {
             Ok(config) => config,
             Err(error) => {
                 // Nothing any worker could do with it: the pass fails.
-                if !self.store.start_pass(job.mailbox, job.pass).await? {
-                    return Ok(JobOutcome::Stale);
+                let lease = keeper.lease();
+                match self.store.start_pass(lease).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(JobOutcome::Stale),
+                    Err(StoreError::LeaseLost { .. }) => return Ok(JobOutcome::LeaseLost),
+                    Err(error) => return Err(error),
                 }
                 let outcome = PassOutcome {
                     state: MailboxState::Failed,
                     error: Some(format!("the wave's configuration is unusable: {error}")),
                     stats: PassStats::default(),
                 };
-                self.store
-                    .finish_pass(job.mailbox, job.pass, &outcome)
-                    .await?;
-                return Ok(JobOutcome::Finished(MailboxState::Failed));
+                return match self.store.finish_pass(lease, &outcome).await {
+                    Ok(()) => Ok(JobOutcome::Finished(MailboxState::Failed)),
+                    Err(StoreError::LeaseLost { .. }) => Ok(JobOutcome::LeaseLost),
+                    Err(error) => Err(error),
+                };
             }
         };
         let config = Arc::new(config);
@@ -427,23 +416,23 @@ impl Worker {
             retry_min_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
         };
-        run_job(&ctx, job, stop).await
+        run_job(&ctx, job, keeper, stop).await
     }
 
-    async fn release(&self, job: &Job) {
-        if let Err(error) = self.store.release_lease(job.mailbox, &self.id).await {
-            tracing::warn!(?job, %error, "releasing the lease failed (it will expire)");
+    async fn release(&self, lease: &Lease) {
+        if let Err(error) = self.store.release_lease(lease).await {
+            tracing::warn!(?lease, %error, "releasing the lease failed (it will expire)");
         }
     }
 
     /// Hands an interrupted mailbox back for another worker.
-    async fn give_back(&self, mailbox: i64, pass: i64) {
-        match self.store.hand_back(mailbox, pass, &self.id).await {
-            Ok(true) => tracing::info!(mailbox, pass, "mailbox handed back"),
+    async fn give_back(&self, lease: &Lease) {
+        match self.store.hand_back(lease).await {
+            Ok(true) => tracing::info!(?lease, "mailbox handed back"),
             Ok(false) => {
-                let _ = self.store.release_lease(mailbox, &self.id).await;
+                let _ = self.store.release_lease(lease).await;
             }
-            Err(error) => tracing::warn!(mailbox, pass, %error,
+            Err(error) => tracing::warn!(?lease, %error,
                 "handing the mailbox back failed; the reaper will once its lease expires"),
         }
     }

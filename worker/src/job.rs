@@ -18,6 +18,7 @@ use crate::connector::graph::{GraphExportSource, GraphImportTarget};
 use crate::connector::maildir::Maildir;
 use crate::connector::{ConnectorError, MailSource, MailTarget, imap};
 use crate::engine::{CopySettings, MailboxConnector, MailboxPass, MemoryBudget, ProgressSink};
+use crate::lease::{LeaseKeeper, PassStore};
 use crate::throttle::{self, MailboxThrottle, ThrottleSettings};
 
 /// Where a worker finds per-mailbox passwords (never in the job, never in
@@ -77,19 +78,29 @@ pub enum JobOutcome {
     Stale,
     /// Stopped on purpose at a checkpoint: hand the job back to the queue.
     Interrupted,
+    /// The lease was lost (another worker may own the mailbox now): nothing
+    /// more was written and nothing is to be recorded.
+    LeaseLost,
 }
 
-/// Runs `job` to its end and records the outcome, or stops at the next
-/// checkpoint when `stop` is cancelled. Returns an error only when the store
-/// itself fails (the job should then be handed back).
+/// Runs `job` under the lease `keeper` holds to its end and records the
+/// outcome, or stops at the next checkpoint when `stop` is cancelled, or at
+/// once when the lease is lost. Returns an error only when the store itself
+/// fails (the job should then be handed back).
 pub async fn run_job(
     ctx: &WorkerContext,
     job: &Job,
+    keeper: &LeaseKeeper,
     stop: &CancellationToken,
 ) -> Result<JobOutcome, StoreError> {
-    if !ctx.store.start_pass(job.mailbox, job.pass).await? {
-        tracing::info!(mailbox = job.mailbox, pass = job.pass, "stale job skipped");
-        return Ok(JobOutcome::Stale);
+    match ctx.store.start_pass(keeper.lease()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!(mailbox = job.mailbox, pass = job.pass, "stale job skipped");
+            return Ok(JobOutcome::Stale);
+        }
+        Err(StoreError::LeaseLost { .. }) => return Ok(JobOutcome::LeaseLost),
+        Err(error) => return Err(error),
     }
     let mailbox = ctx.store.mailbox(job.mailbox).await?;
     let connector = EndpointConnector::new(
@@ -97,8 +108,12 @@ pub async fn run_job(
         mailbox.clone(),
         ctx.credentials.secrets(&mailbox),
     );
-    let pass = MailboxPass {
+    let store = PassStore {
         store: ctx.store.as_ref(),
+        keeper,
+    };
+    let pass = MailboxPass {
+        store,
         mailbox: &mailbox,
         pass: job.pass,
         settings: &ctx.settings,
@@ -121,11 +136,12 @@ pub async fn run_job(
         let error = match pass.run(&connector, &mut total).await {
             Ok(()) => {
                 break PassOutcome {
-                    state: MailboxState::Completed,
+                    state: completed_state(ctx, keeper, &total).await?,
                     error: None,
                     stats: total,
                 };
             }
+            Err(_) if keeper.is_lost() => return Ok(JobOutcome::LeaseLost),
             Err(_) if stop.is_cancelled() => return Ok(JobOutcome::Interrupted),
             Err(error) => error,
         };
@@ -153,6 +169,7 @@ pub async fn run_job(
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = stop.cancelled() => return Ok(JobOutcome::Interrupted),
+            () = keeper.lost() => return Ok(JobOutcome::LeaseLost),
         }
     };
     let s = &outcome.stats;
@@ -161,10 +178,29 @@ pub async fn run_job(
         bytes = s.bytes_copied, recovered = s.items_recovered, flags = s.flags_updated,
         skipped = s.items_skipped, retries = s.retries, throttled = s.throttled,
         waited_ms = s.wait_millis, "mailbox pass ended");
-    ctx.store
-        .finish_pass(job.mailbox, job.pass, &outcome)
-        .await?;
-    Ok(JobOutcome::Finished(outcome.state))
+    match store.finish_pass(&outcome).await {
+        Ok(()) => Ok(JobOutcome::Finished(outcome.state)),
+        Err(StoreError::LeaseLost { .. }) => Ok(JobOutcome::LeaseLost),
+        Err(error) => Err(error),
+    }
+}
+
+/// How a pass that ran to its end ended: `CompletedWithErrors` while any
+/// item or folder of the mailbox is recorded as not copied (this pass or an
+/// earlier one), items the operator's policy left out aside.
+async fn completed_state(
+    ctx: &WorkerContext,
+    keeper: &LeaseKeeper,
+    stats: &PassStats,
+) -> Result<MailboxState, StoreError> {
+    if stats.items_failed > 0 {
+        return Ok(MailboxState::CompletedWithErrors);
+    }
+    let failures = ctx.store.failures(keeper.lease().mailbox).await?;
+    if failures.iter().any(|f| !f.policy) {
+        return Ok(MailboxState::CompletedWithErrors);
+    }
+    Ok(MailboxState::Completed)
 }
 
 /// Opens the configured endpoints for one mailbox.

@@ -6,6 +6,7 @@ pub mod connector;
 pub mod distributed;
 pub mod engine;
 pub mod job;
+pub mod lease;
 pub mod oauth;
 pub mod pool;
 pub mod throttle;

@@ -1,14 +1,23 @@
-//! A pool of job consumers: each takes a job from the queue, runs it, and
-//! acknowledges it; a job that was interrupted, or whose outcome could not
-//! be recorded, is handed back.
+//! A pool of job consumers (`mailwave run`): each takes a job from the
+//! queue, leases its mailbox in the store like a distributed worker does
+//! (same fencing, same heartbeat), runs it, and acknowledges it; a job that
+//! was interrupted, or whose outcome could not be recorded, is handed back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use mailwave_common::queue::{JobQueue, QueueError};
+use mailwave_common::queue::{Delivery, JobQueue, QueueError};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobOutcome, WorkerContext, run_job};
+use crate::lease::LeaseKeeper;
+
+/// The name `mailwave run` leases mailboxes under: one process at a time
+/// holds the state file, so a lease of this name left by an earlier run that
+/// died is simply taken over (with a new token).
+const WORKER: &str = "mailwave-run";
+const LEASE_TTL: Duration = Duration::from_secs(60);
 
 /// Runs `concurrency` consumers until the queue is closed and drained, or
 /// until `stop` is cancelled (then running jobs stop at their next
@@ -32,15 +41,7 @@ pub async fn serve(
                 let Some(delivery) = next else {
                     return Ok(());
                 };
-                match run_job(&ctx, delivery.job(), &stop).await {
-                    Ok(JobOutcome::Interrupted) => delivery.requeue().await?,
-                    Ok(JobOutcome::Finished(_) | JobOutcome::Stale) => delivery.ack().await?,
-                    Err(error) => {
-                        tracing::error!(job = ?delivery.job(), %error,
-                            "could not record the job's outcome; handing it back");
-                        delivery.requeue().await?;
-                    }
-                }
+                take(&ctx, delivery, &stop).await?;
             }
         })
     });
@@ -48,4 +49,58 @@ pub async fn serve(
         consumer.map_err(|e| QueueError::Unavailable(format!("consumer task: {e}")))??;
     }
     Ok(())
+}
+
+/// One delivery: the lease, the job, the lease's end, the ack.
+async fn take(
+    ctx: &WorkerContext,
+    delivery: Box<dyn Delivery>,
+    stop: &CancellationToken,
+) -> Result<(), QueueError> {
+    let job = delivery.job().clone();
+    let acquired = tokio::time::Instant::now();
+    let lease = match ctx
+        .store
+        .acquire_lease(job.mailbox, job.pass, WORKER, LEASE_TTL)
+        .await
+    {
+        Ok(Some(lease)) => lease,
+        outcome => {
+            tracing::warn!(
+                ?job,
+                ?outcome,
+                "could not lease the mailbox; trying again shortly"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = stop.cancelled() => {}
+            }
+            return delivery.requeue().await;
+        }
+    };
+    let keeper = LeaseKeeper::start(Arc::clone(&ctx.store), lease, LEASE_TTL, acquired);
+    let outcome = run_job(ctx, &job, &keeper, stop).await;
+    keeper.stop();
+    match outcome {
+        Ok(JobOutcome::Finished(_) | JobOutcome::Stale) => {
+            release(ctx, &keeper).await;
+            delivery.ack().await
+        }
+        Ok(JobOutcome::Interrupted) => {
+            release(ctx, &keeper).await;
+            delivery.requeue().await
+        }
+        Ok(JobOutcome::LeaseLost) => delivery.requeue().await,
+        Err(error) => {
+            tracing::error!(?job, %error, "could not record the job's outcome; handing it back");
+            release(ctx, &keeper).await;
+            delivery.requeue().await
+        }
+    }
+}
+
+async fn release(ctx: &WorkerContext, keeper: &LeaseKeeper) {
+    if let Err(error) = ctx.store.release_lease(keeper.lease()).await {
+        tracing::warn!(mailbox = keeper.lease().mailbox, %error, "releasing the lease failed (it will expire)");
+    }
 }

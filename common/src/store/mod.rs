@@ -18,7 +18,7 @@ pub use sqlite::SqliteStore;
 
 use crate::error::{Classify, ErrorClass};
 use crate::model::{
-    FolderCheckpoint, ItemFailure, Job, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
+    FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
     MailboxState, PassStats, WaveCounts, WaveId, WaveRecord, WaveState,
 };
 
@@ -34,15 +34,21 @@ pub enum StoreError {
     /// The write would break a uniqueness rule (a wave name already taken).
     #[error("state store: {0}")]
     Conflict(String),
+    /// A write of a pass whose lease is no longer the writer's (expired,
+    /// taken by another worker, released): nothing was written, and the
+    /// writer must stop working on the mailbox.
+    #[error("state store: the lease of mailbox {mailbox} is no longer this worker's")]
+    LeaseLost { mailbox: MailboxId },
 }
 
 impl Classify for StoreError {
     fn class(&self) -> ErrorClass {
         match self {
             StoreError::Unavailable(_) => ErrorClass::Transient,
-            StoreError::NotFound(_) | StoreError::Corrupt(_) | StoreError::Conflict(_) => {
-                ErrorClass::Mailbox
-            }
+            StoreError::NotFound(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Conflict(_)
+            | StoreError::LeaseLost { .. } => ErrorClass::Mailbox,
         }
     }
 }
@@ -82,6 +88,13 @@ pub enum ReapOutcome {
 }
 
 /// Where the coordinator and workers keep everything that must survive a crash.
+///
+/// # Fencing
+/// Every write of a pass (`start_pass` … `finish_pass`, checkpoints, the
+/// ledger, intents, failures) takes the pass's [`Lease`] and is applied only
+/// when, in the same transaction, that lease is still the mailbox's live
+/// lease; otherwise nothing is written and the answer is
+/// [`StoreError::LeaseLost`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The wave with this name, created if new.
@@ -105,29 +118,69 @@ pub trait Store: Send + Sync + 'static {
     /// the new pass number.
     async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError>;
 
-    /// A worker starts `pass`: `Running`, attempts raised. `false` when the
-    /// mailbox is not queued or running for that pass (a stale job).
-    async fn start_pass(&self, id: MailboxId, pass: i64) -> Result<bool, StoreError>;
+    /// The lease's worker starts its pass: `Running`, attempts raised.
+    /// `false` when the mailbox is not queued or running for that pass (a
+    /// stale job).
+    async fn start_pass(&self, lease: &Lease) -> Result<bool, StoreError>;
 
-    /// Records how `pass` ended. Ignored when a newer pass was asked for.
-    async fn finish_pass(
-        &self,
-        id: MailboxId,
-        pass: i64,
-        outcome: &PassOutcome,
-    ) -> Result<(), StoreError>;
+    /// Records how the lease's pass ended. Ignored when a newer pass was
+    /// asked for.
+    async fn finish_pass(&self, lease: &Lease, outcome: &PassOutcome) -> Result<(), StoreError>;
 
     /// All folder checkpoints of a mailbox.
     async fn checkpoints(&self, mailbox: MailboxId) -> Result<Vec<FolderCheckpoint>, StoreError>;
 
     /// Creates or replaces a folder checkpoint.
-    async fn save_checkpoint(&self, checkpoint: &FolderCheckpoint) -> Result<(), StoreError>;
+    async fn save_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &FolderCheckpoint,
+    ) -> Result<(), StoreError>;
 
-    /// Adds ledger entries and moves the folder checkpoint, atomically.
+    /// Adds ledger entries, moves the folder checkpoint and forgets the
+    /// folder's intents, atomically.
     async fn commit_items(
         &self,
+        lease: &Lease,
         checkpoint: &FolderCheckpoint,
         entries: &[LedgerEntry],
+    ) -> Result<(), StoreError>;
+
+    /// Write-ahead before appending a batch: these items (entries without a
+    /// target id, all of one source folder) are about to be written to the
+    /// target. They replace the folder's earlier intents; `commit_items`
+    /// forgets them. After a crash they are exactly the copies in doubt.
+    async fn record_intents(
+        &self,
+        lease: &Lease,
+        entries: &[LedgerEntry],
+    ) -> Result<(), StoreError>;
+
+    /// The intents of a source folder (see [`Store::record_intents`]).
+    async fn intents(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+    ) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    /// The ledger entries of these items of one source folder at one
+    /// validity (those that have one).
+    async fn ledger_entries(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+        validity: u32,
+        items: &[String],
+    ) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    /// After the target folder was re-created (its validity changed): sets
+    /// the target ids of these items (`None`: no copy found) and saves the
+    /// checkpoint, atomically.
+    async fn retarget_folder(
+        &self,
+        lease: &Lease,
+        checkpoint: &FolderCheckpoint,
+        target_ids: &[(String, Option<String>)],
     ) -> Result<(), StoreError>;
 
     /// The ledger of one source folder at one validity, by UID then item.
@@ -141,7 +194,7 @@ pub trait Store: Send + Sync + 'static {
     /// Records the flags now on the target copies of these items.
     async fn update_flags(
         &self,
-        mailbox: MailboxId,
+        lease: &Lease,
         folder: &str,
         validity: u32,
         flags: &[(String, String)],
@@ -152,20 +205,23 @@ pub trait Store: Send + Sync + 'static {
     /// checkpoint's validity and saves the checkpoint, atomically.
     async fn rekey_folder(
         &self,
+        lease: &Lease,
         checkpoint: &FolderCheckpoint,
         old_validity: u32,
         rekeys: &[(String, String, u32)],
     ) -> Result<(), StoreError>;
 
     /// Records (or updates) an item that could not be copied.
-    async fn record_failure(&self, failure: &ItemFailure) -> Result<(), StoreError>;
+    async fn record_failure(&self, lease: &Lease, failure: &ItemFailure) -> Result<(), StoreError>;
 
     /// Item failures of a mailbox, by folder and item.
     async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError>;
 
     /// Takes the mailbox for `pass` on behalf of `worker` until the store's
-    /// clock passes now + `ttl`. `true` when no live lease of another worker
-    /// exists (none, expired, or already `worker`'s); `false` otherwise.
+    /// clock passes now + `ttl`, with a new fencing token (larger than any
+    /// earlier lease's of the mailbox). `None` when another worker holds a
+    /// live lease; a live lease of `worker` itself is replaced (a restarted
+    /// worker of the same name), which fences its earlier holder.
     /// [`StoreError::NotFound`] when there is no such mailbox (a job of
     /// another deployment, or of a database that was reset).
     async fn acquire_lease(
@@ -174,35 +230,26 @@ pub trait Store: Send + Sync + 'static {
         pass: i64,
         worker: &str,
         ttl: Duration,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<Lease>, StoreError>;
 
-    /// Moves the expiry of `worker`'s lease to now + `ttl`. `false` when the
-    /// lease is no longer `worker`'s (another worker took it after it expired,
-    /// or it was released) or a newer pass of the mailbox was asked for: the
-    /// caller must stop working on the mailbox.
-    async fn renew_lease(
-        &self,
-        mailbox: MailboxId,
-        worker: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError>;
+    /// Moves the lease's expiry to now + `ttl`. `false` when it is no longer
+    /// the live lease (expired, taken by another worker, released) or a newer
+    /// pass of the mailbox was asked for: the caller must stop working on
+    /// the mailbox.
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError>;
 
-    /// Gives the lease up; does nothing when it is not `worker`'s.
-    async fn release_lease(&self, mailbox: MailboxId, worker: &str) -> Result<(), StoreError>;
+    /// Gives the lease up; does nothing when it is not the mailbox's lease.
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// A worker stopping on purpose (graceful shutdown) gives a mailbox
-    /// back: when `worker` holds the lease of `pass` (live or expired) and
-    /// the mailbox is still running that pass, the lease is dropped and the
-    /// pass becomes `Queued` again with its job unpublished, so that the
-    /// dispatcher publishes it again; the attempt it started is not counted.
-    /// In a cancelled wave the mailbox goes back to `Pending` instead.
-    /// `false` (nothing changed) when the lease or the pass is not there.
-    async fn hand_back(
-        &self,
-        mailbox: MailboxId,
-        pass: i64,
-        worker: &str,
-    ) -> Result<bool, StoreError>;
+    /// back: when the lease is still the mailbox's (live or expired, not
+    /// taken since) and the mailbox is still running its pass, the lease is
+    /// dropped and the pass becomes `Queued` again with its job unpublished,
+    /// so that the dispatcher publishes it again; the attempt it started is
+    /// not counted. In a cancelled wave the mailbox goes back to `Pending`
+    /// instead. `false` (nothing changed) when the lease or the pass is not
+    /// there.
+    async fn hand_back(&self, lease: &Lease) -> Result<bool, StoreError>;
 
     /// Expired leases whose mailbox is still running that pass, as
     /// `(mailbox, pass, worker)` by mailbox: the jobs the reaper re-queues.

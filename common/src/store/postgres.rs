@@ -45,7 +45,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::error::SqlState;
 
 use crate::error::error_chain;
 use tokio_postgres::types::ToSql;
@@ -55,7 +54,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction, reap_decision};
 use crate::ErrorClass;
 use crate::model::{
-    FolderCheckpoint, ItemFailure, Job, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
+    FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
     MailboxState, WaveCounts, WaveId, WaveRecord, WaveState,
 };
 
@@ -193,6 +192,23 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Runs one statement in a transaction that first checks (and locks)
+    /// the lease: the write happens only while the lease is live.
+    async fn fenced(
+        &self,
+        lease: &Lease,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        check_lease(&tx, lease).await?;
+        let stmt = tx.prepare_cached(sql).await?;
+        tx.execute(&stmt, params).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn client(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
     }
@@ -290,7 +306,48 @@ fn checkpoint_from_row(row: &Row) -> Result<FolderCheckpoint, StoreError> {
         highest_modseq: row.try_get::<_, Option<i64>>(5)?.map(|m| m as u64),
         target_mark: row.try_get::<_, i64>(6)? as u64,
         sync_state: row.try_get(7)?,
+        target_validity: row
+            .try_get::<_, Option<i64>>(8)?
+            .map(|v| {
+                u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("target validity {v}")))
+            })
+            .transpose()?,
+        subscribed: row.try_get(9)?,
     })
+}
+
+const CHECKPOINT_COLUMNS: &str = "mailbox, folder, target_folder, validity, high_water_mark,
+     highest_modseq, target_mark, sync_state, target_validity, subscribed";
+
+const LEDGER_COLUMNS: &str = "mailbox, folder, validity, item, uid, target_folder, target_id,
+     size, content_hash, header_hash, flags, identity";
+
+/// Fails with [`StoreError::LeaseLost`] unless `lease` is the mailbox's live
+/// lease. Takes a share lock on the lease row, so that no other worker can
+/// take the lease before the transaction of the fenced write ends.
+async fn check_lease(
+    tx: &deadpool_postgres::Transaction<'_>,
+    lease: &Lease,
+) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT 1 FROM leases
+             WHERE mailbox = $1 AND pass = $2 AND worker = $3 AND token = $4 AND expires_at > now()
+             FOR SHARE",
+        )
+        .await?;
+    let held = tx
+        .query_opt(
+            &stmt,
+            &[&lease.mailbox, &lease.pass, &lease.worker, &lease.token],
+        )
+        .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::LeaseLost {
+            mailbox: lease.mailbox,
+        }),
+    }
 }
 
 fn ledger_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
@@ -306,6 +363,7 @@ fn ledger_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
         content_hash: row.try_get(8)?,
         header_hash: row.try_get(9)?,
         flags: row.try_get(10)?,
+        identity: row.try_get(11)?,
     })
 }
 
@@ -319,27 +377,54 @@ fn failure_from_row(row: &Row) -> Result<ItemFailure, StoreError> {
         class: serde_json::from_value(serde_json::Value::String(class)).unwrap_or(ErrorClass::Item),
         reason: row.try_get(5)?,
         pass: row.try_get(6)?,
+        policy: row.try_get(7)?,
     })
 }
 
-/// The upsert of a folder checkpoint from parameters `$1` to `$8` (see
+/// The upsert of a folder checkpoint from parameters `$1` to `$10` (see
 /// [`CheckpointParams`]); the main statement of the batch writes, whose
 /// other half comes first as a data-modifying `WITH`.
 macro_rules! checkpoint_upsert {
     () => {
         "INSERT INTO folder_checkpoints
              (mailbox, folder, target_folder, validity, high_water_mark, highest_modseq,
-              target_mark, sync_state)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+              target_mark, sync_state, target_validity, subscribed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (mailbox, folder) DO UPDATE SET
              target_folder = excluded.target_folder, validity = excluded.validity,
              high_water_mark = excluded.high_water_mark,
              highest_modseq = excluded.highest_modseq, target_mark = excluded.target_mark,
-             sync_state = excluded.sync_state"
+             sync_state = excluded.sync_state, target_validity = excluded.target_validity,
+             subscribed = excluded.subscribed"
     };
 }
 
-/// A folder checkpoint as the parameters `$1` to `$8` of [`checkpoint_upsert!`].
+/// The upsert of ledger entries into `table` (`ledger`, or `intents` of the
+/// same columns) from twelve arrays (see [`LedgerColumns`]), the parameters
+/// from `$first` on.
+fn ledger_upsert(table: &str, first: usize) -> String {
+    let types = [
+        "bigint", "text", "bigint", "text", "bigint", "text", "text", "bigint", "text", "text",
+        "text", "text",
+    ];
+    let arrays: Vec<String> = types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("${}::{t}[]", first + i))
+        .collect();
+    format!(
+        "INSERT INTO {table} ({LEDGER_COLUMNS})
+         SELECT * FROM unnest({})
+         ON CONFLICT (mailbox, folder, validity, item) DO UPDATE SET
+             uid = excluded.uid, target_folder = excluded.target_folder,
+             target_id = excluded.target_id, size = excluded.size,
+             content_hash = excluded.content_hash, header_hash = excluded.header_hash,
+             flags = excluded.flags, identity = excluded.identity",
+        arrays.join(", ")
+    )
+}
+
+/// A folder checkpoint as the parameters `$1` to `$10` of [`checkpoint_upsert!`].
 struct CheckpointParams<'a> {
     mailbox: i64,
     folder: &'a str,
@@ -349,6 +434,8 @@ struct CheckpointParams<'a> {
     highest_modseq: Option<i64>,
     target_mark: i64,
     sync_state: Option<&'a str>,
+    target_validity: Option<i64>,
+    subscribed: bool,
 }
 
 impl<'a> CheckpointParams<'a> {
@@ -362,6 +449,8 @@ impl<'a> CheckpointParams<'a> {
             highest_modseq: c.highest_modseq.map(|m| m as i64),
             target_mark: c.target_mark as i64,
             sync_state: c.sync_state.as_deref(),
+            target_validity: c.target_validity.map(i64::from),
+            subscribed: c.subscribed,
         }
     }
 
@@ -375,6 +464,8 @@ impl<'a> CheckpointParams<'a> {
             &self.highest_modseq,
             &self.target_mark,
             &self.sync_state,
+            &self.target_validity,
+            &self.subscribed,
         ]
     }
 }
@@ -393,6 +484,7 @@ struct LedgerColumns<'a> {
     content_hash: Vec<&'a str>,
     header_hash: Vec<&'a str>,
     flags: Vec<&'a str>,
+    identity: Vec<&'a str>,
 }
 
 impl<'a> LedgerColumns<'a> {
@@ -410,11 +502,12 @@ impl<'a> LedgerColumns<'a> {
             columns.content_hash.push(&e.content_hash);
             columns.header_hash.push(&e.header_hash);
             columns.flags.push(&e.flags);
+            columns.identity.push(&e.identity);
         }
         columns
     }
 
-    fn params(&self) -> [Param<'_>; 11] {
+    fn params(&self) -> [Param<'_>; 12] {
         [
             &self.mailbox,
             &self.folder,
@@ -427,6 +520,7 @@ impl<'a> LedgerColumns<'a> {
             &self.content_hash,
             &self.header_hash,
             &self.flags,
+            &self.identity,
         ]
     }
 }
@@ -530,51 +624,52 @@ impl Store for PostgresStore {
         Ok(row.try_get(0)?)
     }
 
-    async fn start_pass(&self, id: MailboxId, pass: i64) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
+    async fn start_pass(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        check_lease(&tx, lease).await?;
+        let changed = tx
+            .execute(
                 "UPDATE mailboxes SET state = 'running', attempts = attempts + 1,
                      updated_at = now()
                  WHERE id = $1 AND pass = $2 AND state IN ('queued', 'running')",
+                &[&lease.mailbox, &lease.pass],
             )
             .await?;
-        Ok(client.execute(&stmt, &[&id, &pass]).await? == 1)
+        tx.commit().await?;
+        Ok(changed == 1)
     }
 
-    async fn finish_pass(
-        &self,
-        id: MailboxId,
-        pass: i64,
-        outcome: &PassOutcome,
-    ) -> Result<(), StoreError> {
+    async fn finish_pass(&self, lease: &Lease, outcome: &PassOutcome) -> Result<(), StoreError> {
         let stats = serde_json::to_string(&outcome.stats)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE mailboxes SET state = $3, last_error = $4, stats = $5::text::jsonb,
-                     updated_at = now()
-                 WHERE id = $1 AND pass = $2",
-            )
-            .await?;
-        client
-            .execute(
-                &stmt,
-                &[&id, &pass, &outcome.state.as_str(), &outcome.error, &stats],
-            )
-            .await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        check_lease(&tx, lease).await?;
+        tx.execute(
+            "UPDATE mailboxes SET state = $3, last_error = $4, stats = $5::text::jsonb,
+                 updated_at = now()
+             WHERE id = $1 AND pass = $2",
+            &[
+                &lease.mailbox,
+                &lease.pass,
+                &outcome.state.as_str(),
+                &outcome.error,
+                &stats,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn checkpoints(&self, mailbox: MailboxId) -> Result<Vec<FolderCheckpoint>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "SELECT mailbox, folder, target_folder, validity, high_water_mark, highest_modseq,
-                        target_mark, sync_state
-                 FROM folder_checkpoints WHERE mailbox = $1 ORDER BY folder",
-            )
+            .prepare_cached(&format!(
+                "SELECT {CHECKPOINT_COLUMNS}
+                 FROM folder_checkpoints WHERE mailbox = $1 ORDER BY folder"
+            ))
             .await?;
         client
             .query(&stmt, &[&mailbox])
@@ -584,16 +679,19 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn save_checkpoint(&self, checkpoint: &FolderCheckpoint) -> Result<(), StoreError> {
+    async fn save_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &FolderCheckpoint,
+    ) -> Result<(), StoreError> {
         let params = CheckpointParams::new(checkpoint);
-        let client = self.client().await?;
-        let stmt = client.prepare_cached(checkpoint_upsert!()).await?;
-        client.execute(&stmt, &params.params()).await?;
-        Ok(())
+        self.fenced(lease, checkpoint_upsert!(), &params.params())
+            .await
     }
 
     async fn commit_items(
         &self,
+        lease: &Lease,
         checkpoint: &FolderCheckpoint,
         entries: &[LedgerEntry],
     ) -> Result<(), StoreError> {
@@ -602,26 +700,105 @@ impl Store for PostgresStore {
         let checkpoint = CheckpointParams::new(checkpoint);
         let mut params = checkpoint.params();
         params.extend(columns.params());
+        // One statement: the entries, the intents forgotten, the checkpoint.
+        let sql = format!(
+            "WITH entries AS ({}),
+                  forgotten AS (DELETE FROM intents WHERE mailbox = $1 AND folder = $2) {}",
+            ledger_upsert("ledger", 11),
+            checkpoint_upsert!()
+        );
+        self.fenced(lease, &sql, &params).await
+    }
+
+    async fn record_intents(
+        &self,
+        lease: &Lease,
+        entries: &[LedgerEntry],
+    ) -> Result<(), StoreError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let entries = last_wins(entries, |e| (e.mailbox, &e.folder, e.validity, &e.item));
+        let columns = LedgerColumns::new(&entries);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        check_lease(&tx, lease).await?;
+        tx.execute(
+            "DELETE FROM intents WHERE mailbox = $1 AND folder = $2",
+            &[&first.mailbox, &first.folder],
+        )
+        .await?;
+        let stmt = tx.prepare_cached(&ledger_upsert("intents", 1)).await?;
+        tx.execute(&stmt, &columns.params()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn intents(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
         let client = self.client().await?;
-        // One statement, so one transaction and one round trip.
         let stmt = client
-            .prepare_cached(concat!(
-                "WITH entries AS (
-                     INSERT INTO ledger (mailbox, folder, validity, item, uid, target_folder,
-                         target_id, size, content_hash, header_hash, flags)
-                     SELECT * FROM unnest($9::bigint[], $10::text[], $11::bigint[], $12::text[],
-                         $13::bigint[], $14::text[], $15::text[], $16::bigint[], $17::text[],
-                         $18::text[], $19::text[])
-                     ON CONFLICT (mailbox, folder, validity, item) DO UPDATE SET
-                         target_folder = excluded.target_folder, target_id = excluded.target_id,
-                         size = excluded.size, content_hash = excluded.content_hash,
-                         header_hash = excluded.header_hash, flags = excluded.flags
-                 ) ",
-                checkpoint_upsert!()
+            .prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM intents WHERE mailbox = $1 AND folder = $2
+                 ORDER BY uid, item"
             ))
             .await?;
-        client.execute(&stmt, &params).await?;
-        Ok(())
+        client
+            .query(&stmt, &[&mailbox, &folder])
+            .await?
+            .iter()
+            .map(ledger_from_row)
+            .collect()
+    }
+
+    async fn ledger_entries(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+        validity: u32,
+        items: &[String],
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM ledger
+                 WHERE mailbox = $1 AND folder = $2 AND validity = $3 AND item = ANY($4)
+                 ORDER BY uid, item"
+            ))
+            .await?;
+        client
+            .query(&stmt, &[&mailbox, &folder, &i64::from(validity), &items])
+            .await?
+            .iter()
+            .map(ledger_from_row)
+            .collect()
+    }
+
+    async fn retarget_folder(
+        &self,
+        lease: &Lease,
+        checkpoint: &FolderCheckpoint,
+        target_ids: &[(String, Option<String>)],
+    ) -> Result<(), StoreError> {
+        let items: Vec<&str> = target_ids.iter().map(|(item, _)| item.as_str()).collect();
+        let ids: Vec<Option<&str>> = target_ids.iter().map(|(_, id)| id.as_deref()).collect();
+        let checkpoint = CheckpointParams::new(checkpoint);
+        let mut params = checkpoint.params();
+        let retarget_params: [Param<'_>; 2] = [&items, &ids];
+        params.extend(retarget_params);
+        let sql = concat!(
+            "WITH retargeted AS (
+                 UPDATE ledger SET target_id = r.target_id, target_folder = $3
+                 FROM unnest($11::text[], $12::text[]) AS r (item, target_id)
+                 WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $4
+                   AND ledger.item = r.item
+             ) ",
+            checkpoint_upsert!()
+        );
+        self.fenced(lease, sql, &params).await
     }
 
     async fn ledger(
@@ -632,12 +809,11 @@ impl Store for PostgresStore {
     ) -> Result<Vec<LedgerEntry>, StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached(
-                "SELECT mailbox, folder, validity, item, uid, target_folder, target_id, size,
-                        content_hash, header_hash, flags
+            .prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS}
                  FROM ledger WHERE mailbox = $1 AND folder = $2 AND validity = $3
-                 ORDER BY uid, item",
-            )
+                 ORDER BY uid, item"
+            ))
             .await?;
         client
             .query(&stmt, &[&mailbox, &folder, &i64::from(validity)])
@@ -649,7 +825,7 @@ impl Store for PostgresStore {
 
     async fn update_flags(
         &self,
-        mailbox: MailboxId,
+        lease: &Lease,
         folder: &str,
         validity: u32,
         flags: &[(String, String)],
@@ -657,26 +833,21 @@ impl Store for PostgresStore {
         let updates = last_wins(flags, |(item, _)| item);
         let items: Vec<&str> = updates.iter().map(|(item, _)| item.as_str()).collect();
         let flags: Vec<&str> = updates.iter().map(|(_, flags)| flags.as_str()).collect();
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE ledger SET flags = u.flags
-                 FROM unnest($4::text[], $5::text[]) AS u (item, flags)
-                 WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $3
-                   AND ledger.item = u.item",
-            )
-            .await?;
-        client
-            .execute(
-                &stmt,
-                &[&mailbox, &folder, &i64::from(validity), &items, &flags],
-            )
-            .await?;
-        Ok(())
+        let validity = i64::from(validity);
+        self.fenced(
+            lease,
+            "UPDATE ledger SET flags = u.flags
+             FROM unnest($4::text[], $5::text[]) AS u (item, flags)
+             WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $3
+               AND ledger.item = u.item",
+            &[&lease.mailbox, &folder, &validity, &items, &flags],
+        )
+        .await
     }
 
     async fn rekey_folder(
         &self,
+        lease: &Lease,
         checkpoint: &FolderCheckpoint,
         old_validity: u32,
         rekeys: &[(String, String, u32)],
@@ -689,57 +860,46 @@ impl Store for PostgresStore {
         let mut params = checkpoint.params();
         let rekey_params: [Param<'_>; 4] = [&old_validity, &old_items, &new_items, &new_uids];
         params.extend(rekey_params);
-        let client = self.client().await?;
-        // One statement, so one transaction.
-        let stmt = client
-            .prepare_cached(concat!(
-                "WITH rekeyed AS (
-                     UPDATE ledger SET validity = $4, item = r.new_item, uid = r.new_uid
-                     FROM unnest($10::text[], $11::text[], $12::bigint[])
-                         AS r (old_item, new_item, new_uid)
-                     WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $9
-                       AND ledger.item = r.old_item
-                 ) ",
-                checkpoint_upsert!()
-            ))
-            .await?;
-        client.execute(&stmt, &params).await?;
-        Ok(())
+        let sql = concat!(
+            "WITH rekeyed AS (
+                 UPDATE ledger SET validity = $4, item = r.new_item, uid = r.new_uid
+                 FROM unnest($12::text[], $13::text[], $14::bigint[])
+                     AS r (old_item, new_item, new_uid)
+                 WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $11
+                   AND ledger.item = r.old_item
+             ) ",
+            checkpoint_upsert!()
+        );
+        self.fenced(lease, sql, &params).await
     }
 
-    async fn record_failure(&self, failure: &ItemFailure) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 ON CONFLICT (mailbox, folder, item) DO UPDATE SET
-                     size = excluded.size, class = excluded.class,
-                     reason = excluded.reason, pass = excluded.pass",
-            )
-            .await?;
-        client
-            .execute(
-                &stmt,
-                &[
-                    &failure.mailbox,
-                    &failure.folder,
-                    &failure.item,
-                    &(failure.size as i64),
-                    &failure.class.as_str(),
-                    &failure.reason,
-                    &failure.pass,
-                ],
-            )
-            .await?;
-        Ok(())
+    async fn record_failure(&self, lease: &Lease, failure: &ItemFailure) -> Result<(), StoreError> {
+        self.fenced(
+            lease,
+            "INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass, policy)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (mailbox, folder, item) DO UPDATE SET
+                 size = excluded.size, class = excluded.class,
+                 reason = excluded.reason, pass = excluded.pass, policy = excluded.policy",
+            &[
+                &failure.mailbox,
+                &failure.folder,
+                &failure.item,
+                &(failure.size as i64),
+                &failure.class.as_str(),
+                &failure.reason,
+                &failure.pass,
+                &failure.policy,
+            ],
+        )
+        .await
     }
 
     async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT mailbox, folder, item, size, class, reason, pass
+                "SELECT mailbox, folder, item, size, class, reason, pass, policy
                  FROM item_failures WHERE mailbox = $1 ORDER BY folder, item",
             )
             .await?;
@@ -757,57 +917,77 @@ impl Store for PostgresStore {
         pass: i64,
         worker: &str,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO leases (mailbox, pass, worker, expires_at)
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4))
-                 ON CONFLICT (mailbox) DO UPDATE SET
-                     pass = excluded.pass, worker = excluded.worker,
-                     expires_at = excluded.expires_at
-                 WHERE leases.worker = excluded.worker OR leases.expires_at <= now()",
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let epoch = tx
+            .query_opt(
+                "UPDATE mailboxes SET lease_epoch = lease_epoch + 1 WHERE id = $1
+                 RETURNING lease_epoch",
+                &[&mailbox],
             )
             .await?;
-        match client
-            .execute(&stmt, &[&mailbox, &pass, &worker, &ttl.as_secs_f64()])
-            .await
-        {
-            Ok(changed) => Ok(changed == 1),
-            Err(error) if error.code() == Some(&SqlState::FOREIGN_KEY_VIOLATION) => {
-                Err(StoreError::NotFound(format!("mailbox {mailbox}")))
-            }
-            Err(error) => Err(error.into()),
+        let Some(epoch) = epoch else {
+            return Err(StoreError::NotFound(format!("mailbox {mailbox}")));
+        };
+        let token: i64 = epoch.try_get(0)?;
+        let taken = tx
+            .execute(
+                "INSERT INTO leases (mailbox, pass, worker, expires_at, token)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)
+                 ON CONFLICT (mailbox) DO UPDATE SET
+                     pass = excluded.pass, worker = excluded.worker,
+                     expires_at = excluded.expires_at, token = excluded.token
+                 WHERE leases.worker = excluded.worker OR leases.expires_at <= now()",
+                &[&mailbox, &pass, &worker, &ttl.as_secs_f64(), &token],
+            )
+            .await?;
+        if taken != 1 {
+            return Ok(None);
         }
+        tx.commit().await?;
+        Ok(Some(Lease {
+            mailbox,
+            pass,
+            worker: worker.to_owned(),
+            token,
+        }))
     }
 
-    async fn renew_lease(
-        &self,
-        mailbox: MailboxId,
-        worker: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "UPDATE leases SET expires_at = now() + make_interval(secs => $3)
+                "UPDATE leases SET expires_at = now() + make_interval(secs => $5)
                  FROM mailboxes
-                 WHERE leases.mailbox = $1 AND leases.worker = $2
+                 WHERE leases.mailbox = $1 AND leases.pass = $2 AND leases.worker = $3
+                   AND leases.token = $4 AND leases.expires_at > now()
                    AND mailboxes.id = leases.mailbox AND mailboxes.pass = leases.pass",
             )
             .await?;
         let changed = client
-            .execute(&stmt, &[&mailbox, &worker, &ttl.as_secs_f64()])
+            .execute(
+                &stmt,
+                &[
+                    &lease.mailbox,
+                    &lease.pass,
+                    &lease.worker,
+                    &lease.token,
+                    &ttl.as_secs_f64(),
+                ],
+            )
             .await?;
         Ok(changed == 1)
     }
 
-    async fn release_lease(&self, mailbox: MailboxId, worker: &str) -> Result<(), StoreError> {
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("DELETE FROM leases WHERE mailbox = $1 AND worker = $2")
+            .prepare_cached("DELETE FROM leases WHERE mailbox = $1 AND worker = $2 AND token = $3")
             .await?;
-        client.execute(&stmt, &[&mailbox, &worker]).await?;
+        client
+            .execute(&stmt, &[&lease.mailbox, &lease.worker, &lease.token])
+            .await?;
         Ok(())
     }
 
@@ -1062,22 +1242,23 @@ impl Store for PostgresStore {
             .collect()
     }
 
-    async fn hand_back(
-        &self,
-        mailbox: MailboxId,
-        pass: i64,
-        worker: &str,
-    ) -> Result<bool, StoreError> {
+    async fn hand_back(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let Lease {
+            mailbox,
+            pass,
+            worker,
+            token,
+        } = lease;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let found = tx
             .query_opt(
                 "SELECT w.state
                  FROM leases l JOIN mailboxes m ON m.id = l.mailbox JOIN waves w ON w.id = m.wave
-                 WHERE l.mailbox = $1 AND l.pass = $2 AND l.worker = $3
+                 WHERE l.mailbox = $1 AND l.pass = $2 AND l.worker = $3 AND l.token = $4
                    AND m.state = 'running' AND m.pass = $2
                  FOR UPDATE OF m, l",
-                &[&mailbox, &pass, &worker],
+                &[mailbox, pass, worker, token],
             )
             .await?;
         let Some(row) = found else {
@@ -1203,13 +1384,16 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn postgres_store_passes_the_store_suite() {
+    async fn on_a_fresh_database(check: suite::Check) {
         with_database(|url| async move {
             let store = PostgresStore::connect_and_migrate(&url).await.unwrap();
-            suite::run_all(&store).await;
+            check(&store).await;
         })
         .await;
+    }
+
+    mod store_suite {
+        crate::store::suite::store_suite!(super::on_a_fresh_database);
     }
 
     #[tokio::test]
@@ -1232,7 +1416,7 @@ mod tests {
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(applied, 3, "V1__initial, V2__waves and V3__sync_state");
+            assert_eq!(applied, 4, "V1 to V4");
             let partitions: i64 = client
                 .query_one(
                     "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ledger'::regclass",
@@ -1269,6 +1453,7 @@ mod tests {
                     content_hash: format!("c{uid}"),
                     header_hash: format!("h{uid}"),
                     flags: "\\Seen".into(),
+                    identity: format!("k{uid}:b{uid}"),
                 })
                 .collect();
             let checkpoint = FolderCheckpoint {
@@ -1280,8 +1465,18 @@ mod tests {
                 highest_modseq: None,
                 target_mark: 5001,
                 sync_state: None,
+                target_validity: Some(3),
+                subscribed: false,
             };
-            store.commit_items(&checkpoint, &entries).await.unwrap();
+            let lease = store
+                .acquire_lease(id, 1, "w", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .unwrap();
+            store
+                .commit_items(&lease, &checkpoint, &entries)
+                .await
+                .unwrap();
 
             assert_eq!(store.ledger(id, "INBOX", 7).await.unwrap(), entries);
             assert_eq!(store.checkpoints(id).await.unwrap(), [checkpoint]);

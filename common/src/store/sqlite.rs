@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction, reap_decision};
 use crate::model::{
-    FolderCheckpoint, ItemFailure, Job, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
+    FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
     MailboxState, WaveCounts, WaveId, WaveRecord, WaveState,
 };
 
@@ -130,6 +130,8 @@ fn checkpoint_from_row(row: &Row<'_>) -> rusqlite::Result<FolderCheckpoint> {
         highest_modseq: row.get::<_, Option<i64>>(5)?.map(|m| m as u64),
         target_mark: row.get::<_, i64>(6)? as u64,
         sync_state: row.get(7)?,
+        target_validity: row.get(8)?,
+        subscribed: row.get(9)?,
     })
 }
 
@@ -146,20 +148,89 @@ fn ledger_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
         content_hash: row.get(8)?,
         header_hash: row.get(9)?,
         flags: row.get(10)?,
+        identity: row.get(11)?,
     })
 }
 
+const LEDGER_COLUMNS: &str = "mailbox, folder, validity, item, uid, target_folder, target_id, size,
+     content_hash, header_hash, flags, identity";
+
+const CHECKPOINT_COLUMNS: &str = "mailbox, folder, target_folder, validity, high_water_mark,
+     highest_modseq, target_mark, sync_state, target_validity, subscribed";
+
+/// Fails with [`StoreError::LeaseLost`] unless `lease` is the mailbox's live
+/// lease; called inside the transaction of the write it fences.
+fn check_lease(conn: &Connection, lease: &Lease) -> Result<(), StoreError> {
+    let held: bool = conn
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM leases
+                 WHERE mailbox = ?1 AND pass = ?2 AND worker = ?3 AND token = ?4
+                   AND expires_at > {NOW_MS})"
+        ))?
+        .query_row(
+            params![lease.mailbox, lease.pass, lease.worker, lease.token],
+            |r| r.get(0),
+        )?;
+    if held {
+        Ok(())
+    } else {
+        Err(StoreError::LeaseLost {
+            mailbox: lease.mailbox,
+        })
+    }
+}
+
+/// A write transaction that takes the database's write lock at once, so
+/// that the lease check and the write it fences see the same state.
+fn write_tx(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+}
+
+/// Inserts or replaces entries in `table` (`ledger`, or `intents`, which
+/// has the same columns).
+fn put_ledger_entries(
+    conn: &Connection,
+    table: &str,
+    entries: &[LedgerEntry],
+) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(&format!(
+        "INSERT INTO {table} ({LEDGER_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (mailbox, folder, validity, item) DO UPDATE SET
+             uid = excluded.uid, target_folder = excluded.target_folder,
+             target_id = excluded.target_id, size = excluded.size,
+             content_hash = excluded.content_hash, header_hash = excluded.header_hash,
+             flags = excluded.flags, identity = excluded.identity"
+    ))?;
+    for e in entries {
+        insert.execute(params![
+            e.mailbox,
+            e.folder,
+            e.validity,
+            e.item,
+            e.uid,
+            e.target_folder,
+            e.target_id,
+            e.size as i64,
+            e.content_hash,
+            e.header_hash,
+            e.flags,
+            e.identity
+        ])?;
+    }
+    Ok(())
+}
+
 fn put_checkpoint(conn: &Connection, c: &FolderCheckpoint) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO folder_checkpoints
-             (mailbox, folder, target_folder, validity, high_water_mark, highest_modseq, target_mark,
-              sync_state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+    conn.prepare_cached(&format!(
+        "INSERT INTO folder_checkpoints ({CHECKPOINT_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (mailbox, folder) DO UPDATE SET
              target_folder = excluded.target_folder, validity = excluded.validity,
              high_water_mark = excluded.high_water_mark, highest_modseq = excluded.highest_modseq,
-             target_mark = excluded.target_mark, sync_state = excluded.sync_state",
-    )?
+             target_mark = excluded.target_mark, sync_state = excluded.sync_state,
+             target_validity = excluded.target_validity, subscribed = excluded.subscribed"
+    ))?
     .execute(params![
         c.mailbox,
         c.folder,
@@ -168,7 +239,9 @@ fn put_checkpoint(conn: &Connection, c: &FolderCheckpoint) -> rusqlite::Result<(
         c.high_water_mark,
         c.highest_modseq.map(|m| m as i64),
         c.target_mark as i64,
-        c.sync_state
+        c.sync_state,
+        c.target_validity,
+        c.subscribed
     ])?;
     Ok(())
 }
@@ -259,36 +332,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn start_pass(&self, id: MailboxId, pass: i64) -> Result<bool, StoreError> {
+    async fn start_pass(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let lease = lease.clone();
         self.with(move |conn| {
-            let changed = conn.execute(
+            let tx = write_tx(conn)?;
+            check_lease(&tx, &lease)?;
+            let changed = tx.execute(
                 "UPDATE mailboxes SET state = 'running', attempts = attempts + 1,
                      updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
                  WHERE id = ?1 AND pass = ?2 AND state IN ('queued', 'running')",
-                params![id, pass],
+                params![lease.mailbox, lease.pass],
             )?;
+            tx.commit()?;
             Ok(changed == 1)
         })
         .await
     }
 
-    async fn finish_pass(
-        &self,
-        id: MailboxId,
-        pass: i64,
-        outcome: &PassOutcome,
-    ) -> Result<(), StoreError> {
+    async fn finish_pass(&self, lease: &Lease, outcome: &PassOutcome) -> Result<(), StoreError> {
+        let lease = lease.clone();
         let state = outcome.state.as_str();
         let error = outcome.error.clone();
         let stats = serde_json::to_string(&outcome.stats)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.with(move |conn| {
-            conn.execute(
+            let tx = write_tx(conn)?;
+            check_lease(&tx, &lease)?;
+            tx.execute(
                 "UPDATE mailboxes SET state = ?3, last_error = ?4, stats = ?5,
                      updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
                  WHERE id = ?1 AND pass = ?2",
-                params![id, pass, state, error, stats],
+                params![lease.mailbox, lease.pass, state, error, stats],
             )?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -296,55 +372,148 @@ impl Store for SqliteStore {
 
     async fn checkpoints(&self, mailbox: MailboxId) -> Result<Vec<FolderCheckpoint>, StoreError> {
         self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT mailbox, folder, target_folder, validity, high_water_mark, highest_modseq,
-                        target_mark, sync_state
-                 FROM folder_checkpoints WHERE mailbox = ?1 ORDER BY folder",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {CHECKPOINT_COLUMNS}
+                 FROM folder_checkpoints WHERE mailbox = ?1 ORDER BY folder"
+            ))?;
             let rows = stmt.query_map([mailbox], checkpoint_from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }
 
-    async fn save_checkpoint(&self, checkpoint: &FolderCheckpoint) -> Result<(), StoreError> {
+    async fn save_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &FolderCheckpoint,
+    ) -> Result<(), StoreError> {
+        let lease = lease.clone();
         let checkpoint = checkpoint.clone();
-        self.with(move |conn| Ok(put_checkpoint(conn, &checkpoint)?))
-            .await
+        self.with(move |conn| {
+            let tx = write_tx(conn)?;
+            check_lease(&tx, &lease)?;
+            put_checkpoint(&tx, &checkpoint)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     async fn commit_items(
         &self,
+        lease: &Lease,
         checkpoint: &FolderCheckpoint,
         entries: &[LedgerEntry],
     ) -> Result<(), StoreError> {
+        let lease = lease.clone();
         let checkpoint = checkpoint.clone();
         let entries = entries.to_vec();
         self.with(move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO ledger (mailbox, folder, validity, item, uid, target_folder,
-                         target_id, size, content_hash, header_hash, flags)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                     ON CONFLICT (mailbox, folder, validity, item) DO UPDATE SET
-                         target_folder = excluded.target_folder, target_id = excluded.target_id,
-                         size = excluded.size, content_hash = excluded.content_hash,
-                         header_hash = excluded.header_hash, flags = excluded.flags",
+            let tx = write_tx(conn)?;
+            check_lease(&tx, &lease)?;
+            put_ledger_entries(&tx, "ledger", &entries)?;
+            put_checkpoint(&tx, &checkpoint)?;
+            tx.execute(
+                "DELETE FROM intents WHERE mailbox = ?1 AND folder = ?2",
+                params![checkpoint.mailbox, checkpoint.folder],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_intents(
+        &self,
+        lease: &Lease,
+        entries: &[LedgerEntry],
+    ) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        let entries = entries.to_vec();
+        self.with(move |conn| {
+            let tx = write_tx(conn)?;
+            check_lease(&tx, &lease)?;
+            if let Some(first) = entries.first() {
+                tx.execute(
+                    "DELETE FROM intents WHERE mailbox = ?1 AND folder = ?2",
+                    params![first.mailbox, first.folder],
                 )?;
-                for e in &entries {
-                    insert.execute(params![
-                        e.mailbox,
-                        e.folder,
-                        e.validity,
-                        e.item,
-                        e.uid,
-                        e.target_folder,
-                        e.target_id,
-                        e.size as i64,
-                        e.content_hash,
-                        e.header_hash,
-                        e.flags
+            }
+            put_ledger_entries(&tx, "intents", &entries)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn intents(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let folder = folder.to_owned();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM intents WHERE mailbox = ?1 AND folder = ?2
+                 ORDER BY uid, item"
+            ))?;
+            let rows = stmt.query_map(params![mailbox, folder], ledger_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn ledger_entries(
+        &self,
+        mailbox: MailboxId,
+        folder: &str,
+        validity: u32,
+        items: &[String],
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
+        let folder = folder.to_owned();
+        let items = items.to_vec();
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS} FROM ledger
+                 WHERE mailbox = ?1 AND folder = ?2 AND validity = ?3 AND item = ?4"
+            ))?;
+            let mut found = Vec::new();
+            for item in &items {
+                found.extend(
+                    stmt.query_row(params![mailbox, folder, validity, item], ledger_from_row)
+                        .optional()?,
+                );
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn retarget_folder(
+        &self,
+        lease: &Lease,
+        checkpoint: &FolderCheckpoint,
+        target_ids: &[(String, Option<String>)],
+    ) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        let checkpoint = checkpoint.clone();
+        let target_ids = target_ids.to_vec();
+        self.with(move |conn| {
+            let tx = write_tx(conn)?;
+            check_lease(&tx, &lease)?;
+            {
+                let mut update = tx.prepare_cached(
+                    "UPDATE ledger SET target_id = ?4, target_folder = ?5
+                     WHERE mailbox = ?1 AND folder = ?2 AND validity = ?3 AND item = ?6",
+                )?;
+                for (item, target_id) in &target_ids {
+                    update.execute(params![
+                        checkpoint.mailbox,
+                        checkpoint.folder,
+                        checkpoint.validity,
+                        target_id,
+                        checkpoint.target_folder,
+                        item
                     ])?;
                 }
             }
@@ -363,12 +532,11 @@ impl Store for SqliteStore {
     ) -> Result<Vec<LedgerEntry>, StoreError> {
         let folder = folder.to_owned();
         self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT mailbox, folder, validity, item, uid, target_folder, target_id, size,
-                        content_hash, header_hash, flags
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {LEDGER_COLUMNS}
                  FROM ledger WHERE mailbox = ?1 AND folder = ?2 AND validity = ?3
-                 ORDER BY uid, item",
-            )?;
+                 ORDER BY uid, item"
+            ))?;
             let rows = stmt.query_map(params![mailbox, folder, validity], ledger_from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -377,22 +545,24 @@ impl Store for SqliteStore {
 
     async fn update_flags(
         &self,
-        mailbox: MailboxId,
+        lease: &Lease,
         folder: &str,
         validity: u32,
         flags: &[(String, String)],
     ) -> Result<(), StoreError> {
+        let lease = lease.clone();
         let folder = folder.to_owned();
         let flags = flags.to_vec();
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = write_tx(conn)?;
+            check_lease(&tx, &lease)?;
             {
                 let mut update = tx.prepare_cached(
                     "UPDATE ledger SET flags = ?5
                      WHERE mailbox = ?1 AND folder = ?2 AND validity = ?3 AND item = ?4",
                 )?;
                 for (item, flags) in &flags {
-                    update.execute(params![mailbox, folder, validity, item, flags])?;
+                    update.execute(params![lease.mailbox, folder, validity, item, flags])?;
                 }
             }
             tx.commit()?;
@@ -403,14 +573,17 @@ impl Store for SqliteStore {
 
     async fn rekey_folder(
         &self,
+        lease: &Lease,
         checkpoint: &FolderCheckpoint,
         old_validity: u32,
         rekeys: &[(String, String, u32)],
     ) -> Result<(), StoreError> {
+        let lease = lease.clone();
         let checkpoint = checkpoint.clone();
         let rekeys = rekeys.to_vec();
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = write_tx(conn)?;
+            check_lease(&tx, &lease)?;
             {
                 let mut update = tx.prepare_cached(
                     "UPDATE ledger SET validity = ?4, item = ?6, uid = ?7
@@ -435,15 +608,18 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_failure(&self, failure: &ItemFailure) -> Result<(), StoreError> {
+    async fn record_failure(&self, lease: &Lease, failure: &ItemFailure) -> Result<(), StoreError> {
+        let lease = lease.clone();
         let f = failure.clone();
         self.with(move |conn| {
-            conn.execute(
-                "INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            let tx = write_tx(conn)?;
+            check_lease(&tx, &lease)?;
+            tx.execute(
+                "INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass, policy)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (mailbox, folder, item) DO UPDATE SET
                      size = excluded.size, class = excluded.class,
-                     reason = excluded.reason, pass = excluded.pass",
+                     reason = excluded.reason, pass = excluded.pass, policy = excluded.policy",
                 params![
                     f.mailbox,
                     f.folder,
@@ -451,9 +627,11 @@ impl Store for SqliteStore {
                     f.size as i64,
                     f.class.as_str(),
                     f.reason,
-                    f.pass
+                    f.pass,
+                    f.policy
                 ],
             )?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -462,7 +640,7 @@ impl Store for SqliteStore {
     async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError> {
         self.with(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT mailbox, folder, item, size, class, reason, pass
+                "SELECT mailbox, folder, item, size, class, reason, pass, policy
                  FROM item_failures WHERE mailbox = ?1 ORDER BY folder, item",
             )?;
             let rows = stmt.query_map([mailbox], |row| {
@@ -476,6 +654,7 @@ impl Store for SqliteStore {
                         .unwrap_or(crate::ErrorClass::Item),
                     reason: row.get(5)?,
                     pass: row.get(6)?,
+                    policy: row.get(7)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -489,58 +668,75 @@ impl Store for SqliteStore {
         pass: i64,
         worker: &str,
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Lease>, StoreError> {
         let worker = worker.to_owned();
         self.with(move |conn| {
-            let inserted = conn.execute(
-                "INSERT INTO leases (mailbox, pass, worker, expires_at)
-                 VALUES (?1, ?2, ?3, CAST(unixepoch('subsec') * 1000 AS INTEGER) + ?4)
-                 ON CONFLICT (mailbox) DO UPDATE SET
-                     pass = excluded.pass, worker = excluded.worker,
-                     expires_at = excluded.expires_at
-                 WHERE leases.worker = excluded.worker
-                    OR leases.expires_at <= CAST(unixepoch('subsec') * 1000 AS INTEGER)",
-                params![mailbox, pass, worker, ttl_millis(ttl)],
-            );
-            match inserted {
-                Ok(changed) => Ok(changed == 1),
-                Err(rusqlite::Error::SqliteFailure(failure, _))
-                    if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
-                {
-                    Err(StoreError::NotFound(format!("mailbox {mailbox}")))
-                }
-                Err(error) => Err(error.into()),
+            let tx = write_tx(conn)?;
+            let token: Option<i64> = tx
+                .query_row(
+                    "UPDATE mailboxes SET lease_epoch = lease_epoch + 1 WHERE id = ?1
+                     RETURNING lease_epoch",
+                    [mailbox],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(token) = token else {
+                return Err(StoreError::NotFound(format!("mailbox {mailbox}")));
+            };
+            let taken = tx.execute(
+                &format!(
+                    "INSERT INTO leases (mailbox, pass, worker, expires_at, token)
+                     VALUES (?1, ?2, ?3, {NOW_MS} + ?4, ?5)
+                     ON CONFLICT (mailbox) DO UPDATE SET
+                         pass = excluded.pass, worker = excluded.worker,
+                         expires_at = excluded.expires_at, token = excluded.token
+                     WHERE leases.worker = excluded.worker OR leases.expires_at <= {NOW_MS}"
+                ),
+                params![mailbox, pass, worker, ttl_millis(ttl), token],
+            )?;
+            if taken != 1 {
+                return Ok(None);
             }
+            tx.commit()?;
+            Ok(Some(Lease {
+                mailbox,
+                pass,
+                worker,
+                token,
+            }))
         })
         .await
     }
 
-    async fn renew_lease(
-        &self,
-        mailbox: MailboxId,
-        worker: &str,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let worker = worker.to_owned();
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let lease = lease.clone();
         self.with(move |conn| {
             let changed = conn.execute(
-                "UPDATE leases
-                 SET expires_at = CAST(unixepoch('subsec') * 1000 AS INTEGER) + ?3
-                 WHERE mailbox = ?1 AND worker = ?2
-                   AND pass = (SELECT pass FROM mailboxes WHERE id = ?1)",
-                params![mailbox, worker, ttl_millis(ttl)],
+                &format!(
+                    "UPDATE leases SET expires_at = {NOW_MS} + ?5
+                     WHERE mailbox = ?1 AND pass = ?2 AND worker = ?3 AND token = ?4
+                       AND expires_at > {NOW_MS}
+                       AND pass = (SELECT pass FROM mailboxes WHERE id = ?1)"
+                ),
+                params![
+                    lease.mailbox,
+                    lease.pass,
+                    lease.worker,
+                    lease.token,
+                    ttl_millis(ttl)
+                ],
             )?;
             Ok(changed == 1)
         })
         .await
     }
 
-    async fn release_lease(&self, mailbox: MailboxId, worker: &str) -> Result<(), StoreError> {
-        let worker = worker.to_owned();
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let lease = lease.clone();
         self.with(move |conn| {
             conn.execute(
-                "DELETE FROM leases WHERE mailbox = ?1 AND worker = ?2",
-                params![mailbox, worker],
+                "DELETE FROM leases WHERE mailbox = ?1 AND worker = ?2 AND token = ?3",
+                params![lease.mailbox, lease.worker, lease.token],
             )?;
             Ok(())
         })
@@ -800,23 +996,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn hand_back(
-        &self,
-        mailbox: MailboxId,
-        pass: i64,
-        worker: &str,
-    ) -> Result<bool, StoreError> {
-        let worker = worker.to_owned();
+    async fn hand_back(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let Lease {
+            mailbox,
+            pass,
+            worker,
+            token,
+        } = lease.clone();
         self.with(move |conn| {
-            let tx = conn.transaction()?;
+            let tx = write_tx(conn)?;
             let found: Option<String> = tx
                 .query_row(
                     "SELECT w.state
                      FROM leases l JOIN mailboxes m ON m.id = l.mailbox
                           JOIN waves w ON w.id = m.wave
-                     WHERE l.mailbox = ?1 AND l.pass = ?2 AND l.worker = ?3
+                     WHERE l.mailbox = ?1 AND l.pass = ?2 AND l.worker = ?3 AND l.token = ?4
                        AND m.state = 'running' AND m.pass = ?2",
-                    params![mailbox, pass, worker],
+                    params![mailbox, pass, worker, token],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -905,10 +1101,13 @@ fn ttl_millis(ttl: Duration) -> i64 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn sqlite_store_passes_the_store_suite() {
+    async fn on_a_fresh_store(check: crate::store::suite::Check) {
         let store = SqliteStore::in_memory().unwrap();
-        crate::store::suite::run_all(&store).await;
+        check(&store).await;
+    }
+
+    mod suite {
+        crate::store::suite::store_suite!(super::on_a_fresh_store);
     }
 
     #[tokio::test]

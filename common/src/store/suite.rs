@@ -1,27 +1,64 @@
-//! One behavioural test suite for every [`Store`] backend. Each backend's
-//! tests call [`run_all`] on a fresh, empty store.
+//! One behavioural test suite for every [`Store`] backend. A backend's tests
+//! invoke [`store_suite!`] with a runner that gives each check a fresh,
+//! empty store: one `#[test]` per check and backend, so that one failure
+//! hides no other.
 
 use std::time::Duration;
 
 use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction};
 use crate::ErrorClass;
 use crate::model::{
-    FolderCheckpoint, ItemFailure, Job, LedgerEntry, MailboxId, MailboxSpec, MailboxState,
+    FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxSpec, MailboxState,
     PassStats, WaveState,
 };
 
-/// Runs every check of the suite against `store`, which must be empty.
-pub async fn run_all(store: &dyn Store) {
-    waves_and_mailboxes(store).await;
-    pass_lifecycle(store).await;
-    checkpoints_and_ledger(store).await;
-    rekey_after_validity_change(store).await;
-    failures_are_upserted(store).await;
-    leases(store).await;
-    wave_states_and_publishing(store).await;
-    final_pass_completes_the_wave(store).await;
-    reaping_expired_leases(store).await;
-    handing_back(store).await;
+/// A check of the suite, as a runner receives it.
+pub type Check = for<'a> fn(&'a dyn Store) -> futures::future::BoxFuture<'a, ()>;
+
+/// Defines one `#[tokio::test]` per check of the suite, each calling
+/// `$runner(check).await` (an `async fn(Check)` that runs the check on a
+/// fresh, empty store of the backend).
+macro_rules! store_suite {
+    ($runner:path) => {
+        $crate::store::suite::store_suite!(
+            @checks $runner;
+            waves_and_mailboxes,
+            pass_lifecycle,
+            checkpoints_and_ledger,
+            rekey_after_validity_change,
+            failures_are_upserted,
+            leases,
+            fencing,
+            intents,
+            retargeting_after_the_target_folder_changed,
+            wave_states_and_publishing,
+            final_pass_completes_the_wave,
+            passes_with_errors_are_counted_apart,
+            reaping_expired_leases,
+            handing_back
+        );
+    };
+    (@checks $runner:path; $($check:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                $runner(|store| Box::pin($crate::store::suite::$check(store))).await;
+            }
+        )*
+    };
+}
+pub(crate) use store_suite;
+
+const LONG: Duration = Duration::from_secs(600);
+const TINY: Duration = Duration::from_millis(1);
+
+/// Takes the lease of `mailbox` for `pass`, which must be free.
+async fn lease(store: &dyn Store, mailbox: MailboxId, pass: i64, worker: &str) -> Lease {
+    store
+        .acquire_lease(mailbox, pass, worker, LONG)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("the lease of mailbox {mailbox} is taken"))
 }
 
 fn spec(source: &str) -> MailboxSpec {
@@ -44,6 +81,7 @@ fn entry(mailbox: i64, folder: &str, validity: u32, uid: u32) -> LedgerEntry {
         content_hash: format!("c{uid}"),
         header_hash: format!("h{uid}"),
         flags: "\\Seen".into(),
+        identity: format!("k{uid}:b{uid}"),
     }
 }
 
@@ -57,10 +95,12 @@ fn checkpoint(mailbox: i64, folder: &str, validity: u32, hwm: u32) -> FolderChec
         highest_modseq: Some(7),
         target_mark: u64::from(hwm) + 101,
         sync_state: None,
+        target_validity: Some(77),
+        subscribed: true,
     }
 }
 
-async fn waves_and_mailboxes(store: &dyn Store) {
+pub async fn waves_and_mailboxes(store: &dyn Store) {
     let wave = store.ensure_wave("suite-a").await.unwrap();
     assert_eq!(store.ensure_wave("suite-a").await.unwrap(), wave);
     let other = store.ensure_wave("suite-b").await.unwrap();
@@ -90,19 +130,20 @@ async fn waves_and_mailboxes(store: &dyn Store) {
     assert_eq!(crate::Classify::class(&missing), ErrorClass::Mailbox);
 }
 
-async fn pass_lifecycle(store: &dyn Store) {
+pub async fn pass_lifecycle(store: &dyn Store) {
     let wave = store.ensure_wave("suite-pass").await.unwrap();
     let id = store.add_mailboxes(wave, &[spec("p@x")]).await.unwrap()[0].id;
+    let first = lease(store, id, 1, "w").await;
 
     assert!(
-        !store.start_pass(id, 1).await.unwrap(),
+        !store.start_pass(&first).await.unwrap(),
         "not queued yet: a job for it is stale"
     );
     assert_eq!(store.queue_pass(id).await.unwrap(), 1);
     assert_eq!(store.mailbox(id).await.unwrap().state, MailboxState::Queued);
-    assert!(store.start_pass(id, 1).await.unwrap());
+    assert!(store.start_pass(&first).await.unwrap());
     assert!(
-        store.start_pass(id, 1).await.unwrap(),
+        store.start_pass(&first).await.unwrap(),
         "a retry of the same pass"
     );
     let running = store.mailbox(id).await.unwrap();
@@ -120,12 +161,12 @@ async fn pass_lifecycle(store: &dyn Store) {
         error: None,
         stats: stats.clone(),
     };
-    store.finish_pass(id, 1, &outcome).await.unwrap();
+    store.finish_pass(&first, &outcome).await.unwrap();
     let done = store.mailbox(id).await.unwrap();
     assert_eq!(done.state, MailboxState::Completed);
     assert_eq!(done.stats, stats);
     assert!(
-        !store.start_pass(id, 1).await.unwrap(),
+        !store.start_pass(&first).await.unwrap(),
         "a completed pass is not started again"
     );
 
@@ -136,27 +177,30 @@ async fn pass_lifecycle(store: &dyn Store) {
         stats: PassStats::default(),
     };
     // A late report of the old pass must not overwrite the new one.
-    store.finish_pass(id, 1, &failed).await.unwrap();
+    store.finish_pass(&first, &failed).await.unwrap();
     assert_eq!(store.mailbox(id).await.unwrap().state, MailboxState::Queued);
-    store.finish_pass(id, 2, &failed).await.unwrap();
+    store.release_lease(&first).await.unwrap();
+    let second = lease(store, id, 2, "w").await;
+    store.finish_pass(&second, &failed).await.unwrap();
     let record = store.mailbox(id).await.unwrap();
     assert_eq!(record.state, MailboxState::Failed);
     assert_eq!(record.last_error.as_deref(), Some("authentication failed"));
     assert_eq!(record.attempts, 0);
 }
 
-async fn checkpoints_and_ledger(store: &dyn Store) {
+pub async fn checkpoints_and_ledger(store: &dyn Store) {
     let wave = store.ensure_wave("suite-ledger").await.unwrap();
     let id = store.add_mailboxes(wave, &[spec("l@x")]).await.unwrap()[0].id;
+    let l = lease(store, id, 1, "w").await;
     assert!(store.checkpoints(id).await.unwrap().is_empty());
 
     store
-        .save_checkpoint(&checkpoint(id, "INBOX", 5, 0))
+        .save_checkpoint(&l, &checkpoint(id, "INBOX", 5, 0))
         .await
         .unwrap();
     let batch: Vec<_> = (1..=3).map(|uid| entry(id, "INBOX", 5, uid)).collect();
     store
-        .commit_items(&checkpoint(id, "INBOX", 5, 3), &batch)
+        .commit_items(&l, &checkpoint(id, "INBOX", 5, 3), &batch)
         .await
         .unwrap();
     // A delta link (Graph) rides with the checkpoint.
@@ -165,7 +209,7 @@ async fn checkpoints_and_ledger(store: &dyn Store) {
         ..checkpoint(id, "Sent", 9, 1)
     };
     store
-        .commit_items(&sent, &[entry(id, "Sent", 9, 1)])
+        .commit_items(&l, &sent, &[entry(id, "Sent", 9, 1)])
         .await
         .unwrap();
 
@@ -178,7 +222,7 @@ async fn checkpoints_and_ledger(store: &dyn Store) {
     let mut retried = entry(id, "INBOX", 5, 3);
     retried.target_id = Some("999".into());
     store
-        .commit_items(&checkpoint(id, "INBOX", 5, 3), &[retried.clone()])
+        .commit_items(&l, &checkpoint(id, "INBOX", 5, 3), &[retried.clone()])
         .await
         .unwrap();
     let ledger = store.ledger(id, "INBOX", 5).await.unwrap();
@@ -186,26 +230,49 @@ async fn checkpoints_and_ledger(store: &dyn Store) {
     assert_eq!(ledger[2], retried);
 
     store
-        .update_flags(id, "INBOX", 5, &[("2".into(), "\\Flagged \\Seen".into())])
+        .update_flags(&l, "INBOX", 5, &[("2".into(), "\\Flagged \\Seen".into())])
         .await
         .unwrap();
     let ledger = store.ledger(id, "INBOX", 5).await.unwrap();
     assert_eq!(ledger[1].flags, "\\Flagged \\Seen");
     assert_eq!(ledger[0].flags, "\\Seen");
+
+    // Entries of chosen items only, those that exist.
+    let wanted = ["3".to_owned(), "1".to_owned(), "44".to_owned()];
+    let found = store.ledger_entries(id, "INBOX", 5, &wanted).await.unwrap();
+    let mut items: Vec<_> = found.iter().map(|e| e.item.as_str()).collect();
+    items.sort_unstable();
+    assert_eq!(items, ["1", "3"]);
+    assert!(
+        store
+            .ledger_entries(id, "INBOX", 6, &wanted)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .ledger_entries(id, "INBOX", 5, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
-async fn rekey_after_validity_change(store: &dyn Store) {
+pub async fn rekey_after_validity_change(store: &dyn Store) {
     let wave = store.ensure_wave("suite-rekey").await.unwrap();
     let id = store.add_mailboxes(wave, &[spec("r@x")]).await.unwrap()[0].id;
+    let l = lease(store, id, 1, "w").await;
     let old: Vec<_> = (1..=3).map(|uid| entry(id, "F", 1, uid)).collect();
     store
-        .commit_items(&checkpoint(id, "F", 1, 3), &old)
+        .commit_items(&l, &checkpoint(id, "F", 1, 3), &old)
         .await
         .unwrap();
 
     let new_checkpoint = checkpoint(id, "F", 2, 12);
     store
         .rekey_folder(
+            &l,
             &new_checkpoint,
             1,
             &[("1".into(), "11".into(), 11), ("3".into(), "12".into(), 12)],
@@ -225,9 +292,10 @@ async fn rekey_after_validity_change(store: &dyn Store) {
     assert_eq!(store.checkpoints(id).await.unwrap(), [new_checkpoint]);
 }
 
-async fn failures_are_upserted(store: &dyn Store) {
+pub async fn failures_are_upserted(store: &dyn Store) {
     let wave = store.ensure_wave("suite-failures").await.unwrap();
     let id = store.add_mailboxes(wave, &[spec("f@x")]).await.unwrap()[0].id;
+    let l = lease(store, id, 1, "w").await;
     let mut failure = ItemFailure {
         mailbox: id,
         folder: "INBOX".into(),
@@ -236,17 +304,17 @@ async fn failures_are_upserted(store: &dyn Store) {
         class: ErrorClass::Item,
         reason: "message too big".into(),
         pass: 1,
+        policy: true,
     };
-    store.record_failure(&failure).await.unwrap();
+    store.record_failure(&l, &failure).await.unwrap();
     failure.pass = 2;
     failure.reason = "refused by target: too big".into();
-    store.record_failure(&failure).await.unwrap();
+    failure.policy = false;
+    store.record_failure(&l, &failure).await.unwrap();
     assert_eq!(store.failures(id).await.unwrap(), [failure]);
 }
 
-async fn leases(store: &dyn Store) {
-    const LONG: Duration = Duration::from_secs(600);
-    const TINY: Duration = Duration::from_millis(1);
+pub async fn leases(store: &dyn Store) {
     let wave = store.ensure_wave("suite-leases").await.unwrap();
     let ids: Vec<_> = store
         .add_mailboxes(
@@ -263,15 +331,21 @@ async fn leases(store: &dyn Store) {
     };
     for &id in &ids {
         assert_eq!(store.queue_pass(id).await.unwrap(), 1);
-        assert!(store.start_pass(id, 1).await.unwrap());
     }
 
-    // A live lease belongs to one worker; its holder may take it again and renew it.
-    assert!(store.acquire_lease(m1, 1, "w1", LONG).await.unwrap());
-    assert!(!store.acquire_lease(m1, 1, "w2", LONG).await.unwrap());
-    assert!(store.acquire_lease(m1, 1, "w1", LONG).await.unwrap());
-    assert!(store.renew_lease(m1, "w1", LONG).await.unwrap());
-    assert!(!store.renew_lease(m1, "w2", LONG).await.unwrap());
+    // A live lease belongs to one worker; its holder may take it again (a
+    // restart under the same name: a new token) and renew it.
+    let w1 = lease(store, m1, 1, "w1").await;
+    assert_eq!((w1.mailbox, w1.pass, w1.worker.as_str()), (m1, 1, "w1"));
+    assert!(store.start_pass(&w1).await.unwrap());
+    assert_eq!(store.acquire_lease(m1, 1, "w2", LONG).await.unwrap(), None);
+    let w1_again = lease(store, m1, 1, "w1").await;
+    assert!(w1_again.token > w1.token, "{w1_again:?} after {w1:?}");
+    assert!(store.renew_lease(&w1_again, LONG).await.unwrap());
+    assert!(
+        !store.renew_lease(&w1, LONG).await.unwrap(),
+        "the earlier token is fenced"
+    );
     assert!(store.expired_leases().await.unwrap().is_empty());
     let unknown = store.acquire_lease(m4 + 1000, 1, "w1", LONG).await;
     assert!(
@@ -280,49 +354,283 @@ async fn leases(store: &dyn Store) {
     );
 
     // Once expired, another worker takes it and the first one learns on renewal.
-    assert!(store.acquire_lease(m1, 1, "w1", TINY).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let short = store
+        .acquire_lease(m1, 1, "w1", TINY)
+        .await
+        .unwrap()
+        .unwrap();
+    until_expired(store, m1).await;
     assert_eq!(
         store.expired_leases().await.unwrap(),
         [(m1, 1, "w1".to_owned())]
     );
-    assert!(store.acquire_lease(m1, 1, "w2", LONG).await.unwrap());
-    assert!(!store.renew_lease(m1, "w1", LONG).await.unwrap());
+    assert!(
+        !store.renew_lease(&short, LONG).await.unwrap(),
+        "an expired lease is not renewed"
+    );
+    let w2 = lease(store, m1, 1, "w2").await;
+    assert!(w2.token > short.token);
     assert!(store.expired_leases().await.unwrap().is_empty());
 
-    // Releasing someone else's lease does nothing; releasing one's own frees it.
-    store.release_lease(m1, "w1").await.unwrap();
-    assert!(!store.acquire_lease(m1, 1, "w3", LONG).await.unwrap());
-    store.release_lease(m1, "w2").await.unwrap();
-    assert!(store.acquire_lease(m1, 1, "w3", LONG).await.unwrap());
+    // Releasing an earlier lease does nothing; releasing one's own frees it.
+    store.release_lease(&short).await.unwrap();
+    assert_eq!(store.acquire_lease(m1, 1, "w3", LONG).await.unwrap(), None);
+    store.release_lease(&w2).await.unwrap();
+    lease(store, m1, 1, "w3").await;
 
     // A newer pass supersedes the lease of the old one: its holder must stop.
-    assert!(store.acquire_lease(m4, 1, "w4", LONG).await.unwrap());
+    let old_pass = lease(store, m4, 1, "w4").await;
     assert_eq!(store.queue_pass(m4).await.unwrap(), 2);
-    assert!(!store.renew_lease(m4, "w4", LONG).await.unwrap());
+    assert!(!store.renew_lease(&old_pass, LONG).await.unwrap());
 
     // Only expired leases of mailboxes still running that pass are listed.
-    assert!(store.acquire_lease(m2, 1, "w1", TINY).await.unwrap());
-    assert!(store.acquire_lease(m3, 1, "w2", TINY).await.unwrap());
+    for (id, worker) in [(m2, "w1"), (m3, "w2")] {
+        let held = store
+            .acquire_lease(id, 1, worker, LONG)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.start_pass(&held).await.unwrap());
+    }
+    let m3_lease = lease(store, m3, 1, "w2").await;
     store
-        .finish_pass(
-            m3,
-            1,
-            &PassOutcome {
-                state: MailboxState::Completed,
-                error: None,
-                stats: PassStats::default(),
-            },
-        )
+        .finish_pass(&m3_lease, &completed(0, 0))
         .await
         .unwrap();
-    assert!(store.acquire_lease(m4, 1, "w4", TINY).await.unwrap());
-    assert!(store.start_pass(m4, 2).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    store
+        .acquire_lease(m3, 1, "w2", TINY)
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .acquire_lease(m2, 1, "w1", TINY)
+        .await
+        .unwrap()
+        .unwrap();
+    let new_pass = lease(store, m4, 2, "w4").await;
+    assert!(store.start_pass(&new_pass).await.unwrap());
+    store
+        .acquire_lease(m4, 1, "w4", TINY)
+        .await
+        .unwrap()
+        .unwrap();
+    until_expired(store, m2).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         store.expired_leases().await.unwrap(),
         [(m2, 1, "w1".to_owned())],
         "m1 is live, m3 completed, m4 runs a newer pass"
+    );
+}
+
+/// Every write of a pass is refused, and changes nothing, once its lease is
+/// no longer the mailbox's: the worker that lost it was frozen past its TTL
+/// and another one took the mailbox.
+pub async fn fencing(store: &dyn Store) {
+    let wave = store.ensure_wave("suite-fencing").await.unwrap();
+    let id = store.add_mailboxes(wave, &[spec("fence@x")]).await.unwrap()[0].id;
+    assert_eq!(store.queue_pass(id).await.unwrap(), 1);
+    let frozen = store
+        .acquire_lease(id, 1, "a", TINY)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // Expired but not yet taken: still refused.
+    let lost = |result: Result<(), StoreError>| {
+        assert!(
+            matches!(result, Err(StoreError::LeaseLost { mailbox }) if mailbox == id),
+            "{result:?}"
+        );
+    };
+    lost(store.start_pass(&frozen).await.map(drop));
+
+    let successor = lease(store, id, 1, "b").await;
+    assert!(store.start_pass(&successor).await.unwrap());
+    let cp = checkpoint(id, "INBOX", 5, 2);
+    let copied = [entry(id, "INBOX", 5, 1), entry(id, "INBOX", 5, 2)];
+    store.commit_items(&successor, &cp, &copied).await.unwrap();
+    store
+        .record_intents(&successor, &[entry(id, "INBOX", 5, 3)])
+        .await
+        .unwrap();
+
+    let stale_cp = checkpoint(id, "INBOX", 5, 9);
+    let stale = [entry(id, "INBOX", 5, 9)];
+    let failure = ItemFailure {
+        mailbox: id,
+        folder: "INBOX".into(),
+        item: "9".into(),
+        size: 1,
+        class: ErrorClass::Item,
+        reason: "x".into(),
+        pass: 1,
+        policy: false,
+    };
+    lost(store.start_pass(&frozen).await.map(drop));
+    lost(store.save_checkpoint(&frozen, &stale_cp).await);
+    lost(store.commit_items(&frozen, &stale_cp, &stale).await);
+    lost(store.record_intents(&frozen, &stale).await);
+    lost(
+        store
+            .update_flags(&frozen, "INBOX", 5, &[("1".into(), "".into())])
+            .await,
+    );
+    lost(
+        store
+            .rekey_folder(&frozen, &checkpoint(id, "INBOX", 6, 0), 5, &[])
+            .await,
+    );
+    lost(
+        store
+            .retarget_folder(&frozen, &stale_cp, &[("1".into(), None)])
+            .await,
+    );
+    lost(store.record_failure(&frozen, &failure).await);
+    lost(store.finish_pass(&frozen, &completed(9, 9)).await);
+    assert!(!store.renew_lease(&frozen, LONG).await.unwrap());
+    assert!(!store.hand_back(&frozen).await.unwrap());
+    store.release_lease(&frozen).await.unwrap();
+
+    // Nothing of the frozen worker's reached the store.
+    assert_eq!(store.checkpoints(id).await.unwrap(), [cp]);
+    assert_eq!(store.ledger(id, "INBOX", 5).await.unwrap(), copied);
+    assert_eq!(
+        store.intents(id, "INBOX").await.unwrap(),
+        [entry(id, "INBOX", 5, 3)]
+    );
+    assert!(store.failures(id).await.unwrap().is_empty());
+    let record = store.mailbox(id).await.unwrap();
+    assert_eq!((record.state, record.attempts), (MailboxState::Running, 1));
+    assert!(
+        store.renew_lease(&successor, LONG).await.unwrap(),
+        "b still holds it"
+    );
+}
+
+/// The write-ahead of a batch: replaced by the next batch's, forgotten when
+/// the batch commits, per folder.
+pub async fn intents(store: &dyn Store) {
+    let wave = store.ensure_wave("suite-intents").await.unwrap();
+    let id = store.add_mailboxes(wave, &[spec("i@x")]).await.unwrap()[0].id;
+    let l = lease(store, id, 1, "w").await;
+    let unsent = |uid| LedgerEntry {
+        target_id: None,
+        ..entry(id, "INBOX", 5, uid)
+    };
+    assert!(store.intents(id, "INBOX").await.unwrap().is_empty());
+    store
+        .record_intents(&l, &[unsent(1), unsent(2)])
+        .await
+        .unwrap();
+    store
+        .record_intents(
+            &l,
+            &[LedgerEntry {
+                target_id: None,
+                ..entry(id, "Sent", 1, 7)
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.intents(id, "INBOX").await.unwrap(),
+        [unsent(1), unsent(2)]
+    );
+    store.record_intents(&l, &[unsent(3)]).await.unwrap();
+    assert_eq!(
+        store.intents(id, "INBOX").await.unwrap(),
+        [unsent(3)],
+        "the next batch's replace them"
+    );
+    store
+        .commit_items(
+            &l,
+            &checkpoint(id, "INBOX", 5, 3),
+            &[entry(id, "INBOX", 5, 3)],
+        )
+        .await
+        .unwrap();
+    assert!(store.intents(id, "INBOX").await.unwrap().is_empty());
+    assert_eq!(
+        store.intents(id, "Sent").await.unwrap().len(),
+        1,
+        "other folders keep theirs"
+    );
+    store.record_intents(&l, &[]).await.unwrap();
+}
+
+/// The target folder was re-created: the copies' ids are replaced (or
+/// cleared) with the checkpoint, atomically.
+pub async fn retargeting_after_the_target_folder_changed(store: &dyn Store) {
+    let wave = store.ensure_wave("suite-retarget").await.unwrap();
+    let id = store.add_mailboxes(wave, &[spec("t@x")]).await.unwrap()[0].id;
+    let l = lease(store, id, 1, "w").await;
+    let copied: Vec<_> = (1..=3).map(|uid| entry(id, "INBOX", 5, uid)).collect();
+    store
+        .commit_items(&l, &checkpoint(id, "INBOX", 5, 3), &copied)
+        .await
+        .unwrap();
+    let moved = FolderCheckpoint {
+        target_validity: Some(78),
+        target_mark: 40,
+        ..checkpoint(id, "INBOX", 5, 3)
+    };
+    store
+        .retarget_folder(
+            &l,
+            &moved,
+            &[("1".into(), Some("31".into())), ("3".into(), None)],
+        )
+        .await
+        .unwrap();
+    let ids: Vec<_> = store
+        .ledger(id, "INBOX", 5)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.target_id)
+        .collect();
+    assert_eq!(ids, [Some("31".into()), Some("102".into()), None]);
+    assert_eq!(store.checkpoints(id).await.unwrap(), [moved]);
+}
+
+/// A pass that ended with failed items is neither completed nor failed.
+pub async fn passes_with_errors_are_counted_apart(store: &dyn Store) {
+    let wave = store
+        .create_wave("suite-errors", &serde_json::json!({}))
+        .await
+        .unwrap();
+    let ids: Vec<_> = store
+        .add_mailboxes(wave, &[spec("e1@x"), spec("e2@x")])
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    for (id, state) in ids
+        .iter()
+        .zip([MailboxState::Completed, MailboxState::CompletedWithErrors])
+    {
+        store.queue_pass(*id).await.unwrap();
+        let l = lease(store, *id, 1, "w").await;
+        assert!(store.start_pass(&l).await.unwrap());
+        let outcome = PassOutcome {
+            state,
+            ..completed(1, 1)
+        };
+        store.finish_pass(&l, &outcome).await.unwrap();
+        assert_eq!(store.mailbox(*id).await.unwrap().state, state);
+    }
+    let counts = store.wave_counts(wave).await.unwrap();
+    assert_eq!(
+        (
+            counts.completed,
+            counts.completed_with_errors,
+            counts.total()
+        ),
+        (1, 1, 2)
     );
 }
 
@@ -367,7 +675,7 @@ async fn confirm(store: &dyn Store, mailbox: MailboxId, pass: i64) {
         .unwrap();
 }
 
-async fn wave_states_and_publishing(store: &dyn Store) {
+pub async fn wave_states_and_publishing(store: &dyn Store) {
     use WaveState::{Cancelled, Created, Paused, Running};
     let config = serde_json::json!({"migration": {"max_concurrent_mailboxes": 2}});
     let wave = store.create_wave("suite-dist", &config).await.unwrap();
@@ -443,10 +751,11 @@ async fn wave_states_and_publishing(store: &dyn Store) {
         [job(wave, m2, 1), job(wave, m3, 1)]
     );
 
-    assert!(store.start_pass(m1, 1).await.unwrap());
+    let m1_lease = lease(store, m1, 1, "w").await;
+    assert!(store.start_pass(&m1_lease).await.unwrap());
     assert_eq!(store.in_flight(wave).await.unwrap(), 1);
     store
-        .finish_pass(m1, 1, &completed(10, 2000))
+        .finish_pass(&m1_lease, &completed(10, 2000))
         .await
         .unwrap();
     assert_eq!(store.in_flight(wave).await.unwrap(), 0);
@@ -527,12 +836,16 @@ async fn wave_states_and_publishing(store: &dyn Store) {
         store.mailbox(m2).await.unwrap().state,
         MailboxState::Pending
     );
-    assert!(!store.start_pass(m2, 1).await.unwrap(), "its job is stale");
+    let m2_lease = lease(store, m2, 1, "w").await;
+    assert!(
+        !store.start_pass(&m2_lease).await.unwrap(),
+        "its job is stale"
+    );
     assert!(!mark(store, m3, 1).await);
     assert_eq!(store.in_flight(wave).await.unwrap(), 0);
 }
 
-async fn final_pass_completes_the_wave(store: &dyn Store) {
+pub async fn final_pass_completes_the_wave(store: &dyn Store) {
     let wave = store
         .create_wave("suite-final", &serde_json::json!({}))
         .await
@@ -548,8 +861,10 @@ async fn final_pass_completes_the_wave(store: &dyn Store) {
         .await
         .unwrap();
     assert!(mark(store, id, 1).await);
-    assert!(store.start_pass(id, 1).await.unwrap());
-    store.finish_pass(id, 1, &completed(1, 1)).await.unwrap();
+    let first = lease(store, id, 1, "w").await;
+    assert!(store.start_pass(&first).await.unwrap());
+    store.finish_pass(&first, &completed(1, 1)).await.unwrap();
+    store.release_lease(&first).await.unwrap();
     assert!(!store.complete_wave_if_done(wave).await.unwrap());
 
     assert!(
@@ -570,14 +885,15 @@ async fn final_pass_completes_the_wave(store: &dyn Store) {
     );
     assert!(mark(store, id, 2).await);
     assert!(!store.complete_wave_if_done(wave).await.unwrap(), "queued");
-    assert!(store.start_pass(id, 2).await.unwrap());
+    let last = lease(store, id, 2, "w").await;
+    assert!(store.start_pass(&last).await.unwrap());
     assert!(!store.complete_wave_if_done(wave).await.unwrap(), "running");
     let failed = PassOutcome {
         state: MailboxState::Failed,
         error: Some("quota exceeded".into()),
         stats: PassStats::default(),
     };
-    store.finish_pass(id, 2, &failed).await.unwrap();
+    store.finish_pass(&last, &failed).await.unwrap();
     assert!(store.complete_wave_if_done(wave).await.unwrap());
     assert_eq!(store.wave(wave).await.unwrap().state, WaveState::Completed);
     let failed = store.failed_mailboxes(wave, 10).await.unwrap();
@@ -602,9 +918,7 @@ async fn until_expired(store: &dyn Store, mailbox: MailboxId) {
     }
 }
 
-async fn reaping_expired_leases(store: &dyn Store) {
-    const LONG: Duration = Duration::from_secs(600);
-    const TINY: Duration = Duration::from_millis(1);
+pub async fn reaping_expired_leases(store: &dyn Store) {
     let wave = store
         .create_wave("suite-reap", &serde_json::json!({}))
         .await
@@ -628,15 +942,27 @@ async fn reaping_expired_leases(store: &dyn Store) {
         )
         .await
         .unwrap();
-    for &id in &ids {
+    let mut leases = Vec::new();
+    for (&id, (worker, ttl)) in ids.iter().zip([("w1", TINY), ("w2", TINY), ("w3", LONG)]) {
         assert!(mark(store, id, 1).await);
         confirm(store, id, 1).await;
-        assert!(store.start_pass(id, 1).await.unwrap());
+        let held = store
+            .acquire_lease(id, 1, worker, LONG)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.start_pass(&held).await.unwrap());
+        if id == m2 {
+            assert!(store.start_pass(&held).await.unwrap(), "m2: second attempt");
+        }
+        leases.push(
+            store
+                .acquire_lease(id, 1, worker, ttl)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
-    assert!(store.start_pass(m2, 1).await.unwrap(), "m2: second attempt");
-    assert!(store.acquire_lease(m1, 1, "w1", TINY).await.unwrap());
-    assert!(store.acquire_lease(m2, 1, "w2", TINY).await.unwrap());
-    assert!(store.acquire_lease(m3, 1, "w3", LONG).await.unwrap());
     until_expired(store, m1).await;
     until_expired(store, m2).await;
 
@@ -656,7 +982,7 @@ async fn reaping_expired_leases(store: &dyn Store) {
     );
     assert_eq!(store.reap_lease(m1, 1, "w1", 2).await.unwrap(), None);
     assert!(
-        !store.renew_lease(m1, "w1", LONG).await.unwrap(),
+        !store.renew_lease(&leases[0], LONG).await.unwrap(),
         "w1 must stop"
     );
     // A live lease is not reaped.
@@ -673,8 +999,13 @@ async fn reaping_expired_leases(store: &dyn Store) {
 
     // The re-queued pass is taken again and its worker lost again.
     confirm(store, m1, 1).await;
-    assert!(store.start_pass(m1, 1).await.unwrap());
-    assert!(store.acquire_lease(m1, 1, "w4", TINY).await.unwrap());
+    let w4 = lease(store, m1, 1, "w4").await;
+    assert!(store.start_pass(&w4).await.unwrap());
+    store
+        .acquire_lease(m1, 1, "w4", TINY)
+        .await
+        .unwrap()
+        .unwrap();
     until_expired(store, m1).await;
     assert_eq!(
         store.reap_lease(m1, 1, "w4", 2).await.unwrap(),
@@ -682,7 +1013,11 @@ async fn reaping_expired_leases(store: &dyn Store) {
     );
 
     // In a cancelled wave the mailbox goes back to pending.
-    assert!(store.acquire_lease(m3, 1, "w3", TINY).await.unwrap());
+    store
+        .acquire_lease(m3, 1, "w3", TINY)
+        .await
+        .unwrap()
+        .unwrap();
     store
         .transition_wave(
             wave,
@@ -714,8 +1049,7 @@ async fn reaping_expired_leases(store: &dyn Store) {
     );
 }
 
-async fn handing_back(store: &dyn Store) {
-    const LONG: Duration = Duration::from_secs(600);
+pub async fn handing_back(store: &dyn Store) {
     let wave = store
         .create_wave("suite-hand-back", &serde_json::json!({}))
         .await
@@ -739,17 +1073,33 @@ async fn handing_back(store: &dyn Store) {
         )
         .await
         .unwrap();
+    let mut leases = Vec::new();
     for &id in &ids {
         assert!(mark(store, id, 1).await);
         confirm(store, id, 1).await;
-        assert!(store.start_pass(id, 1).await.unwrap());
-        assert!(store.acquire_lease(id, 1, "w1", LONG).await.unwrap());
+        let held = lease(store, id, 1, "w1").await;
+        assert!(store.start_pass(&held).await.unwrap());
+        leases.push(held);
     }
 
     // Only the lease holder of that pass hands back.
-    assert!(!store.hand_back(m1, 1, "w2").await.unwrap());
-    assert!(!store.hand_back(m1, 2, "w1").await.unwrap());
-    assert!(store.hand_back(m1, 1, "w1").await.unwrap());
+    let held = &leases[0];
+    let other_worker = Lease {
+        worker: "w2".into(),
+        ..held.clone()
+    };
+    let other_pass = Lease {
+        pass: 2,
+        ..held.clone()
+    };
+    let earlier = Lease {
+        token: held.token - 1,
+        ..held.clone()
+    };
+    for wrong in [other_worker, other_pass, earlier] {
+        assert!(!store.hand_back(&wrong).await.unwrap(), "{wrong:?}");
+    }
+    assert!(store.hand_back(held).await.unwrap());
     let back = store.mailbox(m1).await.unwrap();
     assert_eq!(
         (back.state, back.pass, back.attempts),
@@ -760,15 +1110,12 @@ async fn handing_back(store: &dyn Store) {
         store.unpublished_jobs(wave).await.unwrap(),
         [job(wave, m1, 1)]
     );
-    assert!(
-        !store.renew_lease(m1, "w1", LONG).await.unwrap(),
-        "lease gone"
-    );
-    assert!(!store.hand_back(m1, 1, "w1").await.unwrap(), "only once");
+    assert!(!store.renew_lease(held, LONG).await.unwrap(), "lease gone");
+    assert!(!store.hand_back(held).await.unwrap(), "only once");
     // Another worker takes it again.
     confirm(store, m1, 1).await;
-    assert!(store.start_pass(m1, 1).await.unwrap());
-    assert!(store.acquire_lease(m1, 1, "w2", LONG).await.unwrap());
+    let again = lease(store, m1, 1, "w2").await;
+    assert!(store.start_pass(&again).await.unwrap());
 
     // In a cancelled wave the mailbox goes back to pending.
     store
@@ -780,7 +1127,7 @@ async fn handing_back(store: &dyn Store) {
         )
         .await
         .unwrap();
-    assert!(store.hand_back(m2, 1, "w1").await.unwrap());
+    assert!(store.hand_back(&leases[1]).await.unwrap());
     assert_eq!(
         store.mailbox(m2).await.unwrap().state,
         MailboxState::Pending

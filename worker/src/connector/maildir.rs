@@ -28,7 +28,7 @@ use mailwave_common::model::FolderCheckpoint;
 use super::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, IMAP_DATE,
     ItemMeta, MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder,
-    TargetItem, header_block,
+    TargetItem, TargetMark, header_block,
 };
 
 /// The folder key of the inbox (the Maildir root itself).
@@ -287,8 +287,11 @@ impl MailTarget for Maildir {
     }
 
     /// Always 0: appends are idempotent by themselves.
-    async fn mark(&mut self, _folder: &str) -> Result<u64, ConnectorError> {
-        Ok(0)
+    async fn mark(&mut self, _folder: &str) -> Result<TargetMark, ConnectorError> {
+        Ok(TargetMark {
+            position: 0,
+            validity: None,
+        })
     }
 
     /// Always empty: appends are idempotent by themselves.
@@ -1304,7 +1307,7 @@ mod tests {
         assert_eq!(third.results[0].as_ref().expect("ok"), &id);
         assert_eq!(files_in(&fresh.root().join("cur")).len(), 1);
         assert!(files_in(&fresh.root().join("tmp")).is_empty());
-        assert_eq!(fresh.mark("INBOX").await.expect("mark"), 0);
+        assert_eq!(fresh.mark("INBOX").await.expect("mark").position, 0);
         assert!(
             fresh
                 .items_since("INBOX", 0, &HashSet::new())

@@ -393,6 +393,16 @@ pub struct AppendReport {
     pub mark_after: Option<u64>,
 }
 
+/// Where a target folder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetMark {
+    /// Messages appended from now on lie at or past it (IMAP: UIDNEXT).
+    pub position: u64,
+    /// The validity of the folder's ids (IMAP: UIDVALIDITY); `None` where
+    /// ids never go stale (Maildir names, Graph ids).
+    pub validity: Option<u32>,
+}
+
 /// A message already in the target, as seen when looking for in-doubt copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetItem {
@@ -534,8 +544,8 @@ pub trait MailTarget: Send {
     ) -> Result<TargetFolder, ConnectorError>;
 
     /// The folder's position now (IMAP: UIDNEXT): messages appended from now
-    /// on lie at or past it.
-    async fn mark(&mut self, folder: &str) -> Result<u64, ConnectorError>;
+    /// on lie at or past it; and its validity, where ids can go stale.
+    async fn mark(&mut self, folder: &str) -> Result<TargetMark, ConnectorError>;
 
     /// Messages at or past `mark` whose [`Identity::header_key`] is one of
     /// `wanted` (the target reads only those whole); empty for targets whose

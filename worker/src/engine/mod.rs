@@ -30,14 +30,15 @@ use mailwave_common::config::{Config, FolderFilter};
 use mailwave_common::model::{
     FolderCheckpoint, ItemFailure, LedgerEntry, MailboxId, MailboxRecord, PassStats,
 };
-use mailwave_common::store::{Store, StoreError};
+use mailwave_common::store::StoreError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::connector::{
     ConnectorError, Fetched, FlagScan, Flags, FolderScan, Identity, ItemMeta, MailSource,
-    MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, header_hash, header_key,
+    MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, header_hash,
 };
+use crate::lease::PassStore;
 
 /// What a message whose size the source cannot tell before reading it
 /// ([`ItemMeta::size`] 0) is taken to weigh, for batching and the memory
@@ -153,7 +154,8 @@ impl From<StoreError> for ConnectorError {
 
 /// One pass over one mailbox.
 pub struct MailboxPass<'a> {
-    pub store: &'a dyn Store,
+    /// Reads, and writes fenced by the pass's lease.
+    pub store: PassStore<'a>,
     pub mailbox: &'a MailboxRecord,
     pub pass: i64,
     pub settings: &'a CopySettings,
@@ -220,7 +222,7 @@ impl MailboxPass<'_> {
         let roles = folders::source_roles(&folders);
         let checkpoints = self
             .store
-            .checkpoints(self.mailbox.id)
+            .checkpoints()
             .await?
             .into_iter()
             .map(|c| (c.folder.clone(), c))
@@ -289,9 +291,12 @@ impl MailboxPass<'_> {
                     class: ErrorClass::Item,
                     reason: format!("folder {}: {}", folder.path, error.message),
                     pass: self.pass,
+                    policy: false,
                 })
                 .await?;
-            shared.stats.lock().expect("lock").items_skipped += 1;
+            let mut stats = shared.stats.lock().expect("lock");
+            stats.items_skipped += 1;
+            stats.items_failed += 1;
         }
     }
 
@@ -321,37 +326,58 @@ impl MailboxPass<'_> {
         folder: &SourceFolder,
         stats: &mut PassStats,
     ) -> Result<(), ConnectorError> {
-        let previous = shared.checkpoints.get(&folder.key);
-        let scan = lane.source.scan(folder, previous).await?;
-        let unchanged = previous.is_some_and(|c| {
+        let mut previous = shared.checkpoints.get(&folder.key).cloned();
+        let mut target_checked = false;
+        if let Some(checkpoint) = previous.as_mut() {
+            // Copies an interrupted run appended but could not record: found
+            // before anything is listed or appended again.
+            let recovered = self
+                .recover(lane, folder, checkpoint, &mut target_checked, stats)
+                .await?;
+            stats.items_recovered += recovered;
+            if folder.subscribed && !checkpoint.subscribed {
+                lane.target()
+                    .await?
+                    .subscribe(&checkpoint.target_folder)
+                    .await?;
+                checkpoint.subscribed = true;
+                self.store.save_checkpoint(checkpoint).await?;
+            }
+        }
+        let scan = lane.source.scan(folder, previous.as_ref()).await?;
+        let unchanged = previous.as_ref().is_some_and(|c| {
             c.validity == scan.validity && c.highest_modseq == scan.highest_modseq
         });
         if unchanged && scan.candidates.is_empty() && matches!(scan.flags, FlagScan::Unchanged) {
             return Ok(());
         }
 
-        let mut complete = scan.complete;
+        let complete = scan.complete
+            || previous
+                .as_ref()
+                .is_some_and(|c| c.validity != scan.validity);
         let mut checkpoint = match previous {
-            Some(c) if c.validity == scan.validity => c.clone(),
-            Some(c) => {
-                complete = true;
-                self.remap(lane.source.as_mut(), folder, c, &scan).await?
-            }
+            Some(c) if c.validity == scan.validity => c,
+            Some(c) => self.remap(lane.source.as_mut(), folder, &c, &scan).await?,
             None => self.start_folder(lane, shared, folder, &scan).await?,
         };
 
-        let ledger_needed = complete || !matches!(scan.flags, FlagScan::Unchanged);
-        let ledger: HashMap<String, LedgerEntry> = if ledger_needed {
-            self.store
-                .ledger(self.mailbox.id, &folder.key, checkpoint.validity)
-                .await?
-                .into_iter()
-                .map(|e| (e.item.clone(), e))
-                .collect()
-        } else {
-            HashMap::new()
-        };
-        let mut pending: Vec<ItemMeta> = scan
+        // Every candidate is looked up in the ledger: a listing of the whole
+        // folder (Maildir, a changed validity) names copied items, and so
+        // may one past the high-water mark (after a re-map, or a recovery).
+        let ledger: HashMap<String, LedgerEntry> =
+            if complete || !matches!(scan.flags, FlagScan::Unchanged) {
+                self.store.ledger(&folder.key, checkpoint.validity).await?
+            } else {
+                let items: Vec<String> = scan.candidates.iter().map(|i| i.item.clone()).collect();
+                self.store
+                    .ledger_entries(&folder.key, checkpoint.validity, &items)
+                    .await?
+            }
+            .into_iter()
+            .map(|e| (e.item.clone(), e))
+            .collect();
+        let pending: Vec<ItemMeta> = scan
             .candidates
             .iter()
             .filter(|item| !ledger.contains_key(&item.item))
@@ -359,14 +385,7 @@ impl MailboxPass<'_> {
             .collect();
 
         if !pending.is_empty() {
-            // Copies the ledger already names are never in doubt (a target
-            // whose mark is approximate lists some of them again).
-            let known: std::collections::HashSet<&str> = ledger
-                .values()
-                .filter_map(|e| e.target_id.as_deref())
-                .collect();
-            stats.items_recovered = self
-                .recover(lane, folder, &checkpoint, &known, &mut pending)
+            self.check_target_folder(lane, folder, &mut checkpoint, &mut target_checked, stats)
                 .await?;
         }
         self.copy_items(lane, folder, &mut checkpoint, pending, stats)
@@ -383,7 +402,15 @@ impl MailboxPass<'_> {
             FlagScan::Unchanged => Vec::new(),
         };
         stats.flags_updated = self
-            .sync_flags(lane, folder, &checkpoint, &ledger, flag_state)
+            .sync_flags(
+                lane,
+                folder,
+                &mut checkpoint,
+                &mut target_checked,
+                &ledger,
+                flag_state,
+                stats,
+            )
             .await?;
 
         // Every listed item is now copied, recovered or recorded as failed.
@@ -427,7 +454,9 @@ impl MailboxPass<'_> {
             validity: scan.validity,
             high_water_mark: 0,
             highest_modseq: None,
-            target_mark: mark,
+            target_mark: mark.position,
+            target_validity: mark.validity,
+            subscribed: folder.subscribed,
             sync_state: None,
         };
         if let Some(listed) = shared.target_folders.lock().await.as_mut()
@@ -437,6 +466,92 @@ impl MailboxPass<'_> {
         }
         self.store.save_checkpoint(&checkpoint).await?;
         Ok(checkpoint)
+    }
+
+    /// Before the first use of the target folder's ids in this pass: when
+    /// its validity changed (the folder was re-created, and its ids now name
+    /// other messages), the copies are found again by identity and the
+    /// ledger's ids replaced; copies no longer there are recorded as
+    /// failures. No stale id is ever used.
+    async fn check_target_folder(
+        &self,
+        lane: &mut Lane<'_>,
+        folder: &SourceFolder,
+        checkpoint: &mut FolderCheckpoint,
+        checked: &mut bool,
+        stats: &mut PassStats,
+    ) -> Result<(), ConnectorError> {
+        if std::mem::replace(checked, true) {
+            return Ok(());
+        }
+        let target = lane.target().await?;
+        let mark = target.mark(&checkpoint.target_folder).await?;
+        let (Some(recorded), Some(now)) = (checkpoint.target_validity, mark.validity) else {
+            if checkpoint.target_validity.is_none() && mark.validity.is_some() {
+                // Checkpoints written before validities were kept.
+                checkpoint.target_validity = mark.validity;
+                self.store.save_checkpoint(checkpoint).await?;
+            }
+            return Ok(());
+        };
+        if recorded == now {
+            return Ok(());
+        }
+        tracing::warn!(mailbox = %self.mailbox.source, folder = %folder.path,
+            target_folder = %checkpoint.target_folder, old = recorded, new = now,
+            "the target folder was re-created (its UIDVALIDITY changed); finding the copies again");
+        let copied = self.store.ledger(&folder.key, checkpoint.validity).await?;
+        let identities: Vec<Option<Identity>> = copied
+            .iter()
+            .map(|e| Identity::decode(&e.identity))
+            .collect();
+        let wanted: HashSet<String> = identities
+            .iter()
+            .flatten()
+            .map(|i| i.header_key.clone())
+            .collect();
+        let mut in_target: HashMap<Identity, VecDeque<String>> = HashMap::new();
+        for item in target
+            .items_since(&checkpoint.target_folder, 1, &wanted)
+            .await?
+        {
+            in_target
+                .entry(item.identity)
+                .or_default()
+                .push_back(item.id);
+        }
+        let mut target_ids = Vec::with_capacity(copied.len());
+        let mut missing = Vec::new();
+        for (entry, identity) in copied.iter().zip(&identities) {
+            let found = identity
+                .as_ref()
+                .and_then(|i| in_target.get_mut(i))
+                .and_then(VecDeque::pop_front);
+            if found.is_none() {
+                missing.push(entry);
+            }
+            target_ids.push((entry.item.clone(), found));
+        }
+        checkpoint.target_validity = Some(now);
+        checkpoint.target_mark = mark.position;
+        self.store.retarget_folder(checkpoint, &target_ids).await?;
+        for entry in missing {
+            let meta = ItemMeta {
+                item: entry.item.clone(),
+                uid: entry.uid,
+                size: entry.size,
+                flags: Flags::parse(&entry.flags),
+                internal_date: None,
+            };
+            let reason = format!(
+                "its copy is no longer in target folder {} (re-created: UIDVALIDITY {recorded} -> {now}); not copied again",
+                checkpoint.target_folder
+            );
+            self.record_item_failure(folder, &meta, ErrorClass::Item, reason)
+                .await?;
+            stats.items_failed += 1;
+        }
+        Ok(())
     }
 
     /// The source folder's validity changed (its UIDs were renumbered): find
@@ -451,10 +566,7 @@ impl MailboxPass<'_> {
     ) -> Result<FolderCheckpoint, ConnectorError> {
         tracing::info!(mailbox = %self.mailbox.source, folder = %folder.path,
             old = old.validity, new = scan.validity, "source folder validity changed; re-mapping");
-        let old_entries = self
-            .store
-            .ledger(self.mailbox.id, &folder.key, old.validity)
-            .await?;
+        let old_entries = self.store.ledger(&folder.key, old.validity).await?;
         let mut by_identity: HashMap<(u64, String), VecDeque<String>> = HashMap::new();
         for entry in old_entries {
             by_identity
@@ -462,7 +574,7 @@ impl MailboxPass<'_> {
                 .or_default()
                 .push_back(entry.item);
         }
-        let sizes: std::collections::HashSet<u64> = by_identity.keys().map(|(s, _)| *s).collect();
+        let sizes: HashSet<u64> = by_identity.keys().map(|(s, _)| *s).collect();
         let suspects: Vec<ItemMeta> = scan
             .candidates
             .iter()
@@ -496,71 +608,73 @@ impl MailboxPass<'_> {
         Ok(checkpoint)
     }
 
-    /// Finds copies of `pending` items that an interrupted run appended but
-    /// could not record; records them and removes them from `pending`.
+    /// Finds the copies of the folder's intents (the batch an interrupted
+    /// run was appending, written ahead of the append) that reached the
+    /// target: matched by identity, as multisets, among what the target
+    /// holds past the checkpoint's mark. Found ones are recorded as copied;
+    /// the others are forgotten and copied like any pending item. Returns
+    /// how many were found.
     async fn recover(
         &self,
         lane: &mut Lane<'_>,
         folder: &SourceFolder,
-        checkpoint: &FolderCheckpoint,
-        known: &std::collections::HashSet<&str>,
-        pending: &mut Vec<ItemMeta>,
+        checkpoint: &mut FolderCheckpoint,
+        target_checked: &mut bool,
+        stats: &mut PassStats,
     ) -> Result<u64, ConnectorError> {
-        let mut keys: HashMap<String, String> = HashMap::new();
-        for chunk in pending.chunks(self.settings.batch_messages.max(1)) {
-            for (item, header) in lane.source.fetch_headers(folder, chunk).await? {
-                keys.insert(item, header_key(&header));
-            }
+        let intents = self.store.intents(&folder.key).await?;
+        if intents.is_empty() {
+            return Ok(0);
         }
-        let wanted: HashSet<String> = keys.values().cloned().collect();
-        let mut in_target = lane
+        self.check_target_folder(lane, folder, checkpoint, target_checked, stats)
+            .await?;
+        let wanted: HashSet<String> = intents
+            .iter()
+            .filter_map(|e| Identity::decode(&e.identity))
+            .map(|i| i.header_key)
+            .collect();
+        // Copies the ledger names are never in doubt (a target whose mark is
+        // approximate, as Graph's clock, lists some of them again).
+        let known: HashSet<String> = self
+            .store
+            .ledger(&folder.key, checkpoint.validity)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.target_id)
+            .collect();
+        let mut in_target: HashMap<Identity, VecDeque<String>> = HashMap::new();
+        for item in lane
             .target()
             .await?
             .items_since(&checkpoint.target_folder, checkpoint.target_mark, &wanted)
-            .await?;
-        in_target.retain(|item| !known.contains(item.id.as_str()));
-        if in_target.is_empty() {
-            return Ok(0);
-        }
-        let mut by_identity: HashMap<Identity, VecDeque<String>> = HashMap::new();
-        let mut found_keys = HashSet::new();
-        for item in in_target {
-            found_keys.insert(item.identity.header_key.clone());
-            by_identity
-                .entry(item.identity)
-                .or_default()
-                .push_back(item.id);
-        }
-        let suspects: Vec<ItemMeta> = pending
-            .iter()
-            .filter(|i| keys.get(&i.item).is_some_and(|k| found_keys.contains(k)))
-            .cloned()
-            .collect();
-        let mut entries = Vec::new();
-        for chunk in self.batches(suspects) {
-            let _permit = self.budget.acquire(batch_size(&chunk)).await;
-            let fetched = lane.source.fetch(folder, &chunk).await?;
-            for message in self
-                .account(folder, &chunk, fetched, &mut PassStats::default())
-                .await?
-            {
-                let identity = Identity::of(&message.body);
-                let Some(id) = by_identity.get_mut(&identity).and_then(VecDeque::pop_front) else {
-                    continue;
-                };
-                entries.push(self.ledger_entry(checkpoint, &message, Some(id)));
+            .await?
+        {
+            if !known.contains(&item.id) {
+                in_target
+                    .entry(item.identity)
+                    .or_default()
+                    .push_back(item.id);
             }
         }
-        if entries.is_empty() {
-            return Ok(0);
+        let mut found = Vec::new();
+        for intent in intents {
+            let copy = Identity::decode(&intent.identity)
+                .and_then(|identity| in_target.get_mut(&identity))
+                .and_then(VecDeque::pop_front);
+            if let Some(id) = copy {
+                found.push(LedgerEntry {
+                    target_id: Some(id),
+                    ..intent
+                });
+            }
         }
-        tracing::info!(mailbox = %self.mailbox.source, folder = %folder.path,
-            recovered = entries.len(), "found in-doubt copies in the target; not copying them again");
-        self.store.commit_items(checkpoint, &entries).await?;
-        let recovered: std::collections::HashSet<&str> =
-            entries.iter().map(|e| e.item.as_str()).collect();
-        pending.retain(|i| !recovered.contains(i.item.as_str()));
-        Ok(entries.len() as u64)
+        if !found.is_empty() {
+            tracing::info!(mailbox = %self.mailbox.source, folder = %folder.path,
+                recovered = found.len(), "found in-doubt copies in the target; not copying them again");
+        }
+        // Also forgets the intents that were not found: those are copied again.
+        self.store.commit_items(checkpoint, &found).await?;
+        Ok(found.len() as u64)
     }
 
     /// Copies `items` in batches, fetching the next batch while the current
@@ -675,6 +789,7 @@ impl MailboxPass<'_> {
             self.record_item_failure(folder, meta, error.class, reason)
                 .await?;
             stats.items_skipped += 1;
+            stats.items_failed += 1;
         }
         Ok(messages)
     }
@@ -709,10 +824,22 @@ impl MailboxPass<'_> {
                 source_ref: self.source_ref(checkpoint, &m.meta.item),
             })
             .collect();
+        // Written ahead: after a crash from here to the commit, these are
+        // exactly the copies in doubt (see `recover`).
+        let mut entries: Vec<LedgerEntry> = messages
+            .iter()
+            .map(|m| self.ledger_entry(checkpoint, m, None))
+            .collect();
         let report = if outgoing.is_empty() {
             Default::default()
         } else {
-            target.append(&checkpoint.target_folder, &outgoing).await?
+            self.store.record_intents(&entries).await?;
+            // Stops sending the moment the lease is lost: what was sent is
+            // in doubt for whoever takes the mailbox, and found by its intents.
+            self.store
+                .keeper
+                .guard(target.append(&checkpoint.target_folder, &outgoing))
+                .await?
         };
         if report.results.len() != messages.len() {
             return Err(ConnectorError::transient(format!(
@@ -721,23 +848,28 @@ impl MailboxPass<'_> {
                 messages.len()
             )));
         }
-        let mut entries = Vec::with_capacity(messages.len());
+        let mut copied = Vec::with_capacity(messages.len());
         let mut bytes = 0;
-        for (message, result) in messages.iter().zip(report.results) {
+        for ((message, result), mut entry) in
+            messages.iter().zip(report.results).zip(entries.drain(..))
+        {
             match result {
                 Ok(id) => {
                     bytes += message.body.len() as u64;
-                    entries.push(self.ledger_entry(checkpoint, message, id));
+                    entry.target_id = id;
+                    copied.push(entry);
                 }
                 Err(error) if error.class == ErrorClass::Item => {
                     let reason = format!("refused by the target: {}", error.message);
                     self.record_item_failure(folder, &message.meta, error.class, reason)
                         .await?;
                     stats.items_skipped += 1;
+                    stats.items_failed += 1;
                 }
                 Err(error) => return Err(error),
             }
         }
+        let entries = copied;
         let highest = batch.iter().map(|i| i.uid).max().unwrap_or(0);
         checkpoint.high_water_mark = checkpoint.high_water_mark.max(highest);
         if let Some(mark) = report.mark_after {
@@ -752,17 +884,46 @@ impl MailboxPass<'_> {
     }
 
     /// Applies flag changes of copied items to their target copies.
+    #[allow(clippy::too_many_arguments)]
     async fn sync_flags(
         &self,
         lane: &mut Lane<'_>,
         folder: &SourceFolder,
-        checkpoint: &FolderCheckpoint,
+        checkpoint: &mut FolderCheckpoint,
+        target_checked: &mut bool,
         ledger: &HashMap<String, LedgerEntry>,
         source_flags: Vec<(String, Flags)>,
+        stats: &mut PassStats,
     ) -> Result<u64, ConnectorError> {
+        let changed: Vec<(String, Flags)> = source_flags
+            .into_iter()
+            .filter(|(item, flags)| {
+                ledger
+                    .get(item)
+                    .is_some_and(|e| e.flags != flags.to_string())
+            })
+            .collect();
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        // The ledger's ids are used only once they are known to be current.
+        self.check_target_folder(lane, folder, checkpoint, target_checked, stats)
+            .await?;
+        let ledger: HashMap<String, LedgerEntry> =
+            if *target_checked && checkpoint.target_validity.is_some() {
+                let items: Vec<String> = changed.iter().map(|(item, _)| item.clone()).collect();
+                self.store
+                    .ledger_entries(&folder.key, checkpoint.validity, &items)
+                    .await?
+                    .into_iter()
+                    .map(|e| (e.item.clone(), e))
+                    .collect()
+            } else {
+                ledger.clone()
+            };
         let mut changes = Vec::new();
         let mut recorded = Vec::new();
-        for (item, flags) in source_flags {
+        for (item, flags) in changed {
             let Some(entry) = ledger.get(&item) else {
                 continue;
             };
@@ -786,7 +947,7 @@ impl MailboxPass<'_> {
             .set_flags(&checkpoint.target_folder, &changes)
             .await?;
         self.store
-            .update_flags(self.mailbox.id, &folder.key, checkpoint.validity, &recorded)
+            .update_flags(&folder.key, checkpoint.validity, &recorded)
             .await?;
         Ok(changes.len() as u64)
     }
@@ -829,6 +990,7 @@ impl MailboxPass<'_> {
             content_hash: blake3::hash(&message.body).to_hex().to_string(),
             header_hash: header_hash(&message.body),
             flags: message.meta.flags.to_string(),
+            identity: Identity::of(&message.body).encode(),
         }
     }
 
@@ -864,12 +1026,16 @@ impl MailboxPass<'_> {
             "message of {} bytes exceeds migration.max_message_bytes ({})",
             item.size, self.settings.max_message_bytes
         );
-        self.record_item_failure(folder, item, ErrorClass::Item, reason)
+        tracing::info!(mailbox = %self.mailbox.source, folder = %folder.path, item = %item.item,
+            size = item.size, %reason, "item skipped by policy");
+        self.record(folder, item, ErrorClass::Item, reason, true)
             .await?;
         stats.items_skipped += 1;
+        stats.items_skipped_by_policy += 1;
         Ok(())
     }
 
+    /// Records an item that could not be copied.
     async fn record_item_failure(
         &self,
         folder: &SourceFolder,
@@ -878,7 +1044,18 @@ impl MailboxPass<'_> {
         reason: String,
     ) -> Result<(), ConnectorError> {
         tracing::warn!(mailbox = %self.mailbox.source, folder = %folder.path, item = %item.item,
-            size = item.size, %reason, "item skipped");
+            size = item.size, %reason, "item not copied");
+        self.record(folder, item, class, reason, false).await
+    }
+
+    async fn record(
+        &self,
+        folder: &SourceFolder,
+        item: &ItemMeta,
+        class: ErrorClass,
+        reason: String,
+        policy: bool,
+    ) -> Result<(), ConnectorError> {
         self.store
             .record_failure(&ItemFailure {
                 mailbox: self.mailbox.id,
@@ -888,9 +1065,9 @@ impl MailboxPass<'_> {
                 class,
                 reason,
                 pass: self.pass,
+                policy,
             })
-            .await?;
-        Ok(())
+            .await
     }
 }
 

@@ -71,7 +71,7 @@ use self::client::GraphClient;
 use crate::connector::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
     ItemMeta, MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder,
-    TargetItem,
+    TargetItem, TargetMark,
 };
 use crate::throttle::{self, EndpointThrottle, ThrottleSettings};
 
@@ -590,9 +590,12 @@ impl MailTarget for GraphImportTarget {
 
     /// The target's clock (this machine's, less a margin for the
     /// difference) in milliseconds since the epoch.
-    async fn mark(&mut self, _folder: &str) -> Result<u64, ConnectorError> {
+    async fn mark(&mut self, _folder: &str) -> Result<TargetMark, ConnectorError> {
         let mark = Utc::now() - chrono::Duration::from_std(MARK_MARGIN).unwrap_or_default();
-        Ok(u64::try_from(mark.timestamp_millis()).unwrap_or(0))
+        Ok(TargetMark {
+            position: u64::try_from(mark.timestamp_millis()).unwrap_or(0),
+            validity: None,
+        })
     }
 
     async fn items_since(

@@ -19,6 +19,7 @@ use self::wire::{AppendMessage, ImapConnection, ImapError, ListEntry};
 use super::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, ItemMeta,
     MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
+    TargetMark,
 };
 use crate::throttle::MailboxThrottle;
 use mailwave_common::ErrorClass;
@@ -750,9 +751,20 @@ impl MailTarget for ImapTarget {
             .await
     }
 
-    async fn mark(&mut self, folder: &str) -> Result<u64, ConnectorError> {
+    async fn mark(&mut self, folder: &str) -> Result<TargetMark, ConnectorError> {
         let throttle = self.throttle.clone();
-        throttle.run(self.uid_next(folder)).await
+        throttle
+            .run(async {
+                let status = self.session.conn.status(folder).await?;
+                let next = status.uid_next.ok_or_else(|| {
+                    ConnectorError::transient(format!("{folder}: server gave no UIDNEXT"))
+                })?;
+                Ok(TargetMark {
+                    position: u64::from(next),
+                    validity: status.uid_validity,
+                })
+            })
+            .await
     }
 
     async fn items_since(

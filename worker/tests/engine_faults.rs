@@ -1,0 +1,480 @@
+//! The copy engine against a target that misbehaves on cue: it stores part
+//! or all of a batch and then fails before the batch can be committed, it
+//! re-renders what it stores (a trace header in front, as any server that
+//! stamps delivery does), and it can hand the mailbox's lease to another
+//! worker in the middle of a pass. Whatever the position of the fault, the
+//! target ends with every source message exactly once.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use mailwave_common::config::FolderFilter;
+use mailwave_common::model::{FolderCheckpoint, MailboxRecord, MailboxSpec, PassStats};
+use mailwave_common::store::{SqliteStore, Store};
+use mailwave_worker::connector::{
+    AppendReport, ConnectorError, Fetched, Flags, FolderPath, FolderScan, Identity, ItemMeta,
+    MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
+    TargetMark,
+};
+use mailwave_worker::engine::{
+    CopySettings, MailboxConnector, MailboxPass, MemoryBudget, NoProgress,
+};
+use mailwave_worker::lease::{LeaseKeeper, PassStore};
+use tokio_util::sync::CancellationToken;
+
+const TTL: Duration = Duration::from_secs(60);
+
+/// A source folder of `count` messages, UIDs 1.., two with the same
+/// Message-ID and body (a real duplicate in the source: both must arrive).
+fn source_messages(count: u32) -> Vec<(u32, Bytes)> {
+    (1..=count)
+        .map(|uid| {
+            let n = if uid == count { 1 } else { uid };
+            let body = format!(
+                "Message-ID: <m{n}@source.example>\r\nDate: Thu, 3 Dec 2026 10:{:02}:00 +0000\r\n\
+                 From: a{n}@source.example\r\nSubject: message {n}\r\n\r\nbody of {n}\r\n",
+                n % 60
+            );
+            (uid, Bytes::from(body))
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct TargetState {
+    /// id → stored bytes, ids from 1 up.
+    messages: BTreeMap<u64, Bytes>,
+    next_id: u64,
+    appends: usize,
+    /// The `n`-th append (from 1) stores its first `k` messages and fails.
+    break_append: Option<(usize, usize)>,
+    /// Re-render on store: put a trace header in front.
+    add_trace_header: bool,
+    /// The first append, once it stored its messages, waits for this
+    /// before it answers.
+    hold_first_answer: Option<Arc<tokio::sync::Notify>>,
+    /// Told when the first append has stored its messages.
+    first_stored: Option<Arc<tokio::sync::Notify>>,
+}
+
+#[derive(Clone)]
+struct World {
+    source: Arc<Vec<(u32, Bytes)>>,
+    target: Arc<Mutex<TargetState>>,
+}
+
+impl World {
+    fn new(count: u32) -> World {
+        World {
+            source: Arc::new(source_messages(count)),
+            target: Arc::new(Mutex::new(TargetState {
+                next_id: 1,
+                ..TargetState::default()
+            })),
+        }
+    }
+
+    /// Each source message's identity, as a multiset, against what the
+    /// target holds: equal means every message arrived exactly once.
+    fn target_is_exact(&self) -> Result<(), String> {
+        let mut want: HashMap<Identity, i32> = HashMap::new();
+        for (_, body) in self.source.iter() {
+            *want.entry(Identity::of(body)).or_default() += 1;
+        }
+        for body in self.target.lock().unwrap().messages.values() {
+            *want.entry(Identity::of(body)).or_default() -= 1;
+        }
+        let off: Vec<_> = want.into_iter().filter(|(_, n)| *n != 0).collect();
+        if off.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} identities off (negative: duplicates): {off:?}",
+                off.len()
+            ))
+        }
+    }
+}
+
+struct Source(World);
+
+fn folder() -> SourceFolder {
+    SourceFolder {
+        key: "INBOX".into(),
+        path: FolderPath::inbox(),
+        special: None,
+        class: None,
+        subscribed: false,
+    }
+}
+
+fn meta(uid: u32, body: &Bytes) -> ItemMeta {
+    ItemMeta {
+        item: uid.to_string(),
+        uid,
+        size: body.len() as u64,
+        flags: Flags::default(),
+        internal_date: None,
+    }
+}
+
+#[async_trait]
+impl MailSource for Source {
+    async fn folders(&mut self) -> Result<Vec<SourceFolder>, ConnectorError> {
+        Ok(vec![folder()])
+    }
+
+    async fn scan(
+        &mut self,
+        _folder: &SourceFolder,
+        checkpoint: Option<&FolderCheckpoint>,
+    ) -> Result<FolderScan, ConnectorError> {
+        let hwm = checkpoint.map_or(0, |c| c.high_water_mark);
+        Ok(FolderScan {
+            validity: 1,
+            candidates: self
+                .0
+                .source
+                .iter()
+                .filter(|(uid, _)| *uid > hwm)
+                .map(|(uid, body)| meta(*uid, body))
+                .collect(),
+            ..FolderScan::default()
+        })
+    }
+
+    async fn fetch(
+        &mut self,
+        _folder: &SourceFolder,
+        items: &[ItemMeta],
+    ) -> Result<Fetched, ConnectorError> {
+        let by_item: HashMap<String, &Bytes> = self
+            .0
+            .source
+            .iter()
+            .map(|(uid, body)| (uid.to_string(), body))
+            .collect();
+        let mut fetched = Fetched::default();
+        for item in items {
+            fetched.messages.push(Message {
+                meta: item.clone(),
+                body: by_item[&item.item].clone(),
+            });
+        }
+        Ok(fetched)
+    }
+
+    async fn fetch_headers(
+        &mut self,
+        _folder: &SourceFolder,
+        _items: &[ItemMeta],
+    ) -> Result<Vec<(String, Bytes)>, ConnectorError> {
+        Ok(Vec::new())
+    }
+}
+
+struct Target(World);
+
+#[async_trait]
+impl MailTarget for Target {
+    async fn folders(&mut self) -> Result<Vec<TargetFolder>, ConnectorError> {
+        Ok(Vec::new())
+    }
+
+    async fn ensure_folder(
+        &mut self,
+        path: &FolderPath,
+        special: Option<SpecialUse>,
+        _class: Option<&str>,
+    ) -> Result<TargetFolder, ConnectorError> {
+        Ok(TargetFolder {
+            name: path.to_string(),
+            path: path.clone(),
+            special,
+        })
+    }
+
+    async fn mark(&mut self, _folder: &str) -> Result<TargetMark, ConnectorError> {
+        Ok(TargetMark {
+            position: self.0.target.lock().unwrap().next_id,
+            validity: Some(1),
+        })
+    }
+
+    async fn items_since(
+        &mut self,
+        _folder: &str,
+        mark: u64,
+        wanted: &HashSet<String>,
+    ) -> Result<Vec<TargetItem>, ConnectorError> {
+        let target = self.0.target.lock().unwrap();
+        Ok(target
+            .messages
+            .range(mark..)
+            .map(|(id, body)| TargetItem {
+                id: id.to_string(),
+                identity: Identity::of(body),
+            })
+            .filter(|item| wanted.contains(&item.identity.header_key))
+            .collect())
+    }
+
+    async fn append(
+        &mut self,
+        _folder: &str,
+        messages: &[Outgoing],
+    ) -> Result<AppendReport, ConnectorError> {
+        let (results, broken, hold) = {
+            let mut target = self.0.target.lock().unwrap();
+            target.appends += 1;
+            let fault = match target.break_append {
+                Some((n, k)) if n == target.appends => Some(k),
+                _ => None,
+            };
+            let stored = fault.unwrap_or(messages.len());
+            let mut results = Vec::new();
+            for message in &messages[..stored.min(messages.len())] {
+                let body = if target.add_trace_header {
+                    let trace =
+                        b"Received: from mailwave by target; Thu, 3 Dec 2026 11:00:00 +0000\r\n";
+                    Bytes::from([trace.as_slice(), &message.body].concat())
+                } else {
+                    message.body.clone()
+                };
+                let id = target.next_id;
+                target.next_id += 1;
+                target.messages.insert(id, body);
+                results.push(Ok(Some(id.to_string())));
+            }
+            let hold = if target.appends == 1 {
+                if let Some(stored) = &target.first_stored {
+                    stored.notify_one();
+                }
+                target.hold_first_answer.clone()
+            } else {
+                None
+            };
+            (results, fault.is_some(), hold)
+        };
+        if let Some(gate) = hold {
+            gate.notified().await;
+        }
+        if broken {
+            return Err(ConnectorError::transient(
+                "connection reset after storing, before the tagged OK",
+            ));
+        }
+        let mark_after = Some(self.0.target.lock().unwrap().next_id);
+        Ok(AppendReport {
+            results,
+            mark_after,
+        })
+    }
+
+    async fn subscribe(&mut self, _folder: &str) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+
+    async fn set_flags(
+        &mut self,
+        _folder: &str,
+        _changes: &[(String, Flags)],
+    ) -> Result<(), ConnectorError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MailboxConnector for World {
+    async fn source(&self) -> Result<Box<dyn MailSource>, ConnectorError> {
+        Ok(Box::new(Source(self.clone())))
+    }
+
+    async fn target(&self) -> Result<Box<dyn MailTarget>, ConnectorError> {
+        Ok(Box::new(Target(self.clone())))
+    }
+}
+
+struct Fixture {
+    store: Arc<SqliteStore>,
+    mailbox: MailboxRecord,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        let wave = store.ensure_wave("w").await.unwrap();
+        let spec = MailboxSpec {
+            source: "a@source".into(),
+            target: "a@target".into(),
+        };
+        let mailbox = store.add_mailboxes(wave, &[spec]).await.unwrap().remove(0);
+        Fixture { store, mailbox }
+    }
+
+    async fn keeper(&self, worker: &str) -> Arc<LeaseKeeper> {
+        let acquired = tokio::time::Instant::now();
+        let lease = self
+            .store
+            .acquire_lease(self.mailbox.id, 1, worker, TTL)
+            .await
+            .unwrap()
+            .unwrap();
+        LeaseKeeper::start(self.store.clone(), lease, TTL, acquired)
+    }
+
+    /// One attempt of the pass, as a worker holding `keeper` runs it.
+    async fn attempt(
+        &self,
+        world: &World,
+        keeper: &LeaseKeeper,
+        batch: usize,
+    ) -> (Result<(), ConnectorError>, PassStats) {
+        let settings = CopySettings {
+            batch_messages: batch,
+            batch_bytes: 1 << 20,
+            max_message_bytes: 0,
+            connections: 1,
+            filter: FolderFilter::default(),
+        };
+        let budget = MemoryBudget::new(1 << 24);
+        let stop = CancellationToken::new();
+        let pass = MailboxPass {
+            store: PassStore {
+                store: self.store.as_ref(),
+                keeper,
+            },
+            mailbox: &self.mailbox,
+            pass: 1,
+            settings: &settings,
+            budget: &budget,
+            progress: &NoProgress,
+            stop: &stop,
+        };
+        let mut stats = PassStats::default();
+        let result = pass.run(world, &mut stats).await;
+        (result, stats)
+    }
+}
+
+/// A crash between APPEND and commit at every position of a batch, on a
+/// target that stores what it was given and on one that re-renders it.
+#[tokio::test]
+async fn an_append_interrupted_at_any_position_is_recovered_without_duplicates() {
+    const BATCH: usize = 4;
+    for rewrite in [false, true] {
+        for stored in 0..=BATCH {
+            let case = format!("trace header {rewrite}, {stored} of {BATCH} stored");
+            let fixture = Fixture::new().await;
+            let world = World::new(11);
+            {
+                let mut target = world.target.lock().unwrap();
+                target.add_trace_header = rewrite;
+                target.break_append = Some((2, stored));
+            }
+            let keeper = fixture.keeper("w").await;
+            let (result, stats) = fixture.attempt(&world, &keeper, BATCH).await;
+            assert!(
+                result.is_err(),
+                "{case}: the fault interrupts the first attempt"
+            );
+            assert_eq!(
+                stats.items_copied, BATCH as u64,
+                "{case}: the first batch committed"
+            );
+
+            // The process died: the next attempt runs from the store alone.
+            let (result, stats) = fixture.attempt(&world, &keeper, BATCH).await;
+            result.unwrap_or_else(|e| panic!("{case}: {e}"));
+            world
+                .target_is_exact()
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(
+                stats.items_recovered, stored as u64,
+                "{case}: the stored ones are found, not copied again"
+            );
+            assert!(
+                fixture
+                    .store
+                    .intents(fixture.mailbox.id, "INBOX")
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "{case}: nothing left in doubt"
+            );
+        }
+    }
+}
+
+/// Checks the checker: a target holding a message twice, or missing one,
+/// is told apart from an exact one.
+#[test]
+fn the_exactness_check_rejects_duplicates_and_losses() {
+    let world = World::new(3);
+    {
+        let mut target = world.target.lock().unwrap();
+        for (id, (_, body)) in world.source.iter().enumerate() {
+            target.messages.insert(id as u64 + 1, body.clone());
+        }
+    }
+    world.target_is_exact().unwrap();
+    let first = world.source[0].1.clone();
+    world.target.lock().unwrap().messages.insert(99, first);
+    assert!(world.target_is_exact().is_err(), "a duplicate");
+    let mut target = world.target.lock().unwrap();
+    target.messages.remove(&99);
+    target.messages.remove(&1);
+    drop(target);
+    assert!(world.target_is_exact().is_err(), "a loss");
+}
+
+/// A worker whose lease is taken while an append is on the wire: its commit
+/// is refused, it appends nothing more, and the worker that took the
+/// mailbox finds the copies of that batch instead of appending them again.
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_stops_appending_and_its_successor_recovers() {
+    const BATCH: usize = 3;
+    let fixture = Fixture::new().await;
+    let world = World::new(9);
+    let stored = Arc::new(tokio::sync::Notify::new());
+    let answer = Arc::new(tokio::sync::Notify::new());
+    {
+        let mut target = world.target.lock().unwrap();
+        target.first_stored = Some(stored.clone());
+        target.hold_first_answer = Some(answer.clone());
+    }
+    let frozen = fixture.keeper("w").await;
+    let run = {
+        let fixture = &fixture;
+        let world = world.clone();
+        let frozen = frozen.clone();
+        async move { fixture.attempt(&world, &frozen, BATCH).await }
+    };
+    let take_over = async {
+        stored.notified().await;
+        // The same worker name restarted elsewhere: a new token fences the old.
+        let successor = fixture.keeper("w").await;
+        answer.notify_one();
+        successor
+    };
+    let ((result, stats), successor) = tokio::join!(run, take_over);
+    assert!(result.is_err(), "the commit is refused");
+    assert!(frozen.is_lost());
+    assert_eq!(
+        stats.items_copied, 0,
+        "nothing of the lost worker's was recorded"
+    );
+    assert_eq!(
+        world.target.lock().unwrap().appends,
+        1,
+        "no append after the lease was lost"
+    );
+
+    let (result, stats) = fixture.attempt(&world, &successor, BATCH).await;
+    result.unwrap();
+    world.target_is_exact().unwrap();
+    assert_eq!(stats.items_recovered, BATCH as u64);
+}
