@@ -226,8 +226,7 @@ impl FakeImap {
     pub fn create_folder(&self, user: &str, folder: &str, uid_validity: Option<u32>) {
         self.with_user(user, |user, next_validity| {
             let validity = uid_validity.unwrap_or_else(next_validity);
-            user.folders
-                .insert(folder.into(), Folder::new(validity));
+            user.folders.insert(folder.into(), Folder::new(validity));
         });
     }
 
@@ -324,7 +323,11 @@ impl FakeImap {
         self.world().log.clone()
     }
 
-    fn with_user<T>(&self, user: &str, f: impl FnOnce(&mut User, &mut dyn FnMut() -> u32) -> T) -> T {
+    fn with_user<T>(
+        &self,
+        user: &str,
+        f: impl FnOnce(&mut User, &mut dyn FnMut() -> u32) -> T,
+    ) -> T {
         let mut world = self.world();
         let World {
             users,
@@ -442,7 +445,11 @@ impl Connection {
         reader: &mut Reader,
         out: &mut W,
     ) -> Result<(), Hangup> {
-        let verb = tokens.first().map(Token::text).unwrap_or_default().to_ascii_uppercase();
+        let verb = tokens
+            .first()
+            .map(Token::text)
+            .unwrap_or_default()
+            .to_ascii_uppercase();
         let args = tokens.get(1..).unwrap_or_default();
         let reply = match verb.as_str() {
             "CAPABILITY" => format!(
@@ -496,13 +503,19 @@ impl Connection {
             "SUBSCRIBE" => {
                 let name = args.first().map(Token::text).unwrap_or_default();
                 let mut world = self.world();
-                let user = world.users.get_mut(self.user.as_deref().unwrap_or_default());
+                let user = world
+                    .users
+                    .get_mut(self.user.as_deref().unwrap_or_default());
                 user.expect("logged in").subscriptions.insert(name);
                 format!("{tag} OK subscribed\r\n")
             }
             "APPEND" => return self.append(tag, args, out).await,
             "UID" => {
-                let sub = args.first().map(Token::text).unwrap_or_default().to_ascii_uppercase();
+                let sub = args
+                    .first()
+                    .map(Token::text)
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
                 let rest = args.get(1..).unwrap_or_default();
                 match sub.as_str() {
                     "FETCH" => return self.fetch(tag, rest, out).await,
@@ -664,7 +677,8 @@ impl Connection {
     ) -> Result<(), Hangup> {
         let faults = self.faults();
         if let Some(text) = &faults.refuse_with {
-            out.write_all(format!("{tag} NO {text}\r\n").as_bytes()).await?;
+            out.write_all(format!("{tag} NO {text}\r\n").as_bytes())
+                .await?;
             return Ok(());
         }
         let name = args.first().map(Token::text).unwrap_or_default();
@@ -730,8 +744,10 @@ impl Connection {
             Some((folder.uid_validity, uids, drop_now))
         });
         let Some((validity, uids, drop_now)) = stored else {
-            out.write_all(format!("{tag} NO [TRYCREATE] Mailbox doesn't exist: {name}\r\n").as_bytes())
-                .await?;
+            out.write_all(
+                format!("{tag} NO [TRYCREATE] Mailbox doesn't exist: {name}\r\n").as_bytes(),
+            )
+            .await?;
             return Ok(());
         };
         if drop_now {
@@ -764,10 +780,11 @@ impl Connection {
             .collect::<Vec<_>>()
             .join(" ")
             .to_ascii_uppercase();
-        let changed_since = items
-            .split("CHANGEDSINCE ")
-            .nth(1)
-            .and_then(|n| n.trim_end_matches(|c| c == ')' || c == ' ').parse::<u64>().ok());
+        let changed_since = items.split("CHANGEDSINCE ").nth(1).and_then(|n| {
+            n.trim_end_matches(|c| c == ')' || c == ' ')
+                .parse::<u64>()
+                .ok()
+        });
         let want_body = items.contains("BODY.PEEK[]") || items.contains("BODY[]");
         let want_header = items.contains("BODY.PEEK[HEADER]");
         let want_modseq = items.contains("MODSEQ");
@@ -795,10 +812,15 @@ impl Connection {
             out.write_all(nested.as_bytes()).await?;
         }
         if let Some(text) = &faults.refuse_with {
-            out.write_all(format!("{tag} NO {text}\r\n").as_bytes()).await?;
+            out.write_all(format!("{tag} NO {text}\r\n").as_bytes())
+                .await?;
             return Ok(());
         }
-        if want_body && messages.iter().any(|m| faults.refuse_fetch.contains(&m.uid)) {
+        if want_body
+            && messages
+                .iter()
+                .any(|m| faults.refuse_fetch.contains(&m.uid))
+        {
             out.write_all(format!("{tag} NO The message cannot be read\r\n").as_bytes())
                 .await?;
             return Ok(());
@@ -821,8 +843,10 @@ impl Connection {
         for (index, message) in messages.iter().enumerate() {
             let uid = message.uid;
             if faults.garbled.contains(&uid) {
-                out.write_all(format!("* {} FETCH (UID {uid} ((( garbage\r\n", index + 1).as_bytes())
-                    .await?;
+                out.write_all(
+                    format!("* {} FETCH (UID {uid} ((( garbage\r\n", index + 1).as_bytes(),
+                )
+                .await?;
                 continue;
             }
             let mut parts: Vec<Vec<u8>> = vec![format!("UID {uid}").into_bytes()];
@@ -862,7 +886,8 @@ impl Connection {
             line.extend_from_slice(b")\r\n");
             out.write_all(&line).await?;
         }
-        out.write_all(format!("{tag} OK fetched\r\n").as_bytes()).await?;
+        out.write_all(format!("{tag} OK fetched\r\n").as_bytes())
+            .await?;
         out.flush().await?;
         Ok(())
     }
@@ -910,7 +935,11 @@ impl Connection {
             };
             let last = folder.uid_next.saturating_sub(1);
             let next_modseq = folder.highest_modseq() + 1;
-            for message in folder.messages.iter_mut().filter(|m| in_set(&set, m.uid, last)) {
+            for message in folder
+                .messages
+                .iter_mut()
+                .filter(|m| in_set(&set, m.uid, last))
+            {
                 message.flags = flags.clone();
                 message.modseq = next_modseq;
             }
@@ -958,7 +987,11 @@ async fn read_command<W: AsyncWrite + Unpin>(
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (tag, rest) = text.split_once(' ').unwrap_or((&text, ""));
     let shown = shown.split_once(' ').map_or("", |(_, s)| s).to_string();
-    Ok(Some((tag.to_string(), tokenize(rest, &mut literals), shown)))
+    Ok(Some((
+        tag.to_string(),
+        tokenize(rest, &mut literals),
+        shown,
+    )))
 }
 
 /// `(line before the literal, length, synchronizing)` if `line` ends with `{n}` or `{n+}`.
@@ -1029,7 +1062,9 @@ fn tokenize(text: &str, literals: &mut [Vec<u8>]) -> Vec<Token> {
 }
 
 fn looks_like_date(data: &[u8]) -> bool {
-    data.len() >= 20 && data.len() <= 30 && data.iter().filter(|&&b| b == b':').count() == 2
+    data.len() >= 20
+        && data.len() <= 30
+        && data.iter().filter(|&&b| b == b':').count() == 2
         && !data.contains(&b'\n')
 }
 
