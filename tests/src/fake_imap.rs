@@ -780,11 +780,10 @@ impl Connection {
             .collect::<Vec<_>>()
             .join(" ")
             .to_ascii_uppercase();
-        let changed_since = items.split("CHANGEDSINCE ").nth(1).and_then(|n| {
-            n.trim_end_matches(|c| c == ')' || c == ' ')
-                .parse::<u64>()
-                .ok()
-        });
+        let changed_since = items
+            .split("CHANGEDSINCE ")
+            .nth(1)
+            .and_then(|n| n.trim_end_matches([')', ' ']).parse::<u64>().ok());
         let want_body = items.contains("BODY.PEEK[]") || items.contains("BODY[]");
         let want_header = items.contains("BODY.PEEK[HEADER]");
         let want_modseq = items.contains("MODSEQ");
