@@ -293,15 +293,18 @@ async fn case_13_a_huge_literal_stays_within_the_memory_budget() {
 }
 
 /// Case 15: an ESC sequence in server text (a NO answer, an untagged
-/// warning) never reaches stdout, stderr or the report raw.
+/// warning, a folder name) never reaches stdout, stderr or the report raw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_15_control_bytes_from_a_server_are_escaped_everywhere() {
-    let (source, _target, migration) = setup(&["esc"], "").await;
+    let (source, _target, migration) = setup(&["esc", "named"], "").await;
     source.add_message("esc", "INBOX", &message("m", "text"), &[]);
     source.faults("esc", |f| {
         f.untagged_warning = Some("\x1b[2J\x1b[Hall mailboxes completed".into());
         f.select_refusal = Some("\x1b[2J\x1b[31mall mailboxes completed".into());
     });
+    // A folder whose name carries an ESC sequence.
+    source.create_folder("named", "clear\x1b[2Jscreen", None);
+    source.add_message("named", "clear\x1b[2Jscreen", &message("n", "text"), &[]);
     let result = run(&migration).await;
     assert!(
         !result.stdout.contains('\x1b'),

@@ -1409,6 +1409,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn answers_not_understood_fail_their_command_oversized_literals_the_connection() {
+        let (stream, mut srv) = pipe(4096);
+        let script = tokio::spawn(async move {
+            srv.send(&greeting("")).await;
+            let steps: &[(&str, &str)] = &[
+                (
+                    "A1 LIST \"\" \"*\"\r\n",
+                    "* LIST (\\HasNoChildren) \"/\" INBOX\r\n* LIST (\\HasNoChildren \\Weird(x)) \"/\" \"oddattr\"\r\nA1 OK\r\n",
+                ),
+                (
+                    "A2 UID FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)\r\n",
+                    "* 1 FETCH (UID 1 RFC822.SIZE 10 FLAGS () INTERNALDATE \"21-Nov-2026 14:53:20 +0000\")\r\n* 2 FETCH (UID 2 ((( garbage\r\nA2 OK\r\n",
+                ),
+                (
+                    "A3 UID FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)\r\n",
+                    "* 1 FETCH (UID 1 RFC822.SIZE 10 FLAGS ())\r\nA3 OK\r\n",
+                ),
+                (
+                    "A4 UID FETCH 1 (UID FLAGS INTERNALDATE BODY.PEEK[])\r\n",
+                    "* 1 FETCH (UID 1 BODY[] {4096}\r\n",
+                ),
+            ];
+            for (expected, reply) in steps {
+                assert_eq!(srv.recv().await, *expected);
+                srv.send(reply).await;
+            }
+        });
+        let mut conn = connect(stream).await;
+        let error = conn.list("", "*", false).await.unwrap_err();
+        assert!(
+            matches!(&error, ImapError::Protocol(text) if text.contains("oddattr")),
+            "{error:?}"
+        );
+        let error = conn.fetch_meta("1:*", None).await.unwrap_err();
+        assert!(
+            matches!(&error, ImapError::Protocol(text) if text.contains("garbage")),
+            "{error:?}"
+        );
+        let error = conn.fetch_meta("1:*", None).await.unwrap_err();
+        assert!(
+            matches!(&error, ImapError::Protocol(text) if text.contains("UID 1 without INTERNALDATE")),
+            "{error:?}"
+        );
+        // A body larger than asked for fails the connection at its announcement.
+        let error = conn.fetch_bodies(&[1], 1024).await.unwrap_err();
+        assert!(
+            matches!(&error, ImapError::Protocol(text) if text.contains("4096")),
+            "{error:?}"
+        );
+        assert!(matches!(conn.noop().await, Err(ImapError::Io(_))));
+        script.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn refuses_plaintext_without_starttls_and_bye_greeting() {
         let (stream, mut srv) = pipe(4096);
         srv.send(&greeting("AUTH=PLAIN")).await;
