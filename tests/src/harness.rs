@@ -175,6 +175,50 @@ impl Migration {
         Ok(result)
     }
 
+    /// Runs `mailwave run`, killing it if it has not ended within `limit`
+    /// (`None` then). `watch` sees the child's pid every 20 ms while it runs.
+    pub fn run_within(
+        &self,
+        limit: std::time::Duration,
+        mut watch: impl FnMut(u32),
+    ) -> Result<Option<RunResult>> {
+        let _ = std::fs::remove_file(&self.report);
+        let stdout_path = self.dir.path().join("stdout.txt");
+        let stderr_path = self.dir.path().join("stderr.txt");
+        let mut child = self
+            .command()
+            .stdout(std::fs::File::create(&stdout_path)?)
+            .stderr(std::fs::File::create(&stderr_path)?)
+            .spawn()
+            .context("running mailwave")?;
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill()?;
+                child.wait()?;
+                break None;
+            }
+            watch(child.id());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        let report = match std::fs::read(&self.report) {
+            Ok(bytes) => serde_json::from_slice(&bytes).context("parsing the report")?,
+            Err(_) => Value::Null,
+        };
+        Ok(Some(RunResult {
+            success: status.success(),
+            stdout: String::from_utf8_lossy(&std::fs::read(&stdout_path)?).into_owned(),
+            stderr: String::from_utf8_lossy(&std::fs::read(&stderr_path)?).into_owned(),
+            report,
+        }))
+    }
+
     /// Starts `mailwave run` in the background (to be killed).
     pub fn spawn(&self) -> Result<Child> {
         Ok(self

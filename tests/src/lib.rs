@@ -13,6 +13,7 @@
 
 pub mod corpus;
 pub mod dovecot;
+pub mod fake_imap;
 pub mod graph_emulator;
 pub mod harness;
 pub mod imap;

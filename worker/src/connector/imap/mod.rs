@@ -171,7 +171,11 @@ async fn authenticate(
         else {
             return Err(auth_error(refused));
         };
-        tracing::info!(mailbox, %refused, "XOAUTH2 token refused; trying once more with a new one");
+        tracing::info!(
+            mailbox,
+            refused = %mailwave_common::text::escape_controls(&refused.to_string()),
+            "XOAUTH2 token refused; trying once more with a new one"
+        );
         let fresh = crate::oauth::TokenCache::shared()
             .replace_refused(client, stale)
             .await?;
@@ -357,6 +361,15 @@ impl Session {
             .collect())
     }
 
+    /// The folders the user subscribed to (LSUB), by [`subscription_key`].
+    async fn subscribed(&mut self) -> Result<HashSet<String>, ConnectorError> {
+        let entries = self.conn.lsub("", "*").await?;
+        Ok(entries
+            .iter()
+            .map(|entry| subscription_key(&entry.name))
+            .collect())
+    }
+
     fn role_of(entry: &ListEntry) -> Option<SpecialUse> {
         entry
             .attributes
@@ -381,6 +394,22 @@ impl Session {
         self.selected = Some((folder.to_owned(), write));
         Ok(())
     }
+}
+
+/// A folder name as compared between LIST and LSUB (INBOX has no case).
+fn subscription_key(name: &str) -> String {
+    if name.eq_ignore_ascii_case("INBOX") {
+        return "INBOX".into();
+    }
+    name.to_owned()
+}
+
+/// The most bytes accepted for a message the server said is `size` bytes
+/// long: servers' RFC822.SIZE is not always exact (line ends, re-rendering),
+/// but a body far beyond it is hostile and must not be read.
+fn body_allowance(size: u64) -> usize {
+    const SLACK: u64 = 64 * 1024;
+    usize::try_from(size.saturating_add(size / 4).saturating_add(SLACK)).unwrap_or(usize::MAX)
 }
 
 fn item_meta(meta: wire::MessageMeta) -> ItemMeta {
@@ -425,6 +454,56 @@ impl ImapSource {
         items.sort_by_key(|i| i.uid);
         Ok(items)
     }
+
+    /// Fetches the bodies of `items` (in the selected folder). A batch the
+    /// server refuses (tagged NO or BAD) is split in halves until the
+    /// refused items are found alone; they come back with their reasons.
+    async fn fetch_bisecting(
+        &mut self,
+        items: &[ItemMeta],
+    ) -> Result<(Vec<wire::FetchedMessage>, Vec<(String, ConnectorError)>), ConnectorError> {
+        let mut given = Vec::with_capacity(items.len());
+        let mut refused = Vec::new();
+        let mut pending = vec![items];
+        while let Some(part) = pending.pop() {
+            let uids: Vec<u32> = part.iter().map(|i| i.uid).collect();
+            let allowance = part.iter().map(|i| body_allowance(i.size)).max();
+            let result = self
+                .session
+                .conn
+                .fetch_bodies(&uids, allowance.unwrap_or_default())
+                .await;
+            match result {
+                Ok(messages) => given.extend(messages),
+                Err(error) if class_of(&error) != ErrorClass::Item => return Err(error.into()),
+                Err(error) => match part {
+                    [item] => refused.push((
+                        item.item.clone(),
+                        ConnectorError::from(error).context(format!("UID {}", item.uid)),
+                    )),
+                    _ => {
+                        let (first, second) = part.split_at(part.len() / 2);
+                        pending.push(second);
+                        pending.push(first);
+                    }
+                },
+            }
+        }
+        Ok((given, refused))
+    }
+
+    /// Of `uids`, those the selected folder still holds (`UID SEARCH UID`).
+    async fn still_there(&mut self, uids: &[u32]) -> Result<HashSet<u32>, ConnectorError> {
+        if uids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let found = self
+            .session
+            .conn
+            .search(&format!("UID {}", wire::uid_set(uids)))
+            .await?;
+        Ok(found.into_iter().collect())
+    }
 }
 
 #[async_trait]
@@ -434,6 +513,7 @@ impl MailSource for ImapSource {
         throttle
             .run(async {
                 let entries = self.session.list().await?;
+                let subscribed = self.session.subscribed().await?;
                 Ok(entries
                     .iter()
                     .map(|entry| SourceFolder {
@@ -441,7 +521,7 @@ impl MailSource for ImapSource {
                         path: self.session.naming.path_of(entry),
                         special: Session::role_of(entry),
                         class: None,
-                        subscribed: false,
+                        subscribed: subscribed.contains(&subscription_key(&entry.name)),
                     })
                     .collect())
             })
@@ -514,26 +594,43 @@ impl MailSource for ImapSource {
         throttle
             .run(async {
                 self.session.select(&folder.key, false).await?;
-                let uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
-                let mut fetched: HashMap<u32, wire::FetchedMessage> = self
-                    .session
-                    .conn
-                    .fetch_bodies(&uids)
-                    .await?
-                    .into_iter()
-                    .map(|m| (m.uid, m))
+                let (given, refused) = self.fetch_bisecting(items).await?;
+                let mut given: HashMap<u32, wire::FetchedMessage> =
+                    given.into_iter().map(|m| (m.uid, m)).collect();
+                let refused_items: HashSet<String> =
+                    refused.iter().map(|(item, _)| item.clone()).collect();
+                // Not given and not refused: gone only if the server confirms it.
+                let missing: Vec<u32> = items
+                    .iter()
+                    .filter(|i| !given.contains_key(&i.uid) && !refused_items.contains(&i.item))
+                    .map(|i| i.uid)
                     .collect();
-                let mut result = Fetched::default();
+                let still_there = self.still_there(&missing).await?;
+                if let Some(uid) = missing.iter().find(|uid| still_there.contains(uid)) {
+                    return Err(ConnectorError::transient(format!(
+                        "{}: the server did not give the body of UID {uid} (BODY[] NIL or left out) though it still holds it",
+                        folder.key
+                    )));
+                }
+                let mut result = Fetched {
+                    refused,
+                    ..Fetched::default()
+                };
                 for item in items {
-                    let Some(message) = fetched.remove(&item.uid) else {
+                    if refused_items.contains(&item.item) {
+                        continue;
+                    }
+                    let Some(message) = given.remove(&item.uid) else {
                         result.gone.push(item.item.clone());
                         continue;
                     };
                     result.messages.push(Message {
                         meta: ItemMeta {
                             size: message.body.len() as u64,
-                            flags: Flags::from_iter(&message.flags),
-                            internal_date: Some(message.internal_date),
+                            flags: message
+                                .flags
+                                .map_or_else(|| item.flags.clone(), Flags::from_iter),
+                            internal_date: message.internal_date.or_else(|| item.internal_date.clone()),
                             ..item.clone()
                         },
                         body: message.body,
@@ -632,18 +729,18 @@ impl ImapTarget {
             .conn
             .fetch_headers(&format!("{mark}:*"))
             .await?;
-        let worth_reading: Vec<u32> = headers
+        let (worth_reading, sizes): (Vec<u32>, Vec<u64>) = headers
             .into_iter()
             .filter(|(uid, _, header)| *uid >= mark && wanted.contains(&super::header_key(header)))
-            .map(|(uid, _, _)| uid)
-            .collect();
-        if worth_reading.is_empty() {
+            .map(|(uid, size, _)| (uid, size))
+            .unzip();
+        let Some(largest) = sizes.into_iter().max() else {
             return Ok(Vec::new());
-        }
+        };
         Ok(self
             .session
             .conn
-            .fetch_bodies(&worth_reading)
+            .fetch_bodies(&worth_reading, body_allowance(largest))
             .await?
             .into_iter()
             .map(|message| TargetItem {
@@ -664,7 +761,10 @@ impl ImapTarget {
             Err(ImapError::No {
                 code: Some(code), ..
             }) if code.eq_ignore_ascii_case("TRYCREATE") => {
-                tracing::warn!(folder, "target folder is gone; creating it again");
+                tracing::warn!(
+                    folder = %mailwave_common::text::escape_controls(folder),
+                    "target folder is gone; creating it again"
+                );
                 self.session.conn.create(folder).await?;
                 self.session.conn.append(folder, messages).await
             }

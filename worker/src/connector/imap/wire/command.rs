@@ -131,7 +131,10 @@ impl CommandBuilder {
                 continue;
             }
             if !is_valid_flag(flag) {
-                tracing::warn!(flag = %flag, "dropping flag that is not a valid IMAP atom");
+                tracing::warn!(
+                    flag = %mailwave_common::text::escape_controls(flag),
+                    "dropping flag that is not a valid IMAP atom"
+                );
                 continue;
             }
             if !first {

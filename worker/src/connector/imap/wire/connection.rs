@@ -25,8 +25,8 @@ use tracing::{debug, trace, warn};
 use super::command::{Command, CommandBuilder, LiteralMode, Segment, uid_set};
 use super::error::ImapError;
 use super::framing::{
-    Frame, ResponseReader, Status, StatusLine, atoms, classify, io_timeout, keyword_args,
-    parse_appenduid, parse_namespace, parse_status,
+    DEFAULT_LITERAL_LIMIT, Frame, ResponseReader, Status, StatusLine, atoms, classify, io_timeout,
+    keyword_args, parse_appenduid, parse_namespace, parse_status,
 };
 use super::types::{
     AppendMessage, AppendOutcome, ConnectOptions, FetchedMessage, ListEntry, MailboxStatus,
@@ -304,7 +304,7 @@ impl ImapConnection {
                     return status.into_result();
                 }
                 Event::Tagged { tag: t, .. } => {
-                    warn!(tag = %t, "ignoring response for unknown tag")
+                    warn!(tag = %shown(&t), "ignoring response for unknown tag")
                 }
             }
         }
@@ -359,13 +359,44 @@ impl ImapConnection {
         if special_use && self.has_capability("SPECIAL-USE") {
             b.raw(" RETURN (SPECIAL-USE)");
         }
+        self.list_command(b.finish(), "LIST").await
+    }
+
+    /// `LSUB reference pattern`: the subscribed folders.
+    pub async fn lsub(
+        &mut self,
+        reference: &str,
+        pattern: &str,
+    ) -> Result<Vec<ListEntry>, ImapError> {
+        let mut b = self.builder();
+        b.raw("LSUB ").string(reference).raw(" ").string(pattern);
+        self.list_command(b.finish(), "LSUB").await
+    }
+
+    /// Runs a LIST or LSUB command. A `* LIST` (or `* LSUB`) line that cannot
+    /// be parsed fails the command: the folder it names must not vanish.
+    async fn list_command(
+        &mut self,
+        cmd: Command,
+        verb: &str,
+    ) -> Result<Vec<ListEntry>, ImapError> {
         let mut entries = Vec::new();
-        self.execute(b.finish(), |frame, data| {
-            if let Data::Response(Response::MailboxData(MailboxDatum::List(list))) = data {
+        let mut not_understood = None;
+        self.execute(cmd, |frame, data| match data {
+            Data::Response(Response::MailboxData(MailboxDatum::List(list))) => {
                 entries.push(list_entry(frame, &list));
             }
+            Data::Unparsed(rest) if keyword_args(rest, verb).is_some() => {
+                not_understood.get_or_insert_with(|| preview(frame));
+            }
+            _ => {}
         })
         .await?;
+        if let Some(line) = not_understood {
+            return Err(ImapError::Protocol(format!(
+                "cannot parse the {verb} response \"{line}\": a folder would be left out"
+            )));
+        }
         Ok(entries)
     }
 
@@ -471,16 +502,24 @@ impl ImapConnection {
         let fetched = self
             .uid_fetch(uid_set, items, changed_since.filter(|_| condstore))
             .await?;
-        let metas = fetched.into_iter().filter_map(|f| {
-            Some(MessageMeta {
-                uid: f.uid,
-                size: f.size?,
-                flags: f.flags?,
-                internal_date: f.internal_date?,
-                modseq: f.modseq,
+        fetched
+            .into_iter()
+            .map(|f| {
+                let missing = |item: &str| {
+                    ImapError::Protocol(format!("the server sent UID {} without {item}", f.uid))
+                };
+                Ok(MessageMeta {
+                    uid: f.uid,
+                    size: f.size.ok_or_else(|| missing("RFC822.SIZE"))?,
+                    flags: f.flags.clone().ok_or_else(|| missing("FLAGS"))?,
+                    internal_date: f
+                        .internal_date
+                        .clone()
+                        .ok_or_else(|| missing("INTERNALDATE"))?,
+                    modseq: f.modseq,
+                })
             })
-        });
-        Ok(metas.collect())
+            .collect()
     }
 
     /// Flags of the messages in `uid_set`, optionally only those changed since a modseq.
@@ -493,33 +532,48 @@ impl ImapConnection {
         let fetched = self
             .uid_fetch(uid_set, "UID FLAGS", changed_since.filter(|_| condstore))
             .await?;
-        Ok(fetched
+        fetched
             .into_iter()
-            .filter_map(|f| Some((f.uid, f.flags?)))
-            .collect())
+            .map(|f| match f.flags {
+                Some(flags) => Ok((f.uid, flags)),
+                None => Err(ImapError::Protocol(format!(
+                    "the server sent UID {} without FLAGS",
+                    f.uid
+                ))),
+            })
+            .collect()
     }
 
-    /// Full messages (`BODY.PEEK[]`) with flags, internal date and size.
-    /// UIDs the server did not return (expunged meanwhile) are absent.
-    pub async fn fetch_bodies(&mut self, uids: &[u32]) -> Result<Vec<FetchedMessage>, ImapError> {
+    /// Full messages (`BODY.PEEK[]`) with flags and internal date, none
+    /// larger than `max_bytes`: a server announcing a bigger literal fails
+    /// the connection before its bytes are read. UIDs the server did not
+    /// return, or returned without a body (`BODY[] NIL`), are absent: the
+    /// caller must find out why (expunged, or not given).
+    pub async fn fetch_bodies(
+        &mut self,
+        uids: &[u32],
+        max_bytes: usize,
+    ) -> Result<Vec<FetchedMessage>, ImapError> {
         if uids.is_empty() {
             return Ok(Vec::new());
         }
-        let items = "UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[]";
-        let fetched = self.uid_fetch(&uid_set(uids), items, None).await?;
-        let messages = fetched.into_iter().filter_map(|f| {
+        let items = "UID FLAGS INTERNALDATE BODY.PEEK[]";
+        self.reader.set_literal_limit(max_bytes);
+        let fetched = self.uid_fetch(&uid_set(uids), items, None).await;
+        self.reader.set_literal_limit(DEFAULT_LITERAL_LIMIT);
+        let messages = fetched?.into_iter().filter_map(|f| {
             Some(FetchedMessage {
                 uid: f.uid,
                 body: f.body?,
-                flags: f.flags.unwrap_or_default(),
-                internal_date: f.internal_date.unwrap_or_default(),
-                size: f.size.unwrap_or_default(),
+                flags: f.flags,
+                internal_date: f.internal_date,
             })
         });
         Ok(messages.collect())
     }
 
-    /// `(uid, RFC822.SIZE, BODY[HEADER])` for the messages in `uid_set`.
+    /// `(uid, RFC822.SIZE, BODY[HEADER])` for the messages in `uid_set`; a
+    /// message returned without either is an error.
     pub async fn fetch_headers(
         &mut self,
         uid_set: &str,
@@ -527,10 +581,16 @@ impl ImapConnection {
         let fetched = self
             .uid_fetch(uid_set, "UID RFC822.SIZE BODY.PEEK[HEADER]", None)
             .await?;
-        Ok(fetched
+        fetched
             .into_iter()
-            .filter_map(|f| Some((f.uid, f.size?, f.header?)))
-            .collect())
+            .map(|f| match (f.size, f.header) {
+                (Some(size), Some(header)) => Ok((f.uid, size, header)),
+                _ => Err(ImapError::Protocol(format!(
+                    "the server sent UID {} without RFC822.SIZE or BODY[HEADER]",
+                    f.uid
+                ))),
+            })
+            .collect()
     }
 
     async fn uid_fetch(
@@ -548,6 +608,11 @@ impl ImapConnection {
         let mut acc = FetchAccumulator::default();
         self.execute(b.finish(), |frame, data| acc.add(frame, data))
             .await?;
+        if let Some(line) = acc.not_understood {
+            return Err(ImapError::Protocol(format!(
+                "cannot parse the FETCH response \"{line}\""
+            )));
+        }
         Ok(acc.items)
     }
 
@@ -739,7 +804,7 @@ impl ImapConnection {
                 Event::Tagged { tag, status } => {
                     let index = commands.iter().position(|c| c.tag == tag);
                     let Some(i) = index.filter(|&i| done[i].is_none()) else {
-                        warn!(tag = %tag, "ignoring response for unknown tag");
+                        warn!(tag = %shown(&tag), "ignoring response for unknown tag");
                         continue;
                     };
                     self.absorb_code(&status);
@@ -796,7 +861,7 @@ impl ImapConnection {
                 Event::Continue(_) => return Ok(None),
                 Event::Tagged { tag: t, status } if t == tag => return Ok(Some(status)),
                 Event::Tagged { tag: t, .. } => {
-                    warn!(tag = %t, "ignoring response for unknown tag")
+                    warn!(tag = %shown(&t), "ignoring response for unknown tag")
                 }
             }
         }
@@ -810,7 +875,7 @@ impl ImapConnection {
             match self.next_event(on_data).await? {
                 Event::Tagged { tag: t, status } if t == tag => return Ok(status),
                 Event::Tagged { tag: t, .. } => {
-                    warn!(tag = %t, "ignoring response for unknown tag")
+                    warn!(tag = %shown(&t), "ignoring response for unknown tag")
                 }
                 Event::Continue(_) => warn!("ignoring unexpected continuation request"),
             }
@@ -848,7 +913,9 @@ impl ImapConnection {
         if let Some(status) = parse_status(rest) {
             match status.status {
                 Status::Bye => return Err(ImapError::Bye { text: status.text }),
-                Status::No | Status::Bad => warn!(text = %status.text, "untagged server warning"),
+                Status::No | Status::Bad => {
+                    warn!(text = %shown(&status.text), "untagged server warning")
+                }
                 Status::Ok | Status::PreAuth => {}
             }
             self.absorb_code(&status);
@@ -983,12 +1050,20 @@ impl FetchData {
 struct FetchAccumulator {
     items: Vec<FetchData>,
     index: HashMap<u32, usize>,
+    /// The first FETCH response that could not be parsed: it may be an
+    /// answer for a message, so the command cannot be trusted.
+    not_understood: Option<String>,
 }
 
 impl FetchAccumulator {
     fn add(&mut self, frame: &Bytes, data: Data<'_>) {
-        let Data::Response(Response::Fetch(_, attrs)) = data else {
-            return;
+        let attrs = match data {
+            Data::Response(Response::Fetch(_, attrs)) => attrs,
+            Data::Unparsed(rest) if is_fetch_response(rest) => {
+                self.not_understood.get_or_insert_with(|| preview(frame));
+                return;
+            }
+            _ => return,
         };
         let mut f = FetchData::default();
         let mut uid = None;
@@ -1027,6 +1102,12 @@ impl FetchAccumulator {
             }
         }
     }
+}
+
+/// Whether an untagged response is `n FETCH ...`.
+fn is_fetch_response(untagged: &[u8]) -> bool {
+    let digits = untagged.iter().take_while(|b| b.is_ascii_digit()).count();
+    digits > 0 && keyword_args(&untagged[digits..], " FETCH").is_some()
 }
 
 fn flag_strings(flags: &[std::borrow::Cow<'_, str>]) -> Vec<String> {
@@ -1173,12 +1254,17 @@ fn check_set(set: &str) -> Result<(), ImapError> {
     Ok(())
 }
 
-/// First line of a response, shortened for logs.
+/// First line of a response, shortened for logs and errors, its control
+/// characters escaped.
 fn preview(frame: &[u8]) -> String {
     let line = frame.split(|&b| b == b'\n').next().unwrap_or_default();
-    String::from_utf8_lossy(&line[..line.len().min(200)])
-        .trim_end()
-        .to_string()
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    mailwave_common::text::escape_bytes(&line[..line.len().min(200)])
+}
+
+/// Server text made safe for logs.
+fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    mailwave_common::text::escape_controls(text)
 }
 
 #[cfg(test)]
@@ -1323,6 +1409,60 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn answers_not_understood_fail_their_command_oversized_literals_the_connection() {
+        let (stream, mut srv) = pipe(4096);
+        let script = tokio::spawn(async move {
+            srv.send(&greeting("")).await;
+            let steps: &[(&str, &str)] = &[
+                (
+                    "A1 LIST \"\" \"*\"\r\n",
+                    "* LIST (\\HasNoChildren) \"/\" INBOX\r\n* LIST (\\HasNoChildren \\Weird(x)) \"/\" \"oddattr\"\r\nA1 OK\r\n",
+                ),
+                (
+                    "A2 UID FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)\r\n",
+                    "* 1 FETCH (UID 1 RFC822.SIZE 10 FLAGS () INTERNALDATE \"21-Nov-2026 14:53:20 +0000\")\r\n* 2 FETCH (UID 2 ((( garbage\r\nA2 OK\r\n",
+                ),
+                (
+                    "A3 UID FETCH 1:* (UID RFC822.SIZE FLAGS INTERNALDATE)\r\n",
+                    "* 1 FETCH (UID 1 RFC822.SIZE 10 FLAGS ())\r\nA3 OK\r\n",
+                ),
+                (
+                    "A4 UID FETCH 1 (UID FLAGS INTERNALDATE BODY.PEEK[])\r\n",
+                    "* 1 FETCH (UID 1 BODY[] {4096}\r\n",
+                ),
+            ];
+            for (expected, reply) in steps {
+                assert_eq!(srv.recv().await, *expected);
+                srv.send(reply).await;
+            }
+        });
+        let mut conn = connect(stream).await;
+        let error = conn.list("", "*", false).await.unwrap_err();
+        assert!(
+            matches!(&error, ImapError::Protocol(text) if text.contains("oddattr")),
+            "{error:?}"
+        );
+        let error = conn.fetch_meta("1:*", None).await.unwrap_err();
+        assert!(
+            matches!(&error, ImapError::Protocol(text) if text.contains("garbage")),
+            "{error:?}"
+        );
+        let error = conn.fetch_meta("1:*", None).await.unwrap_err();
+        assert!(
+            matches!(&error, ImapError::Protocol(text) if text.contains("UID 1 without INTERNALDATE")),
+            "{error:?}"
+        );
+        // A body larger than asked for fails the connection at its announcement.
+        let error = conn.fetch_bodies(&[1], 1024).await.unwrap_err();
+        assert!(
+            matches!(&error, ImapError::Protocol(text) if text.contains("4096")),
+            "{error:?}"
+        );
+        assert!(matches!(conn.noop().await, Err(ImapError::Io(_))));
+        script.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn refuses_plaintext_without_starttls_and_bye_greeting() {
         let (stream, mut srv) = pipe(4096);
         srv.send(&greeting("AUTH=PLAIN")).await;
@@ -1353,7 +1493,7 @@ mod tests {
                 srv.send(&greeting("LITERAL+")).await;
                 assert_eq!(
                     srv.recv().await,
-                    "A1 UID FETCH 10:11,13 (UID RFC822.SIZE FLAGS INTERNALDATE BODY.PEEK[])\r\n"
+                    "A1 UID FETCH 10:11,13 (UID FLAGS INTERNALDATE BODY.PEEK[])\r\n"
                 );
                 let len = TRICKY_BODY.len();
                 srv.send(&format!("* 1 FETCH (UID 10 RFC822.SIZE {len} FLAGS (\\Seen \\Recent $Forwarded) INTERNALDATE \"21-Nov-2026 14:53:20 +0000\" BODY[] {{{len}}}\r\n")).await;
@@ -1366,20 +1506,29 @@ mod tests {
             // Spawning also proves the command futures are Send.
             let client = tokio::spawn(async move {
                 let mut conn = connect(stream).await;
-                conn.fetch_bodies(&[13, 10, 11]).await
+                conn.fetch_bodies(&[13, 10, 11], 1024).await
             });
             let messages = client.await.unwrap().unwrap();
             script.await.unwrap();
             assert_eq!(messages.len(), 2, "pipe size {size}");
             let m = &messages[0];
-            assert_eq!((m.uid, m.size), (10, TRICKY_BODY.len() as u64));
+            assert_eq!(m.uid, 10);
             assert_eq!(&m.body[..], TRICKY_BODY, "pipe size {size}");
-            assert_eq!(m.flags, ["\\Seen", "$Forwarded"]);
-            assert_eq!(m.internal_date, "21-Nov-2026 14:53:20 +0000");
+            assert_eq!(
+                m.flags.as_deref(),
+                Some(&["\\Seen".to_string(), "$Forwarded".into()][..])
+            );
+            assert_eq!(
+                m.internal_date.as_deref(),
+                Some("21-Nov-2026 14:53:20 +0000")
+            );
             let m = &messages[1];
-            assert_eq!((m.uid, m.size, m.body.len()), (11, 0, 0));
-            assert!(m.flags.is_empty());
-            assert_eq!(m.internal_date, " 1-Jan-2020 00:00:00 -0500");
+            assert_eq!((m.uid, m.body.len()), (11, 0));
+            assert_eq!(m.flags, Some(Vec::new()));
+            assert_eq!(
+                m.internal_date.as_deref(),
+                Some(" 1-Jan-2020 00:00:00 -0500")
+            );
         }
     }
 

@@ -19,8 +19,13 @@ const MIN_SPARE: usize = 4 * 1024;
 const LITERAL_SLACK: usize = 16 * 1024;
 /// Longest accepted line part (a huge SEARCH result still fits).
 const MAX_LINE: usize = 64 * 1024 * 1024;
-/// Largest accepted literal.
-const MAX_LITERAL: usize = 1 << 31;
+/// Largest literal accepted when the command did not ask for more (header
+/// blocks, folder names): see [`ResponseReader::set_literal_limit`].
+pub(super) const DEFAULT_LITERAL_LIMIT: usize = 4 * 1024 * 1024;
+/// Deepest parenthesis nesting accepted in one response. Real BODYSTRUCTUREs
+/// stay far below; parsers recurse once per level, so a response nested
+/// deeper must never reach them.
+pub(super) const MAX_NESTING: usize = 64;
 
 /// Runs one I/O future with a deadline, mapping errors to [`ImapError`].
 pub(super) async fn io_timeout<T>(
@@ -51,6 +56,56 @@ pub(super) struct ResponseReader {
     line_start: usize,
     /// Where to continue searching for LF (everything before was checked).
     scan: usize,
+    /// Parenthesis nesting and quoting where `scan` stands.
+    nesting: Nesting,
+    /// Literal bytes of the response being framed so far.
+    literal_bytes: usize,
+    /// The most literal bytes one response may hold.
+    literal_limit: usize,
+}
+
+/// Where the scan of a response's line parts is: how deep in parentheses,
+/// inside a quoted string or not (and after a backslash in it).
+#[derive(Debug, Default, Clone, Copy)]
+struct Nesting {
+    depth: usize,
+    quoted: bool,
+    escaped: bool,
+}
+
+impl Nesting {
+    /// Takes one byte of a line part into account; `Err` when too deep.
+    fn step(&mut self, byte: u8) -> Result<(), ImapError> {
+        if self.quoted {
+            match byte {
+                _ if self.escaped => self.escaped = false,
+                b'\\' => self.escaped = true,
+                b'"' => self.quoted = false,
+                _ => {}
+            }
+            return Ok(());
+        }
+        match byte {
+            b'"' => self.quoted = true,
+            b'(' | b'[' => {
+                self.depth += 1;
+                if self.depth > MAX_NESTING {
+                    return Err(ImapError::Protocol(format!(
+                        "response nested deeper than {MAX_NESTING} levels"
+                    )));
+                }
+            }
+            b')' | b']' => self.depth = self.depth.saturating_sub(1),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A line ends: a quoted string never spans lines.
+    fn end_line(&mut self) {
+        self.quoted = false;
+        self.escaped = false;
+    }
 }
 
 impl ResponseReader {
@@ -59,7 +114,17 @@ impl ResponseReader {
             buf: BytesMut::with_capacity(READ_CHUNK),
             line_start: 0,
             scan: 0,
+            nesting: Nesting::default(),
+            literal_bytes: 0,
+            literal_limit: DEFAULT_LITERAL_LIMIT,
         }
+    }
+
+    /// The most literal bytes one response may hold from now on: a
+    /// response announcing more fails the connection before its bytes are
+    /// read, whatever size a server claims.
+    pub(super) fn set_literal_limit(&mut self, bytes: usize) {
+        self.literal_limit = bytes;
     }
 
     /// Whether bytes were received that no response consumed yet.
@@ -99,6 +164,9 @@ impl ResponseReader {
                 return Ok(Progress::Literal(self.line_start - self.buf.len()));
             }
             let Some(offset) = self.buf[self.scan..].iter().position(|&b| b == b'\n') else {
+                for &byte in &self.buf[self.scan..] {
+                    self.nesting.step(byte)?;
+                }
                 self.scan = self.buf.len();
                 if self.scan - self.line_start > MAX_LINE {
                     return Err(ImapError::Protocol("response line too long".into()));
@@ -106,11 +174,24 @@ impl ResponseReader {
                 return Ok(Progress::Line);
             };
             let lf = self.scan + offset;
+            for &byte in &self.buf[self.scan..lf] {
+                self.nesting.step(byte)?;
+            }
+            self.nesting.end_line();
             let Some(len) = literal_len(&self.buf[self.line_start..=lf])? else {
                 self.line_start = 0;
                 self.scan = 0;
+                self.nesting = Nesting::default();
+                self.literal_bytes = 0;
                 return Ok(Progress::Complete(lf + 1));
             };
+            self.literal_bytes = self.literal_bytes.saturating_add(len);
+            if self.literal_bytes > self.literal_limit {
+                return Err(ImapError::Protocol(format!(
+                    "the server announced {len} bytes of literal data, more than the {} bytes asked for",
+                    self.literal_limit
+                )));
+            }
             self.line_start = lf + 1 + len;
             self.scan = self.line_start;
         }
@@ -134,11 +215,6 @@ fn literal_len(line: &[u8]) -> Result<Option<usize>, ImapError> {
         .ok()
         .and_then(|d| d.parse().ok())
         .unwrap_or(usize::MAX);
-    if len > MAX_LITERAL {
-        return Err(ImapError::Protocol(format!(
-            "literal of {len} bytes is too large"
-        )));
-    }
     Ok(Some(len))
 }
 
@@ -471,7 +547,67 @@ mod tests {
         assert_eq!(literal_len(b"* OK {}\r\n").unwrap(), None);
         assert_eq!(literal_len(b"* OK 12}\r\n").unwrap(), None);
         assert_eq!(literal_len(b"* OK {12}\n").unwrap(), None);
-        assert!(literal_len(b"* X {99999999999}\r\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_literal_larger_than_asked_for_fails_before_its_bytes_are_read() {
+        let mut io = Chunked {
+            data: b"* 1 FETCH (UID 1 BODY[] {2147483648}\r\nxxxx".to_vec(),
+            pos: 0,
+            sizes: vec![4096],
+            turn: 0,
+        };
+        let mut reader = ResponseReader::new();
+        reader.set_literal_limit(1024 * 1024);
+        let error = reader
+            .read(&mut io, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, ImapError::Protocol(text) if text.contains("2147483648")),
+            "{error:?}"
+        );
+        assert!(
+            reader.buf.capacity() <= 2 * READ_CHUNK,
+            "nothing reserved for it"
+        );
+    }
+
+    #[tokio::test]
+    async fn nesting_is_limited_before_any_parser_sees_the_response() {
+        let deep = format!(
+            "* 1 FETCH (BODYSTRUCTURE {}\"TEXT\"{})\r\n",
+            "(".repeat(400),
+            ")".repeat(400)
+        );
+        let mut io = Chunked {
+            data: deep.into_bytes(),
+            pos: 0,
+            sizes: vec![7, 300],
+            turn: 0,
+        };
+        let error = ResponseReader::new()
+            .read(&mut io, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(&error, ImapError::Protocol(text) if text.contains("nested")));
+
+        // Parentheses inside quoted strings and literals do not count.
+        let text = format!(
+            "* LIST () \"/\" \"{}\"\r\n* 1 FETCH (BODY[] {{100}}\r\n{})\r\n",
+            "(".repeat(100),
+            "(".repeat(100)
+        );
+        let mut io = Chunked {
+            data: text.into_bytes(),
+            pos: 0,
+            sizes: vec![13],
+            turn: 0,
+        };
+        let mut reader = ResponseReader::new();
+        for _ in 0..2 {
+            reader.read(&mut io, Duration::from_secs(1)).await.unwrap();
+        }
     }
 
     #[test]

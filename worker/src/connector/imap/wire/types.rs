@@ -93,10 +93,10 @@ pub struct FetchedMessage {
     pub uid: u32,
     /// Exact `BODY[]` bytes, sharing the receive buffer (no copy).
     pub body: Bytes,
-    /// Flags without `\Recent`.
-    pub flags: Vec<String>,
-    pub internal_date: String,
-    pub size: u64,
+    /// Flags without `\Recent`; `None` when the server left them out.
+    pub flags: Option<Vec<String>>,
+    /// `None` when the server left it out.
+    pub internal_date: Option<String>,
 }
 
 /// One message to `append`.
