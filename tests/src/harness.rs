@@ -71,6 +71,9 @@ pub struct Migration {
 #[derive(Debug)]
 pub struct RunResult {
     pub success: bool,
+    /// The exit code (`None`: ended by a signal). 0 every mailbox completed,
+    /// 1 a mailbox failed, 3 completed with items not copied, 130 stopped.
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
     /// The JSON report (`Value::Null` when none was written).
@@ -156,6 +159,7 @@ impl Migration {
         };
         Ok(RunResult {
             success: output.status.success(),
+            code: output.status.code(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
             report,
@@ -213,6 +217,7 @@ impl Migration {
         };
         Ok(Some(RunResult {
             success: status.success(),
+            code: status.code(),
             stdout: String::from_utf8_lossy(&std::fs::read(&stdout_path)?).into_owned(),
             stderr: String::from_utf8_lossy(&std::fs::read(&stderr_path)?).into_owned(),
             report,

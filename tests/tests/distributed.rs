@@ -685,6 +685,103 @@ async fn a_worker_killed_mid_mailbox_is_resumed_by_another_exactly() {
     );
 }
 
+/// Issue 7, case 1: a worker frozen (SIGSTOP) past its lease while another
+/// worker finishes its mailbox must, once it runs again, append nothing and
+/// record nothing: the lease is a fence, checked by the store on every write
+/// and by the worker's own clock before every append.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_frozen_past_its_lease_writes_nothing_when_it_wakes() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let (users, source, target, mut cluster, wave) = fault_setup(
+        "frozen",
+        Timing {
+            lease_ttl_secs: 3,
+            reaper_interval_secs: 1,
+            worker_concurrency: 2,
+            shutdown_grace_secs: 20,
+        },
+    )
+    .await;
+    let victim = cluster.mid_mailbox_of("w1", Duration::from_secs(120)).await;
+    let pid = Pid::from_raw(cluster.worker("w1").id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let status = cluster
+        .wait_completed(wave, users.len() as u64, Duration::from_secs(240))
+        .await;
+    assert!(
+        cluster.workers_lost(victim).await >= 1,
+        "the reaper re-queued mailbox {victim}:\n{}",
+        cluster.logs()
+    );
+    kill(pid, Signal::SIGCONT).unwrap();
+    // Time for the woken worker to do whatever it would do.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_exact(&source, &target, &users).await;
+    let after = cluster.api("GET", &format!("/api/v1/waves/{wave}"), None).await;
+    assert_eq!(
+        after["counts"], status["counts"],
+        "the woken worker changed no mailbox's record"
+    );
+    let log = std::fs::read_to_string(cluster.log_path("w1")).unwrap();
+    assert!(log.contains("lease lost"), "w1 noticed:\n{log}");
+}
+
+/// Issue 7, case 1: the database is unreachable for longer than the lease
+/// TTL. Every worker stops writing by its own clock; once the database is
+/// back the leases are reaped, the mailboxes resumed, and nothing doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_longer_than_the_lease_doubles_nothing() {
+    let (users, source, target, mut cluster, wave) = fault_setup(
+        "pgdown",
+        Timing {
+            lease_ttl_secs: 3,
+            reaper_interval_secs: 1,
+            worker_concurrency: 2,
+            shutdown_grace_secs: 20,
+        },
+    )
+    .await;
+    cluster.wait_ledger_rows().await;
+    // An outage of this test's database only: no new connection is allowed
+    // and the open ones are cut.
+    let admin = admin().await;
+    let name = &cluster.db.name;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[name],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    admin
+        .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    cluster
+        .wait_completed(wave, users.len() as u64, Duration::from_secs(240))
+        .await;
+    assert_exact(&source, &target, &users).await;
+    let noticed = cluster
+        .workers
+        .iter()
+        .filter(|(id, _)| {
+            std::fs::read_to_string(cluster.log_path(id)).is_ok_and(|log| log.contains("lease lost"))
+        })
+        .count();
+    assert!(
+        noticed > 0,
+        "the workers stopped by their own clocks:\n{}",
+        cluster.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_stopped_by_sigterm_hands_its_mailboxes_back() {
     use nix::sys::signal::{Signal, kill};

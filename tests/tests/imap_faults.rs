@@ -262,6 +262,9 @@ async fn case_10_a_refused_message_is_bisected_out_of_its_batch() {
             .is_some_and(|r| r.contains("cannot be read")),
         "the reason quotes the server: {failures:?}"
     );
+    // Case 11: not plain `completed`, and the exit code says so.
+    assert_eq!(result.mailbox("eve")["state"], "completed_with_errors");
+    assert_eq!(result.code, Some(3), "{}", result.stdout);
 }
 
 /// Case 12: an unsolicited FETCH nested 400 deep fails that connection,
