@@ -67,9 +67,6 @@ const PASSED: (char, &str) = ('P', "$Forwarded");
 pub struct Maildir {
     root: PathBuf,
     encoding: NameEncoding,
-    /// Folders the source lists but cannot read, by key, with why: their
-    /// scan fails, so that the engine records them.
-    unreadable_folders: HashMap<String, String>,
     /// What is known of each folder's files, by folder key; dropped whenever
     /// a call fails, and then listed again.
     folders: HashMap<String, FolderIndex>,
@@ -91,7 +88,6 @@ impl Maildir {
         Maildir {
             root,
             encoding: NameEncoding::default(),
-            unreadable_folders: HashMap::new(),
             folders: HashMap::new(),
         }
     }
@@ -199,17 +195,14 @@ impl MailSource for Maildir {
                 class: None,
             });
         }
-        self.unreadable_folders.clear();
-        for unreadable in listing.unreadable {
+        for key in listing.unreadable {
             folders.push(SourceFolder {
-                key: unreadable.key.clone(),
-                path: FolderPath(vec![unreadable.key.clone()]),
+                path: FolderPath(vec![key.clone()]),
+                subscribed: subscribed.contains(&key),
+                key,
                 special: None,
                 class: None,
-                subscribed: subscribed.contains(&unreadable.key),
             });
-            self.unreadable_folders
-                .insert(unreadable.key, unreadable.reason);
         }
         Ok(folders)
     }
@@ -221,7 +214,11 @@ impl MailSource for Maildir {
         folder: &SourceFolder,
         _checkpoint: Option<&FolderCheckpoint>,
     ) -> Result<FolderScan, ConnectorError> {
-        if let Some(reason) = self.unreadable_folders.get(&folder.key) {
+        let root = self.root.clone();
+        let key = folder.key.clone();
+        let encoding = self.encoding;
+        let unreadable = blocking(move || Ok(unreadable_folder(&root, &key, encoding))).await?;
+        if let Some(reason) = unreadable {
             return Err(ConnectorError::item(format!(
                 "cannot read Maildir folder {:?}: {reason}",
                 folder.key
@@ -549,15 +546,23 @@ fn is_folder_dir_name(name: &str) -> bool {
 struct Listing {
     /// The inbox first, then every folder whose name reads, by key.
     folders: Vec<(String, FolderPath)>,
-    /// Folder directories whose names do not read.
-    unreadable: Vec<UnreadableFolder>,
+    /// Keys of folder directories whose names do not read (bytes that are
+    /// not UTF-8 replaced): see [`unreadable_folder`].
+    unreadable: Vec<String>,
 }
 
-/// A folder directory whose name does not read.
-struct UnreadableFolder {
-    /// Its name, with bytes that are not UTF-8 replaced.
-    key: String,
-    reason: String,
+/// Why the folder of `key` cannot be read by its name, if it cannot: its
+/// name does not decode, or it stands for a directory name that is not
+/// UTF-8 (a key with U+FFFD that names no directory).
+fn unreadable_folder(root: &Path, key: &str, encoding: NameEncoding) -> Option<String> {
+    if key == INBOX_KEY {
+        return None;
+    }
+    if let Err(reason) = names::folder_of(key, encoding) {
+        return Some(reason);
+    }
+    let lossy = key.contains(char::REPLACEMENT_CHARACTER) && !root.join(key).is_dir();
+    lossy.then(|| "its directory name is not UTF-8".to_owned())
 }
 
 /// Lists the folder directories: those with a `cur` or `new` directory
@@ -582,10 +587,9 @@ fn list_folders(root: &Path, encoding: NameEncoding) -> Result<Listing, Connecto
             continue;
         }
         let Ok(name) = raw_name.into_string() else {
-            listing.unreadable.push(UnreadableFolder {
-                key: entry.file_name().to_string_lossy().into_owned(),
-                reason: "its directory name is not UTF-8".to_owned(),
-            });
+            listing
+                .unreadable
+                .push(entry.file_name().to_string_lossy().into_owned());
             continue;
         };
         if !is_folder_dir_name(&name) {
@@ -593,16 +597,14 @@ fn list_folders(root: &Path, encoding: NameEncoding) -> Result<Listing, Connecto
         }
         match names::folder_of(&name, encoding) {
             Ok(path) => listing.folders.push((name, path)),
-            Err(reason) => listing
-                .unreadable
-                .push(UnreadableFolder { key: name, reason }),
+            Err(_) => listing.unreadable.push(name),
         }
     }
     listing.folders.sort_by(|a, b| a.1.cmp(&b.1));
     listing
         .folders
         .insert(0, (INBOX_KEY.to_owned(), FolderPath::inbox()));
-    listing.unreadable.sort_by(|a, b| a.key.cmp(&b.key));
+    listing.unreadable.sort();
     Ok(listing)
 }
 
@@ -1241,7 +1243,6 @@ mod tests {
         Maildir {
             root: root.to_path_buf(),
             encoding: NameEncoding::default(),
-            unreadable_folders: HashMap::new(),
             folders: HashMap::new(),
         }
         .open_source()
@@ -1782,8 +1783,10 @@ mod tests {
         let folders = MailSource::folders(&mut source).await.expect("folders");
         let keys: Vec<&str> = folders.iter().map(|folder| folder.key.as_str()).collect();
         assert_eq!(keys, ["INBOX", ".Entw\u{fffd}rfe", ".a..b"]);
+        // Any connector on the Maildir tells, not only the one that listed.
+        let mut other = self::source(&root).await;
         for folder in &folders[1..] {
-            let error = source.scan(folder, None).await.expect_err("unreadable");
+            let error = other.scan(folder, None).await.expect_err("unreadable");
             assert_eq!(error.class, ErrorClass::Item);
             assert!(error.message.contains(&folder.key), "{}", error.message);
         }
