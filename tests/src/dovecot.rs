@@ -110,6 +110,18 @@ pub struct DovecotOptions {
     /// mailbox of its tenant, as with Exchange Online. OAuth users still
     /// need a `users` entry: it is their userdb.
     pub oauth2_introspection_url: Option<String>,
+    /// Users whose mail is an existing Maildir tree rather than one under
+    /// the server's own directory (see [`DovecotOptions::serve_maildir`]).
+    pub served_maildirs: Vec<ServedMaildir>,
+}
+
+/// An existing Maildir tree served as one user's mailbox.
+#[derive(Clone, Debug)]
+pub struct ServedMaildir {
+    pub user: String,
+    pub path: PathBuf,
+    /// Dovecot's `UTF-8` layout option: folder names in raw UTF-8 on disk.
+    pub utf8_names: bool,
 }
 
 impl Default for DovecotOptions {
@@ -127,6 +139,7 @@ impl Default for DovecotOptions {
             debug: false,
             extra_config: String::new(),
             oauth2_introspection_url: None,
+            served_maildirs: Vec::new(),
         }
     }
 }
@@ -136,6 +149,25 @@ impl DovecotOptions {
     pub fn user(mut self, name: &str, password: &str) -> Self {
         self.users.push((name.to_owned(), password.to_owned()));
         self
+    }
+
+    /// Adds a user whose mailbox is the Maildir tree at `path`, e.g. one
+    /// mailwave wrote: the server reads exactly those files (made the mail
+    /// owner's, with the directories above made traversable), with
+    /// Dovecot's default layout or, with `utf8_names`, its `UTF-8` option.
+    pub fn serve_maildir(
+        mut self,
+        user: &str,
+        password: &str,
+        path: &Path,
+        utf8_names: bool,
+    ) -> Self {
+        self.served_maildirs.push(ServedMaildir {
+            user: user.to_owned(),
+            path: path.to_owned(),
+            utf8_names,
+        });
+        self.user(user, password)
     }
 
     /// Adds `user01..userNN` with password `pw-userNN`.
@@ -268,6 +300,20 @@ fn mail_owner() -> Result<(u32, u32, String)> {
         std::thread::sleep(Duration::from_millis(50 * (attempt + 1)));
     }
     bail!("could not create the `{VMAIL_USER}` system user (useradd)")
+}
+
+/// Lets every user traverse the directories above `path` (`o+x`), so
+/// that the mail processes can reach a tree made elsewhere.
+fn grant_traversal(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in path.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+                .with_context(|| format!("chmod o+x {}", dir.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Recursively chowns a tree (no symlink following).
@@ -410,9 +456,33 @@ impl DovecotServer {
         std::fs::create_dir_all(&mail_root)?;
         std::os::unix::fs::chown(&mail_root, Some(uid), Some(gid))?;
 
+        for served in &options.served_maildirs {
+            let path = served
+                .path
+                .to_str()
+                .context("a served Maildir path is UTF-8")?;
+            ensure!(
+                !path.contains([':', ' ', '\n']),
+                "served Maildir path {path:?} cannot go into a passwd-file"
+            );
+            chown_tree(&served.path, uid, gid)?;
+            grant_traversal(&served.path)?;
+        }
         let mut users = String::new();
         for (u, p) in &options.users {
-            writeln!(users, "{u}:{{PLAIN}}{p}::::::")?;
+            let mail = match options
+                .served_maildirs
+                .iter()
+                .find(|served| &served.user == u)
+            {
+                Some(served) => format!(
+                    "userdb_mail=maildir:{}{}",
+                    served.path.display(),
+                    if served.utf8_names { ":UTF-8" } else { "" }
+                ),
+                None => String::new(),
+            };
+            writeln!(users, "{u}:{{PLAIN}}{p}::::::{mail}")?;
         }
         std::fs::write(root.join("etc/users"), users)?;
         if let Some(url) = &options.oauth2_introspection_url {
@@ -734,9 +804,18 @@ kill -KILL 0
         &self.mail_root
     }
 
-    /// Root Maildir of a user (`<mail_root>/<user>`), i.e. INBOX.
+    /// Root Maildir of a user (`<mail_root>/<user>`, or the tree it was
+    /// given by [`DovecotOptions::serve_maildir`]), i.e. INBOX.
     pub fn user_maildir(&self, user: &str) -> PathBuf {
-        self.mail_root.join(user)
+        match self
+            .options
+            .served_maildirs
+            .iter()
+            .find(|served| served.user == user)
+        {
+            Some(served) => served.path.clone(),
+            None => self.mail_root.join(user),
+        }
     }
 
     /// Hierarchy separator (`.` or `/`).

@@ -438,9 +438,11 @@ pub fn snapshot_graph_mail(mailbox: &MailboxSnapshot, opts: &CompareOptions) -> 
     folders_sorted(folders)
 }
 
-/// A Maildir++ directory written by mailwave (relative to the root) as a
-/// folder path for [`snapshot_maildir`]: the root is `INBOX`, levels split
-/// on `.` and joined by `/`, percent-escapes decoded.
+/// A Maildir++ directory (relative to the root) as a folder path for
+/// [`snapshot_maildir`], read as Dovecot reads its default layout: the root
+/// is `INBOX`, levels split on `.` and joined by `/`, each level modified
+/// UTF-7 (taken as it is when it does not decode) with the listescape
+/// plugin's `\XX` escapes undone.
 pub fn maildir_folder(relative: &Path) -> String {
     let name = relative.to_string_lossy();
     let Some(levels) = name.strip_prefix('.') else {
@@ -448,29 +450,34 @@ pub fn maildir_folder(relative: &Path) -> String {
     };
     levels
         .split('.')
-        .map(percent_decode)
+        .map(|level| {
+            let unicode = crate::mutf7::decode(level).unwrap_or_else(|_| level.to_owned());
+            listescape_decode(&unicode)
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
 
-fn percent_decode(level: &str) -> String {
-    let bytes = level.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(byte) = level
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-            continue;
+/// Undoes Dovecot's listescape `\XX` escapes (ASCII only).
+fn listescape_decode(level: &str) -> String {
+    let mut out = String::with_capacity(level.len());
+    let mut chars = level.char_indices();
+    while let Some((at, c)) = chars.next() {
+        let escaped = (c == '\\')
+            .then(|| level.get(at + 1..at + 3))
+            .flatten()
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(u8::is_ascii);
+        match escaped {
+            Some(byte) => {
+                out.push(char::from(byte));
+                chars.nth(1);
+            }
+            None => out.push(c),
         }
-        out.push(bytes[i]);
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// A source message absent from its target folder.
@@ -881,6 +888,21 @@ mod tests {
             hash_body(b"a\r\nb", &CompareOptions::default()),
             hash_body(b"a\nb", &CompareOptions::default())
         );
+    }
+
+    #[test]
+    fn maildir_folders_read_as_dovecot_names() {
+        for (dir, name) in [
+            ("", "INBOX"),
+            (".Priv&AOk-.&ZeVnLIqe- &2D3c5w-", "Privé/日本語 📧"),
+            (".Clients.Acme &- Co", "Clients/Acme & Co"),
+            (".100% done", "100% done"),
+            (".a\\2fb", "a/b"),
+            (".\\7eroot", "~root"),
+            (".x\\zz", "x\\zz"),
+        ] {
+            assert_eq!(maildir_folder(Path::new(dir)), name, "{dir}");
+        }
     }
 
     #[test]

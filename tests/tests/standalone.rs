@@ -355,17 +355,18 @@ async fn hostile_folder_names_stay_inside_the_maildir_root() {
         .collect();
     assert_eq!(
         folder_dirs,
+        // As Dovecot names them (modified UTF-7, listescape's `\XX`).
         [
-            ".%252E%252E",
+            ".%2E%2E",
             ".Archive",
             ".Drafts",
             ".Junk",
-            ".Projecten.Überprüfung",
+            ".Projecten.&ANw-berpr&APw-fung",
             ".Sent",
             ".Trash",
-            ".a%2Fb",
-            ".x%5Cy",
-            ".~root"
+            ".\\7eroot",
+            ".a\\2fb",
+            ".x\\5cy",
         ]
     );
     let report = verify::compare_to_maildir(

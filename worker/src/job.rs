@@ -246,7 +246,10 @@ impl MailboxConnector for EndpointConnector {
         let login = &self.mailbox.source;
         match &self.config.source {
             EndpointConfig::Maildir(m) => Ok(Box::new(
-                Maildir::for_mailbox(&m.path, login).open_source().await?,
+                Maildir::for_mailbox(&m.path, login)
+                    .utf8_names(m.utf8_names)
+                    .open_source()
+                    .await?,
             )),
             EndpointConfig::Imap(endpoint) => {
                 let session =
@@ -271,7 +274,10 @@ impl MailboxConnector for EndpointConnector {
         let login = &self.mailbox.target;
         match &self.config.target {
             EndpointConfig::Maildir(m) => Ok(Box::new(
-                Maildir::for_mailbox(&m.path, login).open_target().await?,
+                Maildir::for_mailbox(&m.path, login)
+                    .utf8_names(m.utf8_names)
+                    .open_target()
+                    .await?,
             )),
             EndpointConfig::Imap(endpoint) => {
                 let session =

@@ -2,12 +2,13 @@
 //! [`MailSource`] or written as a [`MailTarget`].
 //!
 //! Layout (Dovecot's default): the inbox in `root/{cur,new,tmp}`, folder
-//! `A/B` in `root/.A.B/{cur,new,tmp}`. Each folder level is percent-encoded
-//! so that it can neither leave the root nor add a level (see
-//! [`folder_dir_name`]). Messages are files named `<unique>:2,<flags>`;
-//! keywords are letters `a`..`z` mapped by the folder's `dovecot-keywords`
-//! file, so a folder holds at most 26 distinct keywords: further ones are
-//! dropped with a warning.
+//! `A/B` in `root/.A.B/{cur,new,tmp}`, each level spelled as Dovecot spells
+//! it (modified UTF-7 by default, see [`names`]), so that it can neither
+//! leave the root nor add a level. Messages are files named
+//! `<unique>:2,<flags>`; keywords are letters `a`..`z` mapped by the
+//! folder's `dovecot-keywords` file, so a folder holds at most 26 distinct
+//! keywords: further ones are dropped with a warning. Subscriptions are
+//! Dovecot's `subscriptions` file (see [`subscriptions`]).
 //!
 //! Appends are idempotent: a copy is named after the engine's `source_ref`,
 //! and a message whose `source_ref` is already in the folder is not written
@@ -24,6 +25,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use mailwave_common::model::FolderCheckpoint;
+
+mod names;
+mod subscriptions;
+
+pub use names::NameEncoding;
 
 use super::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, IMAP_DATE,
@@ -60,6 +66,7 @@ const PASSED: (char, &str) = ('P', "$Forwarded");
 /// inbox in `root/{cur,new,tmp}`, folder `A/B` in `root/.A.B/{cur,new,tmp}`.
 pub struct Maildir {
     root: PathBuf,
+    encoding: NameEncoding,
     /// What is known of each folder's files, by folder key; dropped whenever
     /// a call fails, and then listed again.
     folders: HashMap<String, FolderIndex>,
@@ -80,8 +87,20 @@ impl Maildir {
         };
         Maildir {
             root,
+            encoding: NameEncoding::default(),
             folders: HashMap::new(),
         }
+    }
+
+    /// Folder directory names in raw UTF-8 (Dovecot's `UTF-8` layout
+    /// option) rather than Dovecot's default modified UTF-7.
+    pub fn utf8_names(mut self, utf8: bool) -> Maildir {
+        self.encoding = if utf8 {
+            NameEncoding::Utf8
+        } else {
+            NameEncoding::Mutf7
+        };
+        self
     }
 
     /// The directory of this Maildir.
@@ -152,19 +171,40 @@ impl Maildir {
 
 #[async_trait]
 impl MailSource for Maildir {
+    /// Every folder directory; one whose name cannot be read is listed
+    /// too (named as well as it can be), and its scan fails.
     async fn folders(&mut self) -> Result<Vec<SourceFolder>, ConnectorError> {
         let root = self.root.clone();
-        let folders = blocking(move || list_folders(&root)).await?;
-        Ok(folders
-            .into_iter()
-            .map(|(key, path)| SourceFolder {
+        let encoding = self.encoding;
+        let (listing, subscribed) = blocking(move || {
+            let listing = list_folders(&root, encoding)?;
+            let subscribed = subscriptions::read(&root).map_err(|error| {
+                classify(&root, &root.join("subscriptions"), error)
+                    .context("reading Dovecot's subscriptions")
+            })?;
+            Ok((listing, subscribed))
+        })
+        .await?;
+        let mut folders = Vec::with_capacity(listing.folders.len());
+        for (key, path) in listing.folders {
+            folders.push(SourceFolder {
+                subscribed: subscribed.contains(&key),
                 key,
                 path,
                 special: None,
                 class: None,
-                subscribed: false,
-            })
-            .collect())
+            });
+        }
+        for key in listing.unreadable {
+            folders.push(SourceFolder {
+                path: FolderPath(vec![key.clone()]),
+                subscribed: subscribed.contains(&key),
+                key,
+                special: None,
+                class: None,
+            });
+        }
+        Ok(folders)
     }
 
     /// Lists the whole folder (Maildir has no UIDs): `complete` and
@@ -174,6 +214,16 @@ impl MailSource for Maildir {
         folder: &SourceFolder,
         _checkpoint: Option<&FolderCheckpoint>,
     ) -> Result<FolderScan, ConnectorError> {
+        let root = self.root.clone();
+        let key = folder.key.clone();
+        let encoding = self.encoding;
+        let unreadable = blocking(move || Ok(unreadable_folder(&root, &key, encoding))).await?;
+        if let Some(reason) = unreadable {
+            return Err(ConnectorError::item(format!(
+                "cannot read Maildir folder {:?}: {reason}",
+                folder.key
+            )));
+        }
         self.with_folder(&folder.key, true, |folder, index| {
             let candidates = index.list(folder)?;
             let flags = candidates
@@ -194,9 +244,9 @@ impl MailSource for Maildir {
 
     /// Reads the messages, found by unique name even if they moved or their
     /// flags changed since the scan (their `meta` then has the flags and size
-    /// as read). Messages gone meanwhile are left out, and so is a file that
-    /// cannot be read (permission denied): a warning is logged and the item
-    /// is copied by a later pass once readable.
+    /// as read). Messages whose file is gone are `gone`; a file that cannot
+    /// be read (permission denied, a directory, a name that is not UTF-8)
+    /// is `refused`, item class, so that the engine records it.
     async fn fetch(
         &mut self,
         folder: &SourceFolder,
@@ -207,9 +257,16 @@ impl MailSource for Maildir {
             let mut reader = ItemReader::new(folder, index);
             let mut result = Fetched::default();
             for mut meta in items {
-                let Some((body, flags)) = reader.read(&meta.item, |path| fs::read(path))? else {
-                    result.gone.push(meta.item);
-                    continue;
+                let (body, flags) = match reader.read(&meta.item, |path| fs::read(path))? {
+                    Read::Found(body, flags) => (body, flags),
+                    Read::Gone => {
+                        result.gone.push(meta.item);
+                        continue;
+                    }
+                    Read::Unreadable(error) => {
+                        result.refused.push((meta.item, error));
+                        continue;
+                    }
                 };
                 meta.size = body.len() as u64;
                 meta.flags = flags;
@@ -223,8 +280,8 @@ impl MailSource for Maildir {
         .await
     }
 
-    /// Reads only the header blocks; as [`MailSource::fetch`], gone or
-    /// unreadable files are left out.
+    /// Reads only the header blocks; gone or unreadable files are left out
+    /// (their fetch tells what became of them).
     async fn fetch_headers(
         &mut self,
         folder: &SourceFolder,
@@ -235,7 +292,7 @@ impl MailSource for Maildir {
             let mut reader = ItemReader::new(folder, index);
             let mut headers = Vec::with_capacity(items.len());
             for meta in items {
-                if let Some((header, _)) = reader.read(&meta.item, read_header)? {
+                if let Read::Found(header, _) = reader.read(&meta.item, read_header)? {
                     headers.push((meta.item, Bytes::from(header)));
                 }
             }
@@ -247,10 +304,13 @@ impl MailSource for Maildir {
 
 #[async_trait]
 impl MailTarget for Maildir {
+    /// The folders whose names can be read (the others cannot be written).
     async fn folders(&mut self) -> Result<Vec<TargetFolder>, ConnectorError> {
         let root = self.root.clone();
-        let folders = blocking(move || list_folders(&root)).await?;
-        Ok(folders
+        let encoding = self.encoding;
+        let listing = blocking(move || list_folders(&root, encoding)).await?;
+        Ok(listing
+            .folders
             .into_iter()
             .map(|(name, path)| TargetFolder {
                 name,
@@ -269,7 +329,7 @@ impl MailTarget for Maildir {
         _special: Option<SpecialUse>,
         _class: Option<&str>,
     ) -> Result<TargetFolder, ConnectorError> {
-        let Some(name) = folder_dir_name(path)? else {
+        let Some(name) = folder_dir_name(path, self.encoding)? else {
             return Ok(TargetFolder {
                 name: INBOX_KEY.to_owned(),
                 path: FolderPath::inbox(),
@@ -320,13 +380,21 @@ impl MailTarget for Maildir {
         .await
     }
 
-    /// Renames the files to their new flags (into `cur/`); all known ids are
-    /// done before an unknown one is reported (item class).
-    /// Dovecot's `subscriptions` file is not written yet: nothing to do.
-    async fn subscribe(&mut self, _folder: &str) -> Result<(), ConnectorError> {
-        Ok(())
+    /// Adds the folder to Dovecot's `subscriptions` file, under Dovecot's
+    /// lock and replaced by a rename.
+    async fn subscribe(&mut self, folder: &str) -> Result<(), ConnectorError> {
+        let folder = Folder::resolve(&self.root, folder)?;
+        blocking(move || {
+            subscriptions::add(&folder.root, &folder.key).map_err(|error| {
+                classify(&folder.root, &folder.root.join("subscriptions"), error)
+                    .context(format!("subscribing {}", folder.key))
+            })
+        })
+        .await
     }
 
+    /// Renames the files to their new flags (into `cur/`); all known ids are
+    /// done before an unknown one is reported (item class).
     async fn set_flags(
         &mut self,
         folder: &str,
@@ -448,26 +516,21 @@ fn mailbox_component(mailbox: &str) -> String {
     out
 }
 
-/// The directory name of a folder (`None`: the inbox, the root itself):
-/// `.` before each level, each level percent-encoded where [`is_unsafe`]
-/// (`.` included, so levels never mix), UTF-8 letters kept readable.
-fn folder_dir_name(path: &FolderPath) -> Result<Option<String>, ConnectorError> {
+/// The directory name of a folder (`None`: the inbox, the root itself),
+/// spelled as Dovecot does (see [`names`]).
+fn folder_dir_name(
+    path: &FolderPath,
+    encoding: NameEncoding,
+) -> Result<Option<String>, ConnectorError> {
     if path.is_inbox() {
         return Ok(None);
     }
-    if path.0.is_empty() || path.0.iter().any(String::is_empty) {
+    let Some(name) = names::dir_name(path, encoding) else {
         return Err(ConnectorError::item(format!(
             "folder name with an empty level: {:?}",
             path.0
         )));
-    }
-    let mut name = String::new();
-    for level in &path.0 {
-        name.push('.');
-        for c in level.chars() {
-            push_char(&mut name, c, is_unsafe(c));
-        }
-    }
+    };
     if name.len() > MAX_NAME {
         return Err(ConnectorError::item(format!(
             "folder name too long for a Maildir: {path} ({} bytes encoded, at most {MAX_NAME})",
@@ -477,68 +540,75 @@ fn folder_dir_name(path: &FolderPath) -> Result<Option<String>, ConnectorError> 
     Ok(Some(name))
 }
 
-/// The folder of a directory name; `None` when it does not decode.
-fn decode_dir_name(name: &str) -> Option<FolderPath> {
-    let levels = name.strip_prefix('.')?;
-    levels
-        .split('.')
-        .map(|level| percent_decode(level).filter(|level| !level.is_empty()))
-        .collect::<Option<Vec<_>>>()
-        .map(FolderPath)
-}
-
-/// Decodes `%XX` escapes; `None` for a broken escape or invalid UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.as_bytes();
-    while let Some((&byte, tail)) = rest.split_first() {
-        if byte != b'%' {
-            bytes.push(byte);
-            rest = tail;
-            continue;
-        }
-        let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
-        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        bytes.push(u8::from_str_radix(hex, 16).ok()?);
-        rest = &tail[2..];
-    }
-    String::from_utf8(bytes).ok()
-}
-
 /// Whether `name` may be a folder directory right under the root.
 fn is_folder_dir_name(name: &str) -> bool {
     name.len() > 1 && name.starts_with('.') && name != ".." && !name.contains(['/', '\0'])
 }
 
-/// The inbox and every folder directory that decodes, by key, inbox first.
-fn list_folders(root: &Path) -> Result<Vec<(String, FolderPath)>, ConnectorError> {
+/// The folders under a Maildir root.
+struct Listing {
+    /// The inbox first, then every folder whose name reads, by key.
+    folders: Vec<(String, FolderPath)>,
+    /// Keys of folder directories whose names do not read (bytes that are
+    /// not UTF-8 replaced): see [`unreadable_folder`].
+    unreadable: Vec<String>,
+}
+
+/// Why the folder of `key` cannot be read by its name, if it cannot: its
+/// name does not decode, or it stands for a directory name that is not
+/// UTF-8 (a key with U+FFFD that names no directory).
+fn unreadable_folder(root: &Path, key: &str, encoding: NameEncoding) -> Option<String> {
+    if key == INBOX_KEY {
+        return None;
+    }
+    if let Err(reason) = names::folder_of(key, encoding) {
+        return Some(reason);
+    }
+    let lossy = key.contains(char::REPLACEMENT_CHARACTER) && !root.join(key).is_dir();
+    lossy.then(|| "its directory name is not UTF-8".to_owned())
+}
+
+/// Lists the folder directories: those with a `cur` or `new` directory
+/// whose names start with `.`.
+fn list_folders(root: &Path, encoding: NameEncoding) -> Result<Listing, ConnectorError> {
     let entries = fs::read_dir(root).map_err(|error| classify(root, root, error))?;
-    let mut folders = Vec::new();
+    let mut listing = Listing {
+        folders: Vec::new(),
+        unreadable: Vec::new(),
+    };
     for entry in entries {
         let entry = entry.map_err(|error| classify(root, root, error))?;
-        let Ok(name) = entry.file_name().into_string() else {
-            tracing::warn!(root = %root.display(), name = ?entry.file_name(), "skipping a folder whose name is not UTF-8");
+        let raw_name = entry.file_name();
+        if !raw_name.as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
+        let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
+        let holds_mail = ["cur", "new"]
+            .iter()
+            .any(|sub| entry.path().join(sub).is_dir());
+        if !is_dir || !holds_mail {
+            continue;
+        }
+        let Ok(name) = raw_name.into_string() else {
+            listing
+                .unreadable
+                .push(entry.file_name().to_string_lossy().into_owned());
             continue;
         };
         if !is_folder_dir_name(&name) {
             continue;
         }
-        let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
-        if !is_dir || !entry.path().join("cur").is_dir() {
-            continue;
-        }
-        match decode_dir_name(&name) {
-            Some(path) if !path.is_inbox() => folders.push((name, path)),
-            _ => {
-                tracing::warn!(root = %root.display(), name, "skipping a folder whose name does not decode")
-            }
+        match names::folder_of(&name, encoding) {
+            Ok(path) => listing.folders.push((name, path)),
+            Err(_) => listing.unreadable.push(name),
         }
     }
-    folders.sort_by(|a, b| a.1.cmp(&b.1));
-    folders.insert(0, (INBOX_KEY.to_owned(), FolderPath::inbox()));
-    Ok(folders)
+    listing.folders.sort_by(|a, b| a.1.cmp(&b.1));
+    listing
+        .folders
+        .insert(0, (INBOX_KEY.to_owned(), FolderPath::inbox()));
+    listing.unreadable.sort();
+    Ok(listing)
 }
 
 /// Creates folder directory `name` under `root` (no-op where it exists).
@@ -656,6 +726,9 @@ struct FolderIndex {
     files: HashMap<String, Entry>,
     /// Unique names of mailwave's copies, by `source_ref`.
     refs: HashMap<String, String>,
+    /// Files whose names are not UTF-8, by their name with those bytes
+    /// replaced: listed, so that their fetch is refused and recorded.
+    unnamed: HashMap<String, PathBuf>,
     keywords: Keywords,
 }
 
@@ -679,13 +752,17 @@ impl FolderIndex {
             };
             for entry in entries {
                 let entry = entry.map_err(|error| folder.error(&dir, error))?;
-                let Ok(name) = entry.file_name().into_string() else {
-                    tracing::warn!(dir = %dir.display(), name = ?entry.file_name(), "skipping a message whose file name is not UTF-8");
-                    continue;
-                };
-                if name.starts_with('.') || !entry.file_type().is_ok_and(|kind| kind.is_file()) {
+                let raw_name = entry.file_name();
+                if raw_name.as_encoded_bytes().starts_with(b".")
+                    || !entry.file_type().is_ok_and(|kind| kind.is_file())
+                {
                     continue;
                 }
+                let Ok(name) = raw_name.into_string() else {
+                    let lossy = entry.file_name().to_string_lossy().into_owned();
+                    index.unnamed.insert(lossy, entry.path());
+                    continue;
+                };
                 let unique = unique_of(&name).to_owned();
                 if index.files.contains_key(&unique) {
                     continue;
@@ -719,6 +796,15 @@ impl FolderIndex {
                 internal_date: meta.modified().ok().map(format_date),
             });
         }
+        let mut unnamed: Vec<_> = self.unnamed.keys().collect();
+        unnamed.sort_unstable();
+        items.extend(unnamed.into_iter().map(|lossy| ItemMeta {
+            item: lossy.clone(),
+            uid: 0,
+            size: 0,
+            flags: Flags::default(),
+            internal_date: None,
+        }));
         Ok(items)
     }
 
@@ -1044,6 +1130,13 @@ fn sync_files(folder: &Folder, paths: &[PathBuf]) -> Result<(), ConnectorError> 
     })
 }
 
+/// What became of a message file read by [`ItemReader::read`].
+enum Read<T> {
+    Found(T, Flags),
+    Gone,
+    Unreadable(ConnectorError),
+}
+
 /// Reads message files by unique name, listing the folder again (once) when
 /// one is not where it was.
 struct ItemReader<'a> {
@@ -1061,18 +1154,19 @@ impl<'a> ItemReader<'a> {
         }
     }
 
-    /// `read` of the file of `unique`, with its flags now; `None` when gone
-    /// or unreadable (logged).
+    /// `read` of the file of `unique`, with its flags now.
     fn read<T>(
         &mut self,
         unique: &str,
         read: impl Fn(&Path) -> io::Result<T>,
-    ) -> Result<Option<(T, Flags)>, ConnectorError> {
+    ) -> Result<Read<T>, ConnectorError> {
         loop {
             if let Some(entry) = self.index.files.get(unique) {
                 let path = self.folder.sub(entry.sub).join(&entry.name);
                 match read(&path) {
-                    Ok(value) => return Ok(Some((value, self.index.keywords.flags(&entry.name)))),
+                    Ok(value) => {
+                        return Ok(Read::Found(value, self.index.keywords.flags(&entry.name)));
+                    }
                     Err(error) if error.kind() == ErrorKind::NotFound => {}
                     Err(error)
                         if matches!(
@@ -1080,14 +1174,22 @@ impl<'a> ItemReader<'a> {
                             ErrorKind::PermissionDenied | ErrorKind::IsADirectory
                         ) =>
                     {
-                        tracing::warn!(file = %path.display(), %error, "skipping an unreadable message file");
-                        return Ok(None);
+                        return Ok(Read::Unreadable(ConnectorError::item(format!(
+                            "cannot read message file {}: {error}",
+                            path.display()
+                        ))));
                     }
                     Err(error) => return Err(self.folder.error(&path, error)),
                 }
             }
+            if let Some(path) = self.index.unnamed.get(unique) {
+                return Ok(Read::Unreadable(ConnectorError::item(format!(
+                    "cannot read message file {}: its name is not UTF-8",
+                    path.display()
+                ))));
+            }
             if self.relisted {
-                return Ok(None);
+                return Ok(Read::Gone);
             }
             *self.index = FolderIndex::load(self.folder)?;
             self.relisted = true;
@@ -1143,6 +1245,7 @@ mod tests {
     async fn source(root: &Path) -> Maildir {
         Maildir {
             root: root.to_path_buf(),
+            encoding: NameEncoding::default(),
             folders: HashMap::new(),
         }
         .open_source()
@@ -1463,8 +1566,10 @@ mod tests {
                 .expect("append");
             assert!(report.results[0].is_ok());
         }
-        assert!(files_in(&root).contains(&".Projecten.Überprüfung".to_owned()));
-        assert!(files_in(&root).contains(&".Projecten%2FÜberprüfung".to_owned()));
+        let dirs = files_in(&root);
+        assert!(dirs.contains(&".Projecten.&ANw-berpr&APw-fung".to_owned()));
+        assert!(dirs.contains(&".Projecten\\2f&ANw-berpr&APw-fung".to_owned()));
+        assert!(dirs.contains(&".\\2e\\2e\\2f\\2e\\2e\\2fetc".to_owned()));
 
         assert_eq!(
             files_in(temp.path()),
@@ -1592,30 +1697,188 @@ mod tests {
     }
 
     #[test]
-    fn dir_names_round_trip() {
-        for levels in [
-            &["a.b", "c"][..],
-            &["%", "%%41"],
-            &["ü", "日本"],
-            &["\u{7f}\u{85}"],
-        ] {
-            let folder = path(levels);
-            let name = folder_dir_name(&folder)
+    fn folder_dir_names_are_dovecots() {
+        let name = |levels: &[&str], encoding| {
+            folder_dir_name(&path(levels), encoding)
                 .expect("encodes")
-                .expect("not inbox");
-            assert_eq!(name.matches('.').count(), levels.len(), "{name}");
-            assert_eq!(decode_dir_name(&name), Some(folder));
-        }
-        assert_eq!(folder_dir_name(&path(&["inbox"])).expect("inbox"), None);
-        assert_eq!(decode_dir_name(".a%2"), None);
-        assert_eq!(decode_dir_name(".a..b"), None);
-        assert_eq!(decode_dir_name(".%FF"), None);
-        assert_eq!(decode_dir_name(".Sent Items"), Some(path(&["Sent Items"])));
+                .expect("not inbox")
+        };
+        assert_eq!(name(&["Entwürfe"], NameEncoding::Mutf7), ".Entw&APw-rfe");
         assert_eq!(
-            folder_dir_name(&path(&["a", ""]))
+            name(&["Clients", "Acme & Co"], NameEncoding::Mutf7),
+            ".Clients.Acme &- Co"
+        );
+        assert_eq!(name(&["Entwürfe"], NameEncoding::Utf8), ".Entwürfe");
+        assert_eq!(
+            folder_dir_name(&path(&["inbox"]), NameEncoding::Mutf7).expect("inbox"),
+            None
+        );
+        assert_eq!(
+            folder_dir_name(&path(&["a", ""]), NameEncoding::Mutf7)
                 .expect_err("empty level")
                 .class,
             ErrorClass::Item
+        );
+    }
+
+    /// A folder directory as Dovecot makes one, holding one message.
+    fn dovecot_folder(root: &Path, dir: &str, message: &str) {
+        for sub in ["cur", "new", "tmp"] {
+            fs::create_dir_all(root.join(dir).join(sub)).expect("folder");
+        }
+        fs::write(
+            root.join(dir).join("cur").join(format!("{message}:2,S")),
+            format!("Subject: {message}\n\n"),
+        )
+        .expect("message");
+    }
+
+    /// Issue 7, case 8: names Dovecot writes, with `%` and modified UTF-7,
+    /// are folders like any other.
+    #[tokio::test]
+    async fn percent_and_utf7_folder_names_are_read() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let root = open_target(temp.path()).await.root().to_path_buf();
+        for (i, dir) in [".100% done", ".50%off", ".Priv&AOk-", ".Clients.Acme &- Co"]
+            .into_iter()
+            .enumerate()
+        {
+            dovecot_folder(&root, dir, &format!("17000000{i:02}.P1Q{i}.host"));
+        }
+        let mut source = source(&root).await;
+        let folders = MailSource::folders(&mut source).await.expect("folders");
+        let found: Vec<(String, FolderPath)> = folders
+            .iter()
+            .map(|folder| (folder.key.clone(), folder.path.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("INBOX".to_owned(), FolderPath::inbox()),
+                (".100% done".to_owned(), path(&["100% done"])),
+                (".50%off".to_owned(), path(&["50%off"])),
+                (
+                    ".Clients.Acme &- Co".to_owned(),
+                    path(&["Clients", "Acme & Co"])
+                ),
+                (".Priv&AOk-".to_owned(), path(&["Privé"])),
+            ]
+        );
+        for folder in &folders[1..] {
+            let scan = source.scan(folder, None).await.expect("scan");
+            assert_eq!(scan.candidates.len(), 1, "{}", folder.key);
+            let fetched = source.fetch(folder, &scan.candidates).await.expect("fetch");
+            assert_eq!(fetched.messages.len(), 1, "{}", folder.key);
+        }
+    }
+
+    /// Issue 7, case 8: a folder whose name cannot be read is listed and
+    /// its scan fails with its name (item class), never skipped.
+    #[tokio::test]
+    async fn unreadable_folder_names_fail_their_scan() {
+        use std::os::unix::ffi::OsStrExt;
+        let temp = tempfile::tempdir().expect("temp dir");
+        let root = open_target(temp.path()).await.root().to_path_buf();
+        let latin1 = std::ffi::OsStr::from_bytes(b".Entw\xfcrfe");
+        fs::create_dir_all(root.join(latin1).join("cur")).expect("latin-1 folder");
+        dovecot_folder(&root, ".a..b", "1700000000.P1Q1.host");
+        let mut source = source(&root).await;
+        let folders = MailSource::folders(&mut source).await.expect("folders");
+        let keys: Vec<&str> = folders.iter().map(|folder| folder.key.as_str()).collect();
+        assert_eq!(keys, ["INBOX", ".Entw\u{fffd}rfe", ".a..b"]);
+        // Any connector on the Maildir tells, not only the one that listed.
+        let mut other = self::source(&root).await;
+        for folder in &folders[1..] {
+            let error = other.scan(folder, None).await.expect_err("unreadable");
+            assert_eq!(error.class, ErrorClass::Item);
+            assert!(error.message.contains(&folder.key), "{}", error.message);
+        }
+    }
+
+    /// Issue 7, case 8: a message file that cannot be read is refused with
+    /// why (item class), beside the messages that can be.
+    #[tokio::test]
+    async fn unreadable_message_files_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let temp = tempfile::tempdir().expect("temp dir");
+        let root = open_target(temp.path()).await.root().to_path_buf();
+        fs::write(
+            root.join("cur/1700000000.P1Q1.host:2,S"),
+            b"Subject: ok\n\n",
+        )
+        .expect("ok");
+        fs::create_dir(root.join("cur/1700000001.P1Q2.host:2,")).expect("a directory");
+        let unnamed = std::ffi::OsStr::from_bytes(b"1700000002.P1Q3.h\xf6st:2,");
+        fs::write(root.join("cur").join(unnamed), b"Subject: unnamed\n\n").expect("unnamed");
+        let mut source = source(&root).await;
+        let inbox = source_folder("INBOX");
+        let scan = source.scan(&inbox, None).await.expect("scan");
+        let items: Vec<&str> = scan
+            .candidates
+            .iter()
+            .map(|meta| meta.item.as_str())
+            .collect();
+        assert_eq!(
+            items,
+            ["1700000000.P1Q1.host", "1700000002.P1Q3.h\u{fffd}st:2,"]
+        );
+        // The directory that looks like a message is not one (as for
+        // Dovecot); a file turned unreadable after the scan is refused.
+        fs::remove_file(root.join("cur/1700000000.P1Q1.host:2,S")).expect("remove");
+        fs::create_dir(root.join("cur/1700000000.P1Q1.host:2,S")).expect("a directory now");
+        let fetched = source.fetch(&inbox, &scan.candidates).await.expect("fetch");
+        assert!(fetched.messages.is_empty());
+        assert!(fetched.gone.is_empty());
+        let refused: Vec<&str> = fetched
+            .refused
+            .iter()
+            .map(|(item, _)| item.as_str())
+            .collect();
+        assert_eq!(refused, items);
+        for (_, error) in &fetched.refused {
+            assert_eq!(error.class, ErrorClass::Item);
+            assert!(
+                error.message.starts_with("cannot read message file "),
+                "{}",
+                error.message
+            );
+        }
+    }
+
+    /// Issue 7, case 19: subscriptions come from and go to Dovecot's file.
+    #[tokio::test]
+    async fn subscriptions_are_dovecots_file() {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut target = open_target(temp.path()).await;
+        let prive = target
+            .ensure_folder(&path(&["Privé"]), None, None)
+            .await
+            .expect("folder");
+        let other = target
+            .ensure_folder(&path(&["Other"]), None, None)
+            .await
+            .expect("folder");
+        target.subscribe(&prive.name).await.expect("subscribe");
+        target.subscribe(INBOX_KEY).await.expect("subscribe inbox");
+        target.subscribe(&prive.name).await.expect("again");
+        assert_eq!(
+            fs::read_to_string(target.root().join("subscriptions")).expect("file"),
+            "V\t2\n\nPriv&AOk-\nINBOX\n"
+        );
+        let mut source = source(target.root()).await;
+        let subscribed: Vec<(String, bool)> = MailSource::folders(&mut source)
+            .await
+            .expect("folders")
+            .into_iter()
+            .map(|folder| (folder.key, folder.subscribed))
+            .collect();
+        assert_eq!(
+            subscribed,
+            [
+                ("INBOX".to_owned(), true),
+                (other.name, false),
+                (prive.name, true),
+            ]
         );
     }
 }
