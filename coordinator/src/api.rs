@@ -214,7 +214,7 @@ async fn create_wave(
             "name must be 1 to 200 characters, without control characters",
         ));
     }
-    let mut config = Config::from_toml_str(&body.config_toml)
+    let mut config = Config::from_remote_toml_str(&body.config_toml)
         .map_err(|e| ApiError::invalid(format!("config_toml: {e}")))?;
     config.migration.wave = Some(name.to_owned());
     let list = parse_mailbox_csv(body.mailboxes_csv.as_bytes())
