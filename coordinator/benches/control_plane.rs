@@ -146,7 +146,7 @@ async fn bench(n: usize, db: String, names: QueueNames) -> anyhow::Result<()> {
     }
     let config = format!(
         "[source]\nkind = \"imap\"\nhost = \"imap.old.example\"\nadmin_user = \"admin\"\n\
-         password_env = \"SOURCE_ADMIN_PASSWORD\"\n\
+         credential = \"source-admin\"\n\
          [target]\nkind = \"maildir\"\npath = \"/srv/mail/{{mailbox}}\"\n\
          [migration]\nmax_concurrent_mailboxes = {n}\n"
     );

@@ -17,7 +17,7 @@ use serde_json::Value;
 const TOKEN: &str = "cli-test-token-0123456789";
 
 const CONFIG: &str = "[source]\nkind = \"imap\"\nhost = \"imap.old.example\"\n\
-    admin_user = \"admin\"\npassword_env = \"SOURCE_ADMIN_PASSWORD\"\n\
+    admin_user = \"admin\"\ncredential = \"source-admin\"\n\
     [target]\nkind = \"maildir\"\npath = \"/srv/mail/{mailbox}\"\n\
     [migration]\nmax_concurrent_mailboxes = 2\nmax_attempts = 2\n";
 

@@ -171,7 +171,7 @@ impl Harness {
 fn config(max_concurrent: usize) -> String {
     format!(
         "[source]\nkind = \"imap\"\nhost = \"imap.old.example\"\nadmin_user = \"admin\"\n\
-         password_env = \"SOURCE_ADMIN_PASSWORD\"\n\
+         credential = \"source-admin\"\n\
          [target]\nkind = \"maildir\"\npath = \"/srv/mail/{{mailbox}}\"\n\
          [migration]\nmax_concurrent_mailboxes = {max_concurrent}\nmax_attempts = 2\n"
     )
@@ -223,8 +223,8 @@ async fn control_plane_flow(store: Arc<dyn Store>) {
     let wave = body["id"].as_i64().unwrap();
     let stored = h.store.wave(wave).await.unwrap();
     assert_eq!(
-        stored.config["source"]["password_env"], "SOURCE_ADMIN_PASSWORD",
-        "the secret's name is stored, never a secret"
+        stored.config["source"]["credential"], "source-admin",
+        "the credential's name is stored, never a secret"
     );
 
     let (status, body) = h
