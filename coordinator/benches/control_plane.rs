@@ -118,6 +118,12 @@ async fn bench(n: usize, db: String, names: QueueNames) -> anyhow::Result<()> {
         reaper_interval_secs: 60,
         lease_ttl_secs: 600,
         dispatch_interval_ms: 1000,
+        header_timeout_secs: 10,
+        request_timeout_secs: 60,
+        max_connections: 64,
+        max_body_bytes: 64 * 1024 * 1024,
+        tls_certificate_file: None,
+        tls_key_file: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}/api/v1", listener.local_addr()?);

@@ -47,6 +47,12 @@ impl Coordinator {
             reaper_interval_secs: 60,
             lease_ttl_secs: 60,
             dispatch_interval_ms: 50,
+            header_timeout_secs: 10,
+            request_timeout_secs: 60,
+            max_connections: 64,
+            max_body_bytes: 64 * 1024 * 1024,
+            tls_certificate_file: None,
+            tls_key_file: None,
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

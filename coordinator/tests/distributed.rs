@@ -570,6 +570,12 @@ async fn served_coordinator_dispatches_and_stops_on_shutdown() {
         lease_ttl_secs: 60,
         // Long: the command's wake-up, not the interval, must publish.
         dispatch_interval_ms: 3_600_000,
+        header_timeout_secs: 10,
+        request_timeout_secs: 60,
+        max_connections: 64,
+        max_body_bytes: 64 * 1024 * 1024,
+        tls_certificate_file: None,
+        tls_key_file: None,
     };
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
     let queue = Arc::new(RecordingQueue::default());
