@@ -111,7 +111,9 @@ async fn bench(n: usize, db: String, names: QueueNames) -> anyhow::Result<()> {
     let settings = CoordinatorSettings {
         listen: "127.0.0.1:0".parse()?,
         database_url: url.clone(),
+        database_ca_file: None,
         amqp_url: AMQP.into(),
+        amqp_ca_file: None,
         queue_prefix: String::new(),
         token_env: None,
         token_file: Some(token_file),

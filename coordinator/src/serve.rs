@@ -22,7 +22,7 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use mailwave_common::queue::{JobQueue, QueueNames, RabbitQueue};
+use mailwave_common::queue::{JobQueue, QueueNames, RabbitOptions, RabbitQueue};
 use mailwave_common::shutdown::shutdown_signal;
 use mailwave_common::store::{PostgresStore, Store};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -40,15 +40,23 @@ pub async fn serve(settings: CoordinatorSettings) -> anyhow::Result<()> {
     // A missing token or certificate is found before anything is connected.
     settings.token()?;
     tls_acceptor(&settings)?;
-    let store = PostgresStore::connect(&settings.database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let store = PostgresStore::connect_with_tls(
+        &settings.database_url,
+        PostgresStore::DEFAULT_POOL_SIZE,
+        settings.database_ca_file.as_deref(),
+    )
+    .await
+    .context("connecting to PostgreSQL")?;
     store.migrate().await.context("migrating the schema")?;
     let store: Arc<dyn Store> = Arc::new(store);
     let queue: Arc<dyn JobQueue> = Arc::new(
-        RabbitQueue::connect(
+        RabbitQueue::connect_with(
             &settings.amqp_url,
             QueueNames::with_prefix(&settings.queue_prefix),
+            RabbitOptions {
+                ca_file: settings.amqp_ca_file.clone(),
+                ..RabbitOptions::default()
+            },
         )
         .await
         .context("connecting to RabbitMQ")?,

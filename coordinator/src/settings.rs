@@ -18,10 +18,16 @@ pub struct CoordinatorSettings {
     /// Address of the HTTP API.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// PostgreSQL, e.g. `postgres://mailwave@db/mailwave?sslmode=require`.
+    /// PostgreSQL, e.g. `postgres://mailwave@db/mailwave`: verified TLS
+    /// unless the host is this machine (or `sslmode=disable`).
     pub database_url: String,
-    /// RabbitMQ, e.g. `amqp://mailwave:…@mq:5672/%2f`.
+    /// Extra trusted roots (PEM) for PostgreSQL's certificate, e.g. a private CA.
+    pub database_ca_file: Option<PathBuf>,
+    /// RabbitMQ, e.g. `amqps://mailwave:…@mq:5671/%2f` (`amqp://` only on
+    /// this machine).
     pub amqp_url: String,
+    /// Extra trusted roots (PEM) for RabbitMQ's certificate.
+    pub amqp_ca_file: Option<PathBuf>,
     /// Prefix of the queue names (`<prefix>.jobs`, …): one per deployment.
     #[serde(default = "default_queue_prefix")]
     pub queue_prefix: String,

@@ -40,7 +40,9 @@ impl Coordinator {
         let settings = CoordinatorSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: String::new(),
+            database_ca_file: None,
             amqp_url: String::new(),
+            amqp_ca_file: None,
             queue_prefix: "cli-test".into(),
             token_env: None,
             token_file: Some(token_file),

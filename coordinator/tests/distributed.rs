@@ -562,7 +562,9 @@ async fn served_coordinator_dispatches_and_stops_on_shutdown() {
     let settings = CoordinatorSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: String::new(),
+        database_ca_file: None,
         amqp_url: String::new(),
+        amqp_ca_file: None,
         queue_prefix: "test".into(),
         token_env: None,
         token_file: Some(token_file),

@@ -156,7 +156,9 @@ impl Served {
         let mut settings = CoordinatorSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: String::new(),
+            database_ca_file: None,
             amqp_url: String::new(),
+            amqp_ca_file: None,
             queue_prefix: "security-test".into(),
             token_env: None,
             token_file: Some(token_file),

@@ -40,7 +40,9 @@ use std::time::Duration;
 use anyhow::Context;
 use mailwave_common::config::{Config, NamedCredential, load_credentials, load_section};
 use mailwave_common::model::{Job, MailboxState, PassStats};
-use mailwave_common::queue::{Delivery, JobQueue, QueueError, QueueNames, RabbitQueue};
+use mailwave_common::queue::{
+    Delivery, JobQueue, QueueError, QueueNames, RabbitOptions, RabbitQueue,
+};
 use mailwave_common::shutdown::shutdown_signal;
 use mailwave_common::store::{PassOutcome, PostgresStore, Store, StoreError};
 use mailwave_common::{Classify, ErrorClass};
@@ -57,10 +59,15 @@ use crate::job::{EndpointCredentialsOnly, JobOutcome, WorkerContext, run_job};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// PostgreSQL, the coordinator's database.
+    /// PostgreSQL, the coordinator's database (verified TLS unless on this
+    /// machine or `sslmode=disable`).
     pub database_url: String,
-    /// RabbitMQ, the coordinator's broker.
+    /// Extra trusted roots (PEM) for PostgreSQL's certificate.
+    pub database_ca_file: Option<PathBuf>,
+    /// RabbitMQ, the coordinator's broker (`amqp://` only on this machine).
     pub amqp_url: String,
+    /// Extra trusted roots (PEM) for RabbitMQ's certificate.
+    pub amqp_ca_file: Option<PathBuf>,
     /// Prefix of the queue names; the coordinator's.
     #[serde(default = "default_queue_prefix")]
     pub queue_prefix: String,
@@ -181,14 +188,22 @@ impl WorkerSettings {
 
 /// Connects to PostgreSQL and RabbitMQ and serves jobs until SIGTERM/SIGINT.
 pub async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
-    let store = PostgresStore::connect(&settings.database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let store = PostgresStore::connect_with_tls(
+        &settings.database_url,
+        PostgresStore::DEFAULT_POOL_SIZE,
+        settings.database_ca_file.as_deref(),
+    )
+    .await
+    .context("connecting to PostgreSQL")?;
     let store: Arc<dyn Store> = Arc::new(store);
     let queue: Arc<dyn JobQueue> = Arc::new(
-        RabbitQueue::connect(
+        RabbitQueue::connect_with(
             &settings.amqp_url,
             QueueNames::with_prefix(&settings.queue_prefix),
+            RabbitOptions {
+                ca_file: settings.amqp_ca_file.clone(),
+                ..RabbitOptions::default()
+            },
         )
         .await
         .context("connecting to RabbitMQ")?,
