@@ -897,7 +897,8 @@ impl EndpointConfig {
                 ("ca_file", imap.ca_file.is_some()),
             ]
             .into_iter()
-            .filter_map(|(key, present)| present.then(|| key.to_owned()))
+            .filter(|(_, present)| *present)
+            .map(|(key, _)| key.to_owned())
             .chain(imap.oauth2.iter().flat_map(oauth2_keys))
             .collect(),
             EndpointConfig::Graph(graph) => oauth2_keys(&graph.oauth2),
