@@ -1,7 +1,15 @@
 //! Configuration: a TOML file, every key overridable by an environment
 //! variable `MAILWAVE__SECTION__KEY` (e.g. `MAILWAVE__SOURCE__HOST`).
-//! Secrets are never literal: they are named by `*_env` or `*_file` keys.
+//! Secrets are never literal: they are named by `*_env` or `*_file` keys,
+//! or by a `credential = "NAME"` referring to a `[credentials.NAME]` table.
+//!
+//! Two kinds of configuration text: a local file (`mailwave run`, the
+//! operator's own), which may name commands, files and environment
+//! variables, and a wave sent through the API
+//! ([`Config::from_remote_toml_str`]), which may not: there credentials are
+//! names only, resolved by each worker from its own settings.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +24,162 @@ pub struct Config {
     pub migration: MigrationConfig,
     #[serde(default)]
     pub folders: FolderFilter,
+    /// Named credentials of a local file (`[credentials.NAME]`), bound into
+    /// the endpoints that refer to them when the file is loaded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, NamedCredential>,
+}
+
+/// `[credentials.NAME]`: where one secret is found, on the machine that
+/// uses it. An endpoint refers to it with `credential = "NAME"`: an IMAP
+/// endpoint for its password (`password_*`) or its XOAUTH2 access token
+/// (`token_*`), an `oauth2` table for its client secret (`client_secret_*`)
+/// or certificate (`certificate_file` with `private_key_file`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedCredential {
+    /// The hosts the secret may be sent to (the IMAP server, the identity
+    /// platform, Graph). Required in a worker's settings, where the wave
+    /// (and so the host) comes from the API; optional in a local file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub token_command: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    pub certificate_file: Option<PathBuf>,
+    pub private_key_file: Option<PathBuf>,
+}
+
+/// What an endpoint uses a named credential for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CredentialUse {
+    Password,
+    AccessToken,
+    ClientSecret,
+}
+
+impl CredentialUse {
+    fn keys(self) -> &'static str {
+        match self {
+            CredentialUse::Password => "password_env or password_file",
+            CredentialUse::AccessToken => "token_file or token_command",
+            CredentialUse::ClientSecret => {
+                "client_secret_env, client_secret_file, or certificate_file with private_key_file"
+            }
+        }
+    }
+}
+
+impl NamedCredential {
+    /// The keys given, by name.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("password_env", self.password_env.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("token_file", self.token_file.is_some()),
+            ("token_command", self.token_command.is_some()),
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            ("certificate_file", self.certificate_file.is_some()),
+            ("private_key_file", self.private_key_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, present)| present.then_some(key))
+        .collect()
+    }
+
+    /// Checks that the credential holds exactly one secret of the kind
+    /// `usage` needs.
+    fn check_use(&self, name: &str, usage: CredentialUse) -> Result<(), ConfigError> {
+        let given = self.given();
+        let fits = match usage {
+            CredentialUse::Password => given == ["password_env"] || given == ["password_file"],
+            CredentialUse::AccessToken => given == ["token_file"] || given == ["token_command"],
+            CredentialUse::ClientSecret => {
+                given == ["client_secret_env"]
+                    || given == ["client_secret_file"]
+                    || given == ["certificate_file", "private_key_file"]
+            }
+        };
+        if fits {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "credentials.{name}: used here it must hold exactly {} (it holds {})",
+            usage.keys(),
+            if given.is_empty() {
+                "none".to_owned()
+            } else {
+                given.join(", ")
+            }
+        )))
+    }
+
+    /// Checks that every host in `hosts` is one this credential may be sent
+    /// to; with `require_hosts` an empty list allows none.
+    fn check_hosts(
+        &self,
+        name: &str,
+        hosts: &[String],
+        require_hosts: bool,
+    ) -> Result<(), ConfigError> {
+        if self.hosts.is_empty() && !require_hosts {
+            return Ok(());
+        }
+        let refused = hosts.iter().find(|host| {
+            !self
+                .hosts
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(host))
+        });
+        match refused {
+            None => Ok(()),
+            Some(host) => Err(ConfigError::Invalid(format!(
+                "credentials.{name} may not be sent to {host}: it is not in the credential's hosts ({})",
+                if self.hosts.is_empty() {
+                    "none given".to_owned()
+                } else {
+                    self.hosts.join(", ")
+                }
+            ))),
+        }
+    }
+}
+
+/// Where named credentials come from and how strict their binding is.
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialSource<'a> {
+    pub credentials: &'a BTreeMap<String, NamedCredential>,
+    /// Each credential must list the hosts it may be sent to (a worker's
+    /// settings: the endpoints come from the API).
+    pub require_hosts: bool,
+    /// Where the tables are, for messages (e.g. "the worker's settings").
+    pub defined_in: &'a str,
+}
+
+impl CredentialSource<'_> {
+    /// The credential `name`, checked for `usage` and for being sent to
+    /// `hosts`.
+    fn get(
+        &self,
+        side: &str,
+        name: &str,
+        usage: CredentialUse,
+        hosts: &[String],
+    ) -> Result<&NamedCredential, ConfigError> {
+        let Some(named) = self.credentials.get(name) else {
+            return Err(ConfigError::Invalid(format!(
+                "{side}: credential {name:?} is not defined (no [credentials.{name}] in {})",
+                self.defined_in
+            )));
+        };
+        named.check_use(name, usage)?;
+        named.check_hosts(name, hosts, self.require_hosts)?;
+        Ok(named)
+    }
 }
 
 /// A mail system that mailboxes are read from or written to.
@@ -49,6 +213,10 @@ pub struct ImapEndpoint {
     /// Login name for `impersonation = "template"`, e.g. `"{mailbox}*{admin}"`
     /// (Dovecot master users).
     pub login_template: Option<String>,
+    /// The password, or with `auth = "xoauth2"` and no `oauth2` table the
+    /// access token: the name of a `[credentials.NAME]` table (of the local
+    /// file, or of each worker's settings in distributed mode).
+    pub credential: Option<String>,
     /// The password (of the admin, or shared by all mailboxes when the CSV has
     /// no per-user passwords): name of an environment variable…
     pub password_env: Option<String>,
@@ -87,6 +255,9 @@ pub struct OAuth2ClientCredentials {
     pub tenant: String,
     /// The app registration's application (client) id.
     pub client_id: String,
+    /// The client secret or certificate: the name of a `[credentials.NAME]`
+    /// table (of the local file, or of each worker's settings).
+    pub credential: Option<String>,
     /// The client secret: name of an environment variable holding it…
     pub client_secret_env: Option<String>,
     /// …or a file holding it.
@@ -196,15 +367,53 @@ impl OAuth2ClientCredentials {
             return invalid("certificate_file and private_key_file go together".into());
         }
         let credentials = [
+            self.credential.is_some(),
             self.client_secret_env.is_some(),
             self.client_secret_file.is_some(),
             self.certificate_file.is_some(),
         ];
         if credentials.iter().filter(|given| **given).count() != 1 {
             return invalid(
-                "give exactly one of client_secret_env, client_secret_file, or certificate_file with private_key_file".into(),
+                "give exactly one of credential, client_secret_env, client_secret_file, or certificate_file with private_key_file".into(),
             );
         }
+        Ok(())
+    }
+
+    /// Keys naming files or environment variables, given.
+    fn local_only_keys(&self) -> Vec<&'static str> {
+        [
+            ("client_secret_env", self.client_secret_env.is_some()),
+            ("client_secret_file", self.client_secret_file.is_some()),
+            ("certificate_file", self.certificate_file.is_some()),
+            ("private_key_file", self.private_key_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, present)| present.then_some(key))
+        .collect()
+    }
+
+    /// Replaces `credential = "NAME"` by the secret's location.
+    fn bind_credential(
+        &mut self,
+        side: &str,
+        from: CredentialSource<'_>,
+        hosts: &[String],
+    ) -> Result<(), ConfigError> {
+        let Some(name) = self.credential.take() else {
+            return Ok(());
+        };
+        if !self.local_only_keys().is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{side}.oauth2: credential and {} exclude each other",
+                self.local_only_keys().join(", ")
+            )));
+        }
+        let named = from.get(side, &name, CredentialUse::ClientSecret, hosts)?;
+        self.client_secret_env = named.client_secret_env.clone();
+        self.client_secret_file = named.client_secret_file.clone();
+        self.certificate_file = named.certificate_file.clone();
+        self.private_key_file = named.private_key_file.clone();
         Ok(())
     }
 }
@@ -212,17 +421,30 @@ impl OAuth2ClientCredentials {
 /// Whether `url` is a plain-HTTP URL of this machine (`localhost`,
 /// `127.x.x.x`, `[::1]`), where no secret crosses a network.
 fn is_loopback_http(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
+    url.starts_with("http://") && url_host(url).is_some_and(is_loopback_host)
+}
+
+/// The host of an `http://` or `https://` URL, without brackets or port;
+/// `None` for other schemes and for URLs with user information.
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
-        return false;
+        return None;
     }
     let host = match authority.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
         None => authority.split(':').next().unwrap_or_default(),
     };
+    Some(host)
+}
+
+/// Whether `host` (a name or an address, IPv6 without brackets) is this
+/// machine: `localhost`, `127.x.x.x` or `::1`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
@@ -476,20 +698,80 @@ impl Config {
         Config::load_with_env(path, None)
     }
 
-    /// Parses a configuration given as TOML text (a wave's configuration
-    /// sent to the coordinator), without environment overrides: the text is
-    /// the whole configuration.
+    /// Parses a local configuration given as TOML text, without
+    /// environment overrides: the text is the whole configuration.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = config::Config::builder()
+        let mut config = Config::parse_toml_str(text)?;
+        config.bind_own_credentials("this configuration")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a wave's configuration sent to the coordinator: it may not
+    /// name a command, a file or an environment variable, nor define
+    /// credentials; its endpoints refer to credentials by name only, and
+    /// each worker resolves them from its own settings.
+    pub fn from_remote_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse_toml_str(text)?;
+        config.refuse_local_only_keys()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses a configuration that names a command, a file or an
+    /// environment variable, or defines credentials: what only the
+    /// operator's own local file may do.
+    pub fn refuse_local_only_keys(&self) -> Result<(), ConfigError> {
+        let mut keys: Vec<String> = Vec::new();
+        for (side, endpoint) in [("source", &self.source), ("target", &self.target)] {
+            keys.extend(
+                endpoint
+                    .local_only_keys()
+                    .into_iter()
+                    .map(|key| format!("{side}.{key}")),
+            );
+        }
+        if !self.credentials.is_empty() {
+            keys.push("credentials".into());
+        }
+        if keys.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid(format!(
+            "{} not accepted in a wave for the coordinator: it may not name commands, files or \
+             environment variables; refer to credentials by name (credential = \"NAME\") and \
+             define [credentials.NAME] in each worker's settings",
+            keys.join(", ")
+        )))
+    }
+
+    /// Replaces every `credential = "NAME"` of the endpoints by the
+    /// location of the secret it names in `from`.
+    pub fn bind_credentials(&mut self, from: CredentialSource<'_>) -> Result<(), ConfigError> {
+        self.source.bind_credentials("source", from)?;
+        self.target.bind_credentials("target", from)
+    }
+
+    /// Binds the endpoints' credentials to this configuration's own
+    /// `[credentials.NAME]` tables (a local file), then drops the tables.
+    fn bind_own_credentials(&mut self, defined_in: &str) -> Result<(), ConfigError> {
+        let credentials = std::mem::take(&mut self.credentials);
+        self.bind_credentials(CredentialSource {
+            credentials: &credentials,
+            require_hosts: false,
+            defined_in,
+        })
+    }
+
+    fn parse_toml_str(text: &str) -> Result<Config, ConfigError> {
+        config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|source| ConfigError::Load {
                 path: PathBuf::from("<text>"),
                 source,
-            })?;
-        config.validate()?;
-        Ok(config)
+            })
     }
 
     /// [`Config::load`] with the environment given as a map (`None`: the
@@ -502,7 +784,7 @@ impl Config {
             path: path.to_owned(),
             source,
         };
-        let config: Config = config::Config::builder()
+        let mut config: Config = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("MAILWAVE")
@@ -517,6 +799,7 @@ impl Config {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(load_error)?;
+        config.bind_own_credentials(&format!("{}", path.display()))?;
         config.validate()?;
         Ok(config)
     }
@@ -552,9 +835,14 @@ impl Config {
             let EndpointConfig::Imap(imap) = endpoint else {
                 continue;
             };
-            if imap.password_env.is_some() && imap.password_file.is_some() {
+            let passwords = [
+                imap.credential.is_some() && imap.auth != AuthMechanism::Xoauth2,
+                imap.password_env.is_some(),
+                imap.password_file.is_some(),
+            ];
+            if passwords.iter().filter(|given| **given).count() > 1 {
                 return Err(ConfigError::Invalid(format!(
-                    "{side}: give password_env or password_file, not both"
+                    "{side}: give one of credential, password_env and password_file"
                 )));
             }
             if imap.admin_user.is_some()
@@ -572,6 +860,74 @@ impl Config {
 }
 
 impl EndpointConfig {
+    /// The hosts this endpoint sends credentials to: the IMAP server or
+    /// Graph, and the identity platform of its `oauth2` table.
+    pub fn credential_hosts(&self) -> Vec<String> {
+        let authority = |oauth2: &OAuth2ClientCredentials| {
+            url_host(&oauth2.authority).unwrap_or_default().to_owned()
+        };
+        match self {
+            EndpointConfig::Imap(imap) => std::iter::once(imap.host.clone())
+                .chain(imap.oauth2.as_ref().map(authority))
+                .collect(),
+            EndpointConfig::Graph(graph) => vec![
+                url_host(&graph.graph_url).unwrap_or_default().to_owned(),
+                authority(&graph.oauth2),
+            ],
+            EndpointConfig::Maildir(_) => Vec::new(),
+        }
+    }
+
+    /// The keys of this endpoint that name a command, a file or an
+    /// environment variable, e.g. `oauth2.client_secret_file`.
+    fn local_only_keys(&self) -> Vec<String> {
+        let oauth2_keys = |oauth2: &OAuth2ClientCredentials| {
+            oauth2
+                .local_only_keys()
+                .into_iter()
+                .map(|key| format!("oauth2.{key}"))
+                .collect::<Vec<_>>()
+        };
+        match self {
+            EndpointConfig::Imap(imap) => [
+                ("password_env", imap.password_env.is_some()),
+                ("password_file", imap.password_file.is_some()),
+                ("oauth2_token_file", imap.oauth2_token_file.is_some()),
+                ("oauth2_token_command", imap.oauth2_token_command.is_some()),
+                ("ca_file", imap.ca_file.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, present)| *present)
+            .map(|(key, _)| key.to_owned())
+            .chain(imap.oauth2.iter().flat_map(oauth2_keys))
+            .collect(),
+            EndpointConfig::Graph(graph) => oauth2_keys(&graph.oauth2),
+            // Its path is checked by each worker against its roots.
+            EndpointConfig::Maildir(_) => Vec::new(),
+        }
+    }
+
+    /// Replaces every `credential = "NAME"` of this endpoint by the
+    /// secret's location from `from`.
+    fn bind_credentials(
+        &mut self,
+        side: &str,
+        from: CredentialSource<'_>,
+    ) -> Result<(), ConfigError> {
+        let hosts = self.credential_hosts();
+        match self {
+            EndpointConfig::Imap(imap) => {
+                imap.bind_credential(side, from, &hosts)?;
+                match &mut imap.oauth2 {
+                    Some(oauth2) => oauth2.bind_credential(side, from, &hosts),
+                    None => Ok(()),
+                }
+            }
+            EndpointConfig::Graph(graph) => graph.oauth2.bind_credential(side, from, &hosts),
+            EndpointConfig::Maildir(_) => Ok(()),
+        }
+    }
+
     /// The server (or Maildir tree) this endpoint reaches, e.g.
     /// `imap://mail.example.com:993`: waves with the same source and target
     /// servers share one budget of mailboxes in flight.
@@ -597,10 +953,52 @@ impl ImapEndpoint {
         })
     }
 
-    /// With `auth = "xoauth2"`, exactly one of `oauth2_token_file`,
-    /// `oauth2_token_command` and `[{side}.oauth2]`; none otherwise.
+    /// Replaces `credential = "NAME"` by the location of the password, or
+    /// with `auth = "xoauth2"` of the access token.
+    fn bind_credential(
+        &mut self,
+        side: &str,
+        from: CredentialSource<'_>,
+        hosts: &[String],
+    ) -> Result<(), ConfigError> {
+        let Some(name) = self.credential.take() else {
+            return Ok(());
+        };
+        let inline: Vec<String> = EndpointConfig::Imap(self.clone())
+            .local_only_keys()
+            .into_iter()
+            .filter(|key| key != "ca_file" && !key.starts_with("oauth2."))
+            .collect();
+        if !inline.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{side}: credential and {} exclude each other",
+                inline.join(", ")
+            )));
+        }
+        if self.auth == AuthMechanism::Xoauth2 {
+            if self.oauth2.is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{side}: with a [{side}.oauth2] table, give its credential there"
+                )));
+            }
+            let named = from.get(side, &name, CredentialUse::AccessToken, hosts)?;
+            self.oauth2_token_file = named.token_file.clone();
+            self.oauth2_token_command = named.token_command.clone();
+        } else {
+            let named = from.get(side, &name, CredentialUse::Password, hosts)?;
+            self.password_env = named.password_env.clone();
+            self.password_file = named.password_file.clone();
+        }
+        Ok(())
+    }
+
+    /// With `auth = "xoauth2"`, exactly one of `credential`,
+    /// `oauth2_token_file`, `oauth2_token_command` and `[{side}.oauth2]`;
+    /// none of the last three otherwise.
     fn validate_token_source(&self, side: &str) -> Result<(), ConfigError> {
+        let xoauth2 = self.auth == AuthMechanism::Xoauth2;
         let given: Vec<&str> = [
+            ("credential", xoauth2 && self.credential.is_some()),
             ("oauth2_token_file", self.oauth2_token_file.is_some()),
             ("oauth2_token_command", self.oauth2_token_command.is_some()),
             ("oauth2", self.oauth2.is_some()),
@@ -624,7 +1022,7 @@ impl ImapEndpoint {
                 given.join(" and ")
             };
             return Err(ConfigError::Invalid(format!(
-                "{side}: auth = \"xoauth2\" needs exactly one token source: oauth2_token_file, oauth2_token_command or a [{side}.oauth2] table (found {found})"
+                "{side}: auth = \"xoauth2\" needs exactly one token source: credential, oauth2_token_file, oauth2_token_command or a [{side}.oauth2] table (found {found})"
             )));
         }
         match &self.oauth2 {
@@ -680,6 +1078,21 @@ pub fn load_section<T: serde::de::DeserializeOwned>(
             path: path.to_owned(),
             source,
         })
+}
+
+/// Reads the `[credentials.NAME]` tables of a settings file (none when it
+/// has none), with the overrides `MAILWAVE__CREDENTIALS__NAME__KEY`.
+pub fn load_credentials(
+    path: &Path,
+    env: Option<std::collections::HashMap<String, String>>,
+) -> Result<BTreeMap<String, NamedCredential>, ConfigError> {
+    match load_section(path, "credentials", env) {
+        Err(ConfigError::Load {
+            source: config::ConfigError::NotFound(_),
+            ..
+        }) => Ok(BTreeMap::new()),
+        loaded => loaded,
+    }
 }
 
 /// Reads a secret from a file, without its trailing newline.
@@ -904,10 +1317,10 @@ max_concurrent_mailboxes = 5
         );
         assert!(table("client_secret_env = \"S\"\nauthority = \"http://[::1]:80/\"\n").is_ok());
         let refused = [
-            ("", "exactly one of client_secret_env"),
+            ("", "exactly one of credential, client_secret_env"),
             (
                 "client_secret_env = \"S\"\nclient_secret_file = \"f\"\n",
-                "exactly one of client_secret_env",
+                "exactly one of credential, client_secret_env",
             ),
             ("certificate_file = \"c.pem\"\n", "go together"),
             (
@@ -930,6 +1343,176 @@ max_concurrent_mailboxes = 5
         .unwrap_err()
         .to_string();
         assert!(error.contains("target.oauth2: tenant"), "{error}");
+    }
+
+    const IMAP_SOURCE: &str =
+        "[source]\nkind = \"imap\"\nhost = \"old.example.org\"\nadmin_user = \"admin\"\n";
+    const MAILDIR_TARGET: &str = "[target]\nkind = \"maildir\"\npath = \"/srv/mail/{mailbox}\"\n";
+
+    #[test]
+    fn a_remote_wave_names_no_command_file_or_environment_variable() {
+        let oauth2 = "[target.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\n";
+        let xoauth2 =
+            "[target]\nkind = \"imap\"\nhost = \"outlook.office365.com\"\nauth = \"xoauth2\"\n";
+        let graph = "[target]\nkind = \"graph\"\n";
+        let graph_source = "[source]\nkind = \"graph\"\n[source.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\ncredential = \"app\"\n";
+        let refused: Vec<(String, &str)> = vec![
+            (
+                format!("{IMAP_SOURCE}password_env = \"PW\"\n{MAILDIR_TARGET}"),
+                "source.password_env",
+            ),
+            (
+                format!("{IMAP_SOURCE}password_file = \"/etc/shadow\"\n{MAILDIR_TARGET}"),
+                "source.password_file",
+            ),
+            (
+                format!("{IMAP_SOURCE}credential = \"c\"\nca_file = \"/ca.pem\"\n{MAILDIR_TARGET}"),
+                "source.ca_file",
+            ),
+            (
+                format!("{MAILDIR_SOURCE}{xoauth2}oauth2_token_command = \"id > /tmp/owned\"\n"),
+                "target.oauth2_token_command",
+            ),
+            (
+                format!("{MAILDIR_SOURCE}{xoauth2}oauth2_token_file = \"/root/token\"\n"),
+                "target.oauth2_token_file",
+            ),
+            (
+                format!("{MAILDIR_SOURCE}{xoauth2}{oauth2}client_secret_env = \"S\"\n"),
+                "target.oauth2.client_secret_env",
+            ),
+            (
+                format!("{MAILDIR_SOURCE}{xoauth2}{oauth2}client_secret_file = \"/s\"\n"),
+                "target.oauth2.client_secret_file",
+            ),
+            (
+                format!(
+                    "{MAILDIR_SOURCE}{xoauth2}{oauth2}certificate_file = \"/c\"\nprivate_key_file = \"/k\"\n"
+                ),
+                "target.oauth2.certificate_file, target.oauth2.private_key_file",
+            ),
+            (
+                format!("{graph_source}{graph}{oauth2}client_secret_file = \"/s\"\n"),
+                "target.oauth2.client_secret_file",
+            ),
+            (
+                format!(
+                    "{IMAP_SOURCE}credential = \"c\"\n{MAILDIR_TARGET}[credentials.c]\npassword_env = \"PW\"\n"
+                ),
+                "credentials",
+            ),
+        ];
+        for (text, key) in refused {
+            let error = Config::from_remote_toml_str(&text).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("{key} not accepted")),
+                "{key}: {error}"
+            );
+            assert!(error.contains("credential = \"NAME\""), "{error}");
+        }
+        let named = Config::from_remote_toml_str(&format!(
+            "{IMAP_SOURCE}credential = \"src-admin\"\n{MAILDIR_SOURCE_FREE}",
+            MAILDIR_SOURCE_FREE = MAILDIR_TARGET
+        ))
+        .unwrap();
+        let EndpointConfig::Imap(source) = &named.source else {
+            panic!("source is imap")
+        };
+        assert_eq!(source.credential.as_deref(), Some("src-admin"));
+        assert!(source.password_env.is_none() && source.password_file.is_none());
+    }
+
+    #[test]
+    fn a_local_file_binds_its_named_credentials() {
+        let config = Config::from_toml_str(&format!(
+            "{IMAP_SOURCE}credential = \"src-admin\"\n{MAILDIR_TARGET}\
+             [credentials.src-admin]\npassword_env = \"SRC_PW\"\n"
+        ))
+        .unwrap();
+        let EndpointConfig::Imap(source) = &config.source else {
+            panic!("source is imap")
+        };
+        assert_eq!(source.password_env.as_deref(), Some("SRC_PW"));
+        assert!(source.credential.is_none());
+        assert!(config.credentials.is_empty());
+
+        let error = Config::from_toml_str(&format!(
+            "{IMAP_SOURCE}credential = \"nope\"\n{MAILDIR_TARGET}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("credential \"nope\" is not defined"),
+            "{error}"
+        );
+        let error = Config::from_toml_str(&format!(
+            "{IMAP_SOURCE}credential = \"t\"\n{MAILDIR_TARGET}[credentials.t]\ntoken_command = \"x\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("password_env or password_file"), "{error}");
+        let error = Config::from_toml_str(&format!(
+            "{IMAP_SOURCE}credential = \"c\"\npassword_env = \"X\"\n{MAILDIR_TARGET}[credentials.c]\npassword_env = \"Y\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("exclude each other"), "{error}");
+    }
+
+    #[test]
+    fn a_credential_goes_only_to_its_hosts_when_they_are_required() {
+        let named: BTreeMap<String, NamedCredential> = [(
+            "src-admin".to_owned(),
+            NamedCredential {
+                hosts: vec!["old.example.org".into()],
+                password_file: Some("/run/secrets/src".into()),
+                ..NamedCredential::default()
+            },
+        )]
+        .into_iter()
+        .collect();
+        let from = CredentialSource {
+            credentials: &named,
+            require_hosts: true,
+            defined_in: "the worker's settings",
+        };
+        let wave = |host: &str| {
+            Config::from_remote_toml_str(&format!(
+                "[source]\nkind = \"imap\"\nhost = \"{host}\"\nadmin_user = \"a\"\ncredential = \"src-admin\"\n{MAILDIR_TARGET}"
+            ))
+            .unwrap()
+        };
+        let mut config = wave("OLD.example.org");
+        config.bind_credentials(from).unwrap();
+        let EndpointConfig::Imap(source) = &config.source else {
+            panic!("source is imap")
+        };
+        assert_eq!(
+            source.password_file.as_deref(),
+            Some(Path::new("/run/secrets/src"))
+        );
+        let error = wave("evil.example")
+            .bind_credentials(from)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("may not be sent to evil.example"), "{error}");
+        let unrestricted: BTreeMap<String, NamedCredential> = [(
+            "src-admin".to_owned(),
+            NamedCredential {
+                password_env: Some("PW".into()),
+                ..NamedCredential::default()
+            },
+        )]
+        .into_iter()
+        .collect();
+        let error = wave("old.example.org")
+            .bind_credentials(CredentialSource {
+                credentials: &unrestricted,
+                ..from
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("none given"), "{error}");
     }
 
     #[test]

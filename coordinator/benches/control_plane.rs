@@ -111,13 +111,21 @@ async fn bench(n: usize, db: String, names: QueueNames) -> anyhow::Result<()> {
     let settings = CoordinatorSettings {
         listen: "127.0.0.1:0".parse()?,
         database_url: url.clone(),
+        database_ca_file: None,
         amqp_url: AMQP.into(),
+        amqp_ca_file: None,
         queue_prefix: String::new(),
         token_env: None,
         token_file: Some(token_file),
         reaper_interval_secs: 60,
         lease_ttl_secs: 600,
         dispatch_interval_ms: 1000,
+        header_timeout_secs: 10,
+        request_timeout_secs: 60,
+        max_connections: 64,
+        max_body_bytes: 64 * 1024 * 1024,
+        tls_certificate_file: None,
+        tls_key_file: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}/api/v1", listener.local_addr()?);
@@ -146,7 +154,7 @@ async fn bench(n: usize, db: String, names: QueueNames) -> anyhow::Result<()> {
     }
     let config = format!(
         "[source]\nkind = \"imap\"\nhost = \"imap.old.example\"\nadmin_user = \"admin\"\n\
-         password_env = \"SOURCE_ADMIN_PASSWORD\"\n\
+         credential = \"source-admin\"\n\
          [target]\nkind = \"maildir\"\npath = \"/srv/mail/{{mailbox}}\"\n\
          [migration]\nmax_concurrent_mailboxes = {n}\n"
     );

@@ -5,12 +5,15 @@
 //! | code | status | when |
 //! | --- | --- | --- |
 //! | `unauthorized` | 401 | no or wrong `Authorization: Bearer …` |
-//! | `invalid_request` | 400 | malformed JSON, configuration or CSV |
+//! | `invalid_request` | 400 | malformed JSON, configuration or CSV; a configuration naming a command, file or environment variable |
 //! | `not_found` | 404 | no such wave or route |
+//! | `request_timeout` | 408 | the request took longer than `request_timeout_secs` |
+//! | `payload_too_large` | 413 | the body is larger than `max_body_bytes` |
 //! | `conflict` | 409 | wave name taken; transition not allowed from the wave's state |
 //! | `unavailable` | 503 (500 for a store inconsistency) | the store failed |
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -29,8 +32,11 @@ use tokio::sync::Notify;
 
 use crate::dispatcher::wave_migration;
 
-/// Largest request body: a CSV of 100,000 mailboxes is about 6 MB.
+/// Largest request body by default: a CSV of 100,000 mailboxes is about 6 MB.
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
+
+/// How long a request may take by default, its body included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Failed mailboxes listed in a wave's status at most.
 const ERRORS_SHOWN: usize = 100;
@@ -43,6 +49,8 @@ pub struct ApiState {
     /// Notified after start, resume, sync and complete: the dispatcher
     /// publishes at once instead of at its next round.
     pub wake: Arc<Notify>,
+    body_limit: usize,
+    request_timeout: Duration,
 }
 
 impl ApiState {
@@ -51,6 +59,17 @@ impl ApiState {
             store,
             token: token.into(),
             wake,
+            body_limit: BODY_LIMIT,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The largest body and the longest time a request may take.
+    pub fn with_limits(self, body_limit: usize, request_timeout: Duration) -> ApiState {
+        ApiState {
+            body_limit,
+            request_timeout,
+            ..self
         }
     }
 }
@@ -69,8 +88,26 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), time_limit))
         .with_state(state)
+}
+
+/// Answers 408 when the request (reading its body included) takes longer
+/// than the state's request timeout.
+async fn time_limit(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request took longer than {} s",
+                state.request_timeout.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// An error as the API answers it.
@@ -118,6 +155,13 @@ impl From<StoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is too large ({})", rejection.body_text()),
+            );
+        }
         ApiError::invalid(rejection.body_text())
     }
 }
@@ -216,7 +260,7 @@ async fn create_wave(
             "name must be 1 to 200 characters, without control characters",
         ));
     }
-    let mut config = Config::from_toml_str(&body.config_toml)
+    let mut config = Config::from_remote_toml_str(&body.config_toml)
         .map_err(|e| ApiError::invalid(format!("config_toml: {e}")))?;
     config.migration.wave = Some(name.to_owned());
     let list = parse_mailbox_csv(body.mailboxes_csv.as_bytes())

@@ -8,6 +8,7 @@
 //! ([`Client::resolve`]).
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mailwave_common::model::{MailboxRecord, MailboxState, WaveId, WaveState};
@@ -78,10 +79,31 @@ pub struct Client {
     token: Option<String>,
 }
 
+/// How a [`Client`] reaches its coordinator.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Send the token over plain `http://` to a host that is not this
+    /// machine (where anyone on the path can read it).
+    pub insecure_http: bool,
+    /// Extra trusted roots (PEM) for an `https://` coordinator, e.g. a
+    /// private CA.
+    pub ca_file: Option<PathBuf>,
+}
+
 impl Client {
     /// A client of the coordinator at `server` (`http://` or `https://`),
     /// sending `token` as the bearer token.
     pub fn new(server: &str, token: Option<String>) -> ClientResult<Client> {
+        Client::with_options(server, token, &ClientOptions::default())
+    }
+
+    /// [`Client::new`] with `options`. A token is never sent over plain
+    /// `http://` to another machine unless `options.insecure_http`.
+    pub fn with_options(
+        server: &str,
+        token: Option<String>,
+        options: &ClientOptions,
+    ) -> ClientResult<Client> {
         let server = server.trim().trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&server)
             .map_err(|e| ClientError::Input(format!("--server {server:?}: {e}")))?;
@@ -90,10 +112,36 @@ impl Client {
                 "--server {server:?}: the URL must start with http:// or https://"
             )));
         }
-        let http = reqwest::Client::builder()
+        let loopback = url
+            .host_str()
+            .is_some_and(mailwave_common::config::is_loopback_host);
+        if url.scheme() == "http" && token.is_some() && !loopback && !options.insecure_http {
+            return Err(ClientError::Input(format!(
+                "--server {server:?}: refusing to send the API token over plain http:// to another \
+                 machine; use https:// (the coordinator's tls_certificate_file and tls_key_file), \
+                 or --insecure-http if the network is trusted"
+            )));
+        }
+        let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("mailwave/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("mailwave/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &options.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError::Input(format!("--ca-file {}: {e}", path.display())))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ClientError::Input(format!("--ca-file {}: {e}", path.display())))?;
+            if roots.is_empty() {
+                return Err(ClientError::Input(format!(
+                    "--ca-file {}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            for root in roots {
+                builder = builder.add_root_certificate(root);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Input(format!("cannot set up the HTTP client: {e}")))?;
         Ok(Client {

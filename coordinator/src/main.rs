@@ -44,6 +44,12 @@ struct WaveArgs {
     /// A file holding the API token (default: the MAILWAVE_TOKEN environment variable).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// Trust this CA (PEM) for an https:// coordinator.
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
+    /// Send the token over plain http:// to another machine (a trusted network only).
+    #[arg(long, global = true)]
+    insecure_http: bool,
     #[command(subcommand)]
     command: WaveCommand,
 }
@@ -211,10 +217,14 @@ async fn wave(args: WaveArgs) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
 
     use mailwave_coordinator::api::Command as Action;
-    use mailwave_coordinator::client::{self, Client};
+    use mailwave_coordinator::client::{self, Client, ClientOptions};
 
     let token = api_token(args.token_file.as_deref())?;
-    let client = Client::new(&args.server, Some(token))?;
+    let options = ClientOptions {
+        insecure_http: args.insecure_http,
+        ca_file: args.ca_file,
+    };
+    let client = Client::with_options(&args.server, Some(token), &options)?;
     let action = |wave: WaveRef, action: Action| (wave, action);
     let (wave, action) = match args.command {
         WaveCommand::Create {

@@ -18,10 +18,16 @@ pub struct CoordinatorSettings {
     /// Address of the HTTP API.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// PostgreSQL, e.g. `postgres://mailwave@db/mailwave?sslmode=require`.
+    /// PostgreSQL, e.g. `postgres://mailwave@db/mailwave`: verified TLS
+    /// unless the host is this machine (or `sslmode=disable`).
     pub database_url: String,
-    /// RabbitMQ, e.g. `amqp://mailwave:…@mq:5672/%2f`.
+    /// Extra trusted roots (PEM) for PostgreSQL's certificate, e.g. a private CA.
+    pub database_ca_file: Option<PathBuf>,
+    /// RabbitMQ, e.g. `amqps://mailwave:…@mq:5671/%2f` (`amqp://` only on
+    /// this machine).
     pub amqp_url: String,
+    /// Extra trusted roots (PEM) for RabbitMQ's certificate.
+    pub amqp_ca_file: Option<PathBuf>,
     /// Prefix of the queue names (`<prefix>.jobs`, …): one per deployment.
     #[serde(default = "default_queue_prefix")]
     pub queue_prefix: String,
@@ -40,6 +46,23 @@ pub struct CoordinatorSettings {
     /// How often the dispatcher publishes (it also runs at once after a command).
     #[serde(default = "default_dispatch_interval_ms")]
     pub dispatch_interval_ms: u64,
+    /// Seconds a client has to send a request's headers; also how long an
+    /// idle connection is kept open.
+    #[serde(default = "default_header_timeout_secs")]
+    pub header_timeout_secs: u64,
+    /// Seconds one request may take, its body included.
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// Connections served at once; more wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// The largest request body (a CSV of 100,000 mailboxes is about 6 MB).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// TLS for the API: the certificate chain (PEM)…
+    pub tls_certificate_file: Option<PathBuf>,
+    /// …and its private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -56,6 +79,18 @@ fn default_lease_ttl_secs() -> u64 {
 }
 fn default_dispatch_interval_ms() -> u64 {
     500
+}
+fn default_header_timeout_secs() -> u64 {
+    10
+}
+fn default_request_timeout_secs() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_body_bytes() -> usize {
+    64 * 1024 * 1024
 }
 
 impl CoordinatorSettings {
@@ -80,9 +115,20 @@ impl CoordinatorSettings {
         if settings.reaper_interval_secs == 0
             || settings.lease_ttl_secs == 0
             || settings.dispatch_interval_ms == 0
+            || settings.header_timeout_secs == 0
+            || settings.request_timeout_secs == 0
+            || settings.max_connections == 0
+            || settings.max_body_bytes == 0
         {
             anyhow::bail!(
-                "settings {}: reaper_interval_secs, lease_ttl_secs and dispatch_interval_ms must be positive",
+                "settings {}: reaper_interval_secs, lease_ttl_secs, dispatch_interval_ms, header_timeout_secs, \
+                 request_timeout_secs, max_connections and max_body_bytes must be positive",
+                path.display()
+            );
+        }
+        if settings.tls_certificate_file.is_some() != settings.tls_key_file.is_some() {
+            anyhow::bail!(
+                "settings {}: coordinator.tls_certificate_file and coordinator.tls_key_file go together",
                 path.display()
             );
         }
@@ -114,6 +160,14 @@ impl CoordinatorSettings {
 
     pub fn dispatch_interval(&self) -> Duration {
         Duration::from_millis(self.dispatch_interval_ms)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
     }
 }
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 const TOKEN: &str = "cli-test-token-0123456789";
 
 const CONFIG: &str = "[source]\nkind = \"imap\"\nhost = \"imap.old.example\"\n\
-    admin_user = \"admin\"\npassword_env = \"SOURCE_ADMIN_PASSWORD\"\n\
+    admin_user = \"admin\"\ncredential = \"source-admin\"\n\
     [target]\nkind = \"maildir\"\npath = \"/srv/mail/{mailbox}\"\n\
     [migration]\nmax_concurrent_mailboxes = 2\nmax_attempts = 2\n";
 
@@ -40,13 +40,21 @@ impl Coordinator {
         let settings = CoordinatorSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: String::new(),
+            database_ca_file: None,
             amqp_url: String::new(),
+            amqp_ca_file: None,
             queue_prefix: "cli-test".into(),
             token_env: None,
             token_file: Some(token_file),
             reaper_interval_secs: 60,
             lease_ttl_secs: 60,
             dispatch_interval_ms: 50,
+            header_timeout_secs: 10,
+            request_timeout_secs: 60,
+            max_connections: 64,
+            max_body_bytes: 64 * 1024 * 1024,
+            tls_certificate_file: None,
+            tls_key_file: None,
         };
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

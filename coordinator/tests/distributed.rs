@@ -182,7 +182,7 @@ impl Harness {
 fn config(max_concurrent: usize) -> String {
     format!(
         "[source]\nkind = \"imap\"\nhost = \"imap.old.example\"\nadmin_user = \"admin\"\n\
-         password_env = \"SOURCE_ADMIN_PASSWORD\"\n\
+         credential = \"source-admin\"\n\
          [target]\nkind = \"maildir\"\npath = \"/srv/mail/{{mailbox}}\"\n\
          [migration]\nmax_concurrent_mailboxes = {max_concurrent}\nmax_attempts = 2\n"
     )
@@ -234,8 +234,8 @@ async fn control_plane_flow(store: Arc<dyn Store>) {
     let wave = body["id"].as_i64().unwrap();
     let stored = h.store.wave(wave).await.unwrap();
     assert_eq!(
-        stored.config["source"]["password_env"], "SOURCE_ADMIN_PASSWORD",
-        "the secret's name is stored, never a secret"
+        stored.config["source"]["credential"], "source-admin",
+        "the credential's name is stored, never a secret"
     );
 
     let (status, body) = h
@@ -581,7 +581,9 @@ async fn served_coordinator_dispatches_and_stops_on_shutdown() {
     let settings = CoordinatorSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: String::new(),
+        database_ca_file: None,
         amqp_url: String::new(),
+        amqp_ca_file: None,
         queue_prefix: "test".into(),
         token_env: None,
         token_file: Some(token_file),
@@ -589,6 +591,12 @@ async fn served_coordinator_dispatches_and_stops_on_shutdown() {
         lease_ttl_secs: 60,
         // Long: the command's wake-up, not the interval, must publish.
         dispatch_interval_ms: 3_600_000,
+        header_timeout_secs: 10,
+        request_timeout_secs: 60,
+        max_connections: 64,
+        max_body_bytes: 64 * 1024 * 1024,
+        tls_certificate_file: None,
+        tls_key_file: None,
     };
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
     let queue = Arc::new(RecordingQueue::default());

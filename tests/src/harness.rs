@@ -31,12 +31,27 @@ pub fn binary(name: &str) -> PathBuf {
 /// The `[source]`/`[target]` body for a Dovecot server, logging in as its
 /// master user on behalf of each mailbox (`{mailbox}*{admin}`).
 pub fn dovecot_endpoint(server: &DovecotServer, password_file: &Path) -> String {
-    let (master, password) = server.master_credentials();
+    let password = server.master_credentials().1;
     std::fs::write(password_file, format!("{password}\n")).expect("write password file");
+    master_endpoint(
+        server,
+        "127.0.0.1",
+        &format!("password_file = \"{}\"", password_file.display()),
+    )
+}
+
+/// [`dovecot_endpoint`] for a wave sent to the coordinator: reached as
+/// `host`, the password named by `credential` (a `[credentials.NAME]` of
+/// the workers' settings).
+pub fn dovecot_named_endpoint(server: &DovecotServer, host: &str, credential: &str) -> String {
+    master_endpoint(server, host, &format!("credential = \"{credential}\""))
+}
+
+fn master_endpoint(server: &DovecotServer, host: &str, password: &str) -> String {
+    let master = server.master_credentials().0;
     format!(
-        "kind = \"imap\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nadmin_user = \"{master}\"\nimpersonation = \"template\"\nlogin_template = \"{{mailbox}}*{{admin}}\"\npassword_file = \"{}\"\ntimeout_secs = 60\n",
+        "kind = \"imap\"\nhost = \"{host}\"\nport = {}\ntls = \"none\"\nadmin_user = \"{master}\"\nimpersonation = \"template\"\nlogin_template = \"{{mailbox}}*{{admin}}\"\n{password}\ntimeout_secs = 60\n",
         server.port(),
-        password_file.display()
     )
 }
 

@@ -90,19 +90,64 @@ pub fn two_tenants(users: usize, per_folder: usize) -> EmulatorConfig {
 /// `secret_b`. The emulator serves Graph at its own address but, like the
 /// real service, issues tokens for Graph's scope only: the scope is set.
 pub fn endpoints(emu: &GraphEmulator, secret_a: &str, secret_b: &str) -> (String, String) {
-    let endpoint = |side: &str, tenant: &str, app: &str, secret_file: &str| {
-        format!(
-            "kind = \"graph\"\ngraph_url = \"{graph}\"\n\
-             [{side}.oauth2]\ntenant = \"{tenant}\"\nclient_id = \"{app}\"\n\
-             client_secret_file = \"{secret_file}\"\nauthority = \"{authority}\"\n\
-             scope = \"https://graph.microsoft.com/.default\"\n",
-            graph = emu.base_url(),
-            authority = emu.authority_url(),
-        )
-    };
     (
-        endpoint("source", TENANT_A, APP_A, secret_a),
-        endpoint("target", TENANT_B, APP_B, secret_b),
+        graph_endpoint(
+            emu,
+            "source",
+            TENANT_A,
+            APP_A,
+            &format!("client_secret_file = \"{secret_a}\""),
+        ),
+        graph_endpoint(
+            emu,
+            "target",
+            TENANT_B,
+            APP_B,
+            &format!("client_secret_file = \"{secret_b}\""),
+        ),
+    )
+}
+
+/// [`endpoints`] for a wave sent to the coordinator: the client secrets
+/// named by `credential_a` and `credential_b` (`[credentials.NAME]` of the
+/// workers' settings, for the emulator's host).
+pub fn named_endpoints(
+    emu: &GraphEmulator,
+    credential_a: &str,
+    credential_b: &str,
+) -> (String, String) {
+    (
+        graph_endpoint(
+            emu,
+            "source",
+            TENANT_A,
+            APP_A,
+            &format!("credential = \"{credential_a}\""),
+        ),
+        graph_endpoint(
+            emu,
+            "target",
+            TENANT_B,
+            APP_B,
+            &format!("credential = \"{credential_b}\""),
+        ),
+    )
+}
+
+fn graph_endpoint(
+    emu: &GraphEmulator,
+    side: &str,
+    tenant: &str,
+    app: &str,
+    secret: &str,
+) -> String {
+    format!(
+        "kind = \"graph\"\ngraph_url = \"{graph}\"\n\
+         [{side}.oauth2]\ntenant = \"{tenant}\"\nclient_id = \"{app}\"\n\
+         {secret}\nauthority = \"{authority}\"\n\
+         scope = \"https://graph.microsoft.com/.default\"\n",
+        graph = emu.base_url(),
+        authority = emu.authority_url(),
     )
 }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mailwave_tests::harness::{binary, dovecot_endpoint, folder_on};
+use mailwave_tests::harness::{binary, dovecot_named_endpoint, folder_on};
 use mailwave_tests::verify;
 use mailwave_tests::{CorpusSpec, DovecotOptions, DovecotServer, corpus};
 use serde_json::{Value, json};
@@ -196,7 +196,12 @@ impl Cluster {
                  queue_prefix = \"{prefix}\"\ntoken_file = \"{token}\"\nreaper_interval_secs = {reaper}\n\
                  lease_ttl_secs = {ttl}\ndispatch_interval_ms = 200\n\
                  [worker]\ndatabase_url = \"{db}\"\namqp_url = \"{AMQP_URL}\"\nqueue_prefix = \"{prefix}\"\n\
-                 lease_ttl_secs = {ttl}\nconcurrency = {concurrency}\nshutdown_grace_secs = {grace}\n",
+                 lease_ttl_secs = {ttl}\nconcurrency = {concurrency}\nshutdown_grace_secs = {grace}\n\
+                 [credentials.source-master]\nhosts = [\"127.0.0.1\"]\npassword_file = \"{dir}/source.pw\"\n\
+                 [credentials.target-master]\nhosts = [\"127.0.0.1\"]\npassword_file = \"{dir}/target.pw\"\n\
+                 [credentials.tenant-a]\nhosts = [\"127.0.0.1\"]\nclient_secret_file = \"{dir}/a.secret\"\n\
+                 [credentials.tenant-b]\nhosts = [\"127.0.0.1\"]\nclient_secret_file = \"{dir}/b.secret\"\n",
+                dir = dir.path().display(),
                 db = db.url(),
                 prefix = queues.prefix,
                 token = token.display(),
@@ -523,9 +528,14 @@ impl Cluster {
         self.coordinator = Some(coordinator);
     }
 
+    /// A wave of `source` to `target`; their master passwords are written
+    /// where the workers' named credentials say.
     fn config(&self, source: &DovecotServer, target: &DovecotServer, migration: &str) -> String {
-        let source_toml = dovecot_endpoint(source, &self.dir.path().join("source.pw"));
-        let target_toml = dovecot_endpoint(target, &self.dir.path().join("target.pw"));
+        for (server, file) in [(source, "source.pw"), (target, "target.pw")] {
+            std::fs::write(self.dir.path().join(file), server.master_credentials().1).unwrap();
+        }
+        let source_toml = dovecot_named_endpoint(source, "127.0.0.1", "source-master");
+        let target_toml = dovecot_named_endpoint(target, "127.0.0.1", "target-master");
         format!("[source]\n{source_toml}\n[target]\n{target_toml}\n[migration]\n{migration}\n")
     }
 }
@@ -1096,11 +1106,7 @@ async fn graph_tenant_to_tenant_survives_a_worker_killed_mid_mailbox() {
     let secret_b = cluster.dir.path().join("b.secret");
     std::fs::write(&secret_a, tenants::SECRET_A).unwrap();
     std::fs::write(&secret_b, tenants::SECRET_B).unwrap();
-    let (source, target) = tenants::endpoints(
-        &emu,
-        &secret_a.display().to_string(),
-        &secret_b.display().to_string(),
-    );
+    let (source, target) = tenants::named_endpoints(&emu, "tenant-a", "tenant-b");
     let config = format!(
         "[source]\n{source}\n[target]\n{target}\n\
          [migration]\nmax_concurrent_mailboxes = {users}\nbatch_messages = 5\n"

@@ -34,21 +34,24 @@
 //! of the engine cover an append interrupted by the process's exit exactly
 //! as they cover a crash.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use mailwave_common::config::{Config, load_section};
+use mailwave_common::config::{Config, NamedCredential, load_credentials, load_section};
 use mailwave_common::model::{Job, Lease, MailboxState, PassStats};
-use mailwave_common::queue::{Delivery, JobQueue, QueueError, QueueNames, RabbitQueue};
+use mailwave_common::queue::{
+    Delivery, JobQueue, QueueError, QueueNames, RabbitOptions, RabbitQueue,
+};
 use mailwave_common::shutdown::shutdown_signal;
 use mailwave_common::store::{PassOutcome, PostgresStore, Store, StoreError};
 use mailwave_common::{Classify, ErrorClass};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::credentials::WavePolicy;
 use crate::engine::{CopySettings, MemoryBudget, NoProgress};
 use crate::job::{EndpointCredentialsOnly, JobOutcome, WorkerContext, run_job};
 use crate::lease::LeaseKeeper;
@@ -59,10 +62,15 @@ use crate::lease::LeaseKeeper;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    /// PostgreSQL, the coordinator's database.
+    /// PostgreSQL, the coordinator's database (verified TLS unless on this
+    /// machine or `sslmode=disable`).
     pub database_url: String,
-    /// RabbitMQ, the coordinator's broker.
+    /// Extra trusted roots (PEM) for PostgreSQL's certificate.
+    pub database_ca_file: Option<PathBuf>,
+    /// RabbitMQ, the coordinator's broker (`amqp://` only on this machine).
     pub amqp_url: String,
+    /// Extra trusted roots (PEM) for RabbitMQ's certificate.
+    pub amqp_ca_file: Option<PathBuf>,
     /// Prefix of the queue names; the coordinator's.
     #[serde(default = "default_queue_prefix")]
     pub queue_prefix: String,
@@ -80,6 +88,15 @@ pub struct WorkerSettings {
     /// How long SIGTERM may take before the process exits.
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// Directories the Maildir endpoints of waves may be in (checked after
+    /// resolving `..` and symbolic links); none: no Maildir endpoints.
+    #[serde(default)]
+    pub maildir_roots: Vec<PathBuf>,
+    /// The `[credentials.NAME]` tables of the settings file (beside
+    /// `[worker]`), which waves refer to by name; each must list its
+    /// `hosts`.
+    #[serde(skip)]
+    pub credentials: BTreeMap<String, NamedCredential>,
 }
 
 fn default_queue_prefix() -> String {
@@ -110,7 +127,18 @@ impl WorkerSettings {
         path: &Path,
         env: Option<HashMap<String, String>>,
     ) -> anyhow::Result<WorkerSettings> {
-        let settings: WorkerSettings = load_section(path, "worker", env)?;
+        let mut settings: WorkerSettings = load_section(path, "worker", env.clone())?;
+        settings.credentials = load_credentials(path, env)?;
+        if let Some((name, _)) = settings
+            .credentials
+            .iter()
+            .find(|(_, credential)| credential.hosts.is_empty())
+        {
+            anyhow::bail!(
+                "settings {}: credentials.{name} must list the hosts it may be sent to (hosts = [\"imap.example.com\"])",
+                path.display()
+            );
+        }
         if settings.concurrency == 0
             || settings.lease_ttl_secs == 0
             || settings.memory_budget_bytes == 0
@@ -151,18 +179,34 @@ impl WorkerSettings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+
+    /// What this worker accepts of a wave's configuration.
+    pub fn wave_policy(&self) -> WavePolicy {
+        WavePolicy {
+            credentials: self.credentials.clone(),
+            maildir_roots: self.maildir_roots.clone(),
+        }
+    }
 }
 
 /// Connects to PostgreSQL and RabbitMQ and serves jobs until SIGTERM/SIGINT.
 pub async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
-    let store = PostgresStore::connect(&settings.database_url)
-        .await
-        .context("connecting to PostgreSQL")?;
+    let store = PostgresStore::connect_with_tls(
+        &settings.database_url,
+        PostgresStore::DEFAULT_POOL_SIZE,
+        settings.database_ca_file.as_deref(),
+    )
+    .await
+    .context("connecting to PostgreSQL")?;
     let store: Arc<dyn Store> = Arc::new(store);
     let queue: Arc<dyn JobQueue> = Arc::new(
-        RabbitQueue::connect(
+        RabbitQueue::connect_with(
             &settings.amqp_url,
             QueueNames::with_prefix(&settings.queue_prefix),
+            RabbitOptions {
+                ca_file: settings.amqp_ca_file.clone(),
+                ..RabbitOptions::default()
+            },
         )
         .await
         .context("connecting to RabbitMQ")?,
@@ -193,6 +237,8 @@ struct Worker {
     /// The leases of the jobs running now, by mailbox, for the hand-back
     /// when the grace time runs out.
     running: Mutex<HashMap<i64, Lease>>,
+    /// What this worker accepts of a wave's configuration.
+    wave_policy: WavePolicy,
 }
 
 /// Serves jobs from `queue` until `shutdown` completes, then stops as
@@ -210,6 +256,7 @@ pub async fn run(
         ttl: settings.lease_ttl(),
         jobs_stop: CancellationToken::new(),
         running: Mutex::new(HashMap::new()),
+        wave_policy: settings.wave_policy(),
     });
     tracing::info!(worker = %worker.id, concurrency = settings.concurrency, "worker serving");
     let consumers: Vec<_> = (0..settings.concurrency)
@@ -382,7 +429,10 @@ impl Worker {
         stop: &CancellationToken,
     ) -> Result<JobOutcome, StoreError> {
         let wave = self.store.wave(job.wave).await?;
-        let config: Config = match serde_json::from_value(wave.config) {
+        let prepared = serde_json::from_value::<Config>(wave.config)
+            .map_err(|error| error.to_string())
+            .and_then(|config| self.wave_policy.prepare(config));
+        let config = match prepared {
             Ok(config) => config,
             Err(error) => {
                 // Nothing any worker could do with it: the pass fails.
@@ -484,5 +534,44 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         assert!(WorkerSettings::load_with_env(&path, Some(env)).is_err());
+    }
+
+    #[test]
+    fn named_credentials_sit_beside_the_worker_table_and_list_their_hosts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        let worker = "[worker]\ndatabase_url = \"postgres://db/x\"\namqp_url = \"amqp://mq\"\n\
+                      maildir_roots = [\"/srv/mail\"]\n";
+        std::fs::write(
+            &path,
+            format!(
+                "{worker}[credentials.src-admin]\nhosts = [\"imap.old.example\"]\npassword_env = \"SRC_PW\"\n"
+            ),
+        )
+        .unwrap();
+        let settings = WorkerSettings::load_with_env(&path, Some(HashMap::new())).unwrap();
+        let policy = settings.wave_policy();
+        assert_eq!(policy.maildir_roots, [PathBuf::from("/srv/mail")]);
+        assert_eq!(
+            policy.credentials["src-admin"].password_env.as_deref(),
+            Some("SRC_PW")
+        );
+
+        std::fs::write(&path, worker).unwrap();
+        let settings = WorkerSettings::load_with_env(&path, Some(HashMap::new())).unwrap();
+        assert!(settings.credentials.is_empty());
+
+        std::fs::write(
+            &path,
+            format!("{worker}[credentials.anywhere]\npassword_env = \"SRC_PW\"\n"),
+        )
+        .unwrap();
+        let error = WorkerSettings::load_with_env(&path, Some(HashMap::new())).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("credentials.anywhere must list the hosts"),
+            "{error}"
+        );
     }
 }

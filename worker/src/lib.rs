@@ -3,6 +3,7 @@
 //! keep no state of their own — everything that must survive is in the store.
 
 pub mod connector;
+pub mod credentials;
 pub mod distributed;
 pub mod engine;
 pub mod job;

@@ -552,6 +552,7 @@ mod tests {
         OAuth2ClientCredentials {
             tenant: "contoso-tenant".into(),
             client_id: "app-a".into(),
+            credential: None,
             client_secret_env: Some("UNUSED".into()),
             client_secret_file: None,
             certificate_file: None,

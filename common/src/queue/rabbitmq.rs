@@ -37,6 +37,7 @@
 //! before the loss can no longer be settled: their `ack` and `requeue` fail
 //! (callers log it), and the broker redelivers those jobs.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,9 @@ pub struct RabbitOptions {
     /// The longest pause between two reconnection attempts, before a random
     /// jitter of up to as much again.
     pub max_reconnect_delay: Duration,
+    /// Extra trusted roots (PEM) for `amqps://`, e.g. a private CA; the
+    /// public web roots are always trusted.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RabbitOptions {
@@ -99,8 +103,46 @@ impl Default for RabbitOptions {
             delivery_limit: 5,
             publish_timeout: Duration::from_secs(30),
             max_reconnect_delay: Duration::from_secs(30),
+            ca_file: None,
         }
     }
+}
+
+/// The TLS of a connection to the broker at `url`: `amqps://` is TLS
+/// verified against the public web roots and `ca_file`; plain `amqp://` is
+/// refused for a host that is not this machine. Decided before connecting.
+fn broker_tls(url: &str, ca_file: Option<&Path>) -> Result<lapin::tcp::OwnedTLSConfig, QueueError> {
+    let refused =
+        |reason: String| QueueError::Unavailable(format!("RabbitMQ at {}: {reason}", redact(url)));
+    let uri: lapin::uri::AMQPUri = url.parse().map_err(|e: String| refused(e))?;
+    if uri.scheme == lapin::uri::AMQPScheme::AMQP
+        && !crate::config::is_loopback_host(&uri.authority.host)
+    {
+        return Err(refused(format!(
+            "refusing plain-text AMQP to {} (not this machine): the broker's password and the jobs \
+             would cross the network unencrypted; use amqps:// (verified TLS, with amqp_ca_file for a \
+             private CA)",
+            uri.authority.host
+        )));
+    }
+    let cert_chain = match ca_file {
+        None => None,
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| refused(format!("amqp_ca_file {}: {e}", path.display())))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(refused(format!(
+                    "amqp_ca_file {}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            Some(pem)
+        }
+    };
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    })
 }
 
 /// A [`JobQueue`] on RabbitMQ, surviving connection losses.
@@ -113,6 +155,7 @@ struct Shared {
     url: String,
     names: QueueNames,
     options: RabbitOptions,
+    tls: lapin::tcp::OwnedTLSConfig,
     /// The working connection; `None` while the supervisor reconnects.
     link: watch::Sender<Option<Arc<Link>>>,
 }
@@ -133,15 +176,16 @@ impl RabbitQueue {
         RabbitQueue::connect_with(url, names, RabbitOptions::default()).await
     }
 
-    /// Connects to the broker at `url` (`amqp://user:password@host:port/vhost`)
-    /// and declares the topology. Fails if the broker cannot be reached now;
-    /// later losses are recovered from.
+    /// Connects to the broker at `url` (`amqps://user:password@host:port/vhost`;
+    /// `amqp://` only on loopback) and declares the topology. Fails if the
+    /// broker cannot be reached now; later losses are recovered from.
     pub async fn connect_with(
         url: &str,
         names: QueueNames,
         options: RabbitOptions,
     ) -> Result<RabbitQueue, QueueError> {
-        let link = Link::open(url, &names, &options)
+        let tls = broker_tls(url, options.ca_file.as_deref())?;
+        let link = Link::open(url, &names, &options, &tls)
             .await
             .map_err(|e| QueueError::Unavailable(format!("RabbitMQ at {}: {e}", redact(url))))?;
         let link = Arc::new(link);
@@ -150,6 +194,7 @@ impl RabbitQueue {
             url: url.to_owned(),
             names,
             options,
+            tls,
             link: sender,
         });
         let supervisor = tokio::spawn(supervise(Arc::clone(&shared), link));
@@ -319,10 +364,17 @@ fn confirmed(confirmation: Confirmation, on_returned: impl FnOnce()) -> Result<(
 
 impl Link {
     /// Connects, declares the topology and opens the channels.
-    async fn open(url: &str, names: &QueueNames, options: &RabbitOptions) -> lapin::Result<Link> {
+    async fn open(
+        url: &str,
+        names: &QueueNames,
+        options: &RabbitOptions,
+        tls: &lapin::tcp::OwnedTLSConfig,
+    ) -> lapin::Result<Link> {
         let properties =
             ConnectionProperties::default().with_connection_name(names.jobs.clone().into());
-        let connection = Connection::connect(url, properties).await?;
+        let runtime = lapin::runtime::default_runtime()?;
+        let connection =
+            Connection::connect_with_config(url, properties, tls.clone(), runtime).await?;
         let publisher = connection.create_channel().await?;
         declare_topology(&publisher, names, options).await?;
         publisher
@@ -473,7 +525,7 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
             delays = backoff.build();
         }
         link = loop {
-            match Link::open(&shared.url, &shared.names, &shared.options).await {
+            match Link::open(&shared.url, &shared.names, &shared.options, &shared.tls).await {
                 Ok(link) => break Arc::new(link),
                 Err(error) => {
                     let delay = delays.next().unwrap_or(max_delay);
@@ -945,6 +997,51 @@ mod tests {
             assert!(take_within(&queue, Duration::from_secs(1)).await.is_none());
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn plain_amqp_to_another_host_is_refused_before_connecting() {
+        // TEST-NET-1 is never contacted: the refusal comes first, at once.
+        let started = Instant::now();
+        let error = RabbitQueue::connect("amqp://mailwave:pw@192.0.2.7:5672/%2f", unique_names())
+            .await
+            .err()
+            .expect("plain AMQP to another host is refused");
+        let message = error.to_string();
+        assert!(
+            message.contains("refusing plain-text AMQP to 192.0.2.7"),
+            "{message}"
+        );
+        assert!(message.contains("amqps://"), "{message}");
+        assert!(
+            !message.contains(":pw@"),
+            "the password is shown: {message}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "it tried to connect"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        for (ca_file, expected) in [
+            (dir.path().join("missing.pem"), "amqp_ca_file"),
+            (not_pem, "no PEM certificate"),
+        ] {
+            let options = RabbitOptions {
+                ca_file: Some(ca_file),
+                ..RabbitOptions::default()
+            };
+            let error =
+                RabbitQueue::connect_with("amqps://192.0.2.7:5671/%2f", unique_names(), options)
+                    .await
+                    .err()
+                    .expect("a bad ca_file is an error");
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        // On loopback, plain AMQP stays allowed (the local broker).
+        assert!(broker_tls("amqp://guest:guest@127.0.0.1:5672/%2f", None).is_ok());
     }
 
     #[tokio::test]

@@ -38,6 +38,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,15 +119,24 @@ impl PostgresStore {
         PostgresStore::connect_with_pool_size(url, Self::DEFAULT_POOL_SIZE).await
     }
 
-    /// Connects to the database at `url`
-    /// (`postgres://user:password@host:port/database?sslmode=require`) with a
-    /// pool of at most `pool_size` connections, and checks that a connection
-    /// can be opened. TLS (rustls, Mozilla's roots) when the URL says
-    /// `sslmode=require`; no TLS otherwise. Leaves the schema alone: see
-    /// [`PostgresStore::migrate`].
+    /// [`PostgresStore::connect_with_tls`] without a CA file of its own.
     pub async fn connect_with_pool_size(
         url: &str,
         pool_size: usize,
+    ) -> Result<PostgresStore, StoreError> {
+        PostgresStore::connect_with_tls(url, pool_size, None).await
+    }
+
+    /// Connects to the database at `url`
+    /// (`postgres://user:password@host:port/database`) with a pool of at
+    /// most `pool_size` connections, and checks that a connection can be
+    /// opened. TLS, verified against Mozilla's roots and `ca_file`, is
+    /// required for a host that is not this machine (see [`transport`]).
+    /// Leaves the schema alone: see [`PostgresStore::migrate`].
+    pub async fn connect_with_tls(
+        url: &str,
+        pool_size: usize,
+        ca_file: Option<&Path>,
     ) -> Result<PostgresStore, StoreError> {
         if pool_size == 0 {
             return Err(StoreError::Corrupt(
@@ -135,6 +145,7 @@ impl PostgresStore {
         }
         let mut config = Config::from_str(url)
             .map_err(|e| StoreError::Corrupt(format!("PostgreSQL URL: {}", error_chain(&e))))?;
+        let tls = transport(&mut config, url, ca_file)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -147,10 +158,9 @@ impl PostgresStore {
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         };
-        let manager = if matches!(config.get_ssl_mode(), SslMode::Require) {
-            Manager::from_config(config, tls_connector()?, manager_config)
-        } else {
-            Manager::from_config(config, NoTls, manager_config)
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, NoTls, manager_config),
         };
         let pool = Pool::builder(manager)
             .max_size(pool_size)
@@ -214,15 +224,72 @@ impl PostgresStore {
     }
 }
 
-/// rustls with ring and Mozilla's roots, as the IMAP connector uses.
-fn tls_connector() -> Result<MakeRustlsConnect, StoreError> {
+/// How the store reaches the server of `config`, decided before
+/// connecting: `Some` verified TLS (required: `config`'s mode is set to
+/// `require`), `None` plain text. Plain text only with `sslmode=disable`,
+/// or for this machine (`localhost`, 127.x.x.x, ::1, a Unix socket) unless
+/// TLS is asked for (`sslmode=require` or a `ca_file`). An explicit
+/// `sslmode=prefer` (TLS when the server offers it, else plain text) for
+/// another machine is refused.
+fn transport(
+    config: &mut Config,
+    url: &str,
+    ca_file: Option<&Path>,
+) -> Result<Option<MakeRustlsConnect>, StoreError> {
+    let local = config.get_hosts().iter().all(|host| match host {
+        tokio_postgres::config::Host::Tcp(name) => crate::config::is_loopback_host(name),
+        tokio_postgres::config::Host::Unix(_) => true,
+    }) && config
+        .get_hostaddrs()
+        .iter()
+        .all(|address| address.is_loopback());
+    let mode = config.get_ssl_mode();
+    if mode == SslMode::Disable {
+        return Ok(None);
+    }
+    if mode == SslMode::Prefer && url.contains("sslmode=prefer") && !local {
+        return Err(StoreError::Corrupt(
+            "PostgreSQL URL: sslmode=prefer falls back to plain text for a host that is not this \
+             machine; leave sslmode out (verified TLS is the default), or say sslmode=disable"
+                .into(),
+        ));
+    }
+    if mode == SslMode::Prefer && local && ca_file.is_none() {
+        return Ok(None);
+    }
+    config.ssl_mode(SslMode::Require);
+    tls_connector(ca_file).map(Some)
+}
+
+/// rustls with ring, Mozilla's roots and those of `ca_file`, as the IMAP
+/// connector uses.
+fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let bad = |reason: String| {
+            StoreError::Corrupt(format!("PostgreSQL ca_file {}: {reason}", path.display()))
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certificates = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certificates.is_empty() {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        for certificate in certificates {
+            roots.add(certificate).map_err(|e| bad(e.to_string()))?;
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| StoreError::Corrupt(format!("TLS configuration: {e}")))?
-        .with_root_certificates(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        })
+        .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
@@ -1504,15 +1571,121 @@ mod tests {
     #[tokio::test]
     async fn sslmode_require_negotiates_tls() {
         with_database(|url| async move {
-            // The local server's certificate is self-signed: rustls refuses
-            // it, which shows TLS was negotiated rather than skipped.
-            let error = PostgresStore::connect(&format!("{url}?sslmode=require"))
+            let (admin, connection) = tokio_postgres::connect(ADMIN, NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let show = |name: &'static str| {
+                let admin = &admin;
+                async move {
+                    let row = admin.query_one(&format!("SHOW {name}"), &[]).await.unwrap();
+                    row.get::<_, String>(0)
+                }
+            };
+            assert_eq!(
+                show("ssl").await,
+                "on",
+                "the local PostgreSQL has ssl = off: this test cannot show TLS being negotiated; \
+                 turn it on (ssl = on with ssl_cert_file and ssl_key_file, as Debian's snakeoil \
+                 certificate for localhost provides) and run it again"
+            );
+            let certificate = std::path::PathBuf::from(show("ssl_cert_file").await);
+            // The certificate names localhost; the connection goes to 127.0.0.1.
+            let url = url.replace("@127.0.0.1:", "@localhost:") + "?hostaddr=127.0.0.1";
+
+            // Not trusted: the handshake fails on the certificate, which a
+            // server without TLS could never make it do.
+            let error = PostgresStore::connect(&format!("{url}&sslmode=require"))
                 .await
                 .err()
                 .expect("the local server's certificate is not trusted");
-            assert!(error.to_string().contains("TLS"), "{error}");
+            assert!(error.to_string().contains("certificate"), "{error}");
+
+            // Trusted through ca_file: connected, and the server says the
+            // session is encrypted.
+            let store = PostgresStore::connect_with_tls(
+                &format!("{url}&sslmode=require"),
+                1,
+                Some(&certificate),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("with {} trusted: {e}", certificate.display()));
+            let client = store.client().await.unwrap();
+            let encrypted: bool = client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert!(encrypted, "the session is not encrypted");
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn another_host_gets_verified_tls_or_is_refused_before_connecting() {
+        let mode_for = |url: &str| {
+            let mut config = Config::from_str(url).unwrap();
+            transport(&mut config, url, None).map(|tls| (tls.is_some(), config.get_ssl_mode()))
+        };
+        // TEST-NET-1 addresses and example names: decided, never contacted.
+        assert_eq!(
+            mode_for("postgres://u@192.0.2.5/db").unwrap(),
+            (true, SslMode::Require)
+        );
+        assert_eq!(
+            mode_for("postgres://u@db.example/db").unwrap(),
+            (true, SslMode::Require)
+        );
+        assert_eq!(
+            mode_for("postgres://u@localhost/db?hostaddr=192.0.2.5").unwrap(),
+            (true, SslMode::Require)
+        );
+        assert_eq!(
+            mode_for("postgres://u@192.0.2.5/db?sslmode=disable").unwrap(),
+            (false, SslMode::Disable)
+        );
+        assert_eq!(
+            mode_for("postgres://u@127.0.0.1/db").unwrap(),
+            (false, SslMode::Prefer)
+        );
+        assert_eq!(
+            mode_for("host=/run/postgresql dbname=db").unwrap(),
+            (false, SslMode::Prefer)
+        );
+
+        let started = std::time::Instant::now();
+        let error = PostgresStore::connect("postgres://u@192.0.2.5/db?sslmode=prefer")
+            .await
+            .err()
+            .expect("sslmode=prefer to another host is refused");
+        assert!(
+            error
+                .to_string()
+                .contains("sslmode=prefer falls back to plain text"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "it tried to connect"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        for (ca_file, expected) in [
+            (dir.path().join("missing.pem"), "No such file"),
+            (not_pem, "no PEM certificate"),
+        ] {
+            let error =
+                PostgresStore::connect_with_tls("postgres://u@192.0.2.5/db", 1, Some(&ca_file))
+                    .await
+                    .err()
+                    .expect("a bad ca_file is an error");
+            let message = error.to_string();
+            assert!(message.contains("PostgreSQL ca_file"), "{message}");
+            assert!(message.contains(expected), "{message}");
+        }
     }
 
     #[tokio::test]

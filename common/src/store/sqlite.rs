@@ -42,8 +42,22 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the store file and brings its schema up to date.
+    /// Opens (or creates, readable by its owner only: mode 0600) the store
+    /// file and brings its schema up to date.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+
+        let unavailable =
+            |e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", path.display()));
+        // Created here, not by SQLite, which would follow the umask. Its
+        // `-wal` and `-shm` files take the main file's mode.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(unavailable)?;
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         SqliteStore::setup(conn)
@@ -1120,5 +1134,22 @@ mod tests {
         };
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.ensure_wave("w").await.unwrap(), wave);
+    }
+
+    #[tokio::test]
+    async fn the_state_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.ensure_wave("w").await.unwrap();
+        for file in ["state.db", "state.db-wal", "state.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}: mode {:o}", mode & 0o777);
+        }
     }
 }

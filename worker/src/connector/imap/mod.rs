@@ -153,7 +153,7 @@ async fn authenticate(
             .map_err(|e| ConnectorError::mailbox(e.to_string()))?
             .ok_or_else(|| {
                 ConnectorError::mailbox(format!(
-                    "no password for {what}: set password_env or password_file, or a password column in the CSV"
+                    "no password for {what}: set credential, password_env or password_file, or a password column in the CSV"
                 ))
             })
     };
