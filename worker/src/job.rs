@@ -18,7 +18,7 @@ use crate::connector::graph::{GraphExportSource, GraphImportTarget};
 use crate::connector::maildir::Maildir;
 use crate::connector::{ConnectorError, MailSource, MailTarget, imap};
 use crate::engine::{CopySettings, MailboxConnector, MailboxPass, MemoryBudget, ProgressSink};
-use crate::throttle::{self, MailboxThrottle, ThrottleSettings};
+use crate::throttle::{self, MailboxThrottle, ThrottleSettings, WaitLimits};
 
 /// Where a worker finds per-mailbox passwords (never in the job, never in
 /// the state store).
@@ -96,6 +96,7 @@ pub async fn run_job(
         Arc::clone(&ctx.config),
         mailbox.clone(),
         ctx.credentials.secrets(&mailbox),
+        WaitLimits::new(&ctx.config.migration, stop.clone()),
     );
     let pass = MailboxPass {
         store: ctx.store.as_ref(),
@@ -172,14 +173,22 @@ pub struct EndpointConnector {
     config: Arc<Config>,
     mailbox: MailboxRecord,
     secrets: MailboxSecrets,
+    /// What bounds every wait of the connectors' schedulers.
+    waits: WaitLimits,
 }
 
 impl EndpointConnector {
-    pub fn new(config: Arc<Config>, mailbox: MailboxRecord, secrets: MailboxSecrets) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        mailbox: MailboxRecord,
+        secrets: MailboxSecrets,
+        waits: WaitLimits,
+    ) -> Self {
         EndpointConnector {
             config,
             mailbox,
             secrets,
+            waits,
         }
     }
 }
@@ -200,7 +209,7 @@ impl EndpointConnector {
             latency_factor: f64::INFINITY,
             upload_rate: None,
         })
-        .mailbox(login)
+        .mailbox(login, self.waits.clone())
     }
 }
 
@@ -221,12 +230,12 @@ impl MailboxConnector for EndpointConnector {
             // What an Exchange item is on the way depends on the target:
             // Exchange's opaque export stream for Exchange, MIME otherwise.
             EndpointConfig::Graph(endpoint) => match &self.config.target {
-                EndpointConfig::Graph(_) => {
-                    Ok(Box::new(GraphExportSource::open(endpoint, login).await?))
-                }
-                EndpointConfig::Imap(_) | EndpointConfig::Maildir(_) => {
-                    Ok(Box::new(GraphMimeSource::open(endpoint, login)?))
-                }
+                EndpointConfig::Graph(_) => Ok(Box::new(
+                    GraphExportSource::open(endpoint, login, &self.waits).await?,
+                )),
+                EndpointConfig::Imap(_) | EndpointConfig::Maildir(_) => Ok(Box::new(
+                    GraphMimeSource::open(endpoint, login, &self.waits)?,
+                )),
             },
         }
     }
@@ -243,9 +252,9 @@ impl MailboxConnector for EndpointConnector {
                 let throttle = self.imap_throttle(&self.config.target, login);
                 Ok(Box::new(imap::ImapTarget::new(session, throttle)))
             }
-            EndpointConfig::Graph(endpoint) => {
-                Ok(Box::new(GraphImportTarget::open(endpoint, login).await?))
-            }
+            EndpointConfig::Graph(endpoint) => Ok(Box::new(
+                GraphImportTarget::open(endpoint, login, &self.waits).await?,
+            )),
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::connector::ConnectorError;
 use crate::oauth::TokenCache;
-use crate::throttle::{MailboxThrottle, next_backoff};
+use crate::throttle::{MailboxThrottle, WaitError, next_backoff};
 
 /// Attempts of one request before its failure reaches the engine (which
 /// then retries the whole mailbox from its checkpoints).
@@ -66,6 +66,16 @@ impl Classify for GraphError {
 
     fn retry_after(&self) -> Option<Duration> {
         self.retry_after
+    }
+}
+
+impl From<WaitError> for GraphError {
+    fn from(error: WaitError) -> Self {
+        let class = match error {
+            WaitError::Stopped => ErrorClass::Transient,
+            WaitError::HintTooLong { .. } => ErrorClass::Mailbox,
+        };
+        GraphError::local(class, error.to_string())
     }
 }
 
@@ -178,7 +188,9 @@ impl GraphClient {
     /// Sends one request, retrying throttled and transient failures (the
     /// whole mailbox waits out a throttle), and refreshing a refused token
     /// once. A successful answer is read by `decode`; an answer it refuses
-    /// counts as a transient failure.
+    /// counts as a transient failure. A throttle whose hint is over the
+    /// limit fails the mailbox at once, quoting the server; a stop ends
+    /// every wait (see [`crate::throttle::WaitLimits`]).
     async fn send<T>(
         &self,
         method: Method,
@@ -205,7 +217,7 @@ impl GraphClient {
             let permit = match &payload {
                 Some(bytes) if upload => self.throttle.acquire_upload(bytes.len() as u64).await,
                 _ => self.throttle.acquire().await,
-            };
+            }?;
             let mut request = self
                 .http
                 .request(method.clone(), &url)
@@ -252,7 +264,10 @@ impl GraphClient {
                 continue;
             }
             let wait = match error.class {
-                ErrorClass::Throttled => permit.throttled(error.retry_after),
+                ErrorClass::Throttled => match permit.throttled(error.retry_after) {
+                    Ok(wait) => wait,
+                    Err(over) => return Err(over.quoting(&error).into()),
+                },
                 ErrorClass::Transient => {
                     permit.failed(ErrorClass::Transient);
                     next_backoff(attempt - 1, BASE_BACKOFF, MAX_BACKOFF)
@@ -266,7 +281,7 @@ impl GraphClient {
                 return Err(error);
             }
             tracing::debug!(%error, ?wait, attempt, "Graph request retried");
-            tokio::time::sleep(wait).await;
+            self.throttle.sleep(wait).await?;
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::connector::{
     ConnectorError, Fetched, FolderPath, FolderScan, IMAP_DATE, ItemMeta, MailSource, Message,
     SourceFolder,
 };
+use crate::throttle::WaitLimits;
 
 /// What message delta lists of each message.
 const DELTA_SELECT: &str = "id,isRead,flag,receivedDateTime";
@@ -53,10 +54,15 @@ pub struct GraphMimeSource {
 }
 
 impl GraphMimeSource {
-    /// Opens `user`'s mailbox on `endpoint` for reading as MIME.
-    pub fn open(endpoint: &GraphEndpoint, user: &str) -> Result<Self, ConnectorError> {
+    /// Opens `user`'s mailbox on `endpoint` for reading as MIME, its waits
+    /// bounded by `limits`.
+    pub fn open(
+        endpoint: &GraphEndpoint,
+        user: &str,
+        limits: &WaitLimits,
+    ) -> Result<Self, ConnectorError> {
         Ok(GraphMimeSource {
-            client: mailbox_client(endpoint, user)?,
+            client: mailbox_client(endpoint, user, limits)?,
             root: format!("/users/{}", encode(user)),
             user: user.to_owned(),
             concurrency: endpoint.max_concurrent_requests.max(1),

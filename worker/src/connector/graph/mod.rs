@@ -73,7 +73,7 @@ use crate::connector::{
     ItemMeta, MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder,
     TargetItem,
 };
-use crate::throttle::{self, EndpointThrottle, ThrottleSettings};
+use crate::throttle::{self, EndpointThrottle, ThrottleSettings, WaitLimits};
 
 /// Most item ids `exportItems` takes at once.
 const EXPORT_BATCH: usize = 20;
@@ -101,9 +101,14 @@ fn endpoint_throttle(endpoint: &GraphEndpoint) -> EndpointThrottle {
 }
 
 /// A client for `user`'s mailbox on `endpoint`, its requests scheduled by
-/// the mailbox's share of the endpoint's throttle.
-fn mailbox_client(endpoint: &GraphEndpoint, user: &str) -> Result<GraphClient, ConnectorError> {
-    let throttle = endpoint_throttle(endpoint).mailbox(user);
+/// the mailbox's share of the endpoint's throttle, its waits bounded by
+/// `limits`.
+fn mailbox_client(
+    endpoint: &GraphEndpoint,
+    user: &str,
+    limits: &WaitLimits,
+) -> Result<GraphClient, ConnectorError> {
+    let throttle = endpoint_throttle(endpoint).mailbox(user, limits.clone());
     GraphClient::new(&endpoint.api_url(), endpoint.credentials(), throttle)
 }
 
@@ -116,8 +121,12 @@ struct GraphMailbox {
 }
 
 impl GraphMailbox {
-    async fn open(endpoint: &GraphEndpoint, user: &str) -> Result<GraphMailbox, ConnectorError> {
-        let client = mailbox_client(endpoint, user)?;
+    async fn open(
+        endpoint: &GraphEndpoint,
+        user: &str,
+        limits: &WaitLimits,
+    ) -> Result<GraphMailbox, ConnectorError> {
+        let client = mailbox_client(endpoint, user, limits)?;
         let settings = client
             .get(&format!("/users/{}/settings/exchange", encode(user)))
             .await
@@ -247,10 +256,15 @@ pub struct GraphExportSource {
 }
 
 impl GraphExportSource {
-    /// Opens `user`'s mailbox on `endpoint` for reading.
-    pub async fn open(endpoint: &GraphEndpoint, user: &str) -> Result<Self, ConnectorError> {
+    /// Opens `user`'s mailbox on `endpoint` for reading, its waits bounded
+    /// by `limits`.
+    pub async fn open(
+        endpoint: &GraphEndpoint,
+        user: &str,
+        limits: &WaitLimits,
+    ) -> Result<Self, ConnectorError> {
         Ok(GraphExportSource {
-            mailbox: GraphMailbox::open(endpoint, user).await?,
+            mailbox: GraphMailbox::open(endpoint, user, limits).await?,
         })
     }
 }
@@ -439,10 +453,15 @@ pub struct GraphImportTarget {
 }
 
 impl GraphImportTarget {
-    /// Opens `user`'s mailbox on `endpoint` for writing.
-    pub async fn open(endpoint: &GraphEndpoint, user: &str) -> Result<Self, ConnectorError> {
+    /// Opens `user`'s mailbox on `endpoint` for writing, its waits bounded
+    /// by `limits`.
+    pub async fn open(
+        endpoint: &GraphEndpoint,
+        user: &str,
+        limits: &WaitLimits,
+    ) -> Result<Self, ConnectorError> {
         Ok(GraphImportTarget {
-            mailbox: GraphMailbox::open(endpoint, user).await?,
+            mailbox: GraphMailbox::open(endpoint, user, limits).await?,
             session: None,
             concurrency: endpoint.max_concurrent_requests.max(1),
             known_folders: None,
