@@ -234,7 +234,7 @@ impl MailboxConnector for EndpointConnector {
                     GraphExportSource::open(endpoint, login, &self.waits).await?,
                 )),
                 EndpointConfig::Imap(_) | EndpointConfig::Maildir(_) => Ok(Box::new(
-                    GraphMimeSource::open(endpoint, login, &self.waits)?,
+                    GraphMimeSource::open(endpoint, login, &self.config.migration, &self.waits)?,
                 )),
             },
         }
