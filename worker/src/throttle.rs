@@ -40,7 +40,9 @@
 //! Every wait is bounded ([`WaitLimits`]): a server's hint is obeyed up to
 //! `migration.max_retry_after_secs`, and a longer one fails the mailbox at
 //! once, quoting the server ([`WaitError::HintTooLong`]), rather than
-//! pausing it for that long; and the worker's stop token ends any wait
+//! pausing it for that long; the pauses of one pass, together, may last up
+//! to `migration.max_pass_wait_secs` ([`WaitError::PassWaitSpent`]); and
+//! the worker's stop token ends any wait
 //! (pauses, slots, rate limit, upload pacing, retry sleeps) at once
 //! ([`WaitError::Stopped`]).
 //!
@@ -148,24 +150,37 @@ pub struct ThrottleCounters {
     pub seconds_waiting: f64,
 }
 
-/// What bounds the waits of one mailbox's requests (per pass, not per
-/// endpoint): the longest hint of a server that is obeyed, and the worker's
-/// stop.
+/// What bounds the waits of one pass over a mailbox (its clones share the
+/// pass's account): the longest hint of a server that is obeyed, the time
+/// its throttles may pause the pass in all, and the worker's stop.
 #[derive(Clone, Debug)]
 pub struct WaitLimits {
     /// A longer hint fails the mailbox instead of pausing it (at most a day).
     pub max_retry_after: Duration,
+    /// The most time throttles may pause the pass, all pauses together;
+    /// `None`: no bound.
+    pub max_pass_wait: Option<Duration>,
     /// Cancelled when the worker stops: every wait ends at once.
     pub stop: CancellationToken,
+    /// How long throttles have paused the pass so far.
+    paused: Arc<Mutex<Duration>>,
 }
 
 impl WaitLimits {
-    /// The limits of `migration.max_retry_after_secs`, ended by `stop`.
+    /// The limits of `migration.max_retry_after_secs` and
+    /// `max_pass_wait_secs` for one pass, ended by `stop`.
     pub fn new(migration: &MigrationConfig, stop: CancellationToken) -> WaitLimits {
         WaitLimits {
             max_retry_after: Duration::from_secs(migration.max_retry_after_secs).min(MAX_PAUSE),
+            max_pass_wait: migration.max_pass_wait_secs.map(Duration::from_secs),
             stop,
+            paused: Arc::default(),
         }
+    }
+
+    /// How long throttles have paused the pass so far.
+    pub fn paused(&self) -> Duration {
+        *lock(&self.paused)
     }
 }
 
@@ -187,23 +202,44 @@ pub enum WaitError {
         /// What the server answered (its error as the connector read it).
         server: String,
     },
+    /// One more pause would make the pass wait longer than its bound.
+    #[error(
+        "throttles would pause this pass for {} s in all, more than migration.max_pass_wait_secs ({} s) allows; the server answered: {server}",
+        waited.as_secs(),
+        limit.as_secs()
+    )]
+    PassWaitSpent {
+        waited: Duration,
+        limit: Duration,
+        server: String,
+    },
 }
 
-/// A throttle's hint beyond [`WaitLimits::max_retry_after`]: the mailbox
-/// does not pause for it, it fails.
+/// A throttle the mailbox does not pause for: it fails instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HintOverLimit {
-    pub hint: Duration,
-    pub limit: Duration,
+pub enum PauseRefused {
+    /// The hint is beyond [`WaitLimits::max_retry_after`].
+    HintOverLimit { hint: Duration, limit: Duration },
+    /// The pause would take the pass's pauses beyond
+    /// [`WaitLimits::max_pass_wait`].
+    PassWaitSpent { waited: Duration, limit: Duration },
 }
 
-impl HintOverLimit {
+impl PauseRefused {
     /// The mailbox's failure, quoting what the server answered.
     pub fn quoting(self, server: impl fmt::Display) -> WaitError {
-        WaitError::HintTooLong {
-            hint: self.hint,
-            limit: self.limit,
-            server: server.to_string(),
+        let server = server.to_string();
+        match self {
+            PauseRefused::HintOverLimit { hint, limit } => WaitError::HintTooLong {
+                hint,
+                limit,
+                server,
+            },
+            PauseRefused::PassWaitSpent { waited, limit } => WaitError::PassWaitSpent {
+                waited,
+                limit,
+                server,
+            },
         }
     }
 }
@@ -212,7 +248,9 @@ impl From<WaitError> for ConnectorError {
     fn from(error: WaitError) -> Self {
         match error {
             WaitError::Stopped => ConnectorError::interrupted(),
-            WaitError::HintTooLong { .. } => ConnectorError::mailbox(error.to_string()),
+            WaitError::HintTooLong { .. } | WaitError::PassWaitSpent { .. } => {
+                ConnectorError::mailbox(error.to_string())
+            }
         }
     }
 }
@@ -566,7 +604,7 @@ impl MailboxThrottle {
                 mailbox_slot,
                 endpoint_slot,
                 upload_bytes: 0,
-                max_retry_after: self.limits.max_retry_after,
+                limits: self.limits.clone(),
             };
         };
         self.mailbox.touch();
@@ -653,8 +691,8 @@ pub struct Permit {
     endpoint_slot: Slot,
     /// The size of the upload this permit is for (0: not an upload).
     upload_bytes: u64,
-    /// [`WaitLimits::max_retry_after`] of the handle that took it.
-    max_retry_after: Duration,
+    /// The limits of the handle that took it.
+    limits: WaitLimits,
 }
 
 impl Permit {
@@ -688,26 +726,26 @@ impl Permit {
     /// already paused for longer; the mailbox window halves (at least 1),
     /// the endpoint window shrinks by 0.75 (at least 1), each at most once
     /// per window. Counted as a throttle event and a retry. Returns how long
-    /// the mailbox now waits; a hint over [`WaitLimits::max_retry_after`]
-    /// pauses nothing and is returned as the mailbox's failure.
+    /// the mailbox now waits. A pause the [`WaitLimits`] do not allow (a
+    /// hint over `max_retry_after`, or one more pause than `max_pass_wait`
+    /// leaves room for) is not taken: it is returned as the mailbox's
+    /// failure.
     pub fn throttled(
         self,
         retry_after: Option<std::time::Duration>,
-    ) -> Result<std::time::Duration, HintOverLimit> {
+    ) -> Result<std::time::Duration, PauseRefused> {
         let now = Instant::now();
         let until = {
             let mut state = lock(&self.mailbox.state);
             let attempt = state.throttles_in_a_row;
             state.throttles_in_a_row = attempt.saturating_add(1);
             state.last_active = now;
-            match retry_after {
-                Some(hint) if hint > self.max_retry_after => None,
-                Some(hint) => Some(state.pause(now, hint, true, self.upload_bytes)),
-                None => {
-                    let backoff = next_backoff(attempt, BACKOFF_BASE, BACKOFF_CAP);
-                    Some(state.pause(now, backoff, false, self.upload_bytes))
-                }
-            }
+            let (wait, hinted) = match retry_after {
+                Some(hint) => (hint, true),
+                None => (next_backoff(attempt, BACKOFF_BASE, BACKOFF_CAP), false),
+            };
+            self.account_pause(&state, now, wait, hinted)
+                .map(|()| state.pause(now, wait, hinted, self.upload_bytes))
         };
         self.mailbox_slot.decrease(MAILBOX_THROTTLE_DECREASE);
         self.endpoint_slot.decrease(ENDPOINT_THROTTLE_DECREASE);
@@ -718,20 +756,14 @@ impl Permit {
                 .entry(ErrorClass::Throttled.as_str().to_owned())
                 .or_default() += 1;
         });
-        let Some(until) = until else {
-            let over = HintOverLimit {
-                hint: retry_after.unwrap_or_default(),
-                limit: self.max_retry_after,
-            };
+        let until = until.inspect_err(|refused| {
             tracing::warn!(
                 endpoint = %self.endpoint.label,
                 mailbox = %self.mailbox.name,
-                hint = ?over.hint,
-                limit = ?over.limit,
-                "throttled with a hint over the limit: the mailbox fails"
+                ?refused,
+                "throttled beyond the limits of waiting: the mailbox fails"
             );
-            return Err(over);
-        };
+        })?;
         let wait = until.duration_since(now);
         tracing::debug!(
             endpoint = %self.endpoint.label,
@@ -744,6 +776,34 @@ impl Permit {
         Ok(wait)
     }
 
+    /// Whether the limits allow pausing the mailbox (`state`) for `wait`
+    /// from `now` (`hinted`: the server's hint); if so, the time it adds to
+    /// the open pause counts against the pass's bound.
+    fn account_pause(
+        &self,
+        state: &MailboxState,
+        now: Instant,
+        wait: Duration,
+        hinted: bool,
+    ) -> Result<(), PauseRefused> {
+        let limits = &self.limits;
+        if hinted && wait > limits.max_retry_after {
+            return Err(PauseRefused::HintOverLimit {
+                hint: wait,
+                limit: limits.max_retry_after,
+            });
+        }
+        let open_until = state.paused_until.map_or(now, |until| until.max(now));
+        let added = (now + wait).saturating_duration_since(open_until);
+        let mut paused = lock(&limits.paused);
+        let waited = paused.saturating_add(added);
+        if let Some(limit) = limits.max_pass_wait.filter(|limit| waited > *limit) {
+            return Err(PauseRefused::PassWaitSpent { waited, limit });
+        }
+        *paused = waited;
+        Ok(())
+    }
+
     /// The request failed for another reason of class `class` (transient
     /// faults: 503/504/timeouts); counted as a retry of that class; no window
     /// change for Item/Mailbox classes, a gentle decrease (0.9, at most once
@@ -752,7 +812,8 @@ impl Permit {
     pub fn failed(self, class: mailwave_common::ErrorClass) {
         match class {
             ErrorClass::Throttled => {
-                // Without a hint: our own back-off, always within bounds.
+                // Our own back-off: never over the hint limit; a pass out
+                // of waiting time fails by the error this settles.
                 let _ = self.throttled(None);
                 return;
             }
@@ -973,7 +1034,9 @@ mod tests {
     fn limits() -> WaitLimits {
         WaitLimits {
             max_retry_after: MAX_PAUSE,
+            max_pass_wait: None,
             stop: CancellationToken::new(),
+            paused: Arc::default(),
         }
     }
 
@@ -1087,7 +1150,9 @@ mod tests {
         fn from(error: WaitError) -> Self {
             let class = match error {
                 WaitError::Stopped => ErrorClass::Transient,
-                WaitError::HintTooLong { .. } => ErrorClass::Mailbox,
+                WaitError::HintTooLong { .. } | WaitError::PassWaitSpent { .. } => {
+                    ErrorClass::Mailbox
+                }
             };
             Failure(class, None, error.to_string())
         }
@@ -1167,7 +1232,7 @@ mod tests {
 
         // The error a connector returns says so, as a mailbox failure.
         let error = ConnectorError::from(
-            HintOverLimit {
+            PauseRefused::HintOverLimit {
                 hint: Duration::from_secs(99_999_999),
                 limit: within,
             }
@@ -1176,6 +1241,55 @@ mod tests {
         assert_eq!(error.class, ErrorClass::Mailbox);
         assert_eq!(error.retry_after, None);
         assert!(error.message.contains(server), "{}", error.message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_out_of_waiting_time_fails_quoting_the_server() {
+        let endpoint = default_endpoint();
+        let pass = WaitLimits {
+            max_pass_wait: Some(Duration::from_secs(60)),
+            ..limits()
+        };
+        let mailbox = endpoint.mailbox("alice", pass.clone());
+        let secs = Duration::from_secs;
+        let first = now(&mailbox);
+        let second = now(&mailbox);
+        assert_eq!(first.throttled(Some(secs(30))), Ok(secs(30)));
+        // Within the open pause: it adds nothing to the pass's waiting.
+        assert_eq!(second.throttled(Some(secs(10))), Ok(secs(30)));
+        assert_eq!(pass.paused(), secs(30));
+        let permit = mailbox.acquire().await.unwrap();
+        assert_eq!(permit.throttled(Some(secs(25))), Ok(secs(25)));
+        assert_eq!(pass.paused(), secs(55));
+
+        // 55 s + 10 s is more than 60 s: the mailbox fails, quoting.
+        let server = "429 TooManyRequests: Application is over its limit.";
+        let failure = mailbox
+            .run(async {
+                Err::<(), _>(Failure(
+                    ErrorClass::Throttled,
+                    Some(secs(10)),
+                    server.into(),
+                ))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(failure.0, ErrorClass::Mailbox, "{failure}");
+        assert!(failure.2.contains(server), "{failure}");
+        assert!(failure.2.contains("65 s in all"), "{failure}");
+        assert!(failure.2.contains("max_pass_wait_secs (60 s)"), "{failure}");
+        assert_eq!(mailbox.paused_until(), None, "not paused for it");
+        assert_eq!(pass.paused(), secs(55));
+
+        // The next pass has its own account.
+        let next = endpoint.mailbox(
+            "alice",
+            WaitLimits {
+                max_pass_wait: Some(secs(60)),
+                ..limits()
+            },
+        );
+        assert_eq!(now(&next).throttled(Some(secs(10))), Ok(secs(10)));
     }
 
     #[tokio::test(start_paused = true)]

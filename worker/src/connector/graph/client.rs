@@ -76,7 +76,7 @@ impl From<WaitError> for GraphError {
     fn from(error: WaitError) -> Self {
         let class = match error {
             WaitError::Stopped => ErrorClass::Transient,
-            WaitError::HintTooLong { .. } => ErrorClass::Mailbox,
+            WaitError::HintTooLong { .. } | WaitError::PassWaitSpent { .. } => ErrorClass::Mailbox,
         };
         GraphError::local(class, error.to_string())
     }
