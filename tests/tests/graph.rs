@@ -555,3 +555,35 @@ async fn case_14_an_absurd_retry_after_fails_that_mailbox_at_once() {
         (FOLDERS_WITH_ITEMS * 2) as u64
     );
 }
+
+/// Issue 7, case 13, the mail API: `$value` tells no size before the body,
+/// so a body longer than `max_message_bytes` is refused as soon as its
+/// length passes the limit, never read whole; the rest is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_13_a_mail_api_body_over_max_message_bytes_is_not_read_whole() {
+    let users = 1;
+    let emu = emulator(users, 2).await;
+    let user = source_user(1);
+    let mut large = mime(1, "large", 1);
+    large.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    large.extend_from_slice(b"\r\n");
+    let large = emu
+        .add_item(&user, &ItemSeed::message("Inbox", &large))
+        .unwrap();
+    let (source, _) = endpoints(&emu, "a.secret", "b.secret");
+    let target = "kind = \"maildir\"\npath = \"out/{mailbox}\"\n";
+    let extra = "[migration]\nmax_message_bytes = 65536\n";
+    let csv = format!("source,target\n{user},user1\n");
+    let migration = Migration::new(&source, target, extra, &csv).unwrap();
+    std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
+
+    let result = migration.run().unwrap();
+    let failures = failure_reasons(&result, &user);
+    assert_eq!(failures.len(), 1, "{result:#?}");
+    assert_eq!(failures[0].0, large);
+    assert!(
+        failures[0].1.contains("larger than 65536 bytes") && failures[0].1.contains("not read"),
+        "{failures:?}"
+    );
+    assert_eq!(result.stat(&user, "items_copied"), (3 * 2) as u64);
+}

@@ -299,4 +299,21 @@ mod tests {
         );
         assert_eq!(read_message("x", &json!({})).internal_date, None);
     }
+
+    #[test]
+    fn bodies_are_read_up_to_max_message_bytes_within_the_budget() {
+        let migration = |max_message_bytes, memory_budget_bytes| MigrationConfig {
+            max_message_bytes,
+            memory_budget_bytes,
+            ..MigrationConfig::default()
+        };
+        assert_eq!(
+            body_limit(&migration(0, 96 << 20)),
+            96 << 20,
+            "no limit: the budget"
+        );
+        assert_eq!(body_limit(&migration(1 << 20, 96 << 20)), 1 << 20);
+        assert_eq!(body_limit(&migration(1 << 30, 16 << 20)), 16 << 20);
+        assert_eq!(body_limit(&migration(0, 0)), 1);
+    }
 }

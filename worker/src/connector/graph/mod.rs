@@ -26,10 +26,19 @@
 //! folder checkpoint's sync state, so a later pass asks only for what
 //! changed. A delta link the server forgot (`410 Gone`) restarts the folder
 //! from a full delta listing: what the ledger holds is left out, nothing is
-//! imported twice. Items leave in `exportItems` batches of at most 20 and are
+//! imported twice. Items leave in `exportItems` requests of at most 20 items
+//! and 4 MiB (listed sizes; the answer carries them base64-encoded) and are
 //! imported one by one (several at a time, within the mailbox's throttle
 //! window) through an import session renewed before it expires. Ids are
 //! immutable ids (`Prefer: IdType="ImmutableId"`) everywhere.
+//!
+//! Every item asked of `exportItems` is accounted for: an entry with
+//! `data` is the item; an `error` (`errorCode`, `message`) of
+//! `ErrorItemNotFound` means it is gone; one of a passing condition of the
+//! server (`ErrorServerBusy`, `ErrorMailboxStoreUnavailable`, …) fails the
+//! fetch, so the pass retries from its checkpoint and the delta link never
+//! moves past the item; any other error is that item's recorded failure,
+//! with the server's code and message; an entry not understood is an error.
 //!
 //! # In-doubt imports
 //! A crash between an import and the ledger's commit leaves items the
@@ -48,7 +57,10 @@
 //! Every request goes through the mailbox's [`MailboxThrottle`]: at most
 //! `max_concurrent_requests` at once per mailbox (Graph allows 4), adapted
 //! to the server's answers, and after a 429 the whole mailbox waits out the
-//! `Retry-After` before sending anything else (see [`client`]).
+//! `Retry-After` before sending anything else (see [`client`]), unless it
+//! asks for more than `migration.max_retry_after_secs` (or the pass has
+//! waited `max_pass_wait_secs` already): then the mailbox fails at once,
+//! quoting the server. The worker's stop ends every wait.
 
 pub mod client;
 pub mod mail;
