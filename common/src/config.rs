@@ -615,6 +615,10 @@ pub struct MigrationConfig {
     /// `Suggested Backoff Time`): a longer hint fails the mailbox at once,
     /// quoting the server, instead of waiting.
     pub max_retry_after_secs: u64,
+    /// The most time one pass of a mailbox may spend paused by a server's
+    /// throttles, all pauses together (unset: no bound); past it the
+    /// mailbox fails, quoting the server.
+    pub max_pass_wait_secs: Option<u64>,
 }
 
 impl Default for MigrationConfig {
@@ -629,6 +633,7 @@ impl Default for MigrationConfig {
             max_message_bytes: 0,
             max_attempts: 5,
             max_retry_after_secs: 15 * 60,
+            max_pass_wait_secs: None,
         }
     }
 }

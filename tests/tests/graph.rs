@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use mailwave_tests::GraphEmulator;
-use mailwave_tests::graph_emulator::{Faults, FlagStatus, ItemSeed, ItemUpdate, ThrottleReason};
+use mailwave_tests::graph_emulator::{
+    Faults, FlagStatus, ItemFault, ItemSeed, ItemUpdate, ThrottleReason,
+};
 use mailwave_tests::harness::Migration;
 use mailwave_tests::tenants::{
     FOLDERS_WITH_ITEMS, SECRET_A, SECRET_B, assert_exact, csv, endpoints, mime, source_user,
@@ -27,8 +29,13 @@ async fn emulator(users: usize, per_folder: usize) -> GraphEmulator {
 
 /// `mailwave run` from tenant A to tenant B, secrets in files.
 fn migration(emu: &GraphEmulator, users: usize) -> Migration {
+    migration_with(emu, users, "")
+}
+
+/// [`migration`] with extra settings.
+fn migration_with(emu: &GraphEmulator, users: usize, extra: &str) -> Migration {
     let (source, target) = endpoints(emu, "a.secret", "b.secret");
-    let migration = Migration::new(&source, &target, "", &csv(users)).unwrap();
+    let migration = Migration::new(&source, &target, extra, &csv(users)).unwrap();
     std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
     std::fs::write(migration.dir().join("b.secret"), SECRET_B).unwrap();
     migration
@@ -354,4 +361,229 @@ async fn exchange_to_maildir_backup_is_exact_mime_and_delta_passes_follow() {
         stats.immutable_id_requests, stats.requests_total,
         "{stats:?}"
     );
+}
+
+/// The reasons of a mailbox's item failures in a run's report, by item.
+fn failure_reasons(
+    result: &mailwave_tests::harness::RunResult,
+    source: &str,
+) -> Vec<(String, String)> {
+    let failures = result.mailbox(source)["item_failures"].as_array().cloned();
+    failures
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            let text = |key: &str| f[key].as_str().unwrap_or_default().to_owned();
+            (text("item"), text("reason"))
+        })
+        .collect()
+}
+
+/// Issue 7, case 9: `exportItems` entries that carry an `error` are never
+/// dropped. A passing condition (`ErrorMailboxStoreUnavailable`) fails the
+/// pass, so that the folder's delta link does not move past the item and a
+/// later pass copies it; a permanent one (`ErrorCorruptData`) is recorded
+/// as the item's failure with the server's code and message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_9_export_item_errors_are_retried_or_recorded_never_dropped() {
+    let users = 1;
+    let emu = emulator(users, 2).await;
+    let user = source_user(1);
+    let passing_mime = mime(1, "passing fault", 1);
+    let corrupt_mime = mime(1, "corrupt", 1);
+    let passing = emu
+        .add_item(&user, &ItemSeed::message("Inbox", &passing_mime))
+        .unwrap();
+    let corrupt = emu
+        .add_item(&user, &ItemSeed::message("Inbox", &corrupt_mime))
+        .unwrap();
+    let store_down = ItemFault::new(
+        503,
+        "ErrorMailboxStoreUnavailable",
+        "The mailbox database is temporarily unavailable.",
+    );
+    let corrupt_fault = ItemFault::new(500, "ErrorCorruptData", "The item is corrupt.");
+    emu.fail_item(&user, &passing, store_down).unwrap();
+    emu.fail_item(&user, &corrupt, corrupt_fault.clone())
+        .unwrap();
+    let migration = migration_with(&emu, users, "[migration]\nmax_attempts = 1\n");
+
+    let first = migration.run().unwrap();
+    let mailbox = first.mailbox(&user);
+    assert_eq!(mailbox["state"], "failed", "{first:#?}");
+    let error = mailbox["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("ErrorMailboxStoreUnavailable"), "{error}");
+
+    // The passing fault is over: the next run copies that item; the corrupt
+    // one is recorded with the server's reason.
+    emu.clear_item_faults(&user).unwrap();
+    emu.fail_item(&user, &corrupt, corrupt_fault).unwrap();
+    let second = migration.run().unwrap();
+    let failures = failure_reasons(&second, &user);
+    assert_eq!(failures.len(), 1, "{second:#?}");
+    assert_eq!(failures[0].0, corrupt);
+    assert!(
+        failures[0].1.contains("ErrorCorruptData")
+            && failures[0].1.contains("The item is corrupt."),
+        "{failures:?}"
+    );
+    let source = emu.snapshot(&user).unwrap();
+    let target = emu.snapshot(&target_user(1)).unwrap();
+    assert_eq!(
+        target.item_count(),
+        source.item_count() - 1,
+        "all but the corrupt one"
+    );
+    let inbox = target.folder(&["Inbox"]).expect("the inbox");
+    let copies = |body: &[u8]| {
+        inbox
+            .items
+            .iter()
+            .filter(|i| i.mime.as_deref() == Some(body))
+            .count()
+    };
+    assert_eq!(copies(&passing_mime), 1, "copied once the fault was over");
+    assert_eq!(copies(&corrupt_mime), 0);
+}
+
+/// Issue 7, case 9, the mail API: a message `$value` refuses (400
+/// `ErrorCorruptData`) is recorded with the server's reason and the rest of
+/// the folder is copied; only a 404 of the message means it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_9_mail_api_value_errors_are_recorded_and_only_404_is_gone() {
+    let users = 1;
+    let emu = emulator(users, 2).await;
+    let user = source_user(1);
+    let corrupt = emu
+        .add_item(&user, &ItemSeed::message("Inbox", &mime(1, "corrupt", 1)))
+        .unwrap();
+    let gone = emu
+        .add_item(&user, &ItemSeed::message("Inbox", &mime(1, "gone", 1)))
+        .unwrap();
+    let refusal = ItemFault::new(400, "ErrorCorruptData", "The message cannot be read.");
+    emu.fail_item(&user, &corrupt, refusal).unwrap();
+    let not_found = ItemFault::new(
+        404,
+        "ErrorItemNotFound",
+        "The specified object was not found.",
+    );
+    emu.fail_item(&user, &gone, not_found).unwrap();
+    let migration = backup(&emu, users);
+
+    let result = migration.run().unwrap();
+    let failures = failure_reasons(&result, &user);
+    assert_eq!(failures.len(), 1, "{result:#?}");
+    assert_eq!(failures[0].0, corrupt);
+    assert!(
+        failures[0].1.contains("ErrorCorruptData") && failures[0].1.contains("cannot be read"),
+        "{failures:?}"
+    );
+    let backup = verify::snapshot_maildir(
+        &migration.dir().join("out/user1"),
+        verify::maildir_folder,
+        &CompareOptions::default(),
+    )
+    .unwrap();
+    let subjects: BTreeSet<String> = backup
+        .folder("INBOX")
+        .expect("the inbox")
+        .messages
+        .iter()
+        .map(|m| m.subject.clone())
+        .collect();
+    assert_eq!(
+        subjects,
+        BTreeSet::from(["Inbox 1".to_owned(), "Inbox 2".to_owned()])
+    );
+    assert_eq!(result.stat(&user, "items_copied"), (3 * 2) as u64);
+}
+
+/// Issue 7, case 14: a server asking for 99999999 seconds (Retry-After)
+/// fails that mailbox at once, quoting the server, instead of pausing it
+/// for years; the run's other mailbox completes. Bounded by a timeout, not
+/// a timing assertion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_14_an_absurd_retry_after_fails_that_mailbox_at_once() {
+    let users = 2;
+    let emu = emulator(users, 2).await;
+    emu.set_faults(Faults {
+        enabled: true,
+        throttle_rate: 1.0,
+        throttle_retry_after: Duration::from_secs(99_999_999),
+        only_mailboxes: vec![emu.mailbox_id(&source_user(1)).unwrap()],
+        ..Faults::default()
+    });
+    let migration = migration(&emu, users);
+    let mut run = migration.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            let _ = run.wait();
+            panic!("mailwave run still waiting after 120 s for a Retry-After of 99999999 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(!status.success(), "a mailbox failed: {status}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&migration.report).unwrap()).unwrap();
+    let mailbox = |source: String| {
+        report["mailboxes"]
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["source"] == source.as_str()))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {source} in {report:#}"))
+    };
+    let throttled = mailbox(source_user(1));
+    assert_eq!(throttled["state"], "failed", "{throttled:#}");
+    let error = throttled["last_error"].as_str().unwrap_or_default();
+    for quoted in [
+        "99999999 s",
+        "max_retry_after_secs (900 s)",
+        "429",
+        "Application is over its limit for this mailbox.",
+    ] {
+        assert!(error.contains(quoted), "{quoted:?} not in {error:?}");
+    }
+    let other = mailbox(source_user(2));
+    assert_eq!(other["state"], "completed", "{other:#}");
+    assert_eq!(
+        other["stats"]["items_copied"],
+        (FOLDERS_WITH_ITEMS * 2) as u64
+    );
+}
+
+/// Issue 7, case 13, the mail API: `$value` tells no size before the body,
+/// so a body longer than `max_message_bytes` is refused as soon as its
+/// length passes the limit, never read whole; the rest is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn case_13_a_mail_api_body_over_max_message_bytes_is_not_read_whole() {
+    let users = 1;
+    let emu = emulator(users, 2).await;
+    let user = source_user(1);
+    let mut large = mime(1, "large", 1);
+    large.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    large.extend_from_slice(b"\r\n");
+    let large = emu
+        .add_item(&user, &ItemSeed::message("Inbox", &large))
+        .unwrap();
+    let (source, _) = endpoints(&emu, "a.secret", "b.secret");
+    let target = "kind = \"maildir\"\npath = \"out/{mailbox}\"\n";
+    let extra = "[migration]\nmax_message_bytes = 65536\n";
+    let csv = format!("source,target\n{user},user1\n");
+    let migration = Migration::new(&source, target, extra, &csv).unwrap();
+    std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
+
+    let result = migration.run().unwrap();
+    let failures = failure_reasons(&result, &user);
+    assert_eq!(failures.len(), 1, "{result:#?}");
+    assert_eq!(failures[0].0, large);
+    assert!(
+        failures[0].1.contains("larger than 65536 bytes") && failures[0].1.contains("not read"),
+        "{failures:?}"
+    );
+    assert_eq!(result.stat(&user, "items_copied"), (3 * 2) as u64);
 }

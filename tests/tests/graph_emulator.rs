@@ -9,8 +9,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use mailwave_tests::graph_emulator::{
-    AppSeed, EmulatorConfig, Faults, FlagStatus, GRAPH_SCOPE, GraphEmulator, ItemSeed, ItemUpdate,
-    Limits, OUTLOOK_SCOPE, TenantSeed, ThrottleReason, UserSeed,
+    AppSeed, EmulatorConfig, Faults, FlagStatus, GRAPH_SCOPE, GraphEmulator, ItemFault, ItemSeed,
+    ItemUpdate, Limits, OUTLOOK_SCOPE, TenantSeed, ThrottleReason, UserSeed,
 };
 use mailwave_tests::{DovecotOptions, DovecotServer};
 use reqwest::header::HeaderMap;
@@ -925,8 +925,26 @@ async fn export_import_round_trips_across_tenants() {
     assert_eq!(status, StatusCode::OK);
     assert!(body["value"][0]["data"].is_string());
     assert_eq!(body["value"][1]["itemId"], "AAkALgNoSuchItem");
-    assert_eq!(body["value"][1]["error"]["code"], "ErrorItemNotFound");
+    // The entry's error is a mailTipsError: errorCode and message.
+    assert_eq!(body["value"][1]["error"]["errorCode"], "ErrorItemNotFound");
     assert!(body["value"][1].get("data").is_none());
+
+    // An item failing on cue: an error entry until the cue is cleared.
+    let fault = ItemFault::new(500, "ErrorCorruptData", "The item is corrupt.");
+    emu.fail_item(ALICE, &known, fault).unwrap();
+    let (status, _, body) = contoso
+        .post(&export_url, &json!({ "itemIds": [known] }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["value"][0]["itemId"], known.as_str());
+    assert_eq!(body["value"][0]["error"]["errorCode"], "ErrorCorruptData");
+    assert_eq!(body["value"][0]["error"]["message"], "The item is corrupt.");
+    assert!(body["value"][0].get("data").is_none());
+    emu.clear_item_faults(ALICE).unwrap();
+    let (_, _, body) = contoso
+        .post(&export_url, &json!({ "itemIds": [known] }))
+        .await;
+    assert!(body["value"][0]["data"].is_string(), "{body}");
 
     // Damaged data and bad modes are refused; nothing is created.
     let (_, _, session) = fabrikam

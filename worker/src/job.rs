@@ -19,7 +19,7 @@ use crate::connector::maildir::Maildir;
 use crate::connector::{ConnectorError, MailSource, MailTarget, imap};
 use crate::engine::{CopySettings, MailboxConnector, MailboxPass, MemoryBudget, ProgressSink};
 use crate::lease::{LeaseKeeper, PassStore};
-use crate::throttle::{self, MailboxThrottle, ThrottleSettings};
+use crate::throttle::{self, MailboxThrottle, ThrottleSettings, WaitLimits};
 
 /// Where a worker finds per-mailbox passwords (never in the job, never in
 /// the state store).
@@ -107,6 +107,7 @@ pub async fn run_job(
         Arc::clone(&ctx.config),
         mailbox.clone(),
         ctx.credentials.secrets(&mailbox),
+        WaitLimits::new(&ctx.config.migration, stop.clone()),
     );
     let store = PassStore {
         store: ctx.store.as_ref(),
@@ -208,14 +209,22 @@ pub struct EndpointConnector {
     config: Arc<Config>,
     mailbox: MailboxRecord,
     secrets: MailboxSecrets,
+    /// What bounds every wait of the connectors' schedulers.
+    waits: WaitLimits,
 }
 
 impl EndpointConnector {
-    pub fn new(config: Arc<Config>, mailbox: MailboxRecord, secrets: MailboxSecrets) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        mailbox: MailboxRecord,
+        secrets: MailboxSecrets,
+        waits: WaitLimits,
+    ) -> Self {
         EndpointConnector {
             config,
             mailbox,
             secrets,
+            waits,
         }
     }
 }
@@ -236,7 +245,7 @@ impl EndpointConnector {
             latency_factor: f64::INFINITY,
             upload_rate: None,
         })
-        .mailbox(login)
+        .mailbox(login, self.waits.clone())
     }
 }
 
@@ -260,12 +269,12 @@ impl MailboxConnector for EndpointConnector {
             // What an Exchange item is on the way depends on the target:
             // Exchange's opaque export stream for Exchange, MIME otherwise.
             EndpointConfig::Graph(endpoint) => match &self.config.target {
-                EndpointConfig::Graph(_) => {
-                    Ok(Box::new(GraphExportSource::open(endpoint, login).await?))
-                }
-                EndpointConfig::Imap(_) | EndpointConfig::Maildir(_) => {
-                    Ok(Box::new(GraphMimeSource::open(endpoint, login)?))
-                }
+                EndpointConfig::Graph(_) => Ok(Box::new(
+                    GraphExportSource::open(endpoint, login, &self.waits).await?,
+                )),
+                EndpointConfig::Imap(_) | EndpointConfig::Maildir(_) => Ok(Box::new(
+                    GraphMimeSource::open(endpoint, login, &self.config.migration, &self.waits)?,
+                )),
             },
         }
     }
@@ -285,9 +294,9 @@ impl MailboxConnector for EndpointConnector {
                 let throttle = self.imap_throttle(&self.config.target, login);
                 Ok(Box::new(imap::ImapTarget::new(session, throttle)))
             }
-            EndpointConfig::Graph(endpoint) => {
-                Ok(Box::new(GraphImportTarget::open(endpoint, login).await?))
-            }
+            EndpointConfig::Graph(endpoint) => Ok(Box::new(
+                GraphImportTarget::open(endpoint, login, &self.waits).await?,
+            )),
         }
     }
 }

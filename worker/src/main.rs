@@ -93,7 +93,11 @@ async fn check(
         last_error: None,
         stats: PassStats::default(),
     };
-    let connector = EndpointConnector::new(config, mailbox.clone(), Default::default());
+    let waits = mailwave_worker::throttle::WaitLimits::new(
+        &config.migration,
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let connector = EndpointConnector::new(config, mailbox.clone(), Default::default(), waits);
     let mut source = connector
         .source()
         .await

@@ -37,10 +37,20 @@
 //! each later one (additive increase, multiplicative decrease, on the byte
 //! rate): about one throttle a minute, close to the budget.
 //!
+//! Every wait is bounded ([`WaitLimits`]): a server's hint is obeyed up to
+//! `migration.max_retry_after_secs`, and a longer one fails the mailbox at
+//! once, quoting the server ([`WaitError::HintTooLong`]), rather than
+//! pausing it for that long; the pauses of one pass, together, may last up
+//! to `migration.max_pass_wait_secs` ([`WaitError::PassWaitSpent`]); and
+//! the worker's stop token ends any wait
+//! (pauses, slots, rate limit, upload pacing, retry sleeps) at once
+//! ([`WaitError::Stopped`]).
+//!
 //! Requests, throttle events, retries by class and the time spent waiting
 //! are counted per endpoint in one place, [`ThrottleCounters`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
@@ -50,10 +60,14 @@ use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use mailwave_common::config::MigrationConfig;
 use mailwave_common::{Classify, ErrorClass};
 use rand::Rng as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::connector::ConnectorError;
 
 /// Back-off of a throttle without a hint: the first one waits up to this…
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -70,7 +84,8 @@ const GENTLE_DECREASE: f64 = 0.9;
 const MAILBOX_THROTTLE_DECREASE: f64 = 0.5;
 /// Factor of the endpoint window's decrease on a throttle.
 const ENDPOINT_THROTTLE_DECREASE: f64 = 0.75;
-/// The longest pause a throttle sets, whatever the server's hint.
+/// The longest hint any setting lets a server have obeyed (the clock
+/// cannot overflow).
 const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
 /// A mailbox nobody holds, idle and not paused for this long, is forgotten.
 const IDLE_MAILBOX_LIFETIME: Duration = Duration::from_secs(900);
@@ -133,6 +148,111 @@ pub struct ThrottleCounters {
     /// Time spent in [`MailboxThrottle::acquire`]: paused, waiting for a
     /// slot or for the rate limit.
     pub seconds_waiting: f64,
+}
+
+/// What bounds the waits of one pass over a mailbox (its clones share the
+/// pass's account): the longest hint of a server that is obeyed, the time
+/// its throttles may pause the pass in all, and the worker's stop.
+#[derive(Clone, Debug)]
+pub struct WaitLimits {
+    /// A longer hint fails the mailbox instead of pausing it (at most a day).
+    pub max_retry_after: Duration,
+    /// The most time throttles may pause the pass, all pauses together;
+    /// `None`: no bound.
+    pub max_pass_wait: Option<Duration>,
+    /// Cancelled when the worker stops: every wait ends at once.
+    pub stop: CancellationToken,
+    /// How long throttles have paused the pass so far.
+    paused: Arc<Mutex<Duration>>,
+}
+
+impl WaitLimits {
+    /// The limits of `migration.max_retry_after_secs` and
+    /// `max_pass_wait_secs` for one pass, ended by `stop`.
+    pub fn new(migration: &MigrationConfig, stop: CancellationToken) -> WaitLimits {
+        WaitLimits {
+            max_retry_after: Duration::from_secs(migration.max_retry_after_secs).min(MAX_PAUSE),
+            max_pass_wait: migration.max_pass_wait_secs.map(Duration::from_secs),
+            stop,
+            paused: Arc::default(),
+        }
+    }
+
+    /// How long throttles have paused the pass so far.
+    pub fn paused(&self) -> Duration {
+        *lock(&self.paused)
+    }
+}
+
+/// Why a wait of the scheduler did not end in its request being sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    /// The worker is stopping.
+    #[error("interrupted: the worker is shutting down")]
+    Stopped,
+    /// The server asked for a longer wait than the limit allows.
+    #[error(
+        "the server asked to wait {} s, more than migration.max_retry_after_secs ({} s) allows: {server}",
+        hint.as_secs(),
+        limit.as_secs()
+    )]
+    HintTooLong {
+        hint: Duration,
+        limit: Duration,
+        /// What the server answered (its error as the connector read it).
+        server: String,
+    },
+    /// One more pause would make the pass wait longer than its bound.
+    #[error(
+        "throttles would pause this pass for {} s in all, more than migration.max_pass_wait_secs ({} s) allows; the server answered: {server}",
+        waited.as_secs(),
+        limit.as_secs()
+    )]
+    PassWaitSpent {
+        waited: Duration,
+        limit: Duration,
+        server: String,
+    },
+}
+
+/// A throttle the mailbox does not pause for: it fails instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseRefused {
+    /// The hint is beyond [`WaitLimits::max_retry_after`].
+    HintOverLimit { hint: Duration, limit: Duration },
+    /// The pause would take the pass's pauses beyond
+    /// [`WaitLimits::max_pass_wait`].
+    PassWaitSpent { waited: Duration, limit: Duration },
+}
+
+impl PauseRefused {
+    /// The mailbox's failure, quoting what the server answered.
+    pub fn quoting(self, server: impl fmt::Display) -> WaitError {
+        let server = server.to_string();
+        match self {
+            PauseRefused::HintOverLimit { hint, limit } => WaitError::HintTooLong {
+                hint,
+                limit,
+                server,
+            },
+            PauseRefused::PassWaitSpent { waited, limit } => WaitError::PassWaitSpent {
+                waited,
+                limit,
+                server,
+            },
+        }
+    }
+}
+
+impl From<WaitError> for ConnectorError {
+    fn from(error: WaitError) -> Self {
+        match error {
+            WaitError::Stopped => ConnectorError::interrupted(),
+            WaitError::HintTooLong { .. } | WaitError::PassWaitSpent { .. } => {
+                ConnectorError::mailbox(error.to_string())
+            }
+        }
+    }
 }
 
 /// One endpoint (e.g. "graph:tenant-b"): its adaptive limit, its rate
@@ -210,10 +330,11 @@ impl EndpointThrottle {
     }
 
     /// The scheduler of one mailbox on this endpoint (created on first use,
-    /// shared afterwards, keyed by the mailbox's name). A mailbox that
-    /// nobody has held for a long while, with nothing in flight and no pause,
-    /// is forgotten and starts afresh.
-    pub fn mailbox(&self, mailbox: &str) -> MailboxThrottle {
+    /// shared afterwards, keyed by the mailbox's name), its waits bounded by
+    /// `limits` (this handle's: one pass's). A mailbox that nobody has held
+    /// for a long while, with nothing in flight and no pause, is forgotten
+    /// and starts afresh.
+    pub fn mailbox(&self, mailbox: &str, limits: WaitLimits) -> MailboxThrottle {
         let now = Instant::now();
         let mut mailboxes = lock(&self.shared.mailboxes);
         if now.duration_since(mailboxes.last_sweep) >= SWEEP_INTERVAL {
@@ -242,6 +363,7 @@ impl EndpointThrottle {
         MailboxThrottle {
             endpoint: Arc::clone(&self.shared),
             mailbox: Arc::clone(shared),
+            limits,
         }
     }
 
@@ -297,11 +419,12 @@ impl Clock for TokioClock {
 
 /// The scheduler of one mailbox on one endpoint. Cheap to clone; every clone
 /// (and every [`EndpointThrottle::mailbox`] of the same name) shares the
-/// same state.
+/// same state; the [`WaitLimits`] are the handle's own.
 #[derive(Clone)]
 pub struct MailboxThrottle {
     endpoint: Arc<EndpointShared>,
     mailbox: Arc<MailboxShared>,
+    limits: WaitLimits,
 }
 
 struct MailboxShared {
@@ -435,7 +558,27 @@ impl MailboxThrottle {
     /// settled or dropped. Time spent waiting is counted.
     ///
     /// Cancel-safe: dropping the future frees whatever slot it had taken.
-    pub async fn acquire(&self) -> Permit {
+    /// Fails only when the stop token is cancelled meanwhile.
+    pub async fn acquire(&self) -> Result<Permit, WaitError> {
+        self.until_stopped(self.wait_for_permit()).await
+    }
+
+    /// `wait`, unless the stop token is cancelled first.
+    async fn until_stopped<T>(&self, wait: impl Future<Output = T>) -> Result<T, WaitError> {
+        tokio::select! {
+            biased;
+            () = self.limits.stop.cancelled() => Err(WaitError::Stopped),
+            done = wait => Ok(done),
+        }
+    }
+
+    /// Sleeps for `wait` (a back-off between attempts), unless the stop
+    /// token is cancelled first.
+    pub async fn sleep(&self, wait: Duration) -> Result<(), WaitError> {
+        self.until_stopped(tokio::time::sleep(wait)).await
+    }
+
+    async fn wait_for_permit(&self) -> Permit {
         let started = Instant::now();
         let permit = loop {
             while let Some(until) = self.mailbox.paused_until(Instant::now()) {
@@ -461,6 +604,7 @@ impl MailboxThrottle {
                 mailbox_slot,
                 endpoint_slot,
                 upload_bytes: 0,
+                limits: self.limits.clone(),
             };
         };
         self.mailbox.touch();
@@ -475,36 +619,42 @@ impl MailboxThrottle {
     /// [`MailboxThrottle::acquire`] for an upload of `bytes`, which first
     /// waits for its turn at the mailbox's upload rate (see the module's
     /// docs). The turn is taken before a slot, so that the time requests
-    /// take does not slow the pace.
-    pub async fn acquire_upload(&self, bytes: u64) -> Permit {
+    /// take does not slow the pace. Fails only when the stop token is
+    /// cancelled meanwhile.
+    pub async fn acquire_upload(&self, bytes: u64) -> Result<Permit, WaitError> {
         let wait = lock(&self.mailbox.state)
             .pacer
             .reserve(bytes, Instant::now());
         if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+            self.sleep(wait).await?;
             let waited = wait.as_secs_f64();
             self.endpoint
                 .count(|counters| counters.seconds_waiting += waited);
         }
-        let mut permit = self.acquire().await;
+        let mut permit = self.acquire().await?;
         permit.upload_bytes = bytes;
-        permit
+        Ok(permit)
     }
 
     /// Runs one request with a permit and settles it by the outcome: for
     /// connectors whose requests are not retried one by one (IMAP, where a
-    /// throttle restarts the pass from its checkpoints after the hint).
-    pub async fn run<T, E: Classify>(
-        &self,
-        request: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, E> {
-        let permit = self.acquire().await;
+    /// throttle restarts the pass from its checkpoints after the hint). A
+    /// throttle whose hint is over the limit becomes the mailbox's failure
+    /// ([`WaitError::HintTooLong`], quoting the server's error); a stop
+    /// while waiting for the permit, [`WaitError::Stopped`].
+    pub async fn run<T, E>(&self, request: impl Future<Output = Result<T, E>>) -> Result<T, E>
+    where
+        E: Classify + fmt::Display + From<WaitError>,
+    {
+        let permit = self.acquire().await?;
         let started = Instant::now();
         let outcome = request.await;
         match &outcome {
             Ok(_) => permit.succeeded(started.elapsed()),
             Err(error) if error.class() == ErrorClass::Throttled => {
-                permit.throttled(error.retry_after());
+                if let Err(over) = permit.throttled(error.retry_after()) {
+                    return Err(over.quoting(error).into());
+                }
             }
             Err(error) => permit.failed(error.class()),
         }
@@ -541,6 +691,8 @@ pub struct Permit {
     endpoint_slot: Slot,
     /// The size of the upload this permit is for (0: not an upload).
     upload_bytes: u64,
+    /// The limits of the handle that took it.
+    limits: WaitLimits,
 }
 
 impl Permit {
@@ -570,30 +722,30 @@ impl Permit {
 
     /// The server throttled the request (`retry_after`: its hint). The whole
     /// mailbox pauses until now + hint (or, without a hint, the back-off
-    /// given by [`next_backoff`] for the throttles in a row; a day at the
-    /// most), unless it is already paused for longer; the mailbox window halves (at least 1),
+    /// given by [`next_backoff`] for the throttles in a row), unless it is
+    /// already paused for longer; the mailbox window halves (at least 1),
     /// the endpoint window shrinks by 0.75 (at least 1), each at most once
     /// per window. Counted as a throttle event and a retry. Returns how long
-    /// the mailbox now waits.
-    pub fn throttled(self, retry_after: Option<std::time::Duration>) -> std::time::Duration {
+    /// the mailbox now waits. A pause the [`WaitLimits`] do not allow (a
+    /// hint over `max_retry_after`, or one more pause than `max_pass_wait`
+    /// leaves room for) is not taken: it is returned as the mailbox's
+    /// failure.
+    pub fn throttled(
+        self,
+        retry_after: Option<std::time::Duration>,
+    ) -> Result<std::time::Duration, PauseRefused> {
         let now = Instant::now();
         let until = {
             let mut state = lock(&self.mailbox.state);
             let attempt = state.throttles_in_a_row;
             state.throttles_in_a_row = attempt.saturating_add(1);
             state.last_active = now;
-            let hint = retry_after
-                .unwrap_or_else(|| next_backoff(attempt, BACKOFF_BASE, BACKOFF_CAP))
-                .min(MAX_PAUSE);
-            let open = state.paused_until.filter(|paused| *paused > now);
-            let until = open.map_or(now + hint, |paused| paused.max(now + hint));
-            state.paused_until = Some(until);
-            // Only a throttle with a hint says when the budget is back
-            // (one without, e.g. for concurrency, says nothing of bytes).
-            if self.upload_bytes > 0 && retry_after.is_some() {
-                state.pacer.throttled(now, until, open.is_none());
-            }
-            until
+            let (wait, hinted) = match retry_after {
+                Some(hint) => (hint, true),
+                None => (next_backoff(attempt, BACKOFF_BASE, BACKOFF_CAP), false),
+            };
+            self.account_pause(&state, now, wait, hinted)
+                .map(|()| state.pause(now, wait, hinted, self.upload_bytes))
         };
         self.mailbox_slot.decrease(MAILBOX_THROTTLE_DECREASE);
         self.endpoint_slot.decrease(ENDPOINT_THROTTLE_DECREASE);
@@ -604,6 +756,14 @@ impl Permit {
                 .entry(ErrorClass::Throttled.as_str().to_owned())
                 .or_default() += 1;
         });
+        let until = until.inspect_err(|refused| {
+            tracing::warn!(
+                endpoint = %self.endpoint.label,
+                mailbox = %self.mailbox.name,
+                ?refused,
+                "throttled beyond the limits of waiting: the mailbox fails"
+            );
+        })?;
         let wait = until.duration_since(now);
         tracing::debug!(
             endpoint = %self.endpoint.label,
@@ -613,7 +773,35 @@ impl Permit {
             windows = ?(self.mailbox_slot.window.size(), self.endpoint_slot.window.size()),
             "throttled: the mailbox pauses"
         );
-        wait
+        Ok(wait)
+    }
+
+    /// Whether the limits allow pausing the mailbox (`state`) for `wait`
+    /// from `now` (`hinted`: the server's hint); if so, the time it adds to
+    /// the open pause counts against the pass's bound.
+    fn account_pause(
+        &self,
+        state: &MailboxState,
+        now: Instant,
+        wait: Duration,
+        hinted: bool,
+    ) -> Result<(), PauseRefused> {
+        let limits = &self.limits;
+        if hinted && wait > limits.max_retry_after {
+            return Err(PauseRefused::HintOverLimit {
+                hint: wait,
+                limit: limits.max_retry_after,
+            });
+        }
+        let open_until = state.paused_until.map_or(now, |until| until.max(now));
+        let added = (now + wait).saturating_duration_since(open_until);
+        let mut paused = lock(&limits.paused);
+        let waited = paused.saturating_add(added);
+        if let Some(limit) = limits.max_pass_wait.filter(|limit| waited > *limit) {
+            return Err(PauseRefused::PassWaitSpent { waited, limit });
+        }
+        *paused = waited;
+        Ok(())
     }
 
     /// The request failed for another reason of class `class` (transient
@@ -624,7 +812,9 @@ impl Permit {
     pub fn failed(self, class: mailwave_common::ErrorClass) {
         match class {
             ErrorClass::Throttled => {
-                self.throttled(None);
+                // Our own back-off: never over the hint limit; a pass out
+                // of waiting time fails by the error this settles.
+                let _ = self.throttled(None);
                 return;
             }
             ErrorClass::Transient => {
@@ -644,6 +834,22 @@ impl Permit {
 }
 
 impl MailboxState {
+    /// Pauses the mailbox for `wait` from `now`, unless it is paused for
+    /// longer already; returns until when. `hinted`: the wait is the
+    /// server's hint, which tells the pacer of an upload (of
+    /// `upload_bytes`, 0 for other requests) when the budget is back.
+    fn pause(&mut self, now: Instant, wait: Duration, hinted: bool, upload_bytes: u64) -> Instant {
+        let open = self.paused_until.filter(|paused| *paused > now);
+        let until = open.map_or(now + wait, |paused| paused.max(now + wait));
+        self.paused_until = Some(until);
+        // A throttle without a hint (e.g. for concurrency) says nothing of
+        // bytes.
+        if upload_bytes > 0 && hinted {
+            self.pacer.throttled(now, until, open.is_none());
+        }
+        until
+    }
+
     /// Takes in one latency sample; whether it shows congestion (slower than
     /// `factor` × the baseline).
     fn record_latency(&mut self, latency: Duration, factor: f64) -> bool {
@@ -824,12 +1030,23 @@ mod tests {
         endpoint(ThrottleSettings::default())
     }
 
+    /// Limits that obey any hint the tests give (up to a day), never stopped.
+    fn limits() -> WaitLimits {
+        WaitLimits {
+            max_retry_after: MAX_PAUSE,
+            max_pass_wait: None,
+            stop: CancellationToken::new(),
+            paused: Arc::default(),
+        }
+    }
+
     /// A permit that is free right now (no waiting).
     fn now(mailbox: &MailboxThrottle) -> Permit {
         mailbox
             .acquire()
             .now_or_never()
             .expect("a permit is free right away")
+            .expect("not stopped")
     }
 
     const KB: u64 = 1000;
@@ -840,10 +1057,14 @@ mod tests {
             upload_rate: Some(500.0 * KB as f64),
             ..ThrottleSettings::default()
         });
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         let started = Instant::now();
         for _ in 0..10 {
-            mailbox.acquire_upload(100 * KB).await.succeeded(MS);
+            mailbox
+                .acquire_upload(100 * KB)
+                .await
+                .unwrap()
+                .succeeded(MS);
         }
         // 1 MB at 500 kB/s, the first upload waiting for its own bytes.
         let took = (Instant::now() - started).as_secs_f64();
@@ -854,22 +1075,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn uploads_go_at_the_rate_the_server_accepted_after_the_first_throttle() {
         let endpoint = default_endpoint();
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         // Unpaced: a burst of ten 100 kB uploads goes at once.
         for _ in 0..10 {
             let permit = mailbox
                 .acquire_upload(100 * KB)
                 .now_or_never()
-                .expect("no pacing before a throttle");
+                .expect("no pacing before a throttle")
+                .unwrap();
             permit.succeeded(MS);
         }
         assert_eq!(mailbox.upload_rate(), None);
         // The budget is spent: the server asks for 5 s. It accepted 1 MB
         // until the pause ends, so 1 MB per 5 s from then on.
-        let throttled = mailbox.acquire_upload(100 * KB).await;
+        let throttled = mailbox.acquire_upload(100 * KB).await.unwrap();
         assert_eq!(
             throttled.throttled(Some(Duration::from_secs(5))),
-            Duration::from_secs(5)
+            Ok(Duration::from_secs(5))
         );
         let rate = mailbox.upload_rate().expect("a rate was learned");
         assert!((rate - 200.0 * KB as f64).abs() < 1.0, "{rate}");
@@ -877,7 +1099,11 @@ mod tests {
         // Twenty uploads after the pause take 20 × 100 kB / 200 kB/s.
         let started = Instant::now();
         for _ in 0..20 {
-            mailbox.acquire_upload(100 * KB).await.succeeded(MS);
+            mailbox
+                .acquire_upload(100 * KB)
+                .await
+                .unwrap()
+                .succeeded(MS);
         }
         let took = Instant::now() - started;
         // 5 s of pause, then about 10 s of paced uploads (a little less:
@@ -893,10 +1119,10 @@ mod tests {
 
         // A later throttled upload lowers it by a tenth; throttles meeting
         // the open pause change nothing more.
-        let first = mailbox.acquire_upload(100 * KB).await;
-        let second = mailbox.acquire_upload(100 * KB).await;
-        first.throttled(Some(Duration::from_secs(1)));
-        second.throttled(Some(Duration::from_secs(1)));
+        let first = mailbox.acquire_upload(100 * KB).await.unwrap();
+        let second = mailbox.acquire_upload(100 * KB).await.unwrap();
+        first.throttled(Some(Duration::from_secs(1))).unwrap();
+        second.throttled(Some(Duration::from_secs(1))).unwrap();
         let lowered = mailbox.upload_rate().unwrap();
         assert!(
             (lowered - raised * 0.9).abs() < 1.0,
@@ -911,8 +1137,26 @@ mod tests {
         assert_eq!(mailbox.upload_rate(), Some(lowered));
     }
 
-    #[derive(Debug)]
-    struct Failure(ErrorClass, Option<Duration>);
+    #[derive(Debug, PartialEq)]
+    struct Failure(ErrorClass, Option<Duration>, String);
+
+    impl fmt::Display for Failure {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.2)
+        }
+    }
+
+    impl From<WaitError> for Failure {
+        fn from(error: WaitError) -> Self {
+            let class = match error {
+                WaitError::Stopped => ErrorClass::Transient,
+                WaitError::HintTooLong { .. } | WaitError::PassWaitSpent { .. } => {
+                    ErrorClass::Mailbox
+                }
+            };
+            Failure(class, None, error.to_string())
+        }
+    }
 
     impl Classify for Failure {
         fn class(&self) -> ErrorClass {
@@ -927,16 +1171,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn run_settles_a_request_by_its_outcome() {
         let endpoint = shared("run-test", ThrottleSettings::default);
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         assert_eq!(mailbox.run(async { Ok::<_, Failure>(7) }).await.unwrap(), 7);
         let transient = mailbox
-            .run(async { Err::<(), _>(Failure(ErrorClass::Transient, None)) })
+            .run(async { Err::<(), _>(Failure(ErrorClass::Transient, None, String::new())) })
             .await;
         assert!(transient.is_err());
         assert_eq!(mailbox.windows(), (3, 57));
         let hint = Duration::from_secs(10);
         let throttled = mailbox
-            .run(async { Err::<(), _>(Failure(ErrorClass::Throttled, Some(hint))) })
+            .run(async { Err::<(), _>(Failure(ErrorClass::Throttled, Some(hint), String::new())) })
             .await;
         assert!(throttled.is_err());
         assert_eq!(mailbox.paused_until(), Some(Instant::now() + hint));
@@ -952,9 +1196,160 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_hint_over_the_limit_fails_the_mailbox_at_once_quoting_the_server() {
+        let endpoint = default_endpoint();
+        let strict = WaitLimits {
+            max_retry_after: Duration::from_secs(900),
+            ..limits()
+        };
+        let mailbox = endpoint.mailbox("alice", strict.clone());
+        let start = Instant::now();
+        let server = "NO [UNAVAILABLE] Server busy. Suggested Backoff Time: 99999999 seconds";
+        let hint = Some(Duration::from_secs(99_999_999));
+        let failure = mailbox
+            .run(async { Err::<(), _>(Failure(ErrorClass::Throttled, hint, server.into())) })
+            .await
+            .unwrap_err();
+        assert_eq!(failure.0, ErrorClass::Mailbox, "{failure}");
+        assert_eq!(failure.1, None, "no hint left to wait for");
+        assert!(failure.2.contains(server), "{failure}");
+        assert!(failure.2.contains("99999999 s"), "{failure}");
+        assert!(
+            failure.2.contains("max_retry_after_secs (900 s)"),
+            "{failure}"
+        );
+        // Nothing paused: no one waits for it, and no time passed.
+        assert_eq!(mailbox.paused_until(), None);
+        assert_eq!(Instant::now(), start);
+        assert!(now(&mailbox).throttled(hint).is_err());
+        assert_eq!(endpoint.counters().throttle_events, 2);
+
+        // A hint within the limit is obeyed, to the second.
+        let within = Duration::from_secs(900);
+        assert_eq!(now(&mailbox).throttled(Some(within)), Ok(within));
+        mailbox.acquire().await.unwrap().succeeded(MS);
+        assert_eq!(Instant::now() - start, within);
+
+        // The error a connector returns says so, as a mailbox failure.
+        let error = ConnectorError::from(
+            PauseRefused::HintOverLimit {
+                hint: Duration::from_secs(99_999_999),
+                limit: within,
+            }
+            .quoting(server),
+        );
+        assert_eq!(error.class, ErrorClass::Mailbox);
+        assert_eq!(error.retry_after, None);
+        assert!(error.message.contains(server), "{}", error.message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_out_of_waiting_time_fails_quoting_the_server() {
+        let endpoint = default_endpoint();
+        let pass = WaitLimits {
+            max_pass_wait: Some(Duration::from_secs(60)),
+            ..limits()
+        };
+        let mailbox = endpoint.mailbox("alice", pass.clone());
+        let secs = Duration::from_secs;
+        let first = now(&mailbox);
+        let second = now(&mailbox);
+        assert_eq!(first.throttled(Some(secs(30))), Ok(secs(30)));
+        // Within the open pause: it adds nothing to the pass's waiting.
+        assert_eq!(second.throttled(Some(secs(10))), Ok(secs(30)));
+        assert_eq!(pass.paused(), secs(30));
+        let permit = mailbox.acquire().await.unwrap();
+        assert_eq!(permit.throttled(Some(secs(25))), Ok(secs(25)));
+        assert_eq!(pass.paused(), secs(55));
+
+        // 55 s + 10 s is more than 60 s: the mailbox fails, quoting.
+        let server = "429 TooManyRequests: Application is over its limit.";
+        let failure = mailbox
+            .run(async {
+                Err::<(), _>(Failure(
+                    ErrorClass::Throttled,
+                    Some(secs(10)),
+                    server.into(),
+                ))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(failure.0, ErrorClass::Mailbox, "{failure}");
+        assert!(failure.2.contains(server), "{failure}");
+        assert!(failure.2.contains("65 s in all"), "{failure}");
+        assert!(failure.2.contains("max_pass_wait_secs (60 s)"), "{failure}");
+        assert_eq!(mailbox.paused_until(), None, "not paused for it");
+        assert_eq!(pass.paused(), secs(55));
+
+        // The next pass has its own account.
+        let next = endpoint.mailbox(
+            "alice",
+            WaitLimits {
+                max_pass_wait: Some(secs(60)),
+                ..limits()
+            },
+        );
+        assert_eq!(now(&next).throttled(Some(secs(10))), Ok(secs(10)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_interrupts_every_wait() {
+        let endpoint = endpoint(ThrottleSettings {
+            upload_rate: Some(KB as f64),
+            ..ThrottleSettings::default()
+        });
+        let stop = CancellationToken::new();
+        let mailbox = endpoint.mailbox(
+            "alice",
+            WaitLimits {
+                stop: stop.clone(),
+                ..limits()
+            },
+        );
+        let start = Instant::now();
+        // A pause of 10 minutes, a full window, a paced upload of 1000 s, a
+        // back-off of an hour: all waiting when the stop comes after 1 s.
+        now(&mailbox)
+            .throttled(Some(Duration::from_secs(600)))
+            .unwrap();
+        let paused = mailbox.acquire();
+        let upload = mailbox.acquire_upload(1000 * KB);
+        let backoff = mailbox.sleep(Duration::from_secs(3600));
+        let held = endpoint.mailbox("bob", mailbox.limits.clone());
+        let permits: Vec<Permit> = (0..4).map(|_| now(&held)).collect();
+        let no_slot = held.acquire();
+        let ran = held.run(async { Ok::<_, Failure>(()) });
+        let stopper = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.cancel();
+        };
+        let (paused, upload, backoff, no_slot, ran, ()) =
+            tokio::join!(paused, upload, backoff, no_slot, ran, stopper);
+        assert_eq!(Instant::now() - start, Duration::from_secs(1));
+        assert!(matches!(paused, Err(WaitError::Stopped)));
+        assert!(matches!(upload, Err(WaitError::Stopped)));
+        assert_eq!(backoff, Err(WaitError::Stopped));
+        assert!(matches!(no_slot, Err(WaitError::Stopped)));
+        assert_eq!(ran.unwrap_err().0, ErrorClass::Transient, "interrupted");
+        // Once stopped, nothing waits at all, not even for a free slot.
+        assert!(matches!(
+            endpoint
+                .mailbox("carol", mailbox.limits.clone())
+                .acquire()
+                .await,
+            Err(WaitError::Stopped)
+        ));
+        assert_eq!(
+            ConnectorError::from(WaitError::Stopped).message,
+            ConnectorError::interrupted().message
+        );
+        drop(permits);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_mailbox_ceiling_holds_a_fifth_request_back() {
         let endpoint = default_endpoint();
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         let mut permits: Vec<Permit> = (0..4).map(|_| now(&mailbox)).collect();
         let mut fifth = pin!(mailbox.acquire());
         assert!(poll!(fifth.as_mut()).is_pending());
@@ -963,7 +1358,10 @@ mod tests {
 
         // A permit given back (unsettled) lets the fifth through.
         drop(permits.pop());
-        let fifth = fifth.now_or_never().expect("the freed slot is taken");
+        let fifth = fifth
+            .now_or_never()
+            .expect("the freed slot is taken")
+            .unwrap();
         assert_eq!(mailbox.windows(), (4, 64));
 
         // A cancelled acquire gives its slots back.
@@ -981,19 +1379,29 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn aimd_halves_on_throttles_and_grows_back_within_the_ceiling() {
         let endpoint = default_endpoint();
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
 
-        now(&mailbox).throttled(Some(Duration::ZERO));
+        now(&mailbox).throttled(Some(Duration::ZERO)).unwrap();
         assert_eq!(mailbox.windows(), (2, 48));
-        mailbox.acquire().await.throttled(Some(Duration::ZERO));
+        mailbox
+            .acquire()
+            .await
+            .unwrap()
+            .throttled(Some(Duration::ZERO))
+            .unwrap();
         assert_eq!(mailbox.windows(), (1, 36));
-        mailbox.acquire().await.throttled(Some(Duration::ZERO));
+        mailbox
+            .acquire()
+            .await
+            .unwrap()
+            .throttled(Some(Duration::ZERO))
+            .unwrap();
         assert_eq!(mailbox.windows(), (1, 27), "never below 1");
 
         // One window's worth of successes: one more slot.
         let mut sizes = Vec::new();
         for _ in 0..12 {
-            mailbox.acquire().await.succeeded(10 * MS);
+            mailbox.acquire().await.unwrap().succeeded(10 * MS);
             sizes.push(mailbox.windows().0);
         }
         // 1 success → 2, 2 more → 3, 3 more → 4, then it stays at the ceiling.
@@ -1001,13 +1409,13 @@ mod tests {
         // The endpoint's window (27) grows after 27 successes.
         assert_eq!(mailbox.windows().1, 27);
         for _ in 0..15 {
-            mailbox.acquire().await.succeeded(10 * MS);
+            mailbox.acquire().await.unwrap().succeeded(10 * MS);
         }
         assert_eq!(mailbox.windows().1, 28);
 
         // Never above the ceiling, however many successes.
         for _ in 0..2000 {
-            mailbox.acquire().await.succeeded(10 * MS);
+            mailbox.acquire().await.unwrap().succeeded(10 * MS);
         }
         assert_eq!(mailbox.windows(), (4, 64));
     }
@@ -1015,34 +1423,38 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_out_together_decrease_the_window_once() {
         let endpoint = default_endpoint();
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         let permits: Vec<Permit> = (0..4).map(|_| now(&mailbox)).collect();
         for permit in permits {
-            permit.throttled(Some(Duration::from_secs(1)));
+            permit.throttled(Some(Duration::from_secs(1))).unwrap();
         }
         assert_eq!(mailbox.windows(), (2, 48));
         // A request sent after the decrease decreases it again.
-        mailbox.acquire().await.failed(ErrorClass::Transient);
+        mailbox
+            .acquire()
+            .await
+            .unwrap()
+            .failed(ErrorClass::Transient);
         assert_eq!(mailbox.windows(), (1, 43));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_throttle_pauses_the_whole_mailbox_not_the_others() {
         let endpoint = default_endpoint();
-        let alice = endpoint.mailbox("alice");
-        let bob = endpoint.mailbox("bob");
+        let alice = endpoint.mailbox("alice", limits());
+        let bob = endpoint.mailbox("bob", limits());
         let start = Instant::now();
         let first = now(&alice);
         let second = now(&alice);
 
         assert_eq!(
             first.throttled(Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
+            Ok(Duration::from_secs(30))
         );
         assert_eq!(alice.paused_until(), Some(start + Duration::from_secs(30)));
         assert_eq!(bob.paused_until(), None);
         // Another handle of the same mailbox sees the pause.
-        assert!(endpoint.mailbox("alice").paused_until().is_some());
+        assert!(endpoint.mailbox("alice", limits()).paused_until().is_some());
 
         let mut next = pin!(alice.acquire());
         assert!(poll!(next.as_mut()).is_pending(), "a free slot, but paused");
@@ -1053,7 +1465,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(29)).await;
         assert!(poll!(next.as_mut()).is_pending());
         tokio::time::advance(Duration::from_secs(1)).await;
-        next.await.succeeded(10 * MS);
+        next.await.unwrap().succeeded(10 * MS);
         assert_eq!(Instant::now() - start, Duration::from_secs(30));
         assert_eq!(alice.paused_until(), None);
     }
@@ -1061,49 +1473,55 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_later_shorter_hint_does_not_shorten_the_pause() {
         let endpoint = default_endpoint();
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         let start = Instant::now();
         let first = now(&mailbox);
         let second = now(&mailbox);
         assert_eq!(
             first.throttled(Some(Duration::from_secs(60))),
-            Duration::from_secs(60)
+            Ok(Duration::from_secs(60))
         );
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(
             second.throttled(Some(Duration::from_secs(5))),
-            Duration::from_secs(50)
+            Ok(Duration::from_secs(50))
         );
         assert_eq!(
             mailbox.paused_until(),
             Some(start + Duration::from_secs(60))
         );
 
-        mailbox.acquire().await.succeeded(10 * MS);
+        mailbox.acquire().await.unwrap().succeeded(10 * MS);
         assert_eq!(Instant::now() - start, Duration::from_secs(60));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_throttle_without_a_hint_backs_off_within_bounds() {
         let endpoint = default_endpoint();
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         // Throttles in a row double the bound of the back-off: 1 s, 2 s, 4 s.
         for bound in [1, 2, 4] {
-            let wait = mailbox.acquire().await.throttled(None);
+            let wait = mailbox.acquire().await.unwrap().throttled(None).unwrap();
             assert!(wait <= Duration::from_secs(bound), "{wait:?}");
             assert_eq!(mailbox.paused_until().is_some(), !wait.is_zero());
         }
-        // An absurd hint pauses for a day, without overflowing the clock.
-        tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(now(&mailbox).throttled(Some(Duration::MAX)), MAX_PAUSE);
+        // Our own back-off is never held against the limit of hints.
+        let strict = endpoint.mailbox(
+            "bob",
+            WaitLimits {
+                max_retry_after: Duration::ZERO,
+                ..limits()
+            },
+        );
+        assert!(now(&strict).throttled(None).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn latency_growth_shrinks_the_window() {
         let endpoint = default_endpoint();
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         for _ in 0..5 {
-            mailbox.acquire().await.succeeded(100 * MS);
+            mailbox.acquire().await.unwrap().succeeded(100 * MS);
         }
         // Slower, but within 3 × the baseline: no congestion.
         now(&mailbox).succeeded(250 * MS);
@@ -1117,7 +1535,7 @@ mod tests {
         assert_eq!(mailbox.windows(), (3, 64));
 
         // The endpoint has no part in a mailbox's latency.
-        let other = endpoint.mailbox("bob");
+        let other = endpoint.mailbox("bob", limits());
         now(&other).succeeded(400 * MS);
         assert_eq!(other.windows(), (4, 64));
 
@@ -1129,7 +1547,7 @@ mod tests {
                 ..ThrottleSettings::default()
             },
         )
-        .mailbox("alice");
+        .mailbox("alice", limits());
         now(&relaxed).succeeded(MS);
         now(&relaxed).succeeded(Duration::from_secs(60));
         assert_eq!(relaxed.windows().0, 4);
@@ -1138,7 +1556,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_transient_fault_decreases_gently_other_classes_not_at_all() {
         let endpoint = default_endpoint();
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         now(&mailbox).failed(ErrorClass::Item);
         now(&mailbox).failed(ErrorClass::Mailbox);
         assert_eq!(mailbox.windows(), (4, 64));
@@ -1153,9 +1571,9 @@ mod tests {
             endpoint_ceiling: 6,
             ..ThrottleSettings::default()
         });
-        let alice = endpoint.mailbox("alice");
-        let bob = endpoint.mailbox("bob");
-        let carol = endpoint.mailbox("carol");
+        let alice = endpoint.mailbox("alice", limits());
+        let bob = endpoint.mailbox("bob", limits());
+        let carol = endpoint.mailbox("carol", limits());
         let mut alices: Vec<Permit> = (0..4).map(|_| now(&alice)).collect();
         let bobs: Vec<Permit> = (0..2).map(|_| now(&bob)).collect();
         assert_eq!(alice.windows(), (4, 6));
@@ -1176,9 +1594,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waiters_go_when_the_window_grows() {
         let endpoint = default_endpoint();
-        let mailbox = endpoint.mailbox("alice");
-        mailbox.acquire().await.throttled(Some(Duration::ZERO));
-        mailbox.acquire().await.succeeded(10 * MS);
+        let mailbox = endpoint.mailbox("alice", limits());
+        mailbox
+            .acquire()
+            .await
+            .unwrap()
+            .throttled(Some(Duration::ZERO))
+            .unwrap();
+        mailbox.acquire().await.unwrap().succeeded(10 * MS);
         assert_eq!(mailbox.windows().0, 2);
         let first = now(&mailbox);
         let second = now(&mailbox);
@@ -1202,10 +1625,10 @@ mod tests {
             requests_per_second: Some(10.0),
             ..ThrottleSettings::default()
         });
-        let mailbox = endpoint.mailbox("alice");
+        let mailbox = endpoint.mailbox("alice", limits());
         let start = Instant::now();
         for _ in 0..20 {
-            mailbox.acquire().await.succeeded(MS);
+            mailbox.acquire().await.unwrap().succeeded(MS);
         }
         // A burst of one second's worth (10), then one every 100 ms.
         let elapsed = Instant::now() - start;
@@ -1230,19 +1653,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn counters_add_up() {
         let endpoint = default_endpoint();
-        let alice = endpoint.mailbox("alice");
-        let bob = endpoint.mailbox("bob");
+        let alice = endpoint.mailbox("alice", limits());
+        let bob = endpoint.mailbox("bob", limits());
         now(&alice).succeeded(10 * MS);
         assert_eq!(
             now(&alice).throttled(Some(Duration::from_secs(2))),
-            Duration::from_secs(2)
+            Ok(Duration::from_secs(2))
         );
         now(&bob).failed(ErrorClass::Transient);
         now(&bob).failed(ErrorClass::Transient);
         now(&bob).failed(ErrorClass::Item);
         drop(now(&bob));
         // Waits out the pause: 2 s of waiting.
-        alice.acquire().await.failed(ErrorClass::Throttled);
+        alice.acquire().await.unwrap().failed(ErrorClass::Throttled);
 
         let counters = endpoint.counters();
         assert_eq!(
@@ -1270,23 +1693,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_mailboxes_are_forgotten_held_ones_kept() {
         let endpoint = default_endpoint();
-        let held = endpoint.mailbox("held");
-        held.acquire().await.throttled(Some(Duration::ZERO));
+        let held = endpoint.mailbox("held", limits());
+        held.acquire()
+            .await
+            .unwrap()
+            .throttled(Some(Duration::ZERO))
+            .unwrap();
         endpoint
-            .mailbox("idle")
+            .mailbox("idle", limits())
             .acquire()
             .await
-            .throttled(Some(Duration::ZERO));
-        let paused = endpoint.mailbox("paused");
+            .unwrap()
+            .throttled(Some(Duration::ZERO))
+            .unwrap();
+        let paused = endpoint.mailbox("paused", limits());
         paused
             .acquire()
             .await
-            .throttled(Some(IDLE_MAILBOX_LIFETIME * 2));
+            .unwrap()
+            .throttled(Some(IDLE_MAILBOX_LIFETIME * 2))
+            .unwrap();
         drop(paused);
 
         tokio::time::advance(IDLE_MAILBOX_LIFETIME).await;
         // The sweep runs as a mailbox is asked for.
-        let _ = endpoint.mailbox("new");
+        let _ = endpoint.mailbox("new", limits());
         let names = {
             let mailboxes = lock(&endpoint.shared.mailboxes);
             let mut names: Vec<String> = mailboxes.by_name.keys().cloned().collect();
@@ -1295,7 +1726,7 @@ mod tests {
         };
         assert_eq!(names, ["held", "new", "paused"]);
         assert_eq!(held.windows().0, 2, "a held mailbox keeps its state");
-        assert_eq!(endpoint.mailbox("idle").windows().0, 4, "afresh");
+        assert_eq!(endpoint.mailbox("idle", limits()).windows().0, 4, "afresh");
     }
 
     #[test]

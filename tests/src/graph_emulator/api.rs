@@ -491,16 +491,20 @@ async fn export_items(
         let values: Vec<Value> = request
             .item_ids
             .iter()
-            .map(|id| match mailbox.item(id) {
-                Some(item) => json!({
+            .map(|id| match (mailbox.item(id), mailbox.item_fault(id)) {
+                (Some(_), Some(fault)) => json!({
+                    "itemId": id,
+                    "error": { "errorCode": fault.code, "message": fault.message },
+                }),
+                (Some(item), None) => json!({
                     "itemId": id,
                     "changeKey": item.change_key(),
                     "data": base64::engine::general_purpose::STANDARD.encode(item.content.encode()),
                 }),
-                None => json!({
+                (None, _) => json!({
                     "itemId": id,
                     "error": {
-                        "code": "ErrorItemNotFound",
+                        "errorCode": "ErrorItemNotFound",
                         "message": "The specified object was not found in the store.",
                     },
                 }),

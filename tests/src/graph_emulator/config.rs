@@ -132,6 +132,34 @@ pub struct Faults {
     /// concurrency slot meanwhile). Applies even when `enabled` is false.
     #[serde(rename = "latencySecs", with = "secs")]
     pub latency: Duration,
+    /// The mailboxes (ids, `MBX:…`) the random 429s, 503s and 504s are
+    /// drawn for; empty: every mailbox.
+    pub only_mailboxes: Vec<String>,
+}
+
+/// An item that fails on cue ([`crate::graph_emulator::GraphEmulator::fail_item`]):
+/// `exportItems` answers its entry with an `error` (Graph's `mailTipsError`,
+/// `errorCode` and `message`) and no `data`, and `$value` answers `status`
+/// with Graph's error body, until the cue is cleared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ItemFault {
+    /// The HTTP status of a single-item request (`$value`).
+    pub status: u16,
+    /// The error code, e.g. `ErrorItemNotFound`, `ErrorCorruptData`,
+    /// `ErrorServerBusy`.
+    pub code: String,
+    pub message: String,
+}
+
+impl ItemFault {
+    pub fn new(status: u16, code: &str, message: &str) -> Self {
+        Self {
+            status,
+            code: code.to_owned(),
+            message: message.to_owned(),
+        }
+    }
 }
 
 impl Default for Faults {
@@ -145,6 +173,7 @@ impl Default for Faults {
             throttle_rate: 0.0,
             throttle_retry_after: Duration::from_secs(1),
             latency: Duration::ZERO,
+            only_mailboxes: Vec::new(),
         }
     }
 }

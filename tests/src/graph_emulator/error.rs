@@ -1,6 +1,8 @@
 //! Error answers: Graph's `{"error":{"code","message","innerError"}}`,
 //! Entra ID's OAuth errors and bare status codes.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -9,7 +11,7 @@ use serde_json::json;
 #[derive(Debug)]
 pub(crate) struct GraphError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     pub message: String,
     pub headers: Vec<(HeaderName, String)>,
     /// Send the status without any body (some real 503s do that).
@@ -17,10 +19,14 @@ pub(crate) struct GraphError {
 }
 
 impl GraphError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
             headers: Vec::new(),
             empty_body: false,

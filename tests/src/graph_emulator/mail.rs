@@ -258,6 +258,15 @@ async fn get_mime(
     serve(&shared, &headers, Access::User(&user), 0, |state, ctx| {
         let mailbox = mailbox_of(state, ctx)?;
         let item = message(mailbox, &message_id)?;
+        if let Some(fault) = mailbox.item_fault(&message_id) {
+            let status =
+                StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return Err(GraphError::new(
+                status,
+                fault.code.clone(),
+                fault.message.clone(),
+            ));
+        }
         let mut response = (StatusCode::OK, item.content.payload.clone()).into_response();
         response
             .headers_mut()

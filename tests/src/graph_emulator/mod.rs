@@ -32,8 +32,11 @@
 //!   window and upload bytes per window (429 with `Retry-After`, requests
 //!   inside the window are refused again), mailbox quotas (507), delta
 //!   tokens invalidated on demand (410 `syncStateNotFound`), expired tokens
-//!   (401), random 503 (some with an empty body) and 504 from a seeded RNG,
-//!   and an optional latency. See [`Limits`] and [`Faults`].
+//!   (401), random 503 (some with an empty body) and 504 from a seeded RNG
+//!   (for all mailboxes or chosen ones), an optional latency, and items
+//!   that fail on cue: an `exportItems` entry with an `error`
+//!   (`errorCode`, `message`) instead of `data`, an error answer of
+//!   `$value`. See [`Limits`], [`Faults`] and [`ItemFault`].
 //! * **Test API**: seed tenants, add/modify/move/delete items, reset delta
 //!   tokens, snapshot mailboxes for item-by-item comparisons, read
 //!   per-mailbox statistics, change limits and faults at runtime, as Rust
@@ -71,8 +74,8 @@ use anyhow::{Context, Result, anyhow};
 use tokio::task::JoinHandle;
 
 pub use config::{
-    AppSeed, EmulatorConfig, Faults, FlagStatus, FolderSeed, ItemSeed, ItemUpdate, Limits,
-    TenantSeed, UserSeed,
+    AppSeed, EmulatorConfig, Faults, FlagStatus, FolderSeed, ItemFault, ItemSeed, ItemUpdate,
+    Limits, TenantSeed, UserSeed,
 };
 pub use model::{FolderSnapshot, ItemSnapshot, MailboxSnapshot};
 pub use rules::{MailboxStats, RequestEvent, ThrottleReason};
@@ -193,6 +196,24 @@ impl GraphEmulator {
     /// Makes every delta and skip token of the mailbox answer `410 Gone`.
     pub fn reset_delta_tokens(&self, mailbox: &str) -> Result<()> {
         self.shared.reset_delta_tokens(mailbox)
+    }
+
+    /// Makes an item fail on cue (see [`ItemFault`]) until
+    /// [`GraphEmulator::clear_item_faults`]; it is still listed as usual.
+    pub fn fail_item(&self, mailbox: &str, item_id: &str, fault: ItemFault) -> Result<()> {
+        self.shared.with_mailbox(mailbox, |m| {
+            let id = m.item(item_id).ok_or("no such item")?.id.clone();
+            m.item_faults.insert(id, fault);
+            Ok(())
+        })
+    }
+
+    /// Ends every cued item fault of the mailbox.
+    pub fn clear_item_faults(&self, mailbox: &str) -> Result<()> {
+        self.shared.with_mailbox(mailbox, |m| {
+            m.item_faults.clear();
+            Ok(())
+        })
     }
 
     pub fn snapshot(&self, mailbox: &str) -> Result<MailboxSnapshot> {

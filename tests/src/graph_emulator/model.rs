@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 
-use super::config::{FlagStatus, ItemSeed, ItemUpdate, TenantSeed, UserSeed};
+use super::config::{FlagStatus, ItemFault, ItemSeed, ItemUpdate, TenantSeed, UserSeed};
 use super::export::ItemContent;
 
 /// Folders every mailbox has: display name, well-known name, class.
@@ -185,6 +185,8 @@ pub(crate) struct Mailbox {
     pub seq: u64,
     /// Bumped by `reset_delta_tokens`: older state tokens are gone (410).
     pub sync_generation: u64,
+    /// Items that fail on cue, by immutable id.
+    pub item_faults: HashMap<String, ItemFault>,
     id_counter: u64,
 }
 
@@ -215,6 +217,7 @@ impl Mailbox {
             tombstones: Vec::new(),
             seq: 0,
             sync_generation: 0,
+            item_faults: HashMap::new(),
             id_counter: 0,
         };
         let root_id = mailbox.insert_folder(
@@ -390,6 +393,11 @@ impl Mailbox {
     pub fn item(&self, id: &str) -> Option<&Item> {
         let key = self.rest_ids.get(id).map_or(id, String::as_str);
         self.items.get(key)
+    }
+
+    /// The fault cued for an item (by either of its ids), if any.
+    pub fn item_fault(&self, id: &str) -> Option<&ItemFault> {
+        self.item_faults.get(&self.item(id)?.id)
     }
 
     fn item_key(&self, id: &str) -> Option<String> {

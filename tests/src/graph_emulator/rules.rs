@@ -192,7 +192,7 @@ impl Rules {
         let now = Instant::now();
         let decision = self.decide(client_id, mailbox_id, upload_bytes, now);
         let decision = decision.and_then(|()| self.draw_throttle(client_id, mailbox_id, now));
-        let decision = decision.and_then(|()| match self.draw_fault() {
+        let decision = decision.and_then(|()| match self.draw_fault(mailbox_id) {
             Some(fault) => {
                 self.release(client_id, mailbox_id);
                 Err(Rejection::Fault(fault))
@@ -297,7 +297,7 @@ impl Rules {
         mailbox_id: &str,
         now: Instant,
     ) -> Result<(), Rejection> {
-        if !self.faults.enabled || self.rng.random::<f64>() >= self.faults.throttle_rate {
+        if !self.faults_apply(mailbox_id) || self.rng.random::<f64>() >= self.faults.throttle_rate {
             return Ok(());
         }
         self.release(client_id, mailbox_id);
@@ -311,8 +311,14 @@ impl Rules {
         })
     }
 
-    fn draw_fault(&mut self) -> Option<Fault> {
-        if !self.faults.enabled {
+    /// Whether random faults are drawn for requests to `mailbox_id`.
+    fn faults_apply(&self, mailbox_id: &str) -> bool {
+        let only = &self.faults.only_mailboxes;
+        self.faults.enabled && (only.is_empty() || only.iter().any(|m| m == mailbox_id))
+    }
+
+    fn draw_fault(&mut self, mailbox_id: &str) -> Option<Fault> {
+        if !self.faults_apply(mailbox_id) {
             return None;
         }
         let draw: f64 = self.rng.random();

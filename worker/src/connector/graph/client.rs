@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::connector::ConnectorError;
 use crate::oauth::TokenCache;
-use crate::throttle::{MailboxThrottle, next_backoff};
+use crate::throttle::{MailboxThrottle, WaitError, next_backoff};
 
 /// Attempts of one request before its failure reaches the engine (which
 /// then retries the whole mailbox from its checkpoints).
@@ -27,6 +27,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most characters of an error body quoted in a message.
 const QUOTED_BODY_CHARS: usize = 300;
+/// Most bytes of an error answer read (the rest is not needed to classify
+/// it, and a hostile server could send without end).
+const ERROR_BODY_BYTES: u64 = 64 * 1024;
 
 /// A failure of a Graph request, with what the engine needs to decide.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -69,6 +72,16 @@ impl Classify for GraphError {
     }
 }
 
+impl From<WaitError> for GraphError {
+    fn from(error: WaitError) -> Self {
+        let class = match error {
+            WaitError::Stopped => ErrorClass::Transient,
+            WaitError::HintTooLong { .. } | WaitError::PassWaitSpent { .. } => ErrorClass::Mailbox,
+        };
+        GraphError::local(class, error.to_string())
+    }
+}
+
 impl From<GraphError> for ConnectorError {
     fn from(error: GraphError) -> Self {
         ConnectorError::classified(error.class, error.message, error.retry_after)
@@ -83,6 +96,16 @@ pub struct GraphClient {
     pub api: String,
     credentials: OAuth2ClientCredentials,
     throttle: MailboxThrottle,
+}
+
+/// A successful answer's body, read up to the request's limit.
+#[derive(Debug)]
+pub enum Answer {
+    Whole(Bytes),
+    /// Longer than `limit` bytes: not read any further.
+    TooLarge {
+        limit: u64,
+    },
 }
 
 /// What to send.
@@ -127,14 +150,26 @@ impl GraphClient {
 
     /// GETs a JSON document.
     pub async fn get(&self, path_or_url: &str) -> Result<Value, GraphError> {
-        self.send(Method::GET, path_or_url, Body::None, true, json_answer)
-            .await
+        self.send(
+            Method::GET,
+            path_or_url,
+            Body::None,
+            true,
+            None,
+            json_answer,
+        )
+        .await
     }
 
     /// GETs a document as the server sent it, byte for byte (a message's
-    /// MIME from `$value`).
-    pub async fn get_bytes(&self, path_or_url: &str) -> Result<Bytes, GraphError> {
-        self.send(Method::GET, path_or_url, Body::None, true, Ok)
+    /// MIME from `$value`), unless it is longer than `limit` bytes: then
+    /// it is not read whole (nor kept) at all.
+    pub async fn get_bytes_within(
+        &self,
+        path_or_url: &str,
+        limit: u64,
+    ) -> Result<Answer, GraphError> {
+        self.send(Method::GET, path_or_url, Body::None, true, Some(limit), Ok)
             .await
     }
 
@@ -145,6 +180,7 @@ impl GraphClient {
             path_or_url,
             Body::Json(body),
             true,
+            None,
             json_answer,
         )
         .await
@@ -157,8 +193,15 @@ impl GraphClient {
         url: &str,
         body: &Value,
     ) -> Result<Value, GraphError> {
-        self.send(Method::POST, url, Body::Upload(body), false, json_answer)
-            .await
+        self.send(
+            Method::POST,
+            url,
+            Body::Upload(body),
+            false,
+            None,
+            json_answer,
+        )
+        .await
     }
 
     /// Every item of a collection, following `@odata.nextLink`.
@@ -178,14 +221,18 @@ impl GraphClient {
     /// Sends one request, retrying throttled and transient failures (the
     /// whole mailbox waits out a throttle), and refreshing a refused token
     /// once. A successful answer is read by `decode`; an answer it refuses
-    /// counts as a transient failure.
+    /// counts as a transient failure; `limit` bounds the bytes of a
+    /// successful answer that are read. A throttle whose hint is over the
+    /// limit fails the mailbox at once, quoting the server; a stop ends
+    /// every wait (see [`crate::throttle::WaitLimits`]).
     async fn send<T>(
         &self,
         method: Method,
         path_or_url: &str,
         body: Body<'_>,
         authorized: bool,
-        decode: fn(Bytes) -> Result<T, String>,
+        limit: Option<u64>,
+        decode: fn(Answer) -> Result<T, String>,
     ) -> Result<T, GraphError> {
         let url = self.url(path_or_url);
         let (payload, upload) = match body {
@@ -205,7 +252,7 @@ impl GraphClient {
             let permit = match &payload {
                 Some(bytes) if upload => self.throttle.acquire_upload(bytes.len() as u64).await,
                 _ => self.throttle.acquire().await,
-            };
+            }?;
             let mut request = self
                 .http
                 .request(method.clone(), &url)
@@ -220,7 +267,7 @@ impl GraphClient {
             }
             let started = Instant::now();
             let outcome = match request.send().await {
-                Ok(response) => read(response, &method, &url, decode).await,
+                Ok(response) => read(response, &method, &url, limit, decode).await,
                 // Without its URL: an import URL carries a token.
                 Err(error) => Err(GraphError::local(
                     ErrorClass::Transient,
@@ -252,7 +299,10 @@ impl GraphClient {
                 continue;
             }
             let wait = match error.class {
-                ErrorClass::Throttled => permit.throttled(error.retry_after),
+                ErrorClass::Throttled => match permit.throttled(error.retry_after) {
+                    Ok(wait) => wait,
+                    Err(over) => return Err(over.quoting(&error).into()),
+                },
                 ErrorClass::Transient => {
                     permit.failed(ErrorClass::Transient);
                     next_backoff(attempt - 1, BASE_BACKOFF, MAX_BACKOFF)
@@ -266,7 +316,7 @@ impl GraphClient {
                 return Err(error);
             }
             tracing::debug!(%error, ?wait, attempt, "Graph request retried");
-            tokio::time::sleep(wait).await;
+            self.throttle.sleep(wait).await?;
         }
     }
 }
@@ -278,7 +328,11 @@ impl From<crate::oauth::TokenError> for GraphError {
 }
 
 /// A successful answer's JSON (`null` when the body is empty).
-fn json_answer(body: Bytes) -> Result<Value, String> {
+fn json_answer(answer: Answer) -> Result<Value, String> {
+    let body = match answer {
+        Answer::Whole(body) => body,
+        Answer::TooLarge { limit } => return Err(format!("answer longer than {limit} bytes")),
+    };
     if body.trim_ascii().is_empty() {
         return Ok(Value::Null);
     }
@@ -292,12 +346,33 @@ fn to_json(value: &Value) -> Result<Bytes, GraphError> {
     })
 }
 
-/// The answer as `decode` reads it, or its failure classified.
+/// The body of `response`, read up to `limit` bytes (none: all of it).
+async fn read_within(
+    mut response: reqwest::Response,
+    limit: Option<u64>,
+) -> Result<Answer, reqwest::Error> {
+    let over = |length: u64| limit.filter(|limit| length > *limit);
+    if let Some(limit) = response.content_length().and_then(over) {
+        return Ok(Answer::TooLarge { limit });
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if let Some(limit) = over((body.len() + chunk.len()) as u64) {
+            return Ok(Answer::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Answer::Whole(body.freeze()))
+}
+
+/// The answer as `decode` reads it (at most `limit` bytes of it), or its
+/// failure classified.
 async fn read<T>(
     response: reqwest::Response,
     method: &Method,
     url: &str,
-    decode: fn(Bytes) -> Result<T, String>,
+    limit: Option<u64>,
+    decode: fn(Answer) -> Result<T, String>,
 ) -> Result<T, GraphError> {
     let status = response.status();
     let retry_after = response
@@ -305,7 +380,12 @@ async fn read<T>(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let body = response.bytes().await.map_err(|e| {
+    let limit = if status.is_success() {
+        limit
+    } else {
+        Some(ERROR_BODY_BYTES)
+    };
+    let answer = read_within(response, limit).await.map_err(|e| {
         GraphError::local(
             ErrorClass::Transient,
             format!(
@@ -316,13 +396,17 @@ async fn read<T>(
         )
     })?;
     if status.is_success() {
-        return decode(body).map_err(|e| {
+        return decode(answer).map_err(|e| {
             GraphError::local(
                 ErrorClass::Transient,
                 format!("{method} {}: {e}", redact(url)),
             )
         });
     }
+    let body = match answer {
+        Answer::Whole(body) => body,
+        Answer::TooLarge { .. } => Bytes::new(),
+    };
     let text = String::from_utf8_lossy(&body);
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     let code = body["error"]["code"].as_str().map(str::to_owned);
@@ -404,6 +488,64 @@ mod tests {
         assert_eq!(class(404, Some("ErrorInvalidUser")), ErrorClass::Mailbox);
         assert_eq!(class(404, Some("ErrorItemNotFound")), ErrorClass::Item);
         assert_eq!(class(400, Some("ErrorCorruptData")), ErrorClass::Item);
+    }
+
+    /// An HTTP server on loopback that answers one request with `head`,
+    /// then sends `chunk` for ever (an empty one: nothing more).
+    async fn server(head: &'static str, chunk: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            socket.write_all(head.as_bytes()).await.unwrap();
+            while !chunk.is_empty() && socket.write_all(&chunk).await.is_ok() {}
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_its_limit_is_not_read_whole() {
+        let http = reqwest::Client::new();
+        let limit = 64 * 1024;
+        // Announced as 2 GiB: refused before a byte of the body is read.
+        let announced = server(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2147483648\r\n\r\n",
+            vec![b'x'; 1024],
+        )
+        .await;
+        let response = http.get(&announced).send().await.unwrap();
+        let answer = read_within(response, Some(limit)).await.unwrap();
+        assert!(
+            matches!(answer, Answer::TooLarge { limit: 65536 }),
+            "{answer:?}"
+        );
+
+        // Of no announced length, sent without end: read up to the limit.
+        let chunk = format!("400\r\n{}\r\n", "x".repeat(1024)).into_bytes();
+        let unannounced = server(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            chunk,
+        )
+        .await;
+        let response = http.get(&unannounced).send().await.unwrap();
+        let answer = read_within(response, Some(limit)).await.unwrap();
+        assert!(
+            matches!(answer, Answer::TooLarge { limit: 65536 }),
+            "{answer:?}"
+        );
+
+        // Within the limit: the whole body.
+        let small = server(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            Vec::new(),
+        )
+        .await;
+        let response = http.get(&small).send().await.unwrap();
+        let answer = read_within(response, Some(5)).await.unwrap();
+        assert!(matches!(answer, Answer::Whole(body) if body.as_ref() == b"hello"));
     }
 
     #[test]

@@ -19,8 +19,15 @@
 //! `\Seen`, a `flagged` follow-up flag `\Flagged`, `receivedDateTime` the
 //! internal date. Messages are read as MIME from `$value`, byte for byte,
 //! several at a time within the mailbox's throttle window. The v1.0 message
-//! has no size: items are listed with size 0, which the engine takes as
-//! unknown until their bodies are read.
+//! has no size (its `PidTagMessageSize` counts MAPI properties, not MIME
+//! bytes): items are listed with size 0, which the engine takes as unknown
+//! until their bodies are read, and a body is read only up to
+//! `max_message_bytes` (and the memory budget): a longer one is refused
+//! unread, as soon as its `Content-Length` or its bytes pass the limit.
+//!
+//! A message `$value` answers 404 for is gone; any other refusal of one
+//! message is recorded as that item's failure with the server's reason,
+//! and throttles and passing faults fail the fetch, to be retried.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,17 +35,18 @@ use chrono::DateTime;
 use futures::StreamExt;
 use futures::future::try_join_all;
 use mailwave_common::ErrorClass;
-use mailwave_common::config::GraphEndpoint;
+use mailwave_common::config::{GraphEndpoint, MigrationConfig};
 use mailwave_common::model::FolderCheckpoint;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::client::{GraphClient, GraphError};
+use super::client::{Answer, GraphClient, GraphError};
 use super::{WELL_KNOWN_ROLES, encode, folder_tree, mailbox_client, scan_by_delta};
 use crate::connector::{
     ConnectorError, Fetched, FolderPath, FolderScan, IMAP_DATE, ItemMeta, MailSource, Message,
     SourceFolder,
 };
+use crate::throttle::WaitLimits;
 
 /// What message delta lists of each message.
 const DELTA_SELECT: &str = "id,isRead,flag,receivedDateTime";
@@ -50,13 +58,39 @@ pub struct GraphMimeSource {
     root: String,
     user: String,
     concurrency: usize,
+    /// The most bytes of one body read (see the module's docs).
+    max_body_bytes: u64,
+}
+
+/// What became of one message asked for.
+enum Read {
+    Message(Message),
+    Gone,
+    Refused(ConnectorError),
+}
+
+/// The most bytes of one message body held: `max_message_bytes` when set,
+/// never more than the whole memory budget.
+fn body_limit(migration: &MigrationConfig) -> u64 {
+    let budget = migration.memory_budget_bytes.max(1);
+    match migration.max_message_bytes {
+        0 => budget,
+        limit => limit.min(budget),
+    }
 }
 
 impl GraphMimeSource {
-    /// Opens `user`'s mailbox on `endpoint` for reading as MIME.
-    pub fn open(endpoint: &GraphEndpoint, user: &str) -> Result<Self, ConnectorError> {
+    /// Opens `user`'s mailbox on `endpoint` for reading as MIME, bodies
+    /// within the limits of `migration`, waits bounded by `limits`.
+    pub fn open(
+        endpoint: &GraphEndpoint,
+        user: &str,
+        migration: &MigrationConfig,
+        limits: &WaitLimits,
+    ) -> Result<Self, ConnectorError> {
         Ok(GraphMimeSource {
-            client: mailbox_client(endpoint, user)?,
+            max_body_bytes: body_limit(migration),
+            client: mailbox_client(endpoint, user, limits)?,
             root: format!("/users/{}", encode(user)),
             user: user.to_owned(),
             concurrency: endpoint.max_concurrent_requests.max(1),
@@ -74,25 +108,36 @@ impl GraphMimeSource {
         }
     }
 
-    /// One message's MIME; `None` when it is gone from the mailbox.
-    async fn mime(&self, item: ItemMeta) -> Result<Option<Message>, GraphError> {
+    /// One message's MIME, or what became of it; an error only for what
+    /// concerns more than this message (throttles, passing faults).
+    async fn mime(&self, item: ItemMeta) -> Result<Read, GraphError> {
         let url = format!("{}/messages/{}/$value", self.root, encode(&item.item));
-        match self.client.get_bytes(&url).await {
-            Ok(body) => Ok(Some(Message {
+        match self
+            .client
+            .get_bytes_within(&url, self.max_body_bytes)
+            .await
+        {
+            Ok(Answer::Whole(body)) => Ok(Read::Message(Message {
                 meta: ItemMeta {
                     size: body.len() as u64,
                     ..item
                 },
                 body,
             })),
+            Ok(Answer::TooLarge { limit }) => Ok(Read::Refused(ConnectorError::item(format!(
+                "message larger than {limit} bytes (migration.max_message_bytes, \
+                 or the memory budget): not read"
+            )))),
+            // A 404 of the item itself, not of the user or mailbox.
             Err(error)
                 if error.status == Some(StatusCode::NOT_FOUND)
-                    && error.code.as_deref() == Some("ErrorItemNotFound") =>
+                    && error.class == ErrorClass::Item =>
             {
                 tracing::info!(mailbox = %self.user, item = %item.item,
                     "message gone from the source; left out");
-                Ok(None)
+                Ok(Read::Gone)
             }
+            Err(error) if error.class == ErrorClass::Item => Ok(Read::Refused(error.into())),
             Err(error) => Err(error),
         }
     }
@@ -187,17 +232,17 @@ impl MailSource for GraphMimeSource {
         items: &[ItemMeta],
     ) -> Result<Fetched, ConnectorError> {
         let this = &*self;
-        let fetched: Vec<Result<Option<Message>, GraphError>> =
-            futures::stream::iter(items.iter().cloned())
-                .map(|item| this.mime(item))
-                .buffered(self.concurrency)
-                .collect()
-                .await;
+        let fetched: Vec<Result<Read, GraphError>> = futures::stream::iter(items.iter().cloned())
+            .map(|item| this.mime(item))
+            .buffered(self.concurrency)
+            .collect()
+            .await;
         let mut result = Fetched::default();
         for (item, message) in items.iter().zip(fetched) {
             match message? {
-                Some(message) => result.messages.push(message),
-                None => result.gone.push(item.item.clone()),
+                Read::Message(message) => result.messages.push(message),
+                Read::Gone => result.gone.push(item.item.clone()),
+                Read::Refused(error) => result.refused.push((item.item.clone(), error)),
             }
         }
         Ok(result)
@@ -253,5 +298,22 @@ mod tests {
             Some("02-Jan-2026 02:04:05 +0000")
         );
         assert_eq!(read_message("x", &json!({})).internal_date, None);
+    }
+
+    #[test]
+    fn bodies_are_read_up_to_max_message_bytes_within_the_budget() {
+        let migration = |max_message_bytes, memory_budget_bytes| MigrationConfig {
+            max_message_bytes,
+            memory_budget_bytes,
+            ..MigrationConfig::default()
+        };
+        assert_eq!(
+            body_limit(&migration(0, 96 << 20)),
+            96 << 20,
+            "no limit: the budget"
+        );
+        assert_eq!(body_limit(&migration(1 << 20, 96 << 20)), 1 << 20);
+        assert_eq!(body_limit(&migration(1 << 30, 16 << 20)), 16 << 20);
+        assert_eq!(body_limit(&migration(0, 0)), 1);
     }
 }

@@ -26,10 +26,19 @@
 //! folder checkpoint's sync state, so a later pass asks only for what
 //! changed. A delta link the server forgot (`410 Gone`) restarts the folder
 //! from a full delta listing: what the ledger holds is left out, nothing is
-//! imported twice. Items leave in `exportItems` batches of at most 20 and are
+//! imported twice. Items leave in `exportItems` requests of at most 20 items
+//! and 4 MiB (listed sizes; the answer carries them base64-encoded) and are
 //! imported one by one (several at a time, within the mailbox's throttle
 //! window) through an import session renewed before it expires. Ids are
 //! immutable ids (`Prefer: IdType="ImmutableId"`) everywhere.
+//!
+//! Every item asked of `exportItems` is accounted for: an entry with
+//! `data` is the item; an `error` (`errorCode`, `message`) of
+//! `ErrorItemNotFound` means it is gone; one of a passing condition of the
+//! server (`ErrorServerBusy`, `ErrorMailboxStoreUnavailable`, …) fails the
+//! fetch, so the pass retries from its checkpoint and the delta link never
+//! moves past the item; any other error is that item's recorded failure,
+//! with the server's code and message; an entry not understood is an error.
 //!
 //! # In-doubt imports
 //! A crash between an import and the ledger's commit leaves items the
@@ -48,7 +57,10 @@
 //! Every request goes through the mailbox's [`MailboxThrottle`]: at most
 //! `max_concurrent_requests` at once per mailbox (Graph allows 4), adapted
 //! to the server's answers, and after a 429 the whole mailbox waits out the
-//! `Retry-After` before sending anything else (see [`client`]).
+//! `Retry-After` before sending anything else (see [`client`]), unless it
+//! asks for more than `migration.max_retry_after_secs` (or the pass has
+//! waited `max_pass_wait_secs` already): then the mailbox fails at once,
+//! quoting the server. The worker's stop ends every wait.
 
 pub mod client;
 pub mod mail;
@@ -73,10 +85,26 @@ use crate::connector::{
     ItemMeta, MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder,
     TargetItem, TargetMark,
 };
-use crate::throttle::{self, EndpointThrottle, ThrottleSettings};
+use crate::throttle::{self, EndpointThrottle, ThrottleSettings, WaitLimits};
 
 /// Most item ids `exportItems` takes at once.
 const EXPORT_BATCH: usize = 20;
+/// Most listed bytes of items exported in one request (at least one item
+/// goes): an answer holds its items base64-encoded, and is parsed whole,
+/// so about 2.7 times this is in memory while one is decoded.
+const EXPORT_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
+/// `exportItems` error codes of a passing condition of the server, not of
+/// the item: the fetch fails and the pass retries from its checkpoint.
+const TRANSIENT_EXPORT_ERRORS: [&str; 8] = [
+    "ErrorBatchProcessingStopped",
+    "ErrorConnectionFailed",
+    "ErrorInternalServerTransientError",
+    "ErrorMailboxMoveInProgress",
+    "ErrorMailboxStoreUnavailable",
+    "ErrorServerBusy",
+    "ErrorTimeoutExpired",
+    "ErrorTooManyObjectsOpened",
+];
 /// Graph folder ids never change, so the folder's "validity" never does.
 const VALIDITY: u32 = 1;
 /// How far before "now" the mark of a target folder is put, to cover the
@@ -101,9 +129,14 @@ fn endpoint_throttle(endpoint: &GraphEndpoint) -> EndpointThrottle {
 }
 
 /// A client for `user`'s mailbox on `endpoint`, its requests scheduled by
-/// the mailbox's share of the endpoint's throttle.
-fn mailbox_client(endpoint: &GraphEndpoint, user: &str) -> Result<GraphClient, ConnectorError> {
-    let throttle = endpoint_throttle(endpoint).mailbox(user);
+/// the mailbox's share of the endpoint's throttle, its waits bounded by
+/// `limits`.
+fn mailbox_client(
+    endpoint: &GraphEndpoint,
+    user: &str,
+    limits: &WaitLimits,
+) -> Result<GraphClient, ConnectorError> {
+    let throttle = endpoint_throttle(endpoint).mailbox(user, limits.clone());
     GraphClient::new(&endpoint.api_url(), endpoint.credentials(), throttle)
 }
 
@@ -116,8 +149,12 @@ struct GraphMailbox {
 }
 
 impl GraphMailbox {
-    async fn open(endpoint: &GraphEndpoint, user: &str) -> Result<GraphMailbox, ConnectorError> {
-        let client = mailbox_client(endpoint, user)?;
+    async fn open(
+        endpoint: &GraphEndpoint,
+        user: &str,
+        limits: &WaitLimits,
+    ) -> Result<GraphMailbox, ConnectorError> {
+        let client = mailbox_client(endpoint, user, limits)?;
         let settings = client
             .get(&format!("/users/{}/settings/exchange", encode(user)))
             .await
@@ -139,35 +176,124 @@ impl GraphMailbox {
         folder_tree(&self.client, &format!("{}/folders", self.root)).await
     }
 
-    /// Exports items, at most [`EXPORT_BATCH`] per request; items the
-    /// source no longer has are left out.
-    async fn export(&self, ids: &[&str]) -> Result<Vec<(String, Bytes)>, ConnectorError> {
-        let mut exported = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(EXPORT_BATCH) {
-            let answer = self
+    /// Exports items (id, listed size), at most [`EXPORT_BATCH`] and
+    /// [`EXPORT_REQUEST_BYTES`] per request: what became of each item the
+    /// server answered for. A per-item error of a passing condition (see
+    /// [`TRANSIENT_EXPORT_ERRORS`]) and an entry not understood fail the
+    /// export.
+    async fn export(
+        &self,
+        items: &[(&str, u64)],
+    ) -> Result<Vec<(String, Exported)>, ConnectorError> {
+        let mut exported = Vec::with_capacity(items.len());
+        for chunk in export_requests(items) {
+            let ids: Vec<&str> = chunk.iter().map(|&(id, _)| id).collect();
+            let mut answer = self
                 .client
                 .post(
                     &format!("{}/exportItems", self.root),
-                    &json!({ "itemIds": chunk }),
+                    &json!({ "itemIds": ids }),
                 )
                 .await?;
-            for value in answer["value"].as_array().into_iter().flatten() {
-                let Some(id) = value["itemId"].as_str() else {
-                    continue;
-                };
-                let Some(data) = value["data"].as_str() else {
-                    tracing::info!(mailbox = %self.user, item = id, error = %value["error"],
-                        "item not exported (gone from the source?)");
-                    continue;
-                };
-                let data = BASE64.decode(data).map_err(|e| {
-                    ConnectorError::item(format!("item {id}: export data is not base64: {e}"))
-                })?;
-                exported.push((id.to_owned(), Bytes::from(data)));
+            let Some(Value::Array(entries)) = answer.get_mut("value").map(Value::take) else {
+                return Err(ConnectorError::transient(
+                    "exportItems answered without a value array",
+                ));
+            };
+            drop(answer);
+            for entry in entries {
+                let (id, outcome) = exported_item(entry)?;
+                if let Exported::Gone = outcome {
+                    tracing::info!(mailbox = %self.user, item = %id,
+                        "item gone from the source; left out");
+                }
+                exported.push((id, outcome));
             }
         }
         Ok(exported)
     }
+}
+
+/// What `exportItems` gave for one item.
+enum Exported {
+    Data(Bytes),
+    /// `ErrorItemNotFound`: the item is no longer there.
+    Gone,
+    /// Any other error of the item (class [`ErrorClass::Item`]).
+    Refused(ConnectorError),
+}
+
+/// The requests of an export: at most [`EXPORT_BATCH`] items each, and
+/// items of at most [`EXPORT_REQUEST_BYTES`] listed bytes unless one alone
+/// is larger.
+fn export_requests<'a>(items: &'a [(&'a str, u64)]) -> Vec<&'a [(&'a str, u64)]> {
+    let mut requests = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, &(_, size)) in items.iter().enumerate() {
+        let full = i - start == EXPORT_BATCH || bytes.saturating_add(size) > EXPORT_REQUEST_BYTES;
+        if i > start && full {
+            requests.push(&items[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    if start < items.len() {
+        requests.push(&items[start..]);
+    }
+    requests
+}
+
+/// One entry of an `exportItems` answer (an `exportItemResponse`: `itemId`,
+/// then `data` or `error`, a `mailTipsError` with `errorCode` and
+/// `message`), its base64 decoded. An entry of a passing error, or one not
+/// understood, is an error.
+fn exported_item(mut entry: Value) -> Result<(String, Exported), ConnectorError> {
+    let Some(id) = entry["itemId"].as_str().map(str::to_owned) else {
+        return Err(ConnectorError::transient(format!(
+            "exportItems answered an entry without an itemId: {}",
+            quoted(&entry)
+        )));
+    };
+    if let Value::String(data) = entry["data"].take() {
+        let outcome = match BASE64.decode(data) {
+            Ok(data) => Exported::Data(Bytes::from(data)),
+            Err(e) => Exported::Refused(ConnectorError::item(format!(
+                "export data is not base64: {e}"
+            ))),
+        };
+        return Ok((id, outcome));
+    }
+    let error = &entry["error"];
+    if !error.is_object() {
+        return Err(ConnectorError::transient(format!(
+            "exportItems answered item {id} with neither data nor an error: {}",
+            quoted(&entry)
+        )));
+    }
+    let code = error["errorCode"].as_str().unwrap_or("");
+    let reason = format!(
+        "exportItems: {} {}",
+        if code.is_empty() {
+            "(no errorCode)"
+        } else {
+            code
+        },
+        error["message"].as_str().unwrap_or("")
+    );
+    if code == "ErrorItemNotFound" {
+        return Ok((id, Exported::Gone));
+    }
+    if TRANSIENT_EXPORT_ERRORS.contains(&code) {
+        return Err(ConnectorError::transient(format!("item {id}: {reason}")));
+    }
+    Ok((id, Exported::Refused(ConnectorError::item(reason))))
+}
+
+/// A JSON value as quoted in a message: compact, at most 300 characters.
+fn quoted(value: &Value) -> String {
+    value.to_string().chars().take(300).collect()
 }
 
 /// A folder as Graph lists it.
@@ -247,10 +373,15 @@ pub struct GraphExportSource {
 }
 
 impl GraphExportSource {
-    /// Opens `user`'s mailbox on `endpoint` for reading.
-    pub async fn open(endpoint: &GraphEndpoint, user: &str) -> Result<Self, ConnectorError> {
+    /// Opens `user`'s mailbox on `endpoint` for reading, its waits bounded
+    /// by `limits`.
+    pub async fn open(
+        endpoint: &GraphEndpoint,
+        user: &str,
+        limits: &WaitLimits,
+    ) -> Result<Self, ConnectorError> {
         Ok(GraphExportSource {
-            mailbox: GraphMailbox::open(endpoint, user).await?,
+            mailbox: GraphMailbox::open(endpoint, user, limits).await?,
         })
     }
 }
@@ -391,22 +522,25 @@ impl MailSource for GraphExportSource {
         _folder: &SourceFolder,
         items: &[ItemMeta],
     ) -> Result<Fetched, ConnectorError> {
-        let ids: Vec<&str> = items.iter().map(|i| i.item.as_str()).collect();
-        let mut exported: HashMap<String, Bytes> =
-            self.mailbox.export(&ids).await?.into_iter().collect();
+        let asked: Vec<(&str, u64)> = items.iter().map(|i| (i.item.as_str(), i.size)).collect();
+        let mut exported: HashMap<String, Exported> =
+            self.mailbox.export(&asked).await?.into_iter().collect();
+        // An item the server answered nothing for stays out of all three
+        // lists: the engine takes that as the error it is.
         let mut result = Fetched::default();
         for meta in items {
-            let Some(body) = exported.remove(&meta.item) else {
-                result.gone.push(meta.item.clone());
-                continue;
-            };
-            result.messages.push(Message {
-                meta: ItemMeta {
-                    size: body.len() as u64,
-                    ..meta.clone()
-                },
-                body,
-            });
+            match exported.remove(&meta.item) {
+                Some(Exported::Data(body)) => result.messages.push(Message {
+                    meta: ItemMeta {
+                        size: body.len() as u64,
+                        ..meta.clone()
+                    },
+                    body,
+                }),
+                Some(Exported::Gone) => result.gone.push(meta.item.clone()),
+                Some(Exported::Refused(error)) => result.refused.push((meta.item.clone(), error)),
+                None => {}
+            }
         }
         Ok(result)
     }
@@ -439,10 +573,15 @@ pub struct GraphImportTarget {
 }
 
 impl GraphImportTarget {
-    /// Opens `user`'s mailbox on `endpoint` for writing.
-    pub async fn open(endpoint: &GraphEndpoint, user: &str) -> Result<Self, ConnectorError> {
+    /// Opens `user`'s mailbox on `endpoint` for writing, its waits bounded
+    /// by `limits`.
+    pub async fn open(
+        endpoint: &GraphEndpoint,
+        user: &str,
+        limits: &WaitLimits,
+    ) -> Result<Self, ConnectorError> {
         Ok(GraphImportTarget {
-            mailbox: GraphMailbox::open(endpoint, user).await?,
+            mailbox: GraphMailbox::open(endpoint, user, limits).await?,
             session: None,
             concurrency: endpoint.max_concurrent_requests.max(1),
             known_folders: None,
@@ -613,7 +752,7 @@ impl MailTarget for GraphImportTarget {
                 encode(folder)
             ))
             .await?;
-        let since: Vec<String> = listed
+        let since: Vec<(&str, u64)> = listed
             .iter()
             .filter(|v| {
                 v["lastModifiedDateTime"]
@@ -622,20 +761,26 @@ impl MailTarget for GraphImportTarget {
                     .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
                     .is_some_and(|t| t >= mark)
             })
-            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .filter_map(|v| Some((v["id"].as_str()?, v["size"].as_u64().unwrap_or(0))))
             .collect();
-        let ids: Vec<&str> = since.iter().map(String::as_str).collect();
-        Ok(self
-            .mailbox
-            .export(&ids)
-            .await?
-            .into_iter()
-            .map(|(id, data)| TargetItem {
-                id,
-                identity: Identity::of(&data),
-            })
-            .filter(|item| wanted.contains(&item.identity.header_key))
-            .collect())
+        let mut found = Vec::new();
+        for (id, outcome) in self.mailbox.export(&since).await? {
+            match outcome {
+                Exported::Data(data) => {
+                    let identity = Identity::of(&data);
+                    if wanted.contains(&identity.header_key) {
+                        found.push(TargetItem { id, identity });
+                    }
+                }
+                Exported::Gone => {}
+                // Not identified, at worst imported once more: never lost.
+                Exported::Refused(error) => {
+                    tracing::warn!(mailbox = %self.mailbox.user, item = %id, %error,
+                        "target item not exported; it cannot be matched to an in-doubt import");
+                }
+            }
+        }
+        Ok(found)
     }
 
     async fn append(
@@ -718,5 +863,74 @@ mod tests {
             &FolderPath(vec!["INBOX".into(), "projekte".into()])
         ));
         assert_eq!(encode("MBX:a@b c/d"), "MBX:a@b%20c%2Fd");
+    }
+
+    #[test]
+    fn export_entries_are_data_gone_refused_or_an_error() {
+        let entry = |value: Value| exported_item(value);
+        let (id, data) = entry(json!({ "itemId": "a", "data": BASE64.encode(b"stream") })).unwrap();
+        assert_eq!(id, "a");
+        assert!(matches!(data, Exported::Data(d) if d.as_ref() == b"stream"));
+
+        let not_found = json!({ "itemId": "b", "error": {
+            "errorCode": "ErrorItemNotFound", "message": "The specified object was not found." } });
+        assert!(matches!(entry(not_found), Ok((_, Exported::Gone))));
+
+        // Any other error of the item is recorded with the server's words.
+        let corrupt = json!({ "itemId": "c", "error": {
+            "errorCode": "ErrorCorruptData", "message": "The item is corrupt." } });
+        let Ok((_, Exported::Refused(error))) = entry(corrupt) else {
+            panic!("a refused item");
+        };
+        assert_eq!(error.class, ErrorClass::Item);
+        assert!(
+            error
+                .message
+                .contains("ErrorCorruptData The item is corrupt."),
+            "{error}"
+        );
+        let no_code = json!({ "itemId": "d", "error": { "message": "odd" } });
+        assert!(matches!(entry(no_code), Ok((_, Exported::Refused(_)))));
+        let not_base64 = json!({ "itemId": "e", "data": "%%%" });
+        assert!(matches!(entry(not_base64), Ok((_, Exported::Refused(_)))));
+
+        // A passing condition, or what is not understood: the fetch fails.
+        let busy = json!({ "itemId": "f", "error": {
+            "errorCode": "ErrorMailboxStoreUnavailable", "message": "Try again." } });
+        let error = entry(busy).err().expect("a passing error fails the export");
+        assert_eq!(error.class, ErrorClass::Transient);
+        assert!(
+            error.message.contains("ErrorMailboxStoreUnavailable"),
+            "{error}"
+        );
+        for odd in [
+            json!({ "data": BASE64.encode(b"x") }),
+            json!({ "itemId": "g" }),
+            json!({ "itemId": "h", "error": "text" }),
+        ] {
+            let error = entry(odd.clone()).err().unwrap_or_else(|| panic!("{odd}"));
+            assert_eq!(error.class, ErrorClass::Transient, "{odd}");
+        }
+    }
+
+    #[test]
+    fn export_requests_are_bounded_by_count_and_bytes() {
+        const MIB: u64 = 1024 * 1024;
+        let small: Vec<(&str, u64)> = (0..45).map(|_| ("x", 1)).collect();
+        let sizes: Vec<usize> = export_requests(&small).iter().map(|r| r.len()).collect();
+        assert_eq!(sizes, [20, 20, 5]);
+        let large = [
+            ("a", 3 * MIB),
+            ("b", MIB),
+            ("c", 5 * MIB),
+            ("d", 1),
+            ("e", 0),
+        ];
+        let requests: Vec<Vec<&str>> = export_requests(&large)
+            .iter()
+            .map(|r| r.iter().map(|&(id, _)| id).collect())
+            .collect();
+        assert_eq!(requests, [vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
+        assert!(export_requests(&[]).is_empty());
     }
 }
