@@ -192,7 +192,10 @@ async fn client_drives_a_wave() {
     assert!(!over);
     assert!(screen.contains("state      running"), "{screen}");
     assert!(screen.contains("1/3 mailboxes completed"), "{screen}");
-    assert!(screen.contains("completed 1  with errors 0  failed 1"), "{screen}");
+    assert!(
+        screen.contains("completed 1  with errors 0  failed 1"),
+        "{screen}"
+    );
     assert!(
         screen.contains("20 items, 6.0 MiB   skipped items 2"),
         "{screen}"

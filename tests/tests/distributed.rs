@@ -729,7 +729,9 @@ async fn a_worker_frozen_past_its_lease_writes_nothing_when_it_wakes() {
     // Time for the woken worker to do whatever it would do.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_exact(&source, &target, &users).await;
-    let after = cluster.api("GET", &format!("/api/v1/waves/{wave}"), None).await;
+    let after = cluster
+        .api("GET", &format!("/api/v1/waves/{wave}"), None)
+        .await;
     assert_eq!(
         after["counts"], status["counts"],
         "the woken worker changed no mailbox's record"
@@ -782,7 +784,8 @@ async fn a_database_outage_longer_than_the_lease_doubles_nothing() {
         .workers
         .iter()
         .filter(|(id, _)| {
-            std::fs::read_to_string(cluster.log_path(id)).is_ok_and(|log| log.contains("lease lost"))
+            std::fs::read_to_string(cluster.log_path(id))
+                .is_ok_and(|log| log.contains("lease lost"))
         })
         .count();
     assert!(

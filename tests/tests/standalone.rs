@@ -467,7 +467,12 @@ async fn a_message_the_target_refuses_is_recorded_and_the_mailbox_goes_on() {
     let migration = migration(&source, &target, &users, "");
 
     let result = migration.run().unwrap();
-    assert_eq!(result.code, Some(3), "completed with an item not copied: {}", result.stdout);
+    assert_eq!(
+        result.code,
+        Some(3),
+        "completed with an item not copied: {}",
+        result.stdout
+    );
     assert_eq!(result.mailbox("lena")["state"], "completed_with_errors");
     let failures = result.mailbox("lena")["item_failures"]
         .as_array()
@@ -488,7 +493,11 @@ async fn a_message_the_target_refuses_is_recorded_and_the_mailbox_goes_on() {
         result.stat("lena", "items_copied") as usize,
         corpora[0].messages.len() - 1
     );
-    assert!(result.stdout.contains("NOT COPIED lena"), "{}", result.stdout);
+    assert!(
+        result.stdout.contains("NOT COPIED lena"),
+        "{}",
+        result.stdout
+    );
 
     let report = verify::compare(
         &source.master_endpoint("lena"),
@@ -810,11 +819,19 @@ async fn a_second_run_on_the_same_state_file_refuses_to_start() {
     let target = server('.', &users);
     let spec = CorpusSpec::for_server(&source, 41).messages(300);
     corpus::load_users(&source, &users, &spec).unwrap();
-    let migration = migration(&source, &target, &users, "[migration]\nbatch_messages = 5\n");
+    let migration = migration(
+        &source,
+        &target,
+        &users,
+        "[migration]\nbatch_messages = 5\n",
+    );
     let mut first = migration.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while migration.ledger_rows() == 0 {
-        assert!(first.try_wait().unwrap().is_none(), "the first run ended too soon");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the first run ended too soon"
+        );
         assert!(Instant::now() < deadline, "the first run never committed");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -822,11 +839,16 @@ async fn a_second_run_on_the_same_state_file_refuses_to_start() {
     let still_running = first.try_wait().unwrap().is_none();
     assert_eq!(second.code, Some(1), "{}", second.stderr);
     assert!(
-        second.stderr.contains("another mailwave run is using the state file"),
+        second
+            .stderr
+            .contains("another mailwave run is using the state file"),
         "{}",
         second.stderr
     );
-    assert!(still_running, "the second run was refused while the first ran");
+    assert!(
+        still_running,
+        "the second run was refused while the first ran"
+    );
     assert!(first.wait().unwrap().success());
     assert_exact(&source, &target, &users).await;
     // Once the first has ended, the state file is free again.
