@@ -788,11 +788,15 @@ async fn a_database_outage_longer_than_the_lease_doubles_nothing() {
                 .is_ok_and(|log| log.contains("lease lost"))
         })
         .count();
-    assert!(
-        noticed > 0,
-        "the workers stopped by their own clocks:\n{}",
-        cluster.logs()
-    );
+    let full: String = cluster
+        .workers
+        .iter()
+        .map(|(id, _)| {
+            let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+            format!("--- {id}\n{log}")
+        })
+        .collect();
+    assert!(noticed > 0, "the workers stopped by their own clocks:\n{full}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -325,7 +325,14 @@ async fn hostile_folder_names_stay_inside_the_maildir_root() {
     )
     .unwrap();
 
-    let result = migration.run_ok().unwrap();
+    let result = migration.run().unwrap();
+    assert_eq!(
+        result.code,
+        Some(3),
+        "completed, two folders not copied: {}",
+        result.stdout
+    );
+    assert_eq!(result.mailbox("judy")["state"], "completed_with_errors");
     let failures = result.mailbox("judy")["item_failures"].as_array().unwrap();
     let failed_folders: Vec<_> = failures
         .iter()
@@ -696,9 +703,25 @@ async fn a_target_folder_deleted_between_passes_is_created_again() {
     }
     corpus::add_messages(&source, "olga", &fresh).await.unwrap();
 
-    let delta = migration.run_ok().unwrap();
+    // The folder is created again (a new UIDVALIDITY): the new messages
+    // land in it, and the copies deleted with it are reported, each by name,
+    // not silently forgotten (and never touched by a stale UID).
+    let delta = migration.run().unwrap();
+    assert_eq!(delta.code, Some(3), "{}", delta.stdout);
     assert_eq!(delta.stat("olga", "items_copied"), 3, "{}", delta.stdout);
-    assert_eq!(delta.stat("olga", "items_skipped"), 0, "{}", delta.stdout);
+    let gone = delta.mailbox("olga")["item_failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["folder"] == "Projecten"
+                && f["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("no longer in target folder"))
+        })
+        .count();
+    assert!(gone > 0, "the deleted copies are reported: {}", delta.stdout);
+    assert_eq!(delta.stat("olga", "items_failed") as usize, gone);
     let after = verify::snapshot(&target.master_endpoint("olga"), &CompareOptions::default())
         .await
         .unwrap();

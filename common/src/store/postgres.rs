@@ -69,11 +69,18 @@ const MIGRATION_LOCK: i64 = 0x6d61_696c_7761_7665;
 /// How long opening a connection may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a session may sit idle inside a transaction before the server
+/// ends it (every transaction of ours is a few statements in a row).
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// SQLSTATEs (or their classes) of failures that may pass: connection
 /// exceptions, serialization failures and deadlocks, insufficient resources,
 /// operator intervention, system errors, lock timeouts, a read-only server
-/// during a failover.
-const TRANSIENT_SQLSTATES: [&str; 7] = ["08", "40", "53", "57", "58", "55P03", "25006"];
+/// during a failover, a session ended for idling in a transaction, and a
+/// database not accepting connections for now (maintenance).
+const TRANSIENT_SQLSTATES: [&str; 9] = [
+    "08", "40", "53", "57", "58", "55P03", "25006", "25P03", "55000",
+];
 
 type Param<'a> = &'a (dyn ToSql + Sync);
 
@@ -152,6 +159,15 @@ impl PostgresStore {
         if config.get_application_name().is_none() {
             config.application_name("mailwave");
         }
+        // A process frozen inside a fenced write (SIGSTOP, a paused VM) would
+        // hold its lease row's lock and stall the reaper and every other
+        // worker: the server ends such a session instead.
+        let options = format!(
+            "{} -c idle_in_transaction_session_timeout={}",
+            config.get_options().unwrap_or_default(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        );
+        config.options(options.trim_start());
         // A pooled connection the server closed (a restart, an operator's
         // `pg_terminate_backend`) is found out when it is taken from the
         // pool, not by the caller's query.

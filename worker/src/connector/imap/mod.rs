@@ -855,7 +855,17 @@ impl MailTarget for ImapTarget {
         let throttle = self.throttle.clone();
         throttle
             .run(async {
-                let status = self.session.conn.status(folder).await?;
+                let status = match self.session.conn.status(folder).await {
+                    // Deleted in the target since the last pass: created
+                    // again, with a new UIDVALIDITY the engine notices.
+                    Err(error) if is_missing_folder(&error) => {
+                        tracing::warn!(folder = %mailwave_common::text::escape_controls(folder),
+                            "target folder is gone; creating it again");
+                        self.session.conn.create(folder).await?;
+                        self.session.conn.status(folder).await?
+                    }
+                    result => result?,
+                };
                 let next = status.uid_next.ok_or_else(|| {
                     ConnectorError::transient(format!("{folder}: server gave no UIDNEXT"))
                 })?;
