@@ -291,6 +291,38 @@ async fn an_unreachable_server_is_retried_then_fails_with_the_retries_reported()
     assert!(result.stdout.contains("FAILED kim: "), "{}", result.stdout);
 }
 
+/// Issue 7, case 14: waiting is counted against a per-pass limit; a pass
+/// that would wait past it fails at once, saying so, instead of sleeping.
+#[tokio::test]
+async fn a_pass_out_of_waiting_time_fails_instead_of_backing_off() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let source = format!(
+        "kind = \"imap\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\npassword_file = \"pw\"\n"
+    );
+    let migration = Migration::new(
+        &source,
+        "kind = \"maildir\"\npath = \"out/{mailbox}\"\n",
+        "[migration]\nmax_attempts = 50\nmax_pass_wait_secs = 0\n",
+        "source,target\nkim,kim\n",
+    )
+    .unwrap();
+    std::fs::write(migration.dir().join("pw"), "secret\n").unwrap();
+    let result = migration.run().unwrap();
+    assert_eq!(result.code, Some(1), "{}", result.stdout);
+    assert_eq!(result.stat("kim", "retries"), 0, "{}", result.stdout);
+    assert!(
+        result.mailbox("kim")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_pass_wait_secs")),
+        "{:#?}",
+        result.report
+    );
+}
+
 #[tokio::test]
 async fn hostile_folder_names_stay_inside_the_maildir_root() {
     let users = ["judy"];

@@ -162,6 +162,23 @@ pub async fn run_job(
         // the whole mailbox waits, since more requests in the window would
         // only extend the penalty.
         let delay = error.retry_after().map_or(delay, |hint| hint.max(delay));
+        let waited = Duration::from_millis(total.wait_millis) + delay;
+        if let Some(limit) = ctx.config.migration.max_pass_wait_secs.map(Duration::from_secs)
+            && waited > limit
+        {
+            let message = format!(
+                "this pass would wait {} s in all before its next attempt, more than \
+                 migration.max_pass_wait_secs ({} s) allows; last error: {error}",
+                waited.as_secs(),
+                limit.as_secs()
+            );
+            tracing::warn!(mailbox = %mailbox.source, %message, "mailbox failed");
+            break PassOutcome {
+                state: MailboxState::Failed,
+                error: Some(message),
+                stats: total,
+            };
+        }
         total.retries += 1;
         total.throttled += u64::from(error.class() == ErrorClass::Throttled);
         total.wait_millis += u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
