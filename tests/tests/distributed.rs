@@ -796,7 +796,10 @@ async fn a_database_outage_longer_than_the_lease_doubles_nothing() {
             format!("--- {id}\n{log}")
         })
         .collect();
-    assert!(noticed > 0, "the workers stopped by their own clocks:\n{full}");
+    assert!(
+        noticed > 0,
+        "the workers stopped by their own clocks:\n{full}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

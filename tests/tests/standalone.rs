@@ -752,7 +752,11 @@ async fn a_target_folder_deleted_between_passes_is_created_again() {
                     .is_some_and(|r| r.contains("no longer in target folder"))
         })
         .count();
-    assert!(gone > 0, "the deleted copies are reported: {}", delta.stdout);
+    assert!(
+        gone > 0,
+        "the deleted copies are reported: {}",
+        delta.stdout
+    );
     assert_eq!(delta.stat("olga", "items_failed") as usize, gone);
     let after = verify::snapshot(&target.master_endpoint("olga"), &CompareOptions::default())
         .await

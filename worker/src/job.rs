@@ -163,7 +163,11 @@ pub async fn run_job(
         // only extend the penalty.
         let delay = error.retry_after().map_or(delay, |hint| hint.max(delay));
         let waited = Duration::from_millis(total.wait_millis) + delay;
-        if let Some(limit) = ctx.config.migration.max_pass_wait_secs.map(Duration::from_secs)
+        if let Some(limit) = ctx
+            .config
+            .migration
+            .max_pass_wait_secs
+            .map(Duration::from_secs)
             && waited > limit
         {
             let message = format!(
