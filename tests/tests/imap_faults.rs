@@ -325,6 +325,11 @@ async fn case_13_a_huge_literal_stays_within_the_memory_budget() {
         peak >> 20,
         BUDGET >> 20
     );
+    eprintln!(
+        "a 2 GiB literal: peak RSS {} MiB for a budget of {} MiB",
+        peak >> 20,
+        BUDGET >> 20
+    );
     let result = result.expect("the run ends by itself, failing the mailbox");
     assert_ne!(result.mailbox("hog")["state"], "completed");
 }
