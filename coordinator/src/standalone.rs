@@ -19,7 +19,6 @@ use mailwave_coordinator::report::{WaveReport, human_bytes};
 use mailwave_coordinator::wave::{pass_records, plan_pass};
 use mailwave_worker::engine::ProgressSink;
 use mailwave_worker::job::{Credentials, WorkerContext};
-use mailwave_worker::throttle;
 use tokio_util::sync::CancellationToken;
 
 use crate::RunArgs;
@@ -111,6 +110,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         counters.clone(),
         Arc::new(credentials),
     ));
+    let shared = Arc::clone(&ctx.shared);
     // Ctrl-C stops every mailbox at its next checkpoint; running the same
     // command again resumes from there.
     let stop = CancellationToken::new();
@@ -167,7 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let report = WaveReport::gather(store.as_ref(), &wave_name, records, &list.errors).await?;
     print!("{}", report.summary());
     // What each server's scheduler saw: requests, throttles, retries, waits.
-    let endpoints = throttle::all_counters();
+    let endpoints = shared.schedulers.counters();
     for (endpoint, c) in &endpoints {
         println!(
             "{endpoint}: {} requests, {} throttled, retries {:?}, {:.1} s waiting",

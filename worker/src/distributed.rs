@@ -51,6 +51,7 @@ use mailwave_common::{Classify, ErrorClass};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::connector::Shared;
 use crate::credentials::WavePolicy;
 use crate::engine::{CopySettings, MemoryBudget, NoProgress};
 use crate::job::{EndpointCredentialsOnly, JobOutcome, WorkerContext, run_job};
@@ -239,6 +240,9 @@ struct Worker {
     running: Mutex<HashMap<i64, Lease>>,
     /// What this worker accepts of a wave's configuration.
     wave_policy: WavePolicy,
+    /// What the connectors of every job of this worker share (request
+    /// schedulers by endpoint, OAuth tokens), for its whole life.
+    shared: Arc<Shared>,
 }
 
 /// Serves jobs from `queue` until `shutdown` completes, then stops as
@@ -257,6 +261,7 @@ pub async fn run(
         jobs_stop: CancellationToken::new(),
         running: Mutex::new(HashMap::new()),
         wave_policy: settings.wave_policy(),
+        shared: Arc::default(),
     });
     tracing::info!(worker = %worker.id, concurrency = settings.concurrency, "worker serving");
     let consumers: Vec<_> = (0..settings.concurrency)
@@ -463,6 +468,7 @@ impl Worker {
             budget: self.budget.clone(),
             progress: Arc::new(NoProgress),
             credentials: Arc::new(EndpointCredentialsOnly),
+            shared: Arc::clone(&self.shared),
             retry_min_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
         };

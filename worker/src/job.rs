@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::connector::graph::mail::GraphMimeSource;
 use crate::connector::graph::{GraphExportSource, GraphImportTarget};
 use crate::connector::maildir::Maildir;
-use crate::connector::{ConnectorError, MailSource, MailTarget, imap};
+use crate::connector::{ConnectorError, MailSource, MailTarget, Shared, imap};
 use crate::engine::{CopySettings, MailboxConnector, MailboxPass, MemoryBudget, ProgressSink};
 use crate::lease::{LeaseKeeper, PassStore};
-use crate::throttle::{self, MailboxThrottle, ThrottleSettings, WaitLimits};
+use crate::throttle::{MailboxThrottle, ThrottleSettings, WaitLimits};
 
 /// Where a worker finds per-mailbox passwords (never in the job, never in
 /// the state store).
@@ -44,6 +44,10 @@ pub struct WorkerContext {
     pub budget: MemoryBudget,
     pub progress: Arc<dyn ProgressSink>,
     pub credentials: Arc<dyn Credentials>,
+    /// What the connectors of this worker share for as long as it lives:
+    /// the request schedulers of its endpoints (windows, pauses, counters)
+    /// and its OAuth tokens.
+    pub shared: Arc<Shared>,
     /// First wait after a transient failure; doubles up to `retry_max_delay`.
     pub retry_min_delay: Duration,
     pub retry_max_delay: Duration,
@@ -63,6 +67,7 @@ impl WorkerContext {
             config,
             progress,
             credentials,
+            shared: Arc::default(),
             retry_min_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
         }
@@ -108,6 +113,7 @@ pub async fn run_job(
         mailbox.clone(),
         ctx.credentials.secrets(&mailbox),
         WaitLimits::new(&ctx.config.migration, stop.clone()),
+        Arc::clone(&ctx.shared),
     );
     let store = PassStore {
         store: ctx.store.as_ref(),
@@ -232,6 +238,8 @@ pub struct EndpointConnector {
     secrets: MailboxSecrets,
     /// What bounds every wait of the connectors' schedulers.
     waits: WaitLimits,
+    /// What the worker's connectors share (schedulers, tokens).
+    shared: Arc<Shared>,
 }
 
 impl EndpointConnector {
@@ -240,12 +248,14 @@ impl EndpointConnector {
         mailbox: MailboxRecord,
         secrets: MailboxSecrets,
         waits: WaitLimits,
+        shared: Arc<Shared>,
     ) -> Self {
         EndpointConnector {
             config,
             mailbox,
             secrets,
             waits,
+            shared,
         }
     }
 }
@@ -258,15 +268,17 @@ impl EndpointConnector {
     /// signal congestion, so only the server's answers adapt the window.
     fn imap_throttle(&self, endpoint: &EndpointConfig, login: &str) -> MailboxThrottle {
         let migration = &self.config.migration;
-        throttle::shared(&endpoint.server(), || ThrottleSettings {
-            mailbox_ceiling: migration.connections_per_mailbox,
-            endpoint_ceiling: migration.connections_per_mailbox
-                * migration.max_concurrent_mailboxes,
-            requests_per_second: None,
-            latency_factor: f64::INFINITY,
-            upload_rate: None,
-        })
-        .mailbox(login, self.waits.clone())
+        self.shared
+            .schedulers
+            .endpoint(&endpoint.server(), || ThrottleSettings {
+                mailbox_ceiling: migration.connections_per_mailbox,
+                endpoint_ceiling: migration.connections_per_mailbox
+                    * migration.max_concurrent_mailboxes,
+                requests_per_second: None,
+                latency_factor: f64::INFINITY,
+                upload_rate: None,
+            })
+            .mailbox(login, self.waits.clone())
     }
 }
 
@@ -282,8 +294,13 @@ impl MailboxConnector for EndpointConnector {
                     .await?,
             )),
             EndpointConfig::Imap(endpoint) => {
-                let session =
-                    imap::connect(endpoint, login, self.secrets.source_password.as_deref()).await?;
+                let session = imap::connect(
+                    endpoint,
+                    login,
+                    self.secrets.source_password.as_deref(),
+                    &self.shared.tokens,
+                )
+                .await?;
                 let throttle = self.imap_throttle(&self.config.source, login);
                 Ok(Box::new(imap::ImapSource::new(session, throttle)))
             }
@@ -291,11 +308,17 @@ impl MailboxConnector for EndpointConnector {
             // Exchange's opaque export stream for Exchange, MIME otherwise.
             EndpointConfig::Graph(endpoint) => match &self.config.target {
                 EndpointConfig::Graph(_) => Ok(Box::new(
-                    GraphExportSource::open(endpoint, login, &self.waits).await?,
+                    GraphExportSource::open(endpoint, login, &self.waits, &self.shared).await?,
                 )),
-                EndpointConfig::Imap(_) | EndpointConfig::Maildir(_) => Ok(Box::new(
-                    GraphMimeSource::open(endpoint, login, &self.config.migration, &self.waits)?,
-                )),
+                EndpointConfig::Imap(_) | EndpointConfig::Maildir(_) => {
+                    Ok(Box::new(GraphMimeSource::open(
+                        endpoint,
+                        login,
+                        &self.config.migration,
+                        &self.waits,
+                        &self.shared,
+                    )?))
+                }
             },
         }
     }
@@ -310,13 +333,18 @@ impl MailboxConnector for EndpointConnector {
                     .await?,
             )),
             EndpointConfig::Imap(endpoint) => {
-                let session =
-                    imap::connect(endpoint, login, self.secrets.target_password.as_deref()).await?;
+                let session = imap::connect(
+                    endpoint,
+                    login,
+                    self.secrets.target_password.as_deref(),
+                    &self.shared.tokens,
+                )
+                .await?;
                 let throttle = self.imap_throttle(&self.config.target, login);
                 Ok(Box::new(imap::ImapTarget::new(session, throttle)))
             }
             EndpointConfig::Graph(endpoint) => Ok(Box::new(
-                GraphImportTarget::open(endpoint, login, &self.waits).await?,
+                GraphImportTarget::open(endpoint, login, &self.waits, &self.shared).await?,
             )),
         }
     }

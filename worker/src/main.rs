@@ -97,7 +97,13 @@ async fn check(
         &config.migration,
         tokio_util::sync::CancellationToken::new(),
     );
-    let connector = EndpointConnector::new(config, mailbox.clone(), Default::default(), waits);
+    let connector = EndpointConnector::new(
+        config,
+        mailbox.clone(),
+        Default::default(),
+        waits,
+        Default::default(),
+    );
     let mut source = connector
         .source()
         .await

@@ -3,7 +3,7 @@
 //! assertion), for every connector that needs one: XOAUTH2 logins to
 //! Exchange Online's IMAP side, and Microsoft Graph with the Graph scope.
 //!
-//! One [`TokenCache`] serves the whole process ([`TokenCache::shared`]):
+//! One [`TokenCache`] serves a whole worker (held by `connector::Shared`):
 //! every connection and mailbox of the same authority, tenant, app and scope
 //! uses the same token until it comes close to its expiry. Then the first
 //! caller asks for a new one while the others wait for it: one request in
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -172,13 +172,14 @@ pub struct TokenCache {
     slots: Mutex<HashMap<CacheKey, Arc<Slot>>>,
 }
 
-impl TokenCache {
-    /// The cache of this process, asking the identity platform over HTTPS.
-    pub fn shared() -> &'static TokenCache {
-        static SHARED: LazyLock<TokenCache> = LazyLock::new(|| TokenCache::new(HttpTokenEndpoint));
-        &SHARED
+/// A cache asking the identity platform over HTTPS.
+impl Default for TokenCache {
+    fn default() -> TokenCache {
+        TokenCache::new(HttpTokenEndpoint)
     }
+}
 
+impl TokenCache {
     /// An empty cache asking `endpoint` for its tokens.
     pub fn new(endpoint: impl TokenEndpoint + 'static) -> TokenCache {
         TokenCache {

@@ -53,7 +53,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use governor::clock::Clock;
@@ -280,27 +280,37 @@ struct Mailboxes {
     last_sweep: Instant,
 }
 
-/// The scheduler of endpoint `label` for this whole process, made with
-/// `settings` on first use: every mailbox of the process that uses the
-/// endpoint counts in its window.
-pub fn shared(label: &str, settings: impl FnOnce() -> ThrottleSettings) -> EndpointThrottle {
-    lock(&ENDPOINTS)
-        .entry(label.to_owned())
-        .or_insert_with(|| EndpointThrottle::new(label, settings()))
-        .clone()
+/// The schedulers of one worker (a `mailwave run`, a `mailwave-worker`
+/// process), by endpoint label: every mailbox the worker copies on an
+/// endpoint counts in that endpoint's window. Owned by the worker's
+/// context and passed down; nothing of it is global, so two workers in one
+/// process (tests) never share a window.
+#[derive(Default)]
+pub struct Schedulers {
+    endpoints: Mutex<HashMap<String, EndpointThrottle>>,
 }
 
-/// The counters of every endpoint of this process, by label.
-pub fn all_counters() -> BTreeMap<String, ThrottleCounters> {
-    lock(&ENDPOINTS)
-        .iter()
-        .map(|(label, endpoint)| (label.clone(), endpoint.counters()))
-        .collect()
-}
+impl Schedulers {
+    /// The scheduler of endpoint `label`, made with `settings` on first use.
+    pub fn endpoint(
+        &self,
+        label: &str,
+        settings: impl FnOnce() -> ThrottleSettings,
+    ) -> EndpointThrottle {
+        lock(&self.endpoints)
+            .entry(label.to_owned())
+            .or_insert_with(|| EndpointThrottle::new(label, settings()))
+            .clone()
+    }
 
-/// The endpoints of this process ([`shared`]).
-static ENDPOINTS: LazyLock<Mutex<HashMap<String, EndpointThrottle>>> =
-    LazyLock::new(Default::default);
+    /// The counters of every endpoint, by label.
+    pub fn counters(&self) -> BTreeMap<String, ThrottleCounters> {
+        lock(&self.endpoints)
+            .iter()
+            .map(|(label, endpoint)| (label.clone(), endpoint.counters()))
+            .collect()
+    }
+}
 
 impl EndpointThrottle {
     /// The scheduler of endpoint `label` (used in logs), both windows at
@@ -1170,7 +1180,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn run_settles_a_request_by_its_outcome() {
-        let endpoint = shared("run-test", ThrottleSettings::default);
+        let schedulers = Schedulers::default();
+        let endpoint = schedulers.endpoint("run-test", ThrottleSettings::default);
         let mailbox = endpoint.mailbox("alice", limits());
         assert_eq!(mailbox.run(async { Ok::<_, Failure>(7) }).await.unwrap(), 7);
         let transient = mailbox
@@ -1185,11 +1196,23 @@ mod tests {
         assert!(throttled.is_err());
         assert_eq!(mailbox.paused_until(), Some(Instant::now() + hint));
         assert_eq!(mailbox.windows().0, 1);
-        // The registry hands out the same endpoint.
+        // The registry hands out the same endpoint; another registry (another
+        // worker) has its own.
         assert_eq!(
-            shared("run-test", || unreachable!("made once")).counters(),
+            schedulers
+                .endpoint("run-test", || unreachable!("made once"))
+                .counters(),
             endpoint.counters()
         );
+        let other = Schedulers::default();
+        assert_eq!(
+            other
+                .endpoint("run-test", ThrottleSettings::default)
+                .counters()
+                .requests,
+            0
+        );
+        assert_eq!(other.counters().len(), 1);
         let counters = endpoint.counters();
         assert_eq!((counters.requests, counters.succeeded), (3, 1));
         assert_eq!(counters.throttle_events, 1);

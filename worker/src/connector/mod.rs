@@ -15,6 +15,15 @@ use bytes::Bytes;
 use mailwave_common::model::FolderCheckpoint;
 use mailwave_common::{Classify, ErrorClass};
 
+/// What the connectors of one worker share, for the worker's whole life:
+/// the request schedulers of its endpoints and its OAuth token cache.
+/// Owned by the worker's context and passed down; nothing of it is global.
+#[derive(Default)]
+pub struct Shared {
+    pub schedulers: crate::throttle::Schedulers,
+    pub tokens: crate::oauth::TokenCache,
+}
+
 /// A failure inside a connector, already classified. Its message may quote
 /// a server: the constructors escape control characters in it
 /// ([`mailwave_common::text::escape_controls`]), so it is safe to print,

@@ -2,6 +2,7 @@
 //! throttling-aware scheduler around every request, retries with the
 //! server's hints, paging, and the classification of every failure.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +13,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::connector::ConnectorError;
-use crate::oauth::TokenCache;
+use crate::connector::{ConnectorError, Shared};
 use crate::throttle::{MailboxThrottle, WaitError, next_backoff};
 
 /// Attempts of one request before its failure reaches the engine (which
@@ -96,6 +96,8 @@ pub struct GraphClient {
     pub api: String,
     credentials: OAuth2ClientCredentials,
     throttle: MailboxThrottle,
+    /// The worker's token cache.
+    shared: Arc<Shared>,
 }
 
 /// A successful answer's body, read up to the request's limit.
@@ -124,6 +126,7 @@ impl GraphClient {
         api: &str,
         credentials: OAuth2ClientCredentials,
         throttle: MailboxThrottle,
+        shared: Arc<Shared>,
     ) -> Result<GraphClient, ConnectorError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -135,6 +138,7 @@ impl GraphClient {
             api: api.trim_end_matches('/').to_owned(),
             credentials,
             throttle,
+            shared,
         })
     }
 
@@ -241,7 +245,7 @@ impl GraphClient {
             Body::Upload(json) => (Some(to_json(json)?), true),
         };
         let mut token = if authorized {
-            Some(TokenCache::shared().token(&self.credentials).await?)
+            Some(self.shared.tokens.token(&self.credentials).await?)
         } else {
             None
         };
@@ -292,7 +296,8 @@ impl GraphClient {
                 drop(permit);
                 token_refreshed = true;
                 token = Some(
-                    TokenCache::shared()
+                    self.shared
+                        .tokens
                         .replace_refused(&self.credentials, refused)
                         .await?,
                 );

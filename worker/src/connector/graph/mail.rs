@@ -29,6 +29,8 @@
 //! message is recorded as that item's failure with the server's reason,
 //! and throttles and passing faults fail the fetch, to be retried.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::DateTime;
@@ -44,7 +46,7 @@ use super::client::{Answer, GraphClient, GraphError};
 use super::{WELL_KNOWN_ROLES, encode, folder_tree, mailbox_client, scan_by_delta};
 use crate::connector::{
     ConnectorError, Fetched, FolderPath, FolderScan, IMAP_DATE, ItemMeta, MailSource, Message,
-    SourceFolder,
+    Shared, SourceFolder,
 };
 use crate::throttle::WaitLimits;
 
@@ -87,10 +89,11 @@ impl GraphMimeSource {
         user: &str,
         migration: &MigrationConfig,
         limits: &WaitLimits,
+        shared: &Arc<Shared>,
     ) -> Result<Self, ConnectorError> {
         Ok(GraphMimeSource {
             max_body_bytes: body_limit(migration),
-            client: mailbox_client(endpoint, user, limits)?,
+            client: mailbox_client(endpoint, user, limits, shared)?,
             root: format!("/users/{}", encode(user)),
             user: user.to_owned(),
             concurrency: endpoint.max_concurrent_requests.max(1),

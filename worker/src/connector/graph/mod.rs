@@ -66,6 +66,7 @@ pub mod client;
 pub mod mail;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -82,10 +83,10 @@ use serde_json::{Value, json};
 use self::client::GraphClient;
 use crate::connector::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
-    ItemMeta, MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder,
-    TargetItem, TargetMark,
+    ItemMeta, MailSource, MailTarget, Message, Outgoing, Shared, SourceFolder, SpecialUse,
+    TargetFolder, TargetItem, TargetMark,
 };
-use crate::throttle::{self, EndpointThrottle, ThrottleSettings, WaitLimits};
+use crate::throttle::{EndpointThrottle, ThrottleSettings, WaitLimits};
 
 /// Most item ids `exportItems` takes at once.
 const EXPORT_BATCH: usize = 20;
@@ -115,12 +116,12 @@ const SESSION_RENEWAL: Duration = Duration::from_secs(120);
 
 /// The scheduler of each Graph endpoint (tenant and app) of this process,
 /// shared by all its mailboxes.
-fn endpoint_throttle(endpoint: &GraphEndpoint) -> EndpointThrottle {
+fn endpoint_throttle(endpoint: &GraphEndpoint, shared: &Shared) -> EndpointThrottle {
     let label = format!(
         "graph:{}:{}",
         endpoint.oauth2.tenant, endpoint.oauth2.client_id
     );
-    throttle::shared(&label, || ThrottleSettings {
+    shared.schedulers.endpoint(&label, || ThrottleSettings {
         mailbox_ceiling: endpoint.max_concurrent_requests,
         requests_per_second: endpoint.requests_per_second,
         upload_rate: Some(endpoint.upload_rate()),
@@ -135,9 +136,15 @@ fn mailbox_client(
     endpoint: &GraphEndpoint,
     user: &str,
     limits: &WaitLimits,
+    shared: &Arc<Shared>,
 ) -> Result<GraphClient, ConnectorError> {
-    let throttle = endpoint_throttle(endpoint).mailbox(user, limits.clone());
-    GraphClient::new(&endpoint.api_url(), endpoint.credentials(), throttle)
+    let throttle = endpoint_throttle(endpoint, shared).mailbox(user, limits.clone());
+    GraphClient::new(
+        &endpoint.api_url(),
+        endpoint.credentials(),
+        throttle,
+        Arc::clone(shared),
+    )
 }
 
 /// A mailbox of a Graph endpoint, resolved to its import/export id.
@@ -153,8 +160,9 @@ impl GraphMailbox {
         endpoint: &GraphEndpoint,
         user: &str,
         limits: &WaitLimits,
+        shared: &Arc<Shared>,
     ) -> Result<GraphMailbox, ConnectorError> {
-        let client = mailbox_client(endpoint, user, limits)?;
+        let client = mailbox_client(endpoint, user, limits, shared)?;
         let settings = client
             .get(&format!("/users/{}/settings/exchange", encode(user)))
             .await
@@ -379,9 +387,10 @@ impl GraphExportSource {
         endpoint: &GraphEndpoint,
         user: &str,
         limits: &WaitLimits,
+        shared: &Arc<Shared>,
     ) -> Result<Self, ConnectorError> {
         Ok(GraphExportSource {
-            mailbox: GraphMailbox::open(endpoint, user, limits).await?,
+            mailbox: GraphMailbox::open(endpoint, user, limits, shared).await?,
         })
     }
 }
@@ -579,9 +588,10 @@ impl GraphImportTarget {
         endpoint: &GraphEndpoint,
         user: &str,
         limits: &WaitLimits,
+        shared: &Arc<Shared>,
     ) -> Result<Self, ConnectorError> {
         Ok(GraphImportTarget {
-            mailbox: GraphMailbox::open(endpoint, user, limits).await?,
+            mailbox: GraphMailbox::open(endpoint, user, limits, shared).await?,
             session: None,
             concurrency: endpoint.max_concurrent_requests.max(1),
             known_folders: None,

@@ -21,6 +21,7 @@ use super::{
     MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
     TargetMark,
 };
+use crate::oauth::TokenCache;
 use crate::throttle::MailboxThrottle;
 use mailwave_common::ErrorClass;
 use mailwave_common::model::FolderCheckpoint;
@@ -90,6 +91,7 @@ pub async fn connect(
     endpoint: &ImapEndpoint,
     mailbox: &str,
     mailbox_password: Option<&str>,
+    tokens: &TokenCache,
 ) -> Result<Session, ConnectorError> {
     let options = wire::ConnectOptions {
         host: endpoint.host.clone(),
@@ -106,7 +108,7 @@ pub async fn connect(
     let mut conn = ImapConnection::connect(&options)
         .await
         .map_err(|e| ConnectorError::from(e).context(format!("connecting to {where_}")))?;
-    authenticate(&mut conn, endpoint, mailbox, mailbox_password)
+    authenticate(&mut conn, endpoint, mailbox, mailbox_password, tokens)
         .await
         .map_err(|e| e.context(format!("logging in to {where_} for {mailbox}")))?;
     if conn.has_capability("ENABLE") && conn.has_capability("CONDSTORE") {
@@ -139,6 +141,7 @@ async fn authenticate(
     endpoint: &ImapEndpoint,
     mailbox: &str,
     mailbox_password: Option<&str>,
+    tokens: &TokenCache,
 ) -> Result<(), ConnectorError> {
     let auth_error = |error: ImapError| {
         let error = ConnectorError::from(error);
@@ -159,7 +162,7 @@ async fn authenticate(
     };
 
     if endpoint.auth == AuthMechanism::Xoauth2 {
-        let token = oauth2_token(endpoint).await?;
+        let token = oauth2_token(endpoint, tokens).await?;
         let refused = match conn.authenticate_xoauth2(mailbox, token.secret()).await {
             Ok(()) => return Ok(()),
             Err(refused @ ImapError::No { .. }) => refused,
@@ -176,9 +179,7 @@ async fn authenticate(
             refused = %mailwave_common::text::escape_controls(&refused.to_string()),
             "XOAUTH2 token refused; trying once more with a new one"
         );
-        let fresh = crate::oauth::TokenCache::shared()
-            .replace_refused(client, stale)
-            .await?;
+        let fresh = tokens.replace_refused(client, stale).await?;
         return conn
             .authenticate_xoauth2(mailbox, fresh.secret())
             .await
@@ -243,9 +244,12 @@ impl OAuth2Token {
 /// The access token for a connect: from the process's token cache
 /// (refreshed ahead of its expiry), or read afresh from the token file or
 /// command (tokens expire).
-async fn oauth2_token(endpoint: &ImapEndpoint) -> Result<OAuth2Token, ConnectorError> {
+async fn oauth2_token(
+    endpoint: &ImapEndpoint,
+    tokens: &TokenCache,
+) -> Result<OAuth2Token, ConnectorError> {
     if let Some(client) = &endpoint.oauth2 {
-        let token = crate::oauth::TokenCache::shared().token(client).await?;
+        let token = tokens.token(client).await?;
         return Ok(OAuth2Token::ClientCredentials(token));
     }
     if let Some(path) = &endpoint.oauth2_token_file {
