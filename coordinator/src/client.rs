@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::{Command, CreateWave, Created, WaveStatus, WaveSummary};
+use crate::report::human_bytes;
 
 /// The coordinator's address when none is given.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -439,22 +440,6 @@ pub fn progress_bar(done: u64, total: u64, width: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }
 
-/// Bytes for people: `1.5 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 /// Order of the per-mailbox table: what needs attention first.
 fn attention(state: MailboxState) -> u8 {
     match state {
@@ -699,9 +684,6 @@ mod tests {
         assert_eq!(progress_bar(0, 0, 4), "[....]");
         assert_eq!(progress_bar(1, 2, 4), "[##..]");
         assert_eq!(progress_bar(3, 2, 4), "[####]");
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
     }
 
     #[test]

@@ -208,7 +208,7 @@ fn truncate(text: &str, width: usize) -> String {
 
 /// Bytes in binary units, for people.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
     while value >= 1024.0 && unit < UNITS.len() - 1 {
@@ -229,6 +229,8 @@ mod tests {
     fn bytes_for_people() {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+        assert_eq!(human_bytes(5 << 50), "5.0 PiB");
         assert_eq!(human_bytes(745 * 1024 * 1024), "745.0 MiB");
     }
 
