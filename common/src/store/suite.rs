@@ -402,11 +402,6 @@ pub async fn leases(store: &dyn Store) {
         .await
         .unwrap()
         .unwrap();
-    store
-        .acquire_lease(m2, 1, "w1", TINY)
-        .await
-        .unwrap()
-        .unwrap();
     let new_pass = lease(store, m4, 2, "w4").await;
     assert!(store.start_pass(&new_pass).await.unwrap());
     store
@@ -414,8 +409,13 @@ pub async fn leases(store: &dyn Store) {
         .await
         .unwrap()
         .unwrap();
+    // Taken last with the same TTL: once it expired, so did m3's and m4's.
+    store
+        .acquire_lease(m2, 1, "w1", TINY)
+        .await
+        .unwrap()
+        .unwrap();
     until_expired(store, m2).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         store.expired_leases().await.unwrap(),
         [(m2, 1, "w1".to_owned())],
@@ -435,7 +435,7 @@ pub async fn fencing(store: &dyn Store) {
         .await
         .unwrap()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    until_renewal_refused(store, &frozen).await;
 
     // Expired but not yet taken: still refused.
     let lost = |result: Result<(), StoreError>| {
@@ -900,6 +900,19 @@ pub async fn final_pass_completes_the_wave(store: &dyn Store) {
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].last_error.as_deref(), Some("quota exceeded"));
     assert!(store.failed_mailboxes(wave, 0).await.unwrap().is_empty());
+}
+
+/// Waits (by the store's clock) until `lease` has expired: renewing it
+/// with a TTL of a millisecond is refused.
+async fn until_renewal_refused(store: &dyn Store, lease: &Lease) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while store.renew_lease(lease, TINY).await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lease {lease:?} never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Waits (by the store's clock) until the lease of `mailbox` is listed as expired.

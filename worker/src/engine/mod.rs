@@ -327,7 +327,7 @@ impl MailboxPass<'_> {
         stats: &mut PassStats,
     ) -> Result<(), ConnectorError> {
         let mut previous = shared.checkpoints.get(&folder.key).cloned();
-        let mut target_checked = false;
+        let mut target_checked = None;
         if let Some(checkpoint) = previous.as_mut() {
             // Copies an interrupted run appended but could not record: found
             // before anything is listed or appended again.
@@ -472,18 +472,33 @@ impl MailboxPass<'_> {
     /// its validity changed (the folder was re-created, and its ids now name
     /// other messages), the copies are found again by identity and the
     /// ledger's ids replaced; copies no longer there are recorded as
-    /// failures. No stale id is ever used.
+    /// failures. No stale id is ever used. `true` when the ids were replaced
+    /// (in this pass); `checked` keeps the answer for the folder's pass.
     async fn check_target_folder(
         &self,
         lane: &mut Lane<'_>,
         folder: &SourceFolder,
         checkpoint: &mut FolderCheckpoint,
-        checked: &mut bool,
+        checked: &mut Option<bool>,
         stats: &mut PassStats,
-    ) -> Result<(), ConnectorError> {
-        if std::mem::replace(checked, true) {
-            return Ok(());
+    ) -> Result<bool, ConnectorError> {
+        if let Some(retargeted) = *checked {
+            return Ok(retargeted);
         }
+        let retargeted = self
+            .refresh_target_ids(lane, folder, checkpoint, stats)
+            .await?;
+        *checked = Some(retargeted);
+        Ok(retargeted)
+    }
+
+    async fn refresh_target_ids(
+        &self,
+        lane: &mut Lane<'_>,
+        folder: &SourceFolder,
+        checkpoint: &mut FolderCheckpoint,
+        stats: &mut PassStats,
+    ) -> Result<bool, ConnectorError> {
         let target = lane.target().await?;
         let mark = target.mark(&checkpoint.target_folder).await?;
         let (Some(recorded), Some(now)) = (checkpoint.target_validity, mark.validity) else {
@@ -492,10 +507,10 @@ impl MailboxPass<'_> {
                 checkpoint.target_validity = mark.validity;
                 self.store.save_checkpoint(checkpoint).await?;
             }
-            return Ok(());
+            return Ok(false);
         };
         if recorded == now {
-            return Ok(());
+            return Ok(false);
         }
         tracing::warn!(mailbox = %self.mailbox.source, folder = %folder.path,
             target_folder = %checkpoint.target_folder, old = recorded, new = now,
@@ -551,7 +566,7 @@ impl MailboxPass<'_> {
                 .await?;
             stats.items_failed += 1;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The source folder's validity changed (its UIDs were renumbered): find
@@ -619,7 +634,7 @@ impl MailboxPass<'_> {
         lane: &mut Lane<'_>,
         folder: &SourceFolder,
         checkpoint: &mut FolderCheckpoint,
-        target_checked: &mut bool,
+        target_checked: &mut Option<bool>,
         stats: &mut PassStats,
     ) -> Result<u64, ConnectorError> {
         let intents = self.store.intents(&folder.key).await?;
@@ -890,7 +905,7 @@ impl MailboxPass<'_> {
         lane: &mut Lane<'_>,
         folder: &SourceFolder,
         checkpoint: &mut FolderCheckpoint,
-        target_checked: &mut bool,
+        target_checked: &mut Option<bool>,
         ledger: &HashMap<String, LedgerEntry>,
         source_flags: Vec<(String, Flags)>,
         stats: &mut PassStats,
@@ -907,20 +922,23 @@ impl MailboxPass<'_> {
             return Ok(0);
         }
         // The ledger's ids are used only once they are known to be current.
-        self.check_target_folder(lane, folder, checkpoint, target_checked, stats)
+        let retargeted = self
+            .check_target_folder(lane, folder, checkpoint, target_checked, stats)
             .await?;
-        let ledger: HashMap<String, LedgerEntry> =
-            if *target_checked && checkpoint.target_validity.is_some() {
-                let items: Vec<String> = changed.iter().map(|(item, _)| item.clone()).collect();
-                self.store
-                    .ledger_entries(&folder.key, checkpoint.validity, &items)
-                    .await?
-                    .into_iter()
-                    .map(|e| (e.item.clone(), e))
-                    .collect()
-            } else {
-                ledger.clone()
-            };
+        let reloaded: HashMap<String, LedgerEntry>;
+        let ledger = if retargeted {
+            let items: Vec<String> = changed.iter().map(|(item, _)| item.clone()).collect();
+            reloaded = self
+                .store
+                .ledger_entries(&folder.key, checkpoint.validity, &items)
+                .await?
+                .into_iter()
+                .map(|e| (e.item.clone(), e))
+                .collect();
+            &reloaded
+        } else {
+            ledger
+        };
         let mut changes = Vec::new();
         let mut recorded = Vec::new();
         for (item, flags) in changed {
