@@ -264,9 +264,9 @@ async fn bad_rows_and_a_wrong_password_fail_alone() {
     );
 }
 
-#[tokio::test]
-async fn an_unreachable_server_is_retried_then_fails_with_the_retries_reported() {
-    // A port nobody listens on: connection refused, a transient failure.
+/// A migration of mailbox `kim` from an IMAP port nobody listens on
+/// (connection refused: a transient failure) into a Maildir.
+fn unreachable_source(extra: &str) -> Migration {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -278,11 +278,17 @@ async fn an_unreachable_server_is_retried_then_fails_with_the_retries_reported()
     let migration = Migration::new(
         &source,
         "kind = \"maildir\"\npath = \"out/{mailbox}\"\n",
-        "[migration]\nmax_attempts = 3\n",
+        extra,
         "source,target\nkim,kim\n",
     )
     .unwrap();
     std::fs::write(migration.dir().join("pw"), "secret\n").unwrap();
+    migration
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_retried_then_fails_with_the_retries_reported() {
+    let migration = unreachable_source("[migration]\nmax_attempts = 3\n");
     let result = migration.run().unwrap();
     assert!(!result.success, "{}", result.stdout);
     assert_eq!(result.mailbox("kim")["state"], "failed");
@@ -295,22 +301,7 @@ async fn an_unreachable_server_is_retried_then_fails_with_the_retries_reported()
 /// that would wait past it fails at once, saying so, instead of sleeping.
 #[tokio::test]
 async fn a_pass_out_of_waiting_time_fails_instead_of_backing_off() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let source = format!(
-        "kind = \"imap\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\npassword_file = \"pw\"\n"
-    );
-    let migration = Migration::new(
-        &source,
-        "kind = \"maildir\"\npath = \"out/{mailbox}\"\n",
-        "[migration]\nmax_attempts = 50\nmax_pass_wait_secs = 0\n",
-        "source,target\nkim,kim\n",
-    )
-    .unwrap();
-    std::fs::write(migration.dir().join("pw"), "secret\n").unwrap();
+    let migration = unreachable_source("[migration]\nmax_attempts = 50\nmax_pass_wait_secs = 0\n");
     let result = migration.run().unwrap();
     assert_eq!(result.code, Some(1), "{}", result.stdout);
     assert_eq!(result.stat("kim", "retries"), 0, "{}", result.stdout);
