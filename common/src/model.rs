@@ -162,22 +162,55 @@ pub struct FolderCheckpoint {
     pub target_folder: String,
     /// The source's UIDVALIDITY (or the connector's equivalent) the entries belong to.
     pub validity: u32,
-    /// Every source item with a UID up to this one is copied or recorded.
+    /// Every source item with a UID up to this one is copied or recorded
+    /// (0: none yet; sources without UIDs leave it there).
     pub high_water_mark: u32,
-    /// The source's HIGHESTMODSEQ when flags were last synchronised (CONDSTORE).
-    pub highest_modseq: Option<u64>,
-    /// The target's position (IMAP: UIDNEXT) right after the last committed
-    /// append: anything past it may be an in-doubt copy from an interrupted run.
-    pub target_mark: u64,
+    /// Where the source connector's listing of the folder resumes (IMAP:
+    /// HIGHESTMODSEQ; Graph: the delta link), saved once everything it
+    /// listed is copied or recorded. Only the source connector reads it.
+    pub source_cursor: Option<SourceCursor>,
+    /// The target's position right after the last committed append: anything
+    /// past it may be an in-doubt copy from an interrupted run. Only the
+    /// target connector reads it.
+    pub target_mark: TargetMark,
     /// The target folder's UIDVALIDITY when the ledger's target ids were
     /// written (IMAP; `None` for targets without one, or not yet known).
     /// When the target's changes, those ids name other messages.
     pub target_validity: Option<u32>,
     /// The copy was subscribed (the source folder is).
     pub subscribed: bool,
-    /// Where the source's change listing resumes (Microsoft Graph: the delta
-    /// link), saved once everything it listed is copied or recorded.
-    pub sync_state: Option<String>,
+}
+
+/// A source connector's own record of where its listing of a folder
+/// resumes, in a form only that connector writes and parses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SourceCursor(String);
+
+impl SourceCursor {
+    pub fn new(encoded: String) -> SourceCursor {
+        SourceCursor(encoded)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A target connector's own record of a target folder's position (IMAP:
+/// UIDNEXT; Graph: a time), in a form only that connector writes and parses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TargetMark(String);
+
+impl TargetMark {
+    pub fn new(encoded: String) -> TargetMark {
+        TargetMark(encoded)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// One copied item: where it came from and where it went. The ledger is what
@@ -190,8 +223,8 @@ pub struct LedgerEntry {
     /// The item's key in the source folder (IMAP: the UID in decimal;
     /// Maildir: the file's unique name).
     pub item: String,
-    /// The IMAP UID, 0 where the source has none.
-    pub uid: u32,
+    /// The IMAP UID, where the source has UIDs.
+    pub uid: Option<u32>,
     pub target_folder: String,
     /// The copy's id in the target (IMAP: UID; Maildir: unique name), when known.
     pub target_id: Option<String>,
@@ -209,18 +242,34 @@ pub struct LedgerEntry {
     pub flags: String,
 }
 
-/// An item that could not be copied, kept for the report and for operators.
+/// An item or a whole folder that could not be copied, kept for the report
+/// and for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemFailure {
     pub mailbox: MailboxId,
     pub folder: String,
-    pub item: String,
-    pub size: u64,
+    #[serde(flatten)]
+    pub scope: FailureScope,
     pub class: crate::ErrorClass,
     pub reason: String,
     pub pass: i64,
     /// Left out by the operator's policy (`max_message_bytes`), not an error.
     pub policy: bool,
+}
+
+/// What a failure is about: the whole folder, or one of its items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum FailureScope {
+    /// The folder itself could not be copied (e.g. its name is impossible
+    /// in the target); none of its items were.
+    Folder,
+    Item {
+        /// The item's key in the source folder.
+        item: String,
+        /// Its size in bytes, when known.
+        size: Option<u64>,
+    },
 }
 
 /// Where a wave is in its life (distributed mode).

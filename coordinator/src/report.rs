@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use mailwave_common::mailboxes::RowError;
-use mailwave_common::model::{ItemFailure, MailboxRecord, MailboxState};
+use mailwave_common::model::{FailureScope, ItemFailure, MailboxRecord, MailboxState};
 use mailwave_common::store::{Store, StoreError};
 use serde::Serialize;
 
@@ -50,7 +50,8 @@ pub struct RejectedRow {
 pub struct MailboxReport {
     #[serde(flatten)]
     pub record: MailboxRecord,
-    /// Items that could not be copied, with folder, item, size and reason.
+    /// Items and folders that could not be copied, with folder, item, size
+    /// and reason (`scope`: `folder` for a whole folder, else `item`).
     pub item_failures: Vec<ItemFailure>,
 }
 
@@ -178,13 +179,21 @@ impl WaveReport {
             } else {
                 "NOT COPIED"
             };
+            let what = match &f.scope {
+                FailureScope::Folder => "(the whole folder)".to_owned(),
+                FailureScope::Item {
+                    item,
+                    size: Some(size),
+                } => format!("item {} ({size} bytes)", safe(item)),
+                FailureScope::Item { item, size: None } => {
+                    format!("item {} (size unknown)", safe(item))
+                }
+            };
             let _ = writeln!(
                 out,
-                "{label} {} folder {:?} item {} ({} bytes): {}",
+                "{label} {} folder {:?} {what}: {}",
                 safe(&m.record.source),
                 f.folder,
-                safe(&f.item),
-                f.size,
                 safe(&f.reason)
             );
         }
@@ -232,6 +241,62 @@ mod tests {
         assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
         assert_eq!(human_bytes(5 << 50), "5.0 PiB");
         assert_eq!(human_bytes(745 * 1024 * 1024), "745.0 MiB");
+    }
+
+    #[test]
+    fn folder_failures_and_unknown_sizes_are_shown_as_such() {
+        let failure = |folder: &str, scope| ItemFailure {
+            mailbox: 1,
+            folder: folder.into(),
+            scope,
+            class: mailwave_common::ErrorClass::Item,
+            reason: "refused".into(),
+            pass: 1,
+            policy: false,
+        };
+        let item = |item: &str, size| FailureScope::Item {
+            item: item.into(),
+            size,
+        };
+        let report = WaveReport {
+            wave: "w".into(),
+            mailboxes: vec![MailboxReport {
+                record: MailboxRecord {
+                    id: 1,
+                    wave: 1,
+                    source: "a@x".into(),
+                    target: "a@y".into(),
+                    state: MailboxState::CompletedWithErrors,
+                    pass: 1,
+                    attempts: 1,
+                    last_error: None,
+                    stats: Default::default(),
+                },
+                item_failures: vec![
+                    failure("Bad", FailureScope::Folder),
+                    failure("INBOX", item("4", Some(0))),
+                    failure("INBOX", item("5", None)),
+                ],
+            }],
+            rejected_rows: Vec::new(),
+        };
+        let text = report.summary();
+        for line in [
+            "NOT COPIED a@x folder \"Bad\" (the whole folder): refused",
+            "NOT COPIED a@x folder \"INBOX\" item 4 (0 bytes): refused",
+            "NOT COPIED a@x folder \"INBOX\" item 5 (size unknown): refused",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let json = serde_json::to_value(&report.mailboxes[0].item_failures).unwrap();
+        assert_eq!(json[0]["scope"], "folder");
+        assert_eq!(json[0].get("item"), None);
+        assert_eq!(
+            (&json[1]["scope"], &json[1]["item"]),
+            (&"item".into(), &"4".into())
+        );
+        assert_eq!(json[1]["size"], 0);
+        assert_eq!(json[2]["size"], serde_json::Value::Null);
     }
 
     #[test]

@@ -388,7 +388,10 @@ async fn unreadable_maildir_names_are_recorded_not_skipped() {
         .map(|failure| {
             (
                 failure["folder"].as_str().expect("folder").to_owned(),
-                failure["item"].as_str().expect("item").to_owned(),
+                match failure["scope"].as_str().expect("scope") {
+                    "folder" => "(folder)".to_owned(),
+                    _ => failure["item"].as_str().expect("item").to_owned(),
+                },
             )
         })
         .collect();
@@ -399,7 +402,7 @@ async fn unreadable_maildir_names_are_recorded_not_skipped() {
                 "INBOX".to_owned(),
                 "1700000001.P1Q2.h\u{fffd}st:2,S".to_owned()
             ),
-            (".Entw\u{fffd}rfe".to_owned(), "*".to_owned()),
+            (".Entw\u{fffd}rfe".to_owned(), "(folder)".to_owned()),
         ]),
         "{}",
         result.stdout

@@ -205,6 +205,74 @@ async fn changed_uidvalidity_is_remapped_without_duplicating_the_folder() {
     assert_exact(&source, &target, &users).await;
 }
 
+/// Turns a state file back into the form the version before connector-owned
+/// cursors wrote (migration V6 not applied: HIGHESTMODSEQ and UIDNEXT in
+/// their own integer columns), with the INBOX's last copy in doubt, as a
+/// crash between its APPEND and its commit leaves it.
+fn as_written_before_connector_cursors(state: &std::path::Path) {
+    let conn = rusqlite::Connection::open(state).unwrap();
+    conn.execute_batch(
+        "ALTER TABLE folder_checkpoints ADD COLUMN highest_modseq INTEGER;
+         ALTER TABLE folder_checkpoints ADD COLUMN sync_state TEXT;
+         UPDATE folder_checkpoints
+             SET highest_modseq = json_extract(source_cursor, '$.highest_modseq');
+         ALTER TABLE folder_checkpoints DROP COLUMN source_cursor;
+         ALTER TABLE folder_checkpoints ADD COLUMN uid_next INTEGER NOT NULL DEFAULT 0;
+         UPDATE folder_checkpoints SET uid_next = json_extract(target_mark, '$.uid_next');
+         ALTER TABLE folder_checkpoints DROP COLUMN target_mark;
+         ALTER TABLE folder_checkpoints RENAME COLUMN uid_next TO target_mark;
+         DROP TABLE folder_failures;
+         DELETE FROM refinery_schema_history WHERE version = 6;
+
+         CREATE TEMP TABLE last AS
+             SELECT * FROM ledger WHERE folder = 'INBOX' ORDER BY uid DESC LIMIT 1;
+         INSERT INTO intents (mailbox, folder, validity, item, uid, target_folder, target_id,
+                              size, content_hash, header_hash, identity, flags)
+             SELECT mailbox, folder, validity, item, uid, target_folder, NULL,
+                    size, content_hash, header_hash, identity, flags FROM last;
+         DELETE FROM ledger WHERE (mailbox, folder, validity, item) IN
+             (SELECT mailbox, folder, validity, item FROM last);
+         UPDATE folder_checkpoints
+             SET high_water_mark = (SELECT uid - 1 FROM last),
+                 target_mark = (SELECT CAST(target_id AS INTEGER) FROM last)
+             WHERE folder = 'INBOX';",
+    )
+    .unwrap();
+    let modseqs: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM folder_checkpoints WHERE highest_modseq IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(modseqs > 0, "Dovecot's HIGHESTMODSEQ was kept");
+}
+
+#[tokio::test]
+async fn a_state_file_of_the_previous_version_resumes_without_recopying() {
+    let users = ["dana"];
+    let source = server('.', &users);
+    let target = server('/', &users);
+    let spec = CorpusSpec::for_server(&source, 11).messages(30).folders(3);
+    let corpora = corpus::load_users(&source, &users, &spec).unwrap();
+    let migration = migration(&source, &target, &users, "");
+    let first = migration.run_ok().unwrap();
+    assert_eq!(
+        first.total("items_copied") as usize,
+        corpora[0].messages.len()
+    );
+
+    as_written_before_connector_cursors(&migration.state);
+    corpus::set_flags(&source, "dana", "INBOX", &[1], &["\\Flagged", "$Resumed"])
+        .await
+        .unwrap();
+    let resumed = migration.run_ok().unwrap();
+    assert_eq!(resumed.stat("dana", "items_copied"), 0, "{}", resumed.stdout);
+    assert_eq!(resumed.stat("dana", "items_recovered"), 1, "the copy in doubt");
+    assert_eq!(resumed.stat("dana", "flags_updated"), 1);
+    assert_exact(&source, &target, &users).await;
+}
+
 #[tokio::test]
 async fn bad_rows_and_a_wrong_password_fail_alone() {
     let users = ["gina", "hank", "ivan"];
@@ -362,7 +430,18 @@ async fn hostile_folder_names_stay_inside_the_maildir_root() {
         .map(|f| f["folder"].as_str().unwrap())
         .collect();
     assert_eq!(failed_folders, ["..", "../../etc"], "{}", result.stdout);
-    assert!(failures.iter().all(|f| f["item"] == "*"));
+    assert!(
+        failures
+            .iter()
+            .all(|f| f["scope"] == "folder" && f.get("item").is_none())
+    );
+    assert!(
+        result
+            .stdout
+            .contains("NOT COPIED judy folder \"..\" (the whole folder)"),
+        "{}",
+        result.stdout
+    );
 
     // Nothing was written outside the mailbox's root.
     let root = root_parent.path().join("backup").join("judy");

@@ -276,7 +276,7 @@ impl PassStore<'_> {
         &self,
         checkpoint: &FolderCheckpoint,
         old_validity: u32,
-        rekeys: &[(String, String, u32)],
+        rekeys: &[(String, String, Option<u32>)],
     ) -> Result<(), ConnectorError> {
         let lease = &self.keeper.lease;
         self.write(
@@ -311,7 +311,7 @@ impl PassStore<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mailwave_common::model::MailboxSpec;
+    use mailwave_common::model::{MailboxSpec, TargetMark};
     use mailwave_common::store::SqliteStore;
 
     async fn leased(ttl: Duration) -> (Arc<SqliteStore>, Arc<LeaseKeeper>) {
@@ -376,11 +376,10 @@ mod tests {
             target_folder: "INBOX".into(),
             validity: 1,
             high_water_mark: 0,
-            highest_modseq: None,
-            target_mark: 1,
+            source_cursor: None,
+            target_mark: TargetMark::new("1".into()),
             target_validity: None,
             subscribed: false,
-            sync_state: None,
         };
         assert!(writes.save_checkpoint(&checkpoint).await.is_err());
         assert!(keeper.is_lost());

@@ -12,12 +12,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use mailwave_common::config::FolderFilter;
-use mailwave_common::model::{FolderCheckpoint, MailboxRecord, MailboxSpec, PassStats};
+use mailwave_common::model::{MailboxRecord, MailboxSpec, PassStats, TargetMark};
 use mailwave_common::store::{SqliteStore, Store};
 use mailwave_worker::connector::{
     AppendReport, ConnectorError, Fetched, Flags, FolderPath, FolderScan, Identity, ItemMeta,
-    MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
-    TargetMark,
+    MailSource, MailTarget, Message, Outgoing, SourceFolder, SourcePosition, SpecialUse,
+    TargetFolder, TargetItem, TargetPosition,
 };
 use mailwave_worker::engine::{
     CopySettings, MailboxConnector, MailboxPass, MemoryBudget, NoProgress,
@@ -114,8 +114,8 @@ fn folder() -> SourceFolder {
 fn meta(uid: u32, body: &Bytes) -> ItemMeta {
     ItemMeta {
         item: uid.to_string(),
-        uid,
-        size: body.len() as u64,
+        uid: Some(uid),
+        size: Some(body.len() as u64),
         flags: Flags::default(),
         internal_date: None,
     }
@@ -130,9 +130,9 @@ impl MailSource for Source {
     async fn scan(
         &mut self,
         _folder: &SourceFolder,
-        checkpoint: Option<&FolderCheckpoint>,
+        position: Option<SourcePosition<'_>>,
     ) -> Result<FolderScan, ConnectorError> {
-        let hwm = checkpoint.map_or(0, |c| c.high_water_mark);
+        let hwm = position.map_or(0, |p| p.high_water_mark);
         Ok(FolderScan {
             validity: 1,
             candidates: self
@@ -178,6 +178,11 @@ impl MailSource for Source {
 
 struct Target(World);
 
+/// This target's mark: the next id it gives, in decimal.
+fn mark_at(next_id: u64) -> TargetMark {
+    TargetMark::new(next_id.to_string())
+}
+
 #[async_trait]
 impl MailTarget for Target {
     async fn folders(&mut self) -> Result<Vec<TargetFolder>, ConnectorError> {
@@ -197,9 +202,9 @@ impl MailTarget for Target {
         })
     }
 
-    async fn mark(&mut self, _folder: &str) -> Result<TargetMark, ConnectorError> {
-        Ok(TargetMark {
-            position: self.0.target.lock().unwrap().next_id,
+    async fn mark(&mut self, _folder: &str) -> Result<TargetPosition, ConnectorError> {
+        Ok(TargetPosition {
+            mark: mark_at(self.0.target.lock().unwrap().next_id),
             validity: Some(1),
         })
     }
@@ -207,13 +212,14 @@ impl MailTarget for Target {
     async fn items_since(
         &mut self,
         _folder: &str,
-        mark: u64,
+        mark: Option<&TargetMark>,
         wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
+        let from: u64 = mark.map_or(0, |m| m.as_str().parse().expect("this target's mark"));
         let target = self.0.target.lock().unwrap();
         Ok(target
             .messages
-            .range(mark..)
+            .range(from..)
             .map(|(id, body)| TargetItem {
                 id: id.to_string(),
                 identity: Identity::of(body),
@@ -267,7 +273,7 @@ impl MailTarget for Target {
                 "connection reset after storing, before the tagged OK",
             ));
         }
-        let mark_after = Some(self.0.target.lock().unwrap().next_id);
+        let mark_after = Some(mark_at(self.0.target.lock().unwrap().next_id));
         Ok(AppendReport {
             results,
             mark_after,

@@ -22,6 +22,17 @@ use crate::model::{
     MailboxState, PassStats, WaveCounts, WaveId, WaveRecord, WaveState,
 };
 
+/// What the ledger's `uid` column holds for `uid`: 0 for an item without
+/// one (IMAP UIDs start at 1), so that old rows and their keys stay as they are.
+fn uid_to_store(uid: Option<u32>) -> u32 {
+    uid.unwrap_or(0)
+}
+
+/// The UID a ledger row's `uid` column names (see [`uid_to_store`]).
+fn stored_uid(stored: u32) -> Option<u32> {
+    (stored != 0).then_some(stored)
+}
+
 /// A failure of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -208,7 +219,7 @@ pub trait Store: Send + Sync + 'static {
         lease: &Lease,
         checkpoint: &FolderCheckpoint,
         old_validity: u32,
-        rekeys: &[(String, String, u32)],
+        rekeys: &[(String, String, Option<u32>)],
     ) -> Result<(), StoreError>;
 
     /// Records (or updates) an item that could not be copied.

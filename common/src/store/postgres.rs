@@ -52,11 +52,14 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction, reap_decision};
+use super::{
+    PassOutcome, ReapOutcome, Store, StoreError, WaveAction, reap_decision, stored_uid,
+    uid_to_store,
+};
 use crate::ErrorClass;
 use crate::model::{
-    FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
-    MailboxState, WaveCounts, WaveId, WaveRecord, WaveState,
+    FailureScope, FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord,
+    MailboxSpec, MailboxState, SourceCursor, TargetMark, WaveCounts, WaveId, WaveRecord, WaveState,
 };
 
 mod embedded {
@@ -386,21 +389,20 @@ fn checkpoint_from_row(row: &Row) -> Result<FolderCheckpoint, StoreError> {
         target_folder: row.try_get(2)?,
         validity: u32_column(row, 3)?,
         high_water_mark: u32_column(row, 4)?,
-        highest_modseq: row.try_get::<_, Option<i64>>(5)?.map(|m| m as u64),
-        target_mark: row.try_get::<_, i64>(6)? as u64,
-        sync_state: row.try_get(7)?,
+        source_cursor: row.try_get::<_, Option<String>>(5)?.map(SourceCursor::new),
+        target_mark: TargetMark::new(row.try_get(6)?),
         target_validity: row
-            .try_get::<_, Option<i64>>(8)?
+            .try_get::<_, Option<i64>>(7)?
             .map(|v| {
                 u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("target validity {v}")))
             })
             .transpose()?,
-        subscribed: row.try_get(9)?,
+        subscribed: row.try_get(8)?,
     })
 }
 
 const CHECKPOINT_COLUMNS: &str = "mailbox, folder, target_folder, validity, high_water_mark,
-     highest_modseq, target_mark, sync_state, target_validity, subscribed";
+     source_cursor, target_mark, target_validity, subscribed";
 
 const LEDGER_COLUMNS: &str = "mailbox, folder, validity, item, uid, target_folder, target_id,
      size, content_hash, header_hash, flags, identity";
@@ -439,7 +441,7 @@ fn ledger_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
         folder: row.try_get(1)?,
         validity: u32_column(row, 2)?,
         item: row.try_get(3)?,
-        uid: u32_column(row, 4)?,
+        uid: stored_uid(u32_column(row, 4)?),
         target_folder: row.try_get(5)?,
         target_id: row.try_get(6)?,
         size: row.try_get::<_, i64>(7)? as u64,
@@ -450,13 +452,21 @@ fn ledger_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
     })
 }
 
+/// A failure from the columns of [`Store::failures`]'s query: a folder's
+/// own failure has no item.
 fn failure_from_row(row: &Row) -> Result<ItemFailure, StoreError> {
     let class: String = row.try_get(4)?;
+    let scope = match row.try_get::<_, Option<String>>(2)? {
+        None => FailureScope::Folder,
+        Some(item) => FailureScope::Item {
+            item,
+            size: row.try_get::<_, Option<i64>>(3)?.map(|s| s as u64),
+        },
+    };
     Ok(ItemFailure {
         mailbox: row.try_get(0)?,
         folder: row.try_get(1)?,
-        item: row.try_get(2)?,
-        size: row.try_get::<_, i64>(3)? as u64,
+        scope,
         class: serde_json::from_value(serde_json::Value::String(class)).unwrap_or(ErrorClass::Item),
         reason: row.try_get(5)?,
         pass: row.try_get(6)?,
@@ -464,20 +474,20 @@ fn failure_from_row(row: &Row) -> Result<ItemFailure, StoreError> {
     })
 }
 
-/// The upsert of a folder checkpoint from parameters `$1` to `$10` (see
+/// The upsert of a folder checkpoint from parameters `$1` to `$9` (see
 /// [`CheckpointParams`]); the main statement of the batch writes, whose
 /// other half comes first as a data-modifying `WITH`.
 macro_rules! checkpoint_upsert {
     () => {
         "INSERT INTO folder_checkpoints
-             (mailbox, folder, target_folder, validity, high_water_mark, highest_modseq,
-              target_mark, sync_state, target_validity, subscribed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             (mailbox, folder, target_folder, validity, high_water_mark, source_cursor,
+              target_mark, target_validity, subscribed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (mailbox, folder) DO UPDATE SET
              target_folder = excluded.target_folder, validity = excluded.validity,
              high_water_mark = excluded.high_water_mark,
-             highest_modseq = excluded.highest_modseq, target_mark = excluded.target_mark,
-             sync_state = excluded.sync_state, target_validity = excluded.target_validity,
+             source_cursor = excluded.source_cursor, target_mark = excluded.target_mark,
+             target_validity = excluded.target_validity,
              subscribed = excluded.subscribed"
     };
 }
@@ -507,16 +517,15 @@ fn ledger_upsert(table: &str, first: usize) -> String {
     )
 }
 
-/// A folder checkpoint as the parameters `$1` to `$10` of [`checkpoint_upsert!`].
+/// A folder checkpoint as the parameters `$1` to `$9` of [`checkpoint_upsert!`].
 struct CheckpointParams<'a> {
     mailbox: i64,
     folder: &'a str,
     target_folder: &'a str,
     validity: i64,
     high_water_mark: i64,
-    highest_modseq: Option<i64>,
-    target_mark: i64,
-    sync_state: Option<&'a str>,
+    source_cursor: Option<&'a str>,
+    target_mark: &'a str,
     target_validity: Option<i64>,
     subscribed: bool,
 }
@@ -529,9 +538,8 @@ impl<'a> CheckpointParams<'a> {
             target_folder: &c.target_folder,
             validity: i64::from(c.validity),
             high_water_mark: i64::from(c.high_water_mark),
-            highest_modseq: c.highest_modseq.map(|m| m as i64),
-            target_mark: c.target_mark as i64,
-            sync_state: c.sync_state.as_deref(),
+            source_cursor: c.source_cursor.as_ref().map(SourceCursor::as_str),
+            target_mark: c.target_mark.as_str(),
             target_validity: c.target_validity.map(i64::from),
             subscribed: c.subscribed,
         }
@@ -544,9 +552,8 @@ impl<'a> CheckpointParams<'a> {
             &self.target_folder,
             &self.validity,
             &self.high_water_mark,
-            &self.highest_modseq,
+            &self.source_cursor,
             &self.target_mark,
-            &self.sync_state,
             &self.target_validity,
             &self.subscribed,
         ]
@@ -578,7 +585,7 @@ impl<'a> LedgerColumns<'a> {
             columns.folder.push(&e.folder);
             columns.validity.push(i64::from(e.validity));
             columns.item.push(&e.item);
-            columns.uid.push(i64::from(e.uid));
+            columns.uid.push(i64::from(uid_to_store(e.uid)));
             columns.target_folder.push(&e.target_folder);
             columns.target_id.push(e.target_id.as_deref());
             columns.size.push(e.size as i64);
@@ -787,7 +794,7 @@ impl Store for PostgresStore {
         let sql = format!(
             "WITH entries AS ({}),
                   forgotten AS (DELETE FROM intents WHERE mailbox = $1 AND folder = $2) {}",
-            ledger_upsert("ledger", 11),
+            ledger_upsert("ledger", 10),
             checkpoint_upsert!()
         );
         self.fenced(lease, &sql, &params).await
@@ -875,7 +882,7 @@ impl Store for PostgresStore {
         let sql = concat!(
             "WITH retargeted AS (
                  UPDATE ledger SET target_id = r.target_id, target_folder = $3
-                 FROM unnest($11::text[], $12::text[]) AS r (item, target_id)
+                 FROM unnest($10::text[], $11::text[]) AS r (item, target_id)
                  WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $4
                    AND ledger.item = r.item
              ) ",
@@ -933,12 +940,15 @@ impl Store for PostgresStore {
         lease: &Lease,
         checkpoint: &FolderCheckpoint,
         old_validity: u32,
-        rekeys: &[(String, String, u32)],
+        rekeys: &[(String, String, Option<u32>)],
     ) -> Result<(), StoreError> {
         let old_validity = i64::from(old_validity);
         let old_items: Vec<&str> = rekeys.iter().map(|(old, _, _)| old.as_str()).collect();
         let new_items: Vec<&str> = rekeys.iter().map(|(_, new, _)| new.as_str()).collect();
-        let new_uids: Vec<i64> = rekeys.iter().map(|(_, _, uid)| i64::from(*uid)).collect();
+        let new_uids: Vec<i64> = rekeys
+            .iter()
+            .map(|(_, _, uid)| i64::from(uid_to_store(*uid)))
+            .collect();
         let checkpoint = CheckpointParams::new(checkpoint);
         let mut params = checkpoint.params();
         let rekey_params: [Param<'_>; 4] = [&old_validity, &old_items, &new_items, &new_uids];
@@ -946,9 +956,9 @@ impl Store for PostgresStore {
         let sql = concat!(
             "WITH rekeyed AS (
                  UPDATE ledger SET validity = $4, item = r.new_item, uid = r.new_uid
-                 FROM unnest($12::text[], $13::text[], $14::bigint[])
+                 FROM unnest($11::text[], $12::text[], $13::bigint[])
                      AS r (old_item, new_item, new_uid)
-                 WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $11
+                 WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $10
                    AND ledger.item = r.old_item
              ) ",
             checkpoint_upsert!()
@@ -957,33 +967,60 @@ impl Store for PostgresStore {
     }
 
     async fn record_failure(&self, lease: &Lease, failure: &ItemFailure) -> Result<(), StoreError> {
-        self.fenced(
-            lease,
-            "INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass, policy)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (mailbox, folder, item) DO UPDATE SET
-                 size = excluded.size, class = excluded.class,
-                 reason = excluded.reason, pass = excluded.pass, policy = excluded.policy",
-            &[
-                &failure.mailbox,
-                &failure.folder,
-                &failure.item,
-                &(failure.size as i64),
-                &failure.class.as_str(),
-                &failure.reason,
-                &failure.pass,
-                &failure.policy,
-            ],
-        )
-        .await
+        match &failure.scope {
+            FailureScope::Folder => {
+                self.fenced(
+                    lease,
+                    "INSERT INTO folder_failures (mailbox, folder, class, reason, pass)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (mailbox, folder) DO UPDATE SET
+                         class = excluded.class, reason = excluded.reason, pass = excluded.pass",
+                    &[
+                        &failure.mailbox,
+                        &failure.folder,
+                        &failure.class.as_str(),
+                        &failure.reason,
+                        &failure.pass,
+                    ],
+                )
+                .await
+            }
+            FailureScope::Item { item, size } => {
+                self.fenced(
+                    lease,
+                    "INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass, policy)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT (mailbox, folder, item) DO UPDATE SET
+                         size = excluded.size, class = excluded.class,
+                         reason = excluded.reason, pass = excluded.pass, policy = excluded.policy",
+                    &[
+                        &failure.mailbox,
+                        &failure.folder,
+                        item,
+                        &size.map(|s| s as i64),
+                        &failure.class.as_str(),
+                        &failure.reason,
+                        &failure.pass,
+                        &failure.policy,
+                    ],
+                )
+                .await
+            }
+        }
     }
 
     async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError> {
         let client = self.client().await?;
+        // A folder's own failure first, then its items'.
         let stmt = client
             .prepare_cached(
-                "SELECT mailbox, folder, item, size, class, reason, pass, policy
-                 FROM item_failures WHERE mailbox = $1 ORDER BY folder, item",
+                "SELECT mailbox, folder, NULL::text AS item, NULL::bigint, class, reason, pass,
+                        false
+                 FROM folder_failures WHERE mailbox = $1
+                 UNION ALL
+                 SELECT mailbox, folder, item, size, class, reason, pass, policy
+                 FROM item_failures WHERE mailbox = $1
+                 ORDER BY folder, item NULLS FIRST",
             )
             .await?;
         client
@@ -1499,7 +1536,7 @@ mod tests {
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(applied, 4, "V1 to V4");
+            assert_eq!(applied, 5, "V1 to V5");
             let partitions: i64 = client
                 .query_one(
                     "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ledger'::regclass",
@@ -1509,6 +1546,27 @@ mod tests {
                 .unwrap()
                 .get(0);
             assert_eq!(partitions, 16);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn rows_written_before_connector_cursors_are_migrated() {
+        with_database(|url| async move {
+            let store = PostgresStore::connect(&url).await.unwrap();
+            let mut session = store.client().await.unwrap();
+            embedded::migrations::runner()
+                .set_target(refinery::Target::Version(4))
+                .run_async(&mut **session)
+                .await
+                .unwrap();
+            session
+                .batch_execute(crate::store::suite::ROWS_BEFORE_CURSORS)
+                .await
+                .unwrap();
+            drop(session);
+            store.migrate().await.unwrap();
+            crate::store::suite::rows_before_cursors_read_back(&store).await;
         })
         .await;
     }
@@ -1529,7 +1587,7 @@ mod tests {
                     folder: "INBOX".into(),
                     validity: 7,
                     item: uid.to_string(),
-                    uid,
+                    uid: Some(uid),
                     target_folder: "INBOX".into(),
                     target_id: (uid % 2 == 0).then(|| (uid + 10).to_string()),
                     size: u64::from(uid) * 10,
@@ -1545,9 +1603,8 @@ mod tests {
                 target_folder: "INBOX".into(),
                 validity: 7,
                 high_water_mark: 5000,
-                highest_modseq: None,
-                target_mark: 5001,
-                sync_state: None,
+                source_cursor: None,
+                target_mark: TargetMark::new("5001".into()),
                 target_validity: Some(3),
                 subscribed: false,
             };

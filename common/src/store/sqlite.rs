@@ -9,10 +9,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction, reap_decision};
+use super::{
+    PassOutcome, ReapOutcome, Store, StoreError, WaveAction, reap_decision, stored_uid,
+    uid_to_store,
+};
 use crate::model::{
-    FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
-    MailboxState, WaveCounts, WaveId, WaveRecord, WaveState,
+    FailureScope, FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord,
+    MailboxSpec, MailboxState, SourceCursor, TargetMark, WaveCounts, WaveId, WaveRecord, WaveState,
 };
 
 mod embedded {
@@ -141,11 +144,10 @@ fn checkpoint_from_row(row: &Row<'_>) -> rusqlite::Result<FolderCheckpoint> {
         target_folder: row.get(2)?,
         validity: row.get(3)?,
         high_water_mark: row.get(4)?,
-        highest_modseq: row.get::<_, Option<i64>>(5)?.map(|m| m as u64),
-        target_mark: row.get::<_, i64>(6)? as u64,
-        sync_state: row.get(7)?,
-        target_validity: row.get(8)?,
-        subscribed: row.get(9)?,
+        source_cursor: row.get::<_, Option<String>>(5)?.map(SourceCursor::new),
+        target_mark: TargetMark::new(row.get(6)?),
+        target_validity: row.get(7)?,
+        subscribed: row.get(8)?,
     })
 }
 
@@ -155,7 +157,7 @@ fn ledger_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
         folder: row.get(1)?,
         validity: row.get(2)?,
         item: row.get(3)?,
-        uid: row.get(4)?,
+        uid: stored_uid(row.get(4)?),
         target_folder: row.get(5)?,
         target_id: row.get(6)?,
         size: row.get::<_, i64>(7)? as u64,
@@ -170,7 +172,7 @@ const LEDGER_COLUMNS: &str = "mailbox, folder, validity, item, uid, target_folde
      content_hash, header_hash, flags, identity";
 
 const CHECKPOINT_COLUMNS: &str = "mailbox, folder, target_folder, validity, high_water_mark,
-     highest_modseq, target_mark, sync_state, target_validity, subscribed";
+     source_cursor, target_mark, target_validity, subscribed";
 
 /// Fails with [`StoreError::LeaseLost`] unless `lease` is the mailbox's live
 /// lease; called inside the transaction of the write it fences.
@@ -222,7 +224,7 @@ fn put_ledger_entries(
             e.folder,
             e.validity,
             e.item,
-            e.uid,
+            uid_to_store(e.uid),
             e.target_folder,
             e.target_id,
             e.size as i64,
@@ -238,12 +240,11 @@ fn put_ledger_entries(
 fn put_checkpoint(conn: &Connection, c: &FolderCheckpoint) -> rusqlite::Result<()> {
     conn.prepare_cached(&format!(
         "INSERT INTO folder_checkpoints ({CHECKPOINT_COLUMNS})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (mailbox, folder) DO UPDATE SET
              target_folder = excluded.target_folder, validity = excluded.validity,
-             high_water_mark = excluded.high_water_mark, highest_modseq = excluded.highest_modseq,
-             target_mark = excluded.target_mark, sync_state = excluded.sync_state,
-             target_validity = excluded.target_validity, subscribed = excluded.subscribed"
+             high_water_mark = excluded.high_water_mark, source_cursor = excluded.source_cursor,
+             target_mark = excluded.target_mark, target_validity = excluded.target_validity, subscribed = excluded.subscribed"
     ))?
     .execute(params![
         c.mailbox,
@@ -251,9 +252,8 @@ fn put_checkpoint(conn: &Connection, c: &FolderCheckpoint) -> rusqlite::Result<(
         c.target_folder,
         c.validity,
         c.high_water_mark,
-        c.highest_modseq.map(|m| m as i64),
-        c.target_mark as i64,
-        c.sync_state,
+        c.source_cursor.as_ref().map(SourceCursor::as_str),
+        c.target_mark.as_str(),
         c.target_validity,
         c.subscribed
     ])?;
@@ -590,7 +590,7 @@ impl Store for SqliteStore {
         lease: &Lease,
         checkpoint: &FolderCheckpoint,
         old_validity: u32,
-        rekeys: &[(String, String, u32)],
+        rekeys: &[(String, String, Option<u32>)],
     ) -> Result<(), StoreError> {
         let lease = lease.clone();
         let checkpoint = checkpoint.clone();
@@ -611,7 +611,7 @@ impl Store for SqliteStore {
                         checkpoint.validity,
                         old_item,
                         new_item,
-                        new_uid
+                        uid_to_store(*new_uid)
                     ])?;
                 }
             }
@@ -628,23 +628,32 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             let tx = write_tx(conn)?;
             check_lease(&tx, &lease)?;
-            tx.execute(
-                "INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass, policy)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (mailbox, folder, item) DO UPDATE SET
-                     size = excluded.size, class = excluded.class,
-                     reason = excluded.reason, pass = excluded.pass, policy = excluded.policy",
-                params![
-                    f.mailbox,
-                    f.folder,
-                    f.item,
-                    f.size as i64,
-                    f.class.as_str(),
-                    f.reason,
-                    f.pass,
-                    f.policy
-                ],
-            )?;
+            match &f.scope {
+                FailureScope::Folder => tx.execute(
+                    "INSERT INTO folder_failures (mailbox, folder, class, reason, pass)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (mailbox, folder) DO UPDATE SET
+                         class = excluded.class, reason = excluded.reason, pass = excluded.pass",
+                    params![f.mailbox, f.folder, f.class.as_str(), f.reason, f.pass],
+                )?,
+                FailureScope::Item { item, size } => tx.execute(
+                    "INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass, policy)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (mailbox, folder, item) DO UPDATE SET
+                         size = excluded.size, class = excluded.class,
+                         reason = excluded.reason, pass = excluded.pass, policy = excluded.policy",
+                    params![
+                        f.mailbox,
+                        f.folder,
+                        item,
+                        size.map(|s| s as i64),
+                        f.class.as_str(),
+                        f.reason,
+                        f.pass,
+                        f.policy
+                    ],
+                )?,
+            };
             tx.commit()?;
             Ok(())
         })
@@ -653,17 +662,28 @@ impl Store for SqliteStore {
 
     async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError> {
         self.with(move |conn| {
+            // A folder's own failure first, then its items'.
             let mut stmt = conn.prepare_cached(
-                "SELECT mailbox, folder, item, size, class, reason, pass, policy
-                 FROM item_failures WHERE mailbox = ?1 ORDER BY folder, item",
+                "SELECT mailbox, folder, NULL AS item, NULL, class, reason, pass, 0
+                 FROM folder_failures WHERE mailbox = ?1
+                 UNION ALL
+                 SELECT mailbox, folder, item, size, class, reason, pass, policy
+                 FROM item_failures WHERE mailbox = ?1
+                 ORDER BY folder, item NULLS FIRST",
             )?;
             let rows = stmt.query_map([mailbox], |row| {
                 let class: String = row.get(4)?;
+                let scope = match row.get::<_, Option<String>>(2)? {
+                    None => FailureScope::Folder,
+                    Some(item) => FailureScope::Item {
+                        item,
+                        size: row.get::<_, Option<i64>>(3)?.map(|s| s as u64),
+                    },
+                };
                 Ok(ItemFailure {
                     mailbox: row.get(0)?,
                     folder: row.get(1)?,
-                    item: row.get(2)?,
-                    size: row.get::<_, i64>(3)? as u64,
+                    scope,
                     class: serde_json::from_value(serde_json::Value::String(class))
                         .unwrap_or(crate::ErrorClass::Item),
                     reason: row.get(5)?,
@@ -1122,6 +1142,23 @@ mod tests {
 
     mod suite {
         crate::store::suite::store_suite!(super::on_a_fresh_store);
+    }
+
+    #[tokio::test]
+    async fn rows_written_before_connector_cursors_are_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            embedded::migrations::runner()
+                .set_target(refinery::Target::Version(5))
+                .run(&mut conn)
+                .unwrap();
+            conn.execute_batch(crate::store::suite::ROWS_BEFORE_CURSORS)
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        crate::store::suite::rows_before_cursors_read_back(&store).await;
     }
 
     #[tokio::test]

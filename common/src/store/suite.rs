@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction};
 use crate::ErrorClass;
 use crate::model::{
-    FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxSpec, MailboxState,
-    PassStats, WaveState,
+    FailureScope, FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxSpec,
+    MailboxState, PassStats, SourceCursor, TargetMark, WaveState,
 };
 
 /// A check of the suite, as a runner receives it.
@@ -74,7 +74,7 @@ fn entry(mailbox: i64, folder: &str, validity: u32, uid: u32) -> LedgerEntry {
         folder: folder.into(),
         validity,
         item: uid.to_string(),
-        uid,
+        uid: Some(uid),
         target_folder: folder.into(),
         target_id: Some((uid + 100).to_string()),
         size: 1000 + u64::from(uid),
@@ -92,9 +92,8 @@ fn checkpoint(mailbox: i64, folder: &str, validity: u32, hwm: u32) -> FolderChec
         target_folder: folder.into(),
         validity,
         high_water_mark: hwm,
-        highest_modseq: Some(7),
-        target_mark: u64::from(hwm) + 101,
-        sync_state: None,
+        source_cursor: Some(SourceCursor::new(r#"{"highest_modseq":7}"#.into())),
+        target_mark: TargetMark::new(format!(r#"{{"uid_next":{}}}"#, hwm + 101)),
         target_validity: Some(77),
         subscribed: true,
     }
@@ -203,15 +202,24 @@ pub async fn checkpoints_and_ledger(store: &dyn Store) {
         .commit_items(&l, &checkpoint(id, "INBOX", 5, 3), &batch)
         .await
         .unwrap();
-    // A delta link (Graph) rides with the checkpoint.
+    // Connectors' cursors and marks ride with the checkpoint as they are;
+    // an item without a UID keeps none.
     let sent = FolderCheckpoint {
-        sync_state: Some("https://graph.example/delta?$deltatoken=a%2Fb".into()),
+        source_cursor: Some(SourceCursor::new(
+            r#"{"delta_link":"https://graph.example/delta?$deltatoken=a%2Fb"}"#.into(),
+        )),
+        target_mark: TargetMark::new("{}".into()),
         ..checkpoint(id, "Sent", 9, 1)
     };
+    let without_uid = LedgerEntry {
+        uid: None,
+        ..entry(id, "Sent", 9, 1)
+    };
     store
-        .commit_items(&l, &sent, &[entry(id, "Sent", 9, 1)])
+        .commit_items(&l, &sent, std::slice::from_ref(&without_uid))
         .await
         .unwrap();
+    assert_eq!(store.ledger(id, "Sent", 9).await.unwrap(), [without_uid]);
 
     let checkpoints = store.checkpoints(id).await.unwrap();
     assert_eq!(checkpoints, [checkpoint(id, "INBOX", 5, 3), sent]);
@@ -275,13 +283,16 @@ pub async fn rekey_after_validity_change(store: &dyn Store) {
             &l,
             &new_checkpoint,
             1,
-            &[("1".into(), "11".into(), 11), ("3".into(), "12".into(), 12)],
+            &[
+                ("1".into(), "11".into(), Some(11)),
+                ("3".into(), "12".into(), Some(12)),
+            ],
         )
         .await
         .unwrap();
     let moved = store.ledger(id, "F", 2).await.unwrap();
     let keys: Vec<_> = moved.iter().map(|e| (e.item.as_str(), e.uid)).collect();
-    assert_eq!(keys, [("11", 11), ("12", 12)]);
+    assert_eq!(keys, [("11", Some(11)), ("12", Some(12))]);
     assert_eq!(moved[0].content_hash, "c1", "the entry itself moved");
     let left: Vec<_> = store.ledger(id, "F", 1).await.unwrap();
     assert_eq!(
@@ -299,8 +310,10 @@ pub async fn failures_are_upserted(store: &dyn Store) {
     let mut failure = ItemFailure {
         mailbox: id,
         folder: "INBOX".into(),
-        item: "42".into(),
-        size: 30_000_000,
+        scope: FailureScope::Item {
+            item: "42".into(),
+            size: Some(30_000_000),
+        },
         class: ErrorClass::Item,
         reason: "message too big".into(),
         pass: 1,
@@ -311,7 +324,34 @@ pub async fn failures_are_upserted(store: &dyn Store) {
     failure.reason = "refused by target: too big".into();
     failure.policy = false;
     store.record_failure(&l, &failure).await.unwrap();
-    assert_eq!(store.failures(id).await.unwrap(), [failure]);
+    assert_eq!(store.failures(id).await.unwrap(), [failure.clone()]);
+
+    // A whole folder's failure is its own record, listed before its
+    // items'; an empty message's size is 0, an unknown one none.
+    let folder = ItemFailure {
+        scope: FailureScope::Folder,
+        reason: "folder name impossible in the target".into(),
+        ..failure.clone()
+    };
+    let sized = |item: &str, size| ItemFailure {
+        scope: FailureScope::Item {
+            item: item.into(),
+            size,
+        },
+        ..failure.clone()
+    };
+    for f in [&folder, &sized("43", Some(0)), &sized("44", None)] {
+        store.record_failure(&l, f).await.unwrap();
+    }
+    assert_eq!(
+        store.failures(id).await.unwrap(),
+        [
+            folder,
+            failure.clone(),
+            sized("43", Some(0)),
+            sized("44", None)
+        ]
+    );
 }
 
 pub async fn leases(store: &dyn Store) {
@@ -461,8 +501,10 @@ pub async fn fencing(store: &dyn Store) {
     let failure = ItemFailure {
         mailbox: id,
         folder: "INBOX".into(),
-        item: "9".into(),
-        size: 1,
+        scope: FailureScope::Item {
+            item: "9".into(),
+            size: Some(1),
+        },
         class: ErrorClass::Item,
         reason: "x".into(),
         pass: 1,
@@ -574,7 +616,7 @@ pub async fn retargeting_after_the_target_folder_changed(store: &dyn Store) {
         .unwrap();
     let moved = FolderCheckpoint {
         target_validity: Some(78),
-        target_mark: 40,
+        target_mark: TargetMark::new(r#"{"uid_next":40}"#.into()),
         ..checkpoint(id, "INBOX", 5, 3)
     };
     store
@@ -1146,4 +1188,70 @@ pub async fn handing_back(store: &dyn Store) {
         MailboxState::Pending
     );
     assert!(store.unpublished_jobs(wave).await.unwrap().is_empty());
+}
+
+/// Rows as stores wrote them before connectors owned their checkpoints'
+/// cursors and folder failures were their own records, in SQL both
+/// backends accept (their last schema before that change): an IMAP
+/// checkpoint (UIDNEXT as the target mark, a HIGHESTMODSEQ), a Graph one
+/// (milliseconds as the mark, a delta link), a folder failure as the item
+/// `*`, and an item failure. The mailbox is the first one (id 1).
+pub const ROWS_BEFORE_CURSORS: &str = r#"
+    INSERT INTO waves (name) VALUES ('old');
+    INSERT INTO mailboxes (wave, source, target) SELECT id, 'a@x', 'a@y' FROM waves;
+    INSERT INTO folder_checkpoints (mailbox, folder, target_folder, validity, high_water_mark,
+        highest_modseq, target_mark, sync_state, target_validity, subscribed)
+    VALUES (1, 'INBOX', 'INBOX', 5, 3, 7, 104, NULL, 77, TRUE),
+        (1, 'Sent', 'Sent', 1, 0, NULL, 1767225600000, 'https://graph.example/delta?a="b"',
+         NULL, FALSE);
+    INSERT INTO item_failures (mailbox, folder, item, size, class, reason, pass, policy)
+    VALUES (1, 'Bad', '*', 0, 'item', 'folder Bad: impossible in the target', 1, FALSE),
+        (1, 'INBOX', '4', 0, 'item', 'refused by the target', 1, FALSE);
+"#;
+
+/// Checks that the rows of [`ROWS_BEFORE_CURSORS`] read back, after the
+/// store's migrations, as the connectors and the report expect them.
+pub async fn rows_before_cursors_read_back(store: &dyn Store) {
+    let json = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+    let checkpoints = store.checkpoints(1).await.unwrap();
+    let [inbox, sent] = &checkpoints[..] else {
+        panic!("two checkpoints expected, got {checkpoints:?}")
+    };
+    assert_eq!(
+        (inbox.validity, inbox.high_water_mark, inbox.target_validity),
+        (5, 3, Some(77))
+    );
+    assert!(inbox.subscribed);
+    let cursor = inbox.source_cursor.as_ref().expect("IMAP cursor");
+    assert_eq!(
+        json(cursor.as_str()),
+        serde_json::json!({"highest_modseq": 7})
+    );
+    assert_eq!(inbox.target_mark.as_str(), "104", "the bare UIDNEXT");
+    let cursor = sent.source_cursor.as_ref().expect("Graph cursor");
+    assert_eq!(
+        json(cursor.as_str()),
+        serde_json::json!({"delta_link": "https://graph.example/delta?a=\"b\""})
+    );
+    assert_eq!(sent.target_mark.as_str(), "1767225600000", "the bare time");
+
+    let failures = store.failures(1).await.unwrap();
+    let scopes: Vec<_> = failures
+        .iter()
+        .map(|f| (f.folder.as_str(), &f.scope))
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            ("Bad", &FailureScope::Folder),
+            (
+                "INBOX",
+                &FailureScope::Item {
+                    item: "4".into(),
+                    size: Some(0)
+                }
+            ),
+        ]
+    );
+    assert_eq!(failures[0].reason, "folder Bad: impossible in the target");
 }

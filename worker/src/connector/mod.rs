@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use mailwave_common::model::FolderCheckpoint;
+use chrono::{DateTime, FixedOffset};
+use mailwave_common::model::{FolderCheckpoint, SourceCursor, TargetMark};
 use mailwave_common::{Classify, ErrorClass};
 
 /// What the connectors of one worker share, for the worker's whole life:
@@ -115,9 +116,6 @@ impl From<std::io::Error> for ConnectorError {
         ConnectorError::transient(error.to_string())
     }
 }
-
-/// The `chrono` format of an IMAP date-time, as in `21-Nov-2026 14:53:20 +0000`.
-pub(crate) const IMAP_DATE: &str = "%d-%b-%Y %H:%M:%S %z";
 
 /// A folder's place in the hierarchy as people read it: its levels, decoded
 /// to Unicode. Separators and encodings belong to each connector.
@@ -275,15 +273,36 @@ pub struct SourceFolder {
 pub struct ItemMeta {
     /// The item's key in its folder (IMAP: UID in decimal; Maildir: unique name).
     pub item: String,
-    /// The IMAP UID; 0 for sources without UIDs.
-    pub uid: u32,
-    /// The size in bytes; 0 when the source cannot tell before the body is
-    /// read (Graph's mail API): the engine then assumes a size for batching
-    /// and the memory budget, and checks the real one once fetched.
-    pub size: u64,
+    /// The IMAP UID, for sources with UIDs.
+    pub uid: Option<u32>,
+    /// The size in bytes; `None` when the source cannot tell before the
+    /// body is read (Graph's mail API): the engine then assumes a size for
+    /// batching and the memory budget, and checks the real one once fetched.
+    pub size: Option<u64>,
     pub flags: Flags,
-    /// The received date in IMAP date-time form (`21-Nov-2026 14:53:20 +0000`).
-    pub internal_date: Option<String>,
+    /// The received date, in the zone the source gave it in.
+    pub internal_date: Option<DateTime<FixedOffset>>,
+}
+
+/// What a source is told of a folder's checkpoint: its own side of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePosition<'a> {
+    /// The validity the ledger's entries belong to.
+    pub validity: u32,
+    /// Every item with a UID up to this one is copied or recorded.
+    pub high_water_mark: u32,
+    /// What the source's last complete scan left for the next one.
+    pub cursor: Option<&'a SourceCursor>,
+}
+
+impl SourcePosition<'_> {
+    pub fn of(checkpoint: &FolderCheckpoint) -> SourcePosition<'_> {
+        SourcePosition {
+            validity: checkpoint.validity,
+            high_water_mark: checkpoint.high_water_mark,
+            cursor: checkpoint.source_cursor.as_ref(),
+        }
+    }
 }
 
 /// What a source folder holds that the last checkpoint does not cover.
@@ -291,7 +310,11 @@ pub struct ItemMeta {
 pub struct FolderScan {
     /// UIDVALIDITY, or the connector's equivalent.
     pub validity: u32,
-    pub highest_modseq: Option<u64>,
+    /// Where the next scan resumes (IMAP: HIGHESTMODSEQ; Graph: the delta
+    /// link), for the folder checkpoint once everything listed here is
+    /// copied or recorded. The same cursor as the checkpoint's (and the
+    /// same validity, no candidates, no flag changes): nothing changed.
+    pub cursor: Option<SourceCursor>,
     /// Items that may need copying, in UID order.
     pub candidates: Vec<ItemMeta>,
     /// `true`: `candidates` is the whole folder and those already in the
@@ -299,9 +322,6 @@ pub struct FolderScan {
     /// UIDVALIDITY change). `false`: only items above the high-water mark.
     pub complete: bool,
     pub flags: FlagScan,
-    /// Where the next scan resumes (Graph: the delta link), for the folder
-    /// checkpoint once everything listed here is copied or recorded.
-    pub sync_state: Option<String>,
 }
 
 /// Flags of items copied before, as the source has them now.
@@ -344,11 +364,11 @@ pub trait MailSource: Send {
     /// Every folder that holds messages.
     async fn folders(&mut self) -> Result<Vec<SourceFolder>, ConnectorError>;
 
-    /// What needs doing in `folder` since `checkpoint`.
+    /// What needs doing in `folder` since its checkpoint's `position`.
     async fn scan(
         &mut self,
         folder: &SourceFolder,
-        checkpoint: Option<&FolderCheckpoint>,
+        position: Option<SourcePosition<'_>>,
     ) -> Result<FolderScan, ConnectorError>;
 
     /// The messages of these items, in the same order, and what became of
@@ -385,7 +405,7 @@ pub struct TargetFolder {
 pub struct Outgoing {
     pub body: Bytes,
     pub flags: Flags,
-    pub internal_date: Option<String>,
+    pub internal_date: Option<DateTime<FixedOffset>>,
     /// A stable name for this source item (hash of mailbox, folder, validity
     /// and item): targets that can name their items use it to make appends
     /// idempotent.
@@ -399,14 +419,15 @@ pub struct AppendReport {
     /// tells it), or why that one message was refused.
     pub results: Vec<Result<Option<String>, ConnectorError>>,
     /// The target's mark after this append, when known without asking.
-    pub mark_after: Option<u64>,
+    pub mark_after: Option<TargetMark>,
 }
 
 /// Where a target folder stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TargetMark {
-    /// Messages appended from now on lie at or past it (IMAP: UIDNEXT).
-    pub position: u64,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPosition {
+    /// Messages appended from now on lie at or past it (IMAP: UIDNEXT), in
+    /// the target connector's own form.
+    pub mark: TargetMark,
     /// The validity of the folder's ids (IMAP: UIDVALIDITY); `None` where
     /// ids never go stale (Maildir names, Graph ids).
     pub validity: Option<u32>,
@@ -552,17 +573,18 @@ pub trait MailTarget: Send {
         class: Option<&str>,
     ) -> Result<TargetFolder, ConnectorError>;
 
-    /// The folder's position now (IMAP: UIDNEXT): messages appended from now
+    /// The folder's mark now (IMAP: UIDNEXT): messages appended from now
     /// on lie at or past it; and its validity, where ids can go stale.
-    async fn mark(&mut self, folder: &str) -> Result<TargetMark, ConnectorError>;
+    async fn mark(&mut self, folder: &str) -> Result<TargetPosition, ConnectorError>;
 
-    /// Messages at or past `mark` whose [`Identity::header_key`] is one of
-    /// `wanted` (the target reads only those whole); empty for targets whose
-    /// appends are idempotent by themselves.
+    /// Messages at or past `mark` (every message: `None`) whose
+    /// [`Identity::header_key`] is one of `wanted` (the target reads only
+    /// those whole); empty for targets whose appends are idempotent by
+    /// themselves.
     async fn items_since(
         &mut self,
         folder: &str,
-        mark: u64,
+        mark: Option<&TargetMark>,
         wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError>;
 

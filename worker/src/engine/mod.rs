@@ -28,7 +28,7 @@ use futures::future::try_join_all;
 use mailwave_common::ErrorClass;
 use mailwave_common::config::{Config, FolderFilter};
 use mailwave_common::model::{
-    FolderCheckpoint, ItemFailure, LedgerEntry, MailboxId, MailboxRecord, PassStats,
+    FailureScope, FolderCheckpoint, ItemFailure, LedgerEntry, MailboxId, MailboxRecord, PassStats,
 };
 use mailwave_common::store::StoreError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,12 +36,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::{
     ConnectorError, Fetched, FlagScan, Flags, FolderScan, Identity, ItemMeta, MailSource,
-    MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, header_hash,
+    MailTarget, Message, Outgoing, SourceFolder, SourcePosition, SpecialUse, TargetFolder,
+    header_hash,
 };
 use crate::lease::PassStore;
 
 /// What a message whose size the source cannot tell before reading it
-/// ([`ItemMeta::size`] 0) is taken to weigh, for batching and the memory
+/// ([`ItemMeta::size`] `None`) is taken to weigh, for batching and the memory
 /// budget, until its body is fetched and charged at its real size.
 const UNKNOWN_SIZE: u64 = 256 * 1024;
 
@@ -286,8 +287,7 @@ impl MailboxPass<'_> {
                 .record_failure(&ItemFailure {
                     mailbox: self.mailbox.id,
                     folder: folder.key.clone(),
-                    item: "*".into(),
-                    size: 0,
+                    scope: FailureScope::Folder,
                     class: ErrorClass::Item,
                     reason: format!("folder {}: {}", folder.path, error.message),
                     pass: self.pass,
@@ -344,10 +344,13 @@ impl MailboxPass<'_> {
                 self.store.save_checkpoint(checkpoint).await?;
             }
         }
-        let scan = lane.source.scan(folder, previous.as_ref()).await?;
-        let unchanged = previous.as_ref().is_some_and(|c| {
-            c.validity == scan.validity && c.highest_modseq == scan.highest_modseq
-        });
+        let scan = lane
+            .source
+            .scan(folder, previous.as_ref().map(SourcePosition::of))
+            .await?;
+        let unchanged = previous
+            .as_ref()
+            .is_some_and(|c| c.validity == scan.validity && c.source_cursor == scan.cursor);
         if unchanged && scan.candidates.is_empty() && matches!(scan.flags, FlagScan::Unchanged) {
             return Ok(());
         }
@@ -414,10 +417,10 @@ impl MailboxPass<'_> {
             .await?;
 
         // Every listed item is now copied, recovered or recorded as failed.
-        let highest_uid = scan.candidates.iter().map(|i| i.uid).max().unwrap_or(0);
-        checkpoint.high_water_mark = checkpoint.high_water_mark.max(highest_uid);
-        checkpoint.highest_modseq = scan.highest_modseq;
-        checkpoint.sync_state = scan.sync_state;
+        checkpoint.high_water_mark = checkpoint
+            .high_water_mark
+            .max(highest_uid(&scan.candidates));
+        checkpoint.source_cursor = scan.cursor;
         self.store.save_checkpoint(&checkpoint).await?;
         Ok(())
     }
@@ -446,18 +449,17 @@ impl MailboxPass<'_> {
         if folder.subscribed {
             target.subscribe(&created.name).await?;
         }
-        let mark = target.mark(&created.name).await?;
+        let state = target.mark(&created.name).await?;
         let checkpoint = FolderCheckpoint {
             mailbox: self.mailbox.id,
             folder: folder.key.clone(),
             target_folder: created.name.clone(),
             validity: scan.validity,
             high_water_mark: 0,
-            highest_modseq: None,
-            target_mark: mark.position,
-            target_validity: mark.validity,
+            source_cursor: None,
+            target_mark: state.mark,
+            target_validity: state.validity,
             subscribed: folder.subscribed,
-            sync_state: None,
         };
         if let Some(listed) = shared.target_folders.lock().await.as_mut()
             && !listed.iter().any(|t| t.name == created.name)
@@ -500,11 +502,11 @@ impl MailboxPass<'_> {
         stats: &mut PassStats,
     ) -> Result<bool, ConnectorError> {
         let target = lane.target().await?;
-        let mark = target.mark(&checkpoint.target_folder).await?;
-        let (Some(recorded), Some(now)) = (checkpoint.target_validity, mark.validity) else {
-            if checkpoint.target_validity.is_none() && mark.validity.is_some() {
+        let state = target.mark(&checkpoint.target_folder).await?;
+        let (Some(recorded), Some(now)) = (checkpoint.target_validity, state.validity) else {
+            if checkpoint.target_validity.is_none() && state.validity.is_some() {
                 // Checkpoints written before validities were kept.
-                checkpoint.target_validity = mark.validity;
+                checkpoint.target_validity = state.validity;
                 self.store.save_checkpoint(checkpoint).await?;
             }
             return Ok(false);
@@ -527,7 +529,7 @@ impl MailboxPass<'_> {
             .collect();
         let mut in_target: HashMap<Identity, VecDeque<String>> = HashMap::new();
         for item in target
-            .items_since(&checkpoint.target_folder, 1, &wanted)
+            .items_since(&checkpoint.target_folder, None, &wanted)
             .await?
         {
             in_target
@@ -548,13 +550,13 @@ impl MailboxPass<'_> {
             target_ids.push((entry.item.clone(), found));
         }
         checkpoint.target_validity = Some(now);
-        checkpoint.target_mark = mark.position;
+        checkpoint.target_mark = state.mark;
         self.store.retarget_folder(checkpoint, &target_ids).await?;
         for entry in missing {
             let meta = ItemMeta {
                 item: entry.item.clone(),
                 uid: entry.uid,
-                size: entry.size,
+                size: Some(entry.size),
                 flags: Flags::parse(&entry.flags),
                 internal_date: None,
             };
@@ -593,7 +595,7 @@ impl MailboxPass<'_> {
         let suspects: Vec<ItemMeta> = scan
             .candidates
             .iter()
-            .filter(|i| sizes.contains(&i.size))
+            .filter(|i| i.size.is_some_and(|size| sizes.contains(&size)))
             .cloned()
             .collect();
         let metas: HashMap<&str, &ItemMeta> =
@@ -601,10 +603,10 @@ impl MailboxPass<'_> {
         let mut rekeys = Vec::new();
         for chunk in suspects.chunks(self.settings.batch_messages.max(1)) {
             for (item, header) in source.fetch_headers(folder, chunk).await? {
-                let Some(meta) = metas.get(item.as_str()) else {
+                let Some((meta, Some(size))) = metas.get(item.as_str()).map(|m| (m, m.size)) else {
                     continue;
                 };
-                let identity = (meta.size, blake3::hash(&header).to_hex().to_string());
+                let identity = (size, blake3::hash(&header).to_hex().to_string());
                 if let Some(old_item) = by_identity.get_mut(&identity).and_then(VecDeque::pop_front)
                 {
                     rekeys.push((old_item, item, meta.uid));
@@ -614,7 +616,7 @@ impl MailboxPass<'_> {
         let checkpoint = FolderCheckpoint {
             validity: scan.validity,
             high_water_mark: 0,
-            highest_modseq: None,
+            source_cursor: None,
             ..old.clone()
         };
         self.store
@@ -661,7 +663,11 @@ impl MailboxPass<'_> {
         for item in lane
             .target()
             .await?
-            .items_since(&checkpoint.target_folder, checkpoint.target_mark, &wanted)
+            .items_since(
+                &checkpoint.target_folder,
+                Some(&checkpoint.target_mark),
+                &wanted,
+            )
             .await?
         {
             if !known.contains(&item.id) {
@@ -702,11 +708,16 @@ impl MailboxPass<'_> {
         items: Vec<ItemMeta>,
         stats: &mut PassStats,
     ) -> Result<(), ConnectorError> {
-        let (oversized, items): (Vec<_>, Vec<_>) =
-            items.into_iter().partition(|i| self.oversized(i.size));
-        for item in oversized {
-            self.skip_oversized(folder, &item, stats).await?;
+        let mut kept = Vec::with_capacity(items.len());
+        for item in items {
+            match item.size {
+                Some(size) if self.oversized(size) => {
+                    self.skip_oversized(folder, &item, size, stats).await?;
+                }
+                _ => kept.push(item),
+            }
         }
+        let items = kept;
         if items.is_empty() {
             return Ok(());
         }
@@ -824,18 +835,19 @@ impl MailboxPass<'_> {
             .into_iter()
             .partition(|m| self.oversized(m.body.len() as u64));
         for message in oversized {
+            let size = message.body.len() as u64;
             let meta = ItemMeta {
-                size: message.body.len() as u64,
+                size: Some(size),
                 ..message.meta
             };
-            self.skip_oversized(folder, &meta, stats).await?;
+            self.skip_oversized(folder, &meta, size, stats).await?;
         }
         let outgoing: Vec<Outgoing> = messages
             .iter()
             .map(|m| Outgoing {
                 body: m.body.clone(),
                 flags: m.meta.flags.clone(),
-                internal_date: m.meta.internal_date.clone(),
+                internal_date: m.meta.internal_date,
                 source_ref: self.source_ref(checkpoint, &m.meta.item),
             })
             .collect();
@@ -885,8 +897,7 @@ impl MailboxPass<'_> {
             }
         }
         let entries = copied;
-        let highest = batch.iter().map(|i| i.uid).max().unwrap_or(0);
-        checkpoint.high_water_mark = checkpoint.high_water_mark.max(highest);
+        checkpoint.high_water_mark = checkpoint.high_water_mark.max(highest_uid(&batch));
         if let Some(mark) = report.mark_after {
             checkpoint.target_mark = mark;
         }
@@ -1033,19 +1044,20 @@ impl MailboxPass<'_> {
         limit > 0 && size > limit
     }
 
-    /// Records a message too large to copy, and skips it.
+    /// Records a message of `size` bytes, too large to copy, and skips it.
     async fn skip_oversized(
         &self,
         folder: &SourceFolder,
         item: &ItemMeta,
+        size: u64,
         stats: &mut PassStats,
     ) -> Result<(), ConnectorError> {
         let reason = format!(
-            "message of {} bytes exceeds migration.max_message_bytes ({})",
-            item.size, self.settings.max_message_bytes
+            "message of {size} bytes exceeds migration.max_message_bytes ({})",
+            self.settings.max_message_bytes
         );
         tracing::info!(mailbox = %self.mailbox.source, folder = %folder.path, item = %item.item,
-            size = item.size, %reason, "item skipped by policy");
+            size, %reason, "item skipped by policy");
         self.record(folder, item, ErrorClass::Item, reason, true)
             .await?;
         stats.items_skipped += 1;
@@ -1078,8 +1090,10 @@ impl MailboxPass<'_> {
             .record_failure(&ItemFailure {
                 mailbox: self.mailbox.id,
                 folder: folder.key.clone(),
-                item: item.item.clone(),
-                size: item.size,
+                scope: FailureScope::Item {
+                    item: item.item.clone(),
+                    size: item.size,
+                },
                 class,
                 reason,
                 pass: self.pass,
@@ -1091,11 +1105,12 @@ impl MailboxPass<'_> {
 
 /// What an item is taken to weigh before its body is read.
 fn weight(item: &ItemMeta) -> u64 {
-    if item.size == 0 {
-        UNKNOWN_SIZE
-    } else {
-        item.size
-    }
+    item.size.unwrap_or(UNKNOWN_SIZE)
+}
+
+/// The highest UID among `items` (0 when none has one).
+fn highest_uid(items: &[ItemMeta]) -> u32 {
+    items.iter().filter_map(|i| i.uid).max().unwrap_or(0)
 }
 
 fn batch_size(items: &[ItemMeta]) -> u64 {
@@ -1106,10 +1121,10 @@ fn batch_size(items: &[ItemMeta]) -> u64 {
 mod tests {
     use super::*;
 
-    fn item(size: u64) -> ItemMeta {
+    fn item(size: Option<u64>) -> ItemMeta {
         ItemMeta {
             item: "x".into(),
-            uid: 0,
+            uid: None,
             size,
             flags: Flags::default(),
             internal_date: None,
@@ -1119,9 +1134,11 @@ mod tests {
     #[tokio::test]
     async fn bodies_of_unknown_size_are_paid_for_once_fetched() {
         let budget = MemoryBudget::new(1024 * 1024);
-        let listed = [item(0), item(0)];
+        let listed = [item(None), item(None)];
         assert_eq!(batch_size(&listed), 2 * UNKNOWN_SIZE);
-        assert_eq!(batch_size(&[item(10), item(0)]), 10 + UNKNOWN_SIZE);
+        assert_eq!(batch_size(&[item(Some(10)), item(None)]), 10 + UNKNOWN_SIZE);
+        // An empty message weighs what it is, nothing.
+        assert_eq!(batch_size(&[item(Some(0)), item(Some(10))]), 10);
 
         let mut permit = budget.acquire(batch_size(&listed)).await;
         assert_eq!(permit.num_permits(), 512);

@@ -38,15 +38,14 @@ use futures::StreamExt;
 use futures::future::try_join_all;
 use mailwave_common::ErrorClass;
 use mailwave_common::config::{GraphEndpoint, MigrationConfig};
-use mailwave_common::model::FolderCheckpoint;
 use reqwest::StatusCode;
 use serde_json::Value;
 
 use super::client::{Answer, GraphClient, GraphError};
 use super::{WELL_KNOWN_ROLES, encode, folder_tree, mailbox_client, scan_by_delta};
 use crate::connector::{
-    ConnectorError, Fetched, FolderPath, FolderScan, IMAP_DATE, ItemMeta, MailSource, Message,
-    Shared, SourceFolder,
+    ConnectorError, Fetched, FolderPath, FolderScan, ItemMeta, MailSource, Message, Shared,
+    SourceFolder, SourcePosition,
 };
 use crate::throttle::WaitLimits;
 
@@ -122,7 +121,7 @@ impl GraphMimeSource {
         {
             Ok(Answer::Whole(body)) => Ok(Read::Message(Message {
                 meta: ItemMeta {
-                    size: body.len() as u64,
+                    size: Some(body.len() as u64),
                     ..item
                 },
                 body,
@@ -156,13 +155,12 @@ fn read_message(id: &str, value: &Value) -> ItemMeta {
         .collect();
     ItemMeta {
         item: id.to_owned(),
-        uid: 0,
-        size: 0,
+        uid: None,
+        size: None,
         flags,
         internal_date: value["receivedDateTime"]
             .as_str()
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.to_utc().format(IMAP_DATE).to_string()),
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok()),
     }
 }
 
@@ -211,7 +209,7 @@ impl MailSource for GraphMimeSource {
     async fn scan(
         &mut self,
         folder: &SourceFolder,
-        checkpoint: Option<&FolderCheckpoint>,
+        position: Option<SourcePosition<'_>>,
     ) -> Result<FolderScan, ConnectorError> {
         let initial = format!(
             "{}/mailFolders/{}/messages/delta?$select={DELTA_SELECT}",
@@ -222,7 +220,7 @@ impl MailSource for GraphMimeSource {
             &self.client,
             &self.user,
             folder,
-            checkpoint,
+            position,
             &initial,
             read_message,
         )
@@ -280,11 +278,11 @@ mod tests {
             }),
         );
         assert_eq!(read.item, "AAkALg1");
-        assert_eq!((read.uid, read.size), (0, 0));
+        assert_eq!((read.uid, read.size), (None, None), "size unknown");
         assert_eq!(read.flags.to_string(), "\\Flagged \\Seen");
         assert_eq!(
-            read.internal_date.as_deref(),
-            Some("21-Nov-2026 14:53:20 +0000")
+            read.internal_date.map(|d| d.to_rfc3339()).as_deref(),
+            Some("2026-11-21T14:53:20+00:00")
         );
 
         let unread = read_message(
@@ -297,8 +295,9 @@ mod tests {
         );
         assert!(unread.flags.is_empty(), "{}", unread.flags);
         assert_eq!(
-            unread.internal_date.as_deref(),
-            Some("02-Jan-2026 02:04:05 +0000")
+            unread.internal_date.map(|d| d.to_rfc3339()).as_deref(),
+            Some("2026-01-02T03:04:05+01:00"),
+            "in the zone the server gave"
         );
         assert_eq!(read_message("x", &json!({})).internal_date, None);
     }

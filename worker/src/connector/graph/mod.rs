@@ -77,14 +77,15 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mailwave_common::ErrorClass;
 use mailwave_common::config::GraphEndpoint;
-use mailwave_common::model::FolderCheckpoint;
+use mailwave_common::model::{SourceCursor, TargetMark};
+use mailwave_common::text::escape_controls;
 use serde_json::{Value, json};
 
 use self::client::GraphClient;
 use crate::connector::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
-    ItemMeta, MailSource, MailTarget, Message, Outgoing, Shared, SourceFolder, SpecialUse,
-    TargetFolder, TargetItem, TargetMark,
+    ItemMeta, MailSource, MailTarget, Message, Outgoing, Shared, SourceFolder, SourcePosition,
+    SpecialUse, TargetFolder, TargetItem, TargetPosition,
 };
 use crate::throttle::{EndpointThrottle, ThrottleSettings, WaitLimits};
 
@@ -444,6 +445,56 @@ async fn delta_round(
     }
 }
 
+/// A Graph source's cursor of a folder: the delta link its next scan starts from.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GraphCursor {
+    delta_link: String,
+}
+
+impl GraphCursor {
+    fn encode(delta_link: String) -> SourceCursor {
+        let cursor = serde_json::to_string(&GraphCursor { delta_link });
+        SourceCursor::new(cursor.expect("a string serialises"))
+    }
+
+    /// The delta link of a cursor this connector wrote; `None` for any
+    /// other (the folder is listed in full).
+    fn decode(cursor: &SourceCursor) -> Option<String> {
+        let decoded = serde_json::from_str::<GraphCursor>(cursor.as_str());
+        decoded.ok().map(|c| c.delta_link)
+    }
+}
+
+/// The Graph target's mark of a folder: items modified since this time may
+/// be in-doubt imports.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GraphMark {
+    modified_since: DateTime<Utc>,
+}
+
+impl GraphMark {
+    fn encode(modified_since: DateTime<Utc>) -> TargetMark {
+        let mark = serde_json::to_string(&GraphMark { modified_since });
+        TargetMark::new(mark.expect("a time serialises"))
+    }
+
+    /// The time of a mark this connector wrote, or of a checkpoint from
+    /// before marks were the connectors' own (milliseconds since the epoch).
+    /// Any other mark is no time here: every item is looked at.
+    fn decode(mark: &TargetMark) -> Option<DateTime<Utc>> {
+        let text = mark.as_str();
+        if let Ok(mark) = serde_json::from_str::<GraphMark>(text) {
+            return Some(mark.modified_since);
+        }
+        let legacy = text.parse().ok().and_then(DateTime::from_timestamp_millis);
+        if legacy.is_none() {
+            tracing::warn!(mark = %escape_controls(text),
+                "not a Graph target mark; looking for in-doubt imports in the whole folder");
+        }
+        legacy
+    }
+}
+
 /// What `folder` holds that its checkpoint does not cover, by delta: from
 /// the checkpoint's delta link, or from `initial` (a full listing) when
 /// there is none or the server forgot it. Delta rounds repeat items, so the
@@ -453,13 +504,14 @@ async fn scan_by_delta(
     client: &GraphClient,
     user: &str,
     folder: &SourceFolder,
-    checkpoint: Option<&FolderCheckpoint>,
+    position: Option<SourcePosition<'_>>,
     initial: &str,
     read: ReadItem,
 ) -> Result<FolderScan, ConnectorError> {
-    let start = checkpoint
-        .and_then(|c| c.sync_state.as_deref())
-        .unwrap_or(initial);
+    let link = position
+        .and_then(|p| p.cursor)
+        .and_then(GraphCursor::decode);
+    let start = link.as_deref().unwrap_or(initial);
     let (candidates, link) = match delta_round(client, start, read).await {
         Ok(found) => found,
         Err(error) if error.is_sync_state_lost() => {
@@ -471,11 +523,10 @@ async fn scan_by_delta(
     };
     Ok(FolderScan {
         validity: VALIDITY,
-        highest_modseq: None,
+        cursor: Some(GraphCursor::encode(link)),
         candidates,
         complete: true,
         flags: FlagScan::Unchanged,
-        sync_state: Some(link),
     })
 }
 
@@ -500,7 +551,7 @@ impl MailSource for GraphExportSource {
     async fn scan(
         &mut self,
         folder: &SourceFolder,
-        checkpoint: Option<&FolderCheckpoint>,
+        position: Option<SourcePosition<'_>>,
     ) -> Result<FolderScan, ConnectorError> {
         let initial = format!(
             "{}/folders/{}/items/delta",
@@ -509,8 +560,8 @@ impl MailSource for GraphExportSource {
         );
         let read: ReadItem = |id, value| ItemMeta {
             item: id.to_owned(),
-            uid: 0,
-            size: value["size"].as_u64().unwrap_or(0),
+            uid: None,
+            size: value["size"].as_u64(),
             flags: Flags::default(),
             internal_date: None,
         };
@@ -519,7 +570,7 @@ impl MailSource for GraphExportSource {
             &mailbox.client,
             &mailbox.user,
             folder,
-            checkpoint,
+            position,
             &initial,
             read,
         )
@@ -531,7 +582,11 @@ impl MailSource for GraphExportSource {
         _folder: &SourceFolder,
         items: &[ItemMeta],
     ) -> Result<Fetched, ConnectorError> {
-        let asked: Vec<(&str, u64)> = items.iter().map(|i| (i.item.as_str(), i.size)).collect();
+        // Sizes only bound the export requests: an unknown one adds nothing.
+        let asked: Vec<(&str, u64)> = items
+            .iter()
+            .map(|i| (i.item.as_str(), i.size.unwrap_or(0)))
+            .collect();
         let mut exported: HashMap<String, Exported> =
             self.mailbox.export(&asked).await?.into_iter().collect();
         // An item the server answered nothing for stays out of all three
@@ -541,7 +596,7 @@ impl MailSource for GraphExportSource {
             match exported.remove(&meta.item) {
                 Some(Exported::Data(body)) => result.messages.push(Message {
                     meta: ItemMeta {
-                        size: body.len() as u64,
+                        size: Some(body.len() as u64),
                         ..meta.clone()
                     },
                     body,
@@ -738,11 +793,11 @@ impl MailTarget for GraphImportTarget {
     }
 
     /// The target's clock (this machine's, less a margin for the
-    /// difference) in milliseconds since the epoch.
-    async fn mark(&mut self, _folder: &str) -> Result<TargetMark, ConnectorError> {
+    /// difference).
+    async fn mark(&mut self, _folder: &str) -> Result<TargetPosition, ConnectorError> {
         let mark = Utc::now() - chrono::Duration::from_std(MARK_MARGIN).unwrap_or_default();
-        Ok(TargetMark {
-            position: u64::try_from(mark.timestamp_millis()).unwrap_or(0),
+        Ok(TargetPosition {
+            mark: GraphMark::encode(mark),
             validity: None,
         })
     }
@@ -750,9 +805,10 @@ impl MailTarget for GraphImportTarget {
     async fn items_since(
         &mut self,
         folder: &str,
-        mark: u64,
+        mark: Option<&TargetMark>,
         wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
+        let modified_since = mark.and_then(GraphMark::decode);
         let listed = self
             .mailbox
             .client
@@ -765,11 +821,13 @@ impl MailTarget for GraphImportTarget {
         let since: Vec<(&str, u64)> = listed
             .iter()
             .filter(|v| {
+                let Some(since) = modified_since else {
+                    return true;
+                };
                 v["lastModifiedDateTime"]
                     .as_str()
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .and_then(|t| u64::try_from(t.timestamp_millis()).ok())
-                    .is_some_and(|t| t >= mark)
+                    .is_some_and(|t| t >= since)
             })
             .filter_map(|v| Some((v["id"].as_str()?, v["size"].as_u64().unwrap_or(0))))
             .collect();

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, FixedOffset};
 use mailwave_common::config::{
     AuthMechanism, ImapEndpoint, Impersonation, TlsMode, read_secret_file,
 };
@@ -18,13 +19,14 @@ use mailwave_common::config::{
 use self::wire::{AppendMessage, ImapConnection, ImapError, ListEntry};
 use super::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, ItemMeta,
-    MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
-    TargetMark,
+    MailSource, MailTarget, Message, Outgoing, SourceFolder, SourcePosition, SpecialUse,
+    TargetFolder, TargetItem, TargetPosition,
 };
 use crate::oauth::TokenCache;
 use crate::throttle::MailboxThrottle;
 use mailwave_common::ErrorClass;
-use mailwave_common::model::FolderCheckpoint;
+use mailwave_common::model::{SourceCursor, TargetMark};
+use mailwave_common::text::escape_controls;
 
 /// An authenticated IMAP session with what we learnt about the server.
 pub struct Session {
@@ -419,10 +421,75 @@ fn body_allowance(size: u64) -> usize {
 fn item_meta(meta: wire::MessageMeta) -> ItemMeta {
     ItemMeta {
         item: meta.uid.to_string(),
-        uid: meta.uid,
-        size: meta.size,
+        uid: Some(meta.uid),
+        size: Some(meta.size),
         flags: Flags::from_iter(&meta.flags),
-        internal_date: Some(meta.internal_date),
+        internal_date: internal_date(meta.uid, &meta.internal_date),
+    }
+}
+
+/// The `chrono` format of an IMAP date-time, as in `21-Nov-2026 14:53:20 +0000`.
+const IMAP_DATE: &str = "%d-%b-%Y %H:%M:%S %z";
+
+/// The INTERNALDATE the server sent for `uid`, in its zone. One that does
+/// not parse is logged, naming the message, and left out: the copy is made
+/// and the target dates it.
+fn internal_date(uid: u32, text: &str) -> Option<DateTime<FixedOffset>> {
+    match DateTime::parse_from_str(text.trim(), IMAP_DATE) {
+        Ok(date) => Some(date),
+        Err(error) => {
+            tracing::warn!(uid, date = %escape_controls(text), %error,
+                "INTERNALDATE does not parse; the copy is dated by the target");
+            None
+        }
+    }
+}
+
+/// The IMAP source's cursor of a folder: its HIGHESTMODSEQ (CONDSTORE).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ImapCursor {
+    highest_modseq: u64,
+}
+
+impl ImapCursor {
+    fn encode(highest_modseq: u64) -> SourceCursor {
+        let cursor = serde_json::to_string(&ImapCursor { highest_modseq });
+        SourceCursor::new(cursor.expect("a number serialises"))
+    }
+
+    /// The HIGHESTMODSEQ of a cursor this connector wrote; `None` for any
+    /// other (flags are then compared in full).
+    fn decode(cursor: &SourceCursor) -> Option<u64> {
+        let decoded = serde_json::from_str::<ImapCursor>(cursor.as_str());
+        decoded.ok().map(|c| c.highest_modseq)
+    }
+}
+
+/// The IMAP target's mark of a folder: its UIDNEXT.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ImapMark {
+    uid_next: u32,
+}
+
+impl ImapMark {
+    fn encode(uid_next: u32) -> TargetMark {
+        let mark = serde_json::to_string(&ImapMark { uid_next });
+        TargetMark::new(mark.expect("a number serialises"))
+    }
+
+    /// The UIDNEXT of a mark this connector wrote, or of a checkpoint from
+    /// before marks were the connectors' own (the bare number). Any other
+    /// mark is no position here: every message is looked at.
+    fn decode(mark: &TargetMark) -> u32 {
+        let text = mark.as_str();
+        if let Ok(mark) = serde_json::from_str::<ImapMark>(text) {
+            return mark.uid_next;
+        }
+        text.parse().unwrap_or_else(|_| {
+            tracing::warn!(mark = %escape_controls(text),
+                "not an IMAP target mark; looking for in-doubt copies in the whole folder");
+            1
+        })
     }
 }
 
@@ -470,8 +537,8 @@ impl ImapSource {
         let mut refused = Vec::new();
         let mut pending = vec![items];
         while let Some(part) = pending.pop() {
-            let uids: Vec<u32> = part.iter().map(|i| i.uid).collect();
-            let allowance = part.iter().map(|i| body_allowance(i.size)).max();
+            let uids: Vec<u32> = part.iter().filter_map(|i| i.uid).collect();
+            let allowance = part.iter().filter_map(|i| i.size).map(body_allowance).max();
             let result = self
                 .session
                 .conn
@@ -483,7 +550,7 @@ impl ImapSource {
                 Err(error) => match part {
                     [item] => refused.push((
                         item.item.clone(),
-                        ConnectorError::from(error).context(format!("UID {}", item.uid)),
+                        ConnectorError::from(error).context(format!("UID {}", item.item)),
                     )),
                     _ => {
                         let (first, second) = part.split_at(part.len() / 2);
@@ -535,7 +602,7 @@ impl MailSource for ImapSource {
     async fn scan(
         &mut self,
         folder: &SourceFolder,
-        checkpoint: Option<&FolderCheckpoint>,
+        position: Option<SourcePosition<'_>>,
     ) -> Result<FolderScan, ConnectorError> {
         let throttle = self.throttle.clone();
         throttle
@@ -546,10 +613,10 @@ impl MailSource for ImapSource {
                 })?;
                 let mut scan = FolderScan {
                     validity,
-                    highest_modseq: status.highest_modseq,
+                    cursor: status.highest_modseq.map(ImapCursor::encode),
                     ..FolderScan::default()
                 };
-                let Some(checkpoint) = checkpoint else {
+                let Some(checkpoint) = position else {
                     if status.messages != Some(0) {
                         scan.candidates = self.list_items(&folder.key, 1).await?;
                     }
@@ -571,7 +638,8 @@ impl MailSource for ImapSource {
                     return Ok(scan);
                 }
                 let copied = format!("1:{hwm}");
-                scan.flags = match (checkpoint.highest_modseq, status.highest_modseq) {
+                let before = checkpoint.cursor.and_then(ImapCursor::decode);
+                scan.flags = match (before, status.highest_modseq) {
                     (Some(before), Some(now)) if before == now => FlagScan::Unchanged,
                     (Some(before), Some(_)) => {
                         self.session.select(&folder.key, false).await?;
@@ -599,15 +667,15 @@ impl MailSource for ImapSource {
             .run(async {
                 self.session.select(&folder.key, false).await?;
                 let (given, refused) = self.fetch_bisecting(items).await?;
-                let mut given: HashMap<u32, wire::FetchedMessage> =
-                    given.into_iter().map(|m| (m.uid, m)).collect();
+                let mut given: HashMap<String, wire::FetchedMessage> =
+                    given.into_iter().map(|m| (m.uid.to_string(), m)).collect();
                 let refused_items: HashSet<String> =
                     refused.iter().map(|(item, _)| item.clone()).collect();
                 // Not given and not refused: gone only if the server confirms it.
                 let missing: Vec<u32> = items
                     .iter()
-                    .filter(|i| !given.contains_key(&i.uid) && !refused_items.contains(&i.item))
-                    .map(|i| i.uid)
+                    .filter(|i| !given.contains_key(&i.item) && !refused_items.contains(&i.item))
+                    .filter_map(|i| i.uid)
                     .collect();
                 let still_there = self.still_there(&missing).await?;
                 if let Some(uid) = missing.iter().find(|uid| still_there.contains(uid)) {
@@ -624,17 +692,20 @@ impl MailSource for ImapSource {
                     if refused_items.contains(&item.item) {
                         continue;
                     }
-                    let Some(message) = given.remove(&item.uid) else {
+                    let Some(message) = given.remove(&item.item) else {
                         result.gone.push(item.item.clone());
                         continue;
                     };
+                    let date = message.internal_date.as_deref();
                     result.messages.push(Message {
                         meta: ItemMeta {
-                            size: message.body.len() as u64,
+                            size: Some(message.body.len() as u64),
                             flags: message
                                 .flags
                                 .map_or_else(|| item.flags.clone(), Flags::from_iter),
-                            internal_date: message.internal_date.or_else(|| item.internal_date.clone()),
+                            internal_date: date
+                                .and_then(|date| internal_date(message.uid, date))
+                                .or(item.internal_date),
                             ..item.clone()
                         },
                         body: message.body,
@@ -657,7 +728,7 @@ impl MailSource for ImapSource {
                     return Ok(Vec::new());
                 }
                 self.session.select(&folder.key, false).await?;
-                let uids: Vec<u32> = items.iter().map(|i| i.uid).collect();
+                let uids: Vec<u32> = items.iter().filter_map(|i| i.uid).collect();
                 let headers = self
                     .session
                     .conn
@@ -699,12 +770,11 @@ impl ImapTarget {
 
     /// The folder's UIDNEXT. Also called inside other commands, so it does
     /// not take a slot of the scheduler itself (nor does `messages_since`).
-    async fn uid_next(&mut self, folder: &str) -> Result<u64, ConnectorError> {
+    async fn uid_next(&mut self, folder: &str) -> Result<u32, ConnectorError> {
         let status = self.session.conn.status(folder).await?;
-        let next = status.uid_next.ok_or_else(|| {
-            ConnectorError::transient(format!("{folder}: server gave no UIDNEXT"))
-        })?;
-        Ok(u64::from(next))
+        status
+            .uid_next
+            .ok_or_else(|| ConnectorError::transient(format!("{folder}: server gave no UIDNEXT")))
     }
 
     /// The messages at or past UID `mark` whose header key is `wanted`,
@@ -712,12 +782,10 @@ impl ImapTarget {
     async fn messages_since(
         &mut self,
         folder: &str,
-        mark: u64,
+        mark: u32,
         wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
-        let Ok(mark) = u32::try_from(mark.max(1)) else {
-            return Ok(Vec::new());
-        };
+        let mark = mark.max(1);
         let status = match self.session.conn.status(folder).await {
             // A folder deleted in the target holds no in-doubt copies; the
             // next APPEND creates it again.
@@ -855,7 +923,7 @@ impl MailTarget for ImapTarget {
             .await
     }
 
-    async fn mark(&mut self, folder: &str) -> Result<TargetMark, ConnectorError> {
+    async fn mark(&mut self, folder: &str) -> Result<TargetPosition, ConnectorError> {
         let throttle = self.throttle.clone();
         throttle
             .run(async {
@@ -873,8 +941,8 @@ impl MailTarget for ImapTarget {
                 let next = status.uid_next.ok_or_else(|| {
                     ConnectorError::transient(format!("{folder}: server gave no UIDNEXT"))
                 })?;
-                Ok(TargetMark {
-                    position: u64::from(next),
+                Ok(TargetPosition {
+                    mark: ImapMark::encode(next),
                     validity: status.uid_validity,
                 })
             })
@@ -884,12 +952,13 @@ impl MailTarget for ImapTarget {
     async fn items_since(
         &mut self,
         folder: &str,
-        mark: u64,
+        mark: Option<&TargetMark>,
         wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
+        let from = mark.map_or(1, ImapMark::decode);
         let throttle = self.throttle.clone();
         throttle
-            .run(self.messages_since(folder, mark, wanted))
+            .run(self.messages_since(folder, from, wanted))
             .await
     }
 
@@ -905,7 +974,7 @@ impl MailTarget for ImapTarget {
                     .iter()
                     .map(|m| AppendMessage {
                         flags: m.flags.iter().map(str::to_owned).collect(),
-                        internal_date: m.internal_date.clone(),
+                        internal_date: m.internal_date.map(|d| d.format(IMAP_DATE).to_string()),
                         body: m.body.clone(),
                     })
                     .collect();
@@ -964,11 +1033,12 @@ impl MailTarget for ImapTarget {
                         .filter_map(|r| {
                             r.as_ref()
                                 .ok()
-                                .and_then(|id| id.as_deref()?.parse::<u64>().ok())
+                                .and_then(|id| id.as_deref()?.parse::<u32>().ok())
                         })
                         .max()
-                        .map(|uid| uid + 1)
+                        .map(|uid| uid.saturating_add(1))
                 };
+                let mark_after = mark_after.map(ImapMark::encode);
                 Ok(AppendReport {
                     results,
                     mark_after,
@@ -1025,6 +1095,39 @@ impl MailTarget for ImapTarget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_dates_keep_their_zone_and_a_bad_one_keeps_the_item() {
+        let date = internal_date(1, " 3-Dec-2026 10:00:00 +0100").expect("parses");
+        assert_eq!(date.offset().local_minus_utc(), 3600);
+        assert_eq!(
+            date.format(IMAP_DATE).to_string(),
+            "03-Dec-2026 10:00:00 +0100"
+        );
+        let meta = item_meta(wire::MessageMeta {
+            uid: 7,
+            size: 0,
+            flags: Vec::new(),
+            internal_date: "yesterday".into(),
+            modseq: None,
+        });
+        assert_eq!(
+            (meta.item.as_str(), meta.uid, meta.size, meta.internal_date),
+            ("7", Some(7), Some(0), None),
+            "an empty message with an unreadable date is still listed"
+        );
+    }
+
+    #[test]
+    fn cursors_and_marks_are_the_connectors_own_and_old_marks_still_read() {
+        assert_eq!(ImapCursor::decode(&ImapCursor::encode(41)), Some(41));
+        let graph_cursor = SourceCursor::new(r#"{"delta_link":"https://x"}"#.into());
+        assert_eq!(ImapCursor::decode(&graph_cursor), None);
+        assert_eq!(ImapMark::decode(&ImapMark::encode(104)), 104);
+        // Checkpoints from before the connectors owned their marks: UIDNEXT.
+        assert_eq!(ImapMark::decode(&TargetMark::new("104".into())), 104);
+        assert_eq!(ImapMark::decode(&TargetMark::new("{}".into())), 1);
+    }
 
     fn entry(name: &str, delimiter: char) -> ListEntry {
         ListEntry {

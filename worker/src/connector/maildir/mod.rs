@@ -23,8 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use mailwave_common::model::FolderCheckpoint;
+use chrono::{DateTime, FixedOffset, Utc};
+use mailwave_common::model::TargetMark;
 
 mod names;
 mod subscriptions;
@@ -32,9 +32,9 @@ mod subscriptions;
 pub use names::NameEncoding;
 
 use super::{
-    AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, IMAP_DATE,
-    ItemMeta, MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder,
-    TargetItem, TargetMark, header_block,
+    AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, ItemMeta,
+    MailSource, MailTarget, Message, Outgoing, SourceFolder, SourcePosition, SpecialUse,
+    TargetFolder, TargetItem, TargetPosition, header_block,
 };
 
 /// The folder key of the inbox (the Maildir root itself).
@@ -212,7 +212,7 @@ impl MailSource for Maildir {
     async fn scan(
         &mut self,
         folder: &SourceFolder,
-        _checkpoint: Option<&FolderCheckpoint>,
+        _position: Option<SourcePosition<'_>>,
     ) -> Result<FolderScan, ConnectorError> {
         let root = self.root.clone();
         let key = folder.key.clone();
@@ -232,11 +232,10 @@ impl MailSource for Maildir {
                 .collect();
             Ok(FolderScan {
                 validity: 1,
-                highest_modseq: None,
+                cursor: None,
                 candidates,
                 complete: true,
                 flags: FlagScan::All(flags),
-                sync_state: None,
             })
         })
         .await
@@ -268,7 +267,7 @@ impl MailSource for Maildir {
                         continue;
                     }
                 };
-                meta.size = body.len() as u64;
+                meta.size = Some(body.len() as u64);
                 meta.flags = flags;
                 result.messages.push(Message {
                     meta,
@@ -346,10 +345,10 @@ impl MailTarget for Maildir {
         })
     }
 
-    /// Always 0: appends are idempotent by themselves.
-    async fn mark(&mut self, _folder: &str) -> Result<TargetMark, ConnectorError> {
-        Ok(TargetMark {
-            position: 0,
+    /// Always the same, holding nothing: appends are idempotent by themselves.
+    async fn mark(&mut self, _folder: &str) -> Result<TargetPosition, ConnectorError> {
+        Ok(TargetPosition {
+            mark: TargetMark::new("{}".into()),
             validity: None,
         })
     }
@@ -358,7 +357,7 @@ impl MailTarget for Maildir {
     async fn items_since(
         &mut self,
         _folder: &str,
-        _mark: u64,
+        _mark: Option<&TargetMark>,
         _wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
         Ok(Vec::new())
@@ -790,18 +789,18 @@ impl FolderIndex {
             };
             items.push(ItemMeta {
                 item: unique.clone(),
-                uid: 0,
-                size: meta.len(),
+                uid: None,
+                size: Some(meta.len()),
                 flags: self.keywords.flags(&entry.name),
-                internal_date: meta.modified().ok().map(format_date),
+                internal_date: meta.modified().ok().map(file_date),
             });
         }
         let mut unnamed: Vec<_> = self.unnamed.keys().collect();
         unnamed.sort_unstable();
         items.extend(unnamed.into_iter().map(|lossy| ItemMeta {
             item: lossy.clone(),
-            uid: 0,
-            size: 0,
+            uid: None,
+            size: None,
             flags: Flags::default(),
             internal_date: None,
         }));
@@ -989,24 +988,14 @@ fn write_file(path: &Path, data: &[u8], time: Option<SystemTime>) -> io::Result<
     Ok(file)
 }
 
-/// The instant of an IMAP date-time; now when there is none or it does not
-/// parse.
-fn internal_time(date: Option<&str>) -> SystemTime {
-    let Some(date) = date else {
-        return SystemTime::now();
-    };
-    match DateTime::parse_from_str(date.trim(), IMAP_DATE) {
-        Ok(parsed) => parsed.into(),
-        Err(error) => {
-            tracing::warn!(date, %error, "internal date does not parse; using now");
-            SystemTime::now()
-        }
-    }
+/// The instant of a received date; now when there is none.
+fn internal_time(date: Option<DateTime<FixedOffset>>) -> SystemTime {
+    date.map_or_else(SystemTime::now, SystemTime::from)
 }
 
-/// An instant as an IMAP date-time, in UTC.
-fn format_date(time: SystemTime) -> String {
-    DateTime::<Utc>::from(time).format(IMAP_DATE).to_string()
+/// A file's time as a received date (files keep no zone: UTC).
+fn file_date(time: SystemTime) -> DateTime<FixedOffset> {
+    DateTime::<Utc>::from(time).fixed_offset()
 }
 
 /// Whether `source_ref` is safe in a file name (and short enough).
@@ -1048,7 +1037,7 @@ fn append_messages(
             existing.push((unique.clone(), letters));
             continue;
         }
-        let time = internal_time(message.internal_date.as_deref());
+        let time = internal_time(message.internal_date);
         let seconds = time
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
@@ -1099,7 +1088,7 @@ fn append_messages(
     }
     Ok(AppendReport {
         results,
-        mark_after: Some(0),
+        mark_after: None,
     })
 }
 
@@ -1224,7 +1213,7 @@ mod tests {
         Outgoing {
             body: Bytes::copy_from_slice(body),
             flags: Flags::from_iter(flags),
-            internal_date: date.map(str::to_owned),
+            internal_date: date.map(instant),
             source_ref: source_ref.to_owned(),
         }
     }
@@ -1263,8 +1252,8 @@ mod tests {
         }
     }
 
-    fn instant(date: &str) -> DateTime<chrono::FixedOffset> {
-        DateTime::parse_from_str(date.trim(), IMAP_DATE).expect("date parses")
+    fn instant(date: &str) -> DateTime<FixedOffset> {
+        DateTime::parse_from_str(date, "%d-%b-%Y %H:%M:%S %z").expect("date parses")
     }
 
     fn files_in(dir: &Path) -> Vec<String> {
@@ -1366,13 +1355,13 @@ mod tests {
                 .expect("fetched");
             assert_eq!(message.body, outgoing.body);
             assert_eq!(message.meta.flags, outgoing.flags);
-            assert_eq!(message.meta.size, outgoing.body.len() as u64);
-            assert_eq!(message.meta.uid, 0);
-            let date = message.meta.internal_date.as_deref().expect("date");
-            match &outgoing.internal_date {
-                Some(sent) => assert_eq!(instant(date), instant(sent)),
+            assert_eq!(message.meta.size, Some(outgoing.body.len() as u64));
+            assert_eq!(message.meta.uid, None);
+            let date = message.meta.internal_date.expect("date");
+            match outgoing.internal_date {
+                Some(sent) => assert_eq!(date, sent),
                 None => {
-                    let age = Utc::now().timestamp() - instant(date).timestamp();
+                    let age = Utc::now().timestamp() - date.timestamp();
                     assert!((0..60).contains(&age), "{date}");
                 }
             }
@@ -1397,7 +1386,7 @@ mod tests {
             .append("INBOX", std::slice::from_ref(&message))
             .await
             .expect("append");
-        assert_eq!(first.mark_after, Some(0));
+        assert_eq!(first.mark_after, None);
         let twice = [message.clone(), message.clone()];
         let again = target.append("INBOX", &twice).await.expect("append again");
         let id = first.results[0].as_ref().expect("ok").clone();
@@ -1410,10 +1399,10 @@ mod tests {
         assert_eq!(third.results[0].as_ref().expect("ok"), &id);
         assert_eq!(files_in(&fresh.root().join("cur")).len(), 1);
         assert!(files_in(&fresh.root().join("tmp")).is_empty());
-        assert_eq!(fresh.mark("INBOX").await.expect("mark").position, 0);
+        let state = fresh.mark("INBOX").await.expect("mark");
         assert!(
             fresh
-                .items_since("INBOX", 0, &HashSet::new())
+                .items_since("INBOX", Some(&state.mark), &HashSet::new())
                 .await
                 .expect("items")
                 .is_empty()
@@ -1446,7 +1435,7 @@ mod tests {
         let mtime = fs::metadata(target.root().join("cur").join(format!("{id}:2,Fa")))
             .and_then(|meta| meta.modified())
             .expect("mtime");
-        assert_eq!(format_date(mtime), "21-Nov-2026 14:53:20 +0000");
+        assert_eq!(file_date(mtime), instant("21-Nov-2026 14:53:20 +0000"));
 
         let error = target
             .set_flags("INBOX", &[("nope".to_owned(), Flags::default())])
@@ -1500,7 +1489,7 @@ mod tests {
         );
         assert!(scan.candidates[1].flags.is_empty());
         assert!(scan.candidates[0].flags.contains("\\Seen"));
-        assert_eq!(scan.candidates[1].size, 20);
+        assert_eq!(scan.candidates[1].size, Some(20));
 
         // A client reads one (new/ → cur/, \Seen) and deletes another.
         fs::rename(
