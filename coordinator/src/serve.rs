@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use mailwave_common::queue::{JobQueue, QueueNames, RabbitOptions, RabbitQueue};
 use mailwave_common::shutdown::shutdown_signal;
-use mailwave_common::store::{PostgresStore, Store};
+use mailwave_common::store::{PostgresStore, WaveStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -48,7 +48,7 @@ pub async fn serve(settings: CoordinatorSettings) -> anyhow::Result<()> {
     .await
     .context("connecting to PostgreSQL")?;
     store.migrate().await.context("migrating the schema")?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn WaveStore> = Arc::new(store);
     let queue: Arc<dyn JobQueue> = Arc::new(
         RabbitQueue::connect_with(
             &settings.amqp_url,
@@ -72,7 +72,7 @@ pub async fn serve(settings: CoordinatorSettings) -> anyhow::Result<()> {
 /// their round, and returns.
 pub async fn run(
     settings: CoordinatorSettings,
-    store: Arc<dyn Store>,
+    store: Arc<dyn WaveStore>,
     queue: Arc<dyn JobQueue>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,

@@ -62,7 +62,7 @@ impl Coordinator {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(mailwave_coordinator::serve::run(
             settings,
-            Arc::clone(&store),
+            store.clone(),
             Arc::new(MemoryQueue::default()),
             listener,
             async move {

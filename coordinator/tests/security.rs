@@ -22,11 +22,7 @@ const TOKEN: &str = "security-test-token-0123456789";
 
 fn app() -> (axum::Router, Arc<dyn Store>) {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-    let app = router(ApiState::new(
-        Arc::clone(&store),
-        TOKEN,
-        Arc::new(Notify::new()),
-    ));
+    let app = router(ApiState::new(store.clone(), TOKEN, Arc::new(Notify::new())));
     (app, store)
 }
 
