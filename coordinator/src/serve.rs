@@ -12,6 +12,8 @@
 //! served at once (more wait in the listen backlog), and with
 //! `tls_certificate_file` and `tls_key_file` it speaks HTTPS only.
 
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -147,7 +149,7 @@ fn server_tls_config(
 ) -> anyhow::Result<rustls::ServerConfig> {
     let read =
         |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-    let certificates = rustls_pemfile::certs(&mut read(certificate_file)?.as_slice())
+    let certificates = CertificateDer::pem_slice_iter(&read(certificate_file)?)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("tls_certificate_file {}", certificate_file.display()))?;
     if certificates.is_empty() {
@@ -156,14 +158,16 @@ fn server_tls_config(
             certificate_file.display()
         );
     }
-    let key = rustls_pemfile::private_key(&mut read(key_file)?.as_slice())
-        .with_context(|| format!("tls_key_file {}", key_file.display()))?
-        .with_context(|| {
-            format!(
-                "tls_key_file {}: no PEM private key in it",
-                key_file.display()
-            )
-        })?;
+    let key = match PrivateKeyDer::from_pem_slice(&read(key_file)?) {
+        Ok(key) => key,
+        Err(pem::Error::NoItemsFound) => anyhow::bail!(
+            "tls_key_file {}: no PEM private key in it",
+            key_file.display()
+        ),
+        Err(error) => {
+            return Err(error).with_context(|| format!("tls_key_file {}", key_file.display()));
+        }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
