@@ -646,7 +646,6 @@ async fn served_coordinator_dispatches_and_stops_on_shutdown() {
         token_env: None,
         token_file: Some(token_file),
         reaper_interval_secs: 1,
-        lease_ttl_secs: 60,
         // Long: the command's wake-up, not the interval, must publish.
         dispatch_interval_ms: 3_600_000,
         header_timeout_secs: 10,
