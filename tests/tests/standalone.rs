@@ -267,8 +267,17 @@ async fn a_state_file_of_the_previous_version_resumes_without_recopying() {
         .await
         .unwrap();
     let resumed = migration.run_ok().unwrap();
-    assert_eq!(resumed.stat("dana", "items_copied"), 0, "{}", resumed.stdout);
-    assert_eq!(resumed.stat("dana", "items_recovered"), 1, "the copy in doubt");
+    assert_eq!(
+        resumed.stat("dana", "items_copied"),
+        0,
+        "{}",
+        resumed.stdout
+    );
+    assert_eq!(
+        resumed.stat("dana", "items_recovered"),
+        1,
+        "the copy in doubt"
+    );
     assert_eq!(resumed.stat("dana", "flags_updated"), 1);
     assert_exact(&source, &target, &users).await;
 }
