@@ -1,11 +1,10 @@
-//! Planning and following a wave: mailboxes into the store, one job per
-//! mailbox pass onto the queue, and waiting for the pass to end.
+//! `mailwave run`'s wave: its mailboxes into the store, each asked for its
+//! next pass (which the dispatcher publishes), and following the pass.
 
-use std::time::Duration;
-
-use mailwave_common::model::{Job, MailboxRecord, MailboxSpec, WaveId};
-use mailwave_common::queue::{JobQueue, QueueError};
-use mailwave_common::store::{Store, StoreError};
+use mailwave_common::config::MigrationConfig;
+use mailwave_common::model::{MailboxId, MailboxRecord, MailboxSpec, WaveId, WaveState};
+use mailwave_common::queue::QueueError;
+use mailwave_common::store::{Store, StoreError, WaveAction};
 
 /// A failure while planning or following a wave.
 #[derive(Debug, thiserror::Error)]
@@ -16,55 +15,57 @@ pub enum WaveError {
     Queue(#[from] QueueError),
 }
 
-/// A wave's mailboxes, as planned for this pass.
+/// A wave's mailboxes, as asked for this pass.
 #[derive(Debug)]
 pub struct PlannedPass {
     pub wave: WaveId,
-    pub jobs: Vec<Job>,
+    /// In the order given.
+    pub mailboxes: Vec<MailboxId>,
 }
 
-/// Adds the mailboxes to the wave (keeping the progress of those already in
-/// it) and publishes the next pass of each: the first pass copies
-/// everything, every later one is a delta pass.
-pub async fn plan_pass(
+/// `mailwave run`'s step before its dispatcher ([`crate::dispatcher`])
+/// publishes the jobs: the wave, its `[migration]` stored for the
+/// dispatcher's caps; the mailboxes added (those already in it keep their
+/// progress) and each asked for its next pass (the first copies everything,
+/// every later one is a delta pass, one that was interrupted resumes from
+/// its checkpoints); and the wave running, alone: the waves of earlier runs
+/// on the same state file are paused, so that nothing of theirs is
+/// published with this run's configuration.
+pub async fn request_pass(
     store: &dyn Store,
-    queue: &dyn JobQueue,
     wave_name: &str,
+    migration: &MigrationConfig,
     mailboxes: &[MailboxSpec],
 ) -> Result<PlannedPass, WaveError> {
-    let wave = store.ensure_wave(wave_name).await?;
-    let records = store.add_mailboxes(wave, mailboxes).await?;
-    let mut jobs = Vec::with_capacity(records.len());
-    for record in &records {
-        let pass = store.queue_pass(record.id).await?;
-        let job = Job {
-            wave,
-            mailbox: record.id,
-            pass,
-        };
-        jobs.push(job);
-    }
-    queue.publish(&jobs).await?;
-    Ok(PlannedPass { wave, jobs })
-}
-
-/// Waits until every job's mailbox has ended its pass, and returns the
-/// mailboxes' records in job order.
-pub async fn wait_for_pass(
-    store: &dyn Store,
-    planned: &PlannedPass,
-    poll: Duration,
-) -> Result<Vec<MailboxRecord>, WaveError> {
-    loop {
-        let records = pass_records(store, planned).await?;
-        if records.iter().all(|r| r.state.is_terminal()) {
-            return Ok(records);
+    let config = serde_json::json!({ "migration": migration });
+    let wave = store.ensure_wave(wave_name, &config).await?;
+    for other in store.waves().await? {
+        if other.id != wave && other.state == WaveState::Running {
+            store
+                .transition_wave(
+                    other.id,
+                    &[WaveState::Running],
+                    Some(WaveState::Paused),
+                    WaveAction::None,
+                )
+                .await?;
         }
-        tokio::time::sleep(poll).await;
     }
+    let records = store.add_mailboxes(wave, mailboxes).await?;
+    let mailboxes: Vec<_> = records.iter().map(|r| r.id).collect();
+    store.request_passes(&mailboxes).await?;
+    store
+        .transition_wave(
+            wave,
+            &[WaveState::Created, WaveState::Running, WaveState::Paused],
+            Some(WaveState::Running),
+            WaveAction::None,
+        )
+        .await?;
+    Ok(PlannedPass { wave, mailboxes })
 }
 
-/// The current records of the pass's mailboxes, in job order.
+/// The current records of the pass's mailboxes, in the order asked.
 pub async fn pass_records(
     store: &dyn Store,
     planned: &PlannedPass,
@@ -72,19 +73,22 @@ pub async fn pass_records(
     let all = store.mailboxes(planned.wave).await?;
     let by_id: std::collections::HashMap<_, _> = all.into_iter().map(|r| (r.id, r)).collect();
     Ok(planned
-        .jobs
+        .mailboxes
         .iter()
-        .filter_map(|job| by_id.get(&job.mailbox).cloned())
+        .filter_map(|id| by_id.get(id).cloned())
         .collect())
 }
 
 #[cfg(test)]
 mod tests {
-    use mailwave_common::model::{MailboxState, PassStats};
-    use mailwave_common::queue::MemoryQueue;
+    use std::time::Duration;
+
+    use mailwave_common::model::{Job, MailboxState, PassStats};
+    use mailwave_common::queue::{JobQueue, MemoryQueue};
     use mailwave_common::store::{PassOutcome, SqliteStore};
 
     use super::*;
+    use crate::dispatcher::dispatch_once;
 
     fn specs(n: usize) -> Vec<MailboxSpec> {
         (0..n)
@@ -95,17 +99,18 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn each_run_plans_the_next_pass_of_every_mailbox() {
-        let store = SqliteStore::in_memory().unwrap();
-        let queue = MemoryQueue::new();
-        let first = plan_pass(&store, &queue, "w", &specs(3)).await.unwrap();
-        assert_eq!(first.jobs.len(), 3);
-        assert!(first.jobs.iter().all(|j| j.pass == 1));
+    fn migration(max_concurrent_mailboxes: usize) -> MigrationConfig {
+        MigrationConfig {
+            max_concurrent_mailboxes,
+            ..MigrationConfig::default()
+        }
+    }
 
-        for job in &first.jobs {
+    /// Takes `n` jobs from the queue and completes their passes.
+    async fn complete(store: &SqliteStore, queue: &MemoryQueue, n: usize) {
+        for _ in 0..n {
             let delivery = queue.next().await.unwrap().unwrap();
-            assert_eq!(delivery.job(), job);
+            let job = delivery.job().clone();
             let lease = store
                 .acquire_lease(job.mailbox, job.pass, "w", Duration::from_secs(60))
                 .await
@@ -120,18 +125,82 @@ mod tests {
             store.finish_pass(&lease, &outcome).await.unwrap();
             delivery.ack().await.unwrap();
         }
-        let records = wait_for_pass(&store, &first, Duration::from_millis(1))
+    }
+
+    /// Each run asks for the next pass of every mailbox, and the dispatcher
+    /// publishes them within the run's `max_concurrent_mailboxes`.
+    #[tokio::test]
+    async fn each_run_asks_for_the_next_pass_within_the_runs_cap() {
+        let store = SqliteStore::in_memory().unwrap();
+        let queue = MemoryQueue::new();
+        let first = request_pass(&store, "w", &migration(2), &specs(3))
             .await
             .unwrap();
+        assert_eq!(first.mailboxes.len(), 3);
+        let report = dispatch_once(&store, &queue).await.unwrap();
+        assert_eq!(report.published.len(), 2, "at most the run's cap in flight");
+        assert!(report.published.iter().all(|j| j.pass == 1));
+        complete(&store, &queue, 2).await;
+        let report = dispatch_once(&store, &queue).await.unwrap();
+        assert_eq!(report.published.len(), 1, "the third once a slot is free");
+        complete(&store, &queue, 1).await;
+        let records = pass_records(&store, &first).await.unwrap();
         assert!(records.iter().all(|r| r.state == MailboxState::Completed));
 
-        let second = plan_pass(&store, &queue, "w", &specs(4)).await.unwrap();
-        let passes: Vec<_> = second.jobs.iter().map(|j| j.pass).collect();
+        let second = request_pass(&store, "w", &migration(10), &specs(4))
+            .await
+            .unwrap();
+        assert_eq!(second.wave, first.wave);
+        let report = dispatch_once(&store, &queue).await.unwrap();
+        let passes: Vec<_> = report.published.iter().map(|j| j.pass).collect();
         assert_eq!(
             passes,
             [2, 2, 2, 1],
             "a delta pass, and a first pass for the new mailbox"
         );
-        assert_eq!(second.wave, first.wave);
+    }
+
+    /// A run of another wave on the same state file pauses the earlier
+    /// wave: a pass it left handed back is not published with this run's
+    /// configuration.
+    #[tokio::test]
+    async fn a_run_of_another_wave_publishes_nothing_of_the_earlier_one() {
+        let store = SqliteStore::in_memory().unwrap();
+        let queue = MemoryQueue::new();
+        let earlier = request_pass(&store, "earlier", &migration(5), &specs(1))
+            .await
+            .unwrap();
+        let report = dispatch_once(&store, &queue).await.unwrap();
+        let job = &report.published[0];
+        let lease = store
+            .acquire_lease(job.mailbox, job.pass, "w", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.start_pass(&lease).await.unwrap());
+        assert!(store.hand_back(&lease).await.unwrap(), "interrupted");
+        queue.next().await.unwrap().unwrap().ack().await.unwrap();
+
+        let other = vec![MailboxSpec {
+            source: "someone@else".into(),
+            target: "someone@new".into(),
+        }];
+        let later = request_pass(&store, "later", &migration(5), &other)
+            .await
+            .unwrap();
+        let report = dispatch_once(&store, &queue).await.unwrap();
+        assert_eq!(
+            report.published,
+            [Job {
+                wave: later.wave,
+                mailbox: later.mailboxes[0],
+                pass: 1,
+            }]
+        );
+        assert!(report.republished.is_empty(), "{report:?}");
+        assert_eq!(
+            store.wave(earlier.wave).await.unwrap().state,
+            WaveState::Paused
+        );
     }
 }

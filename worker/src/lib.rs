@@ -3,11 +3,11 @@
 //! keep no state of their own — everything that must survive is in the store.
 
 pub mod connector;
+pub mod consumer;
 pub mod credentials;
 pub mod distributed;
 pub mod engine;
 pub mod job;
 pub mod lease;
 pub mod oauth;
-pub mod pool;
 pub mod throttle;

@@ -306,7 +306,10 @@ struct Fixture {
 impl Fixture {
     async fn new() -> Fixture {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let wave = store.ensure_wave("w").await.unwrap();
+        let wave = store
+            .ensure_wave("w", &serde_json::json!({}))
+            .await
+            .unwrap();
         let spec = MailboxSpec {
             source: "a@source".into(),
             target: "a@target".into(),

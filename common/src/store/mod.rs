@@ -4,7 +4,9 @@
 //! distributed mode run the same code and pass the same test suite
 //! (`store::suite`).
 
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod suite;
@@ -13,7 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
 use crate::error::{Classify, ErrorClass};
@@ -97,8 +101,14 @@ pub enum ReapOutcome {
 /// [`StoreError::LeaseLost`].
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The wave with this name, created if new.
-    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError>;
+    /// The wave with this name, created if new, with `config` as its
+    /// configuration from now on (`mailwave run` stores its run's
+    /// `[migration]`, which the dispatcher reads).
+    async fn ensure_wave(
+        &self,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<WaveId, StoreError>;
 
     /// Adds the mailboxes to the wave; a source already in the wave keeps its
     /// record (and its progress). Returns the records in the order given.
@@ -113,10 +123,12 @@ pub trait Store: Send + Sync + 'static {
 
     async fn mailbox(&self, id: MailboxId) -> Result<MailboxRecord, StoreError>;
 
-    /// Asks for the next pass over the mailbox: it becomes `Queued` with its
-    /// pass number raised by one, attempts and last error cleared. Returns
-    /// the new pass number.
-    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError>;
+    /// `mailwave run`'s start, by the one process holding the state file:
+    /// each mailbox is asked for its next pass, which the dispatcher
+    /// publishes ([`Store::next_to_publish`]); one left queued or running by
+    /// an earlier run (interrupted or killed) is taken back first (its lease
+    /// dropped, `Pending`, no job left unpublished).
+    async fn request_passes(&self, mailboxes: &[MailboxId]) -> Result<(), StoreError>;
 
     /// The lease's worker starts its pass: `Running`, attempts raised.
     /// `false` when the mailbox is not queued or running for that pass (a
@@ -339,6 +351,7 @@ pub trait Store: Send + Sync + 'static {
 /// The reaper's decision for a mailbox whose worker was lost, the same for
 /// every backend: `attempts` of the pass were started, `lost` workers were
 /// lost (this one included).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn reap_decision(
     attempts: i64,
     lost: i64,
