@@ -844,7 +844,10 @@ async fn servers_with_minimal_capabilities_are_copied_exactly() {
             child.try_wait().unwrap().is_none(),
             "the run ended before it could be killed"
         );
-        assert!(Instant::now() < deadline, "the run never committed 120 items");
+        assert!(
+            Instant::now() < deadline,
+            "the run never committed 120 items"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL

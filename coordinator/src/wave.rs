@@ -2,7 +2,7 @@
 //! next pass (which the dispatcher publishes), and following the pass.
 
 use mailwave_common::config::MigrationConfig;
-use mailwave_common::model::{MailboxId, MailboxRecord, MailboxSpec, WaveId, WaveState};
+use mailwave_common::model::{Job, MailboxRecord, MailboxSpec, WaveId, WaveState};
 use mailwave_common::queue::QueueError;
 use mailwave_common::store::{Store, StoreError, WaveAction};
 
@@ -19,8 +19,20 @@ pub enum WaveError {
 #[derive(Debug)]
 pub struct PlannedPass {
     pub wave: WaveId,
-    /// In the order given.
-    pub mailboxes: Vec<MailboxId>,
+    /// The pass asked of each mailbox, in the order given.
+    pub jobs: Vec<Job>,
+}
+
+impl PlannedPass {
+    /// How many of `records` (in job order, [`pass_records`]) ended the
+    /// pass asked of them.
+    pub fn ended(&self, records: &[MailboxRecord]) -> usize {
+        self.jobs
+            .iter()
+            .zip(records)
+            .filter(|(job, record)| record.pass >= job.pass && record.state.is_terminal())
+            .count()
+    }
 }
 
 /// `mailwave run`'s step before its dispatcher ([`crate::dispatcher`])
@@ -52,8 +64,16 @@ pub async fn request_pass(
         }
     }
     let records = store.add_mailboxes(wave, mailboxes).await?;
-    let mailboxes: Vec<_> = records.iter().map(|r| r.id).collect();
-    store.request_passes(&mailboxes).await?;
+    let ids: Vec<_> = records.iter().map(|r| r.id).collect();
+    store.request_passes(&ids).await?;
+    let jobs = records
+        .iter()
+        .map(|r| Job {
+            wave,
+            mailbox: r.id,
+            pass: r.pass + 1,
+        })
+        .collect();
     store
         .transition_wave(
             wave,
@@ -62,10 +82,10 @@ pub async fn request_pass(
             WaveAction::None,
         )
         .await?;
-    Ok(PlannedPass { wave, mailboxes })
+    Ok(PlannedPass { wave, jobs })
 }
 
-/// The current records of the pass's mailboxes, in the order asked.
+/// The current records of the pass's mailboxes, in job order.
 pub async fn pass_records(
     store: &dyn Store,
     planned: &PlannedPass,
@@ -73,9 +93,9 @@ pub async fn pass_records(
     let all = store.mailboxes(planned.wave).await?;
     let by_id: std::collections::HashMap<_, _> = all.into_iter().map(|r| (r.id, r)).collect();
     Ok(planned
-        .mailboxes
+        .jobs
         .iter()
-        .filter_map(|id| by_id.get(id).cloned())
+        .filter_map(|job| by_id.get(&job.mailbox).cloned())
         .collect())
 }
 
@@ -83,7 +103,7 @@ pub async fn pass_records(
 mod tests {
     use std::time::Duration;
 
-    use mailwave_common::model::{Job, MailboxState, PassStats};
+    use mailwave_common::model::{MailboxState, PassStats};
     use mailwave_common::queue::{JobQueue, MemoryQueue};
     use mailwave_common::store::{PassOutcome, SqliteStore};
 
@@ -136,7 +156,7 @@ mod tests {
         let first = request_pass(&store, "w", &migration(2), &specs(3))
             .await
             .unwrap();
-        assert_eq!(first.mailboxes.len(), 3);
+        assert_eq!(first.jobs.len(), 3);
         let report = dispatch_once(&store, &queue).await.unwrap();
         assert_eq!(report.published.len(), 2, "at most the run's cap in flight");
         assert!(report.published.iter().all(|j| j.pass == 1));
@@ -146,11 +166,14 @@ mod tests {
         complete(&store, &queue, 1).await;
         let records = pass_records(&store, &first).await.unwrap();
         assert!(records.iter().all(|r| r.state == MailboxState::Completed));
+        assert_eq!(first.ended(&records), 3);
 
         let second = request_pass(&store, "w", &migration(10), &specs(4))
             .await
             .unwrap();
         assert_eq!(second.wave, first.wave);
+        let records = pass_records(&store, &second).await.unwrap();
+        assert_eq!(second.ended(&records), 0, "the earlier pass does not count");
         let report = dispatch_once(&store, &queue).await.unwrap();
         let passes: Vec<_> = report.published.iter().map(|j| j.pass).collect();
         assert_eq!(
@@ -193,7 +216,7 @@ mod tests {
             report.published,
             [Job {
                 wave: later.wave,
-                mailbox: later.mailboxes[0],
+                mailbox: later.jobs[0].mailbox,
                 pass: 1,
             }]
         );

@@ -161,7 +161,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         stop.clone().cancelled_owned(),
     ));
 
-    let bar = ProgressBar::new(planned.mailboxes.len() as u64);
+    let bar = ProgressBar::new(planned.jobs.len() as u64);
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} mailboxes  {msg}",
@@ -171,7 +171,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let records = loop {
         let records = pass_records(store.as_ref(), &planned).await?;
         let count = |state| records.iter().filter(|r| r.state == state).count();
-        let done = records.iter().filter(|r| r.state.is_terminal()).count();
+        let done = planned.ended(&records);
         bar.set_position(done as u64);
         bar.set_message(format!(
             "running {}, failed {} | {} items, {}",
