@@ -12,6 +12,8 @@
 //! served at once (more wait in the listen backlog), and with
 //! `tls_certificate_file` and `tls_key_file` it speaks HTTPS only.
 
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use mailwave_common::queue::JobQueue;
-use mailwave_common::store::Store;
+use mailwave_common::store::WaveStore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -47,7 +49,7 @@ pub fn preflight(settings: &CoordinatorSettings) -> anyhow::Result<()> {
 /// their round, and returns.
 pub async fn run(
     settings: CoordinatorSettings,
-    store: Arc<dyn Store>,
+    store: Arc<dyn WaveStore>,
     queue: Arc<dyn JobQueue>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -122,7 +124,7 @@ fn server_tls_config(
 ) -> anyhow::Result<rustls::ServerConfig> {
     let read =
         |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-    let certificates = rustls_pemfile::certs(&mut read(certificate_file)?.as_slice())
+    let certificates = CertificateDer::pem_slice_iter(&read(certificate_file)?)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("tls_certificate_file {}", certificate_file.display()))?;
     if certificates.is_empty() {
@@ -131,14 +133,16 @@ fn server_tls_config(
             certificate_file.display()
         );
     }
-    let key = rustls_pemfile::private_key(&mut read(key_file)?.as_slice())
-        .with_context(|| format!("tls_key_file {}", key_file.display()))?
-        .with_context(|| {
-            format!(
-                "tls_key_file {}: no PEM private key in it",
-                key_file.display()
-            )
-        })?;
+    let key = match PrivateKeyDer::from_pem_slice(&read(key_file)?) {
+        Ok(key) => key,
+        Err(pem::Error::NoItemsFound) => anyhow::bail!(
+            "tls_key_file {}: no PEM private key in it",
+            key_file.display()
+        ),
+        Err(error) => {
+            return Err(error).with_context(|| format!("tls_key_file {}", key_file.display()));
+        }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -1,10 +1,10 @@
 //! `mailwave run`'s wave: its mailboxes into the store, each asked for its
 //! next pass (which the dispatcher publishes), and following the pass.
 
-use mailwave_common::config::MigrationConfig;
+use mailwave_common::config::Config;
 use mailwave_common::model::{Job, MailboxRecord, MailboxSpec, WaveId, WaveState};
 use mailwave_common::queue::QueueError;
-use mailwave_common::store::{Store, StoreError, WaveAction};
+use mailwave_common::store::{StoreError, WaveAction, WaveStore};
 
 /// A failure while planning or following a wave.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ impl PlannedPass {
 }
 
 /// `mailwave run`'s step before its dispatcher ([`crate::dispatcher`])
-/// publishes the jobs: the wave, its `[migration]` stored for the
+/// publishes the jobs: the wave, the run's configuration stored for the
 /// dispatcher's caps; the mailboxes added (those already in it keep their
 /// progress) and each asked for its next pass (the first copies everything,
 /// every later one is a delta pass, one that was interrupted resumes from
@@ -44,13 +44,12 @@ impl PlannedPass {
 /// on the same state file are paused, so that nothing of theirs is
 /// published with this run's configuration.
 pub async fn request_pass(
-    store: &dyn Store,
+    store: &dyn WaveStore,
     wave_name: &str,
-    migration: &MigrationConfig,
+    config: &Config,
     mailboxes: &[MailboxSpec],
 ) -> Result<PlannedPass, WaveError> {
-    let config = serde_json::json!({ "migration": migration });
-    let wave = store.ensure_wave(wave_name, &config).await?;
+    let wave = store.ensure_wave(wave_name, config).await?;
     for other in store.waves().await? {
         if other.id != wave && other.state == WaveState::Running {
             store
@@ -87,7 +86,7 @@ pub async fn request_pass(
 
 /// The current records of the pass's mailboxes, in job order.
 pub async fn pass_records(
-    store: &dyn Store,
+    store: &dyn WaveStore,
     planned: &PlannedPass,
 ) -> Result<Vec<MailboxRecord>, WaveError> {
     let all = store.mailboxes(planned.wave).await?;
@@ -105,7 +104,7 @@ mod tests {
 
     use mailwave_common::model::{MailboxState, PassStats};
     use mailwave_common::queue::{JobQueue, MemoryQueue};
-    use mailwave_common::store::{PassOutcome, SqliteStore};
+    use mailwave_common::store::{LeaseStore, PassOutcome, RecordStore, SqliteStore};
 
     use super::*;
     use crate::dispatcher::dispatch_once;
@@ -119,11 +118,14 @@ mod tests {
             .collect()
     }
 
-    fn migration(max_concurrent_mailboxes: usize) -> MigrationConfig {
-        MigrationConfig {
-            max_concurrent_mailboxes,
-            ..MigrationConfig::default()
-        }
+    /// A run's configuration with this `max_concurrent_mailboxes`.
+    fn config(max_concurrent_mailboxes: usize) -> Config {
+        Config::from_toml_str(&format!(
+            "[source]\nkind = \"maildir\"\npath = \"/srv/old/{{mailbox}}\"\n\
+             [target]\nkind = \"maildir\"\npath = \"/srv/new/{{mailbox}}\"\n\
+             [migration]\nmax_concurrent_mailboxes = {max_concurrent_mailboxes}\n"
+        ))
+        .unwrap()
     }
 
     /// Takes `n` jobs from the queue and completes their passes.
@@ -153,7 +155,7 @@ mod tests {
     async fn each_run_asks_for_the_next_pass_within_the_runs_cap() {
         let store = SqliteStore::in_memory().unwrap();
         let queue = MemoryQueue::new();
-        let first = request_pass(&store, "w", &migration(2), &specs(3))
+        let first = request_pass(&store, "w", &config(2), &specs(3))
             .await
             .unwrap();
         assert_eq!(first.jobs.len(), 3);
@@ -168,7 +170,7 @@ mod tests {
         assert!(records.iter().all(|r| r.state == MailboxState::Completed));
         assert_eq!(first.ended(&records), 3);
 
-        let second = request_pass(&store, "w", &migration(10), &specs(4))
+        let second = request_pass(&store, "w", &config(10), &specs(4))
             .await
             .unwrap();
         assert_eq!(second.wave, first.wave);
@@ -190,7 +192,7 @@ mod tests {
     async fn a_run_of_another_wave_publishes_nothing_of_the_earlier_one() {
         let store = SqliteStore::in_memory().unwrap();
         let queue = MemoryQueue::new();
-        let earlier = request_pass(&store, "earlier", &migration(5), &specs(1))
+        let earlier = request_pass(&store, "earlier", &config(5), &specs(1))
             .await
             .unwrap();
         let report = dispatch_once(&store, &queue).await.unwrap();
@@ -208,7 +210,7 @@ mod tests {
             source: "someone@else".into(),
             target: "someone@new".into(),
         }];
-        let later = request_pass(&store, "later", &migration(5), &other)
+        let later = request_pass(&store, "later", &config(5), &other)
             .await
             .unwrap();
         let report = dispatch_once(&store, &queue).await.unwrap();

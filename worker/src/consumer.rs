@@ -7,7 +7,7 @@
 //! # Job ownership: the lease, not the message
 //!
 //! For each delivery the consumer first takes the mailbox's lease in the
-//! store ([`Store::acquire_lease`]). Refused: another worker owns the
+//! store ([`LeaseStore::acquire_lease`]). Refused: another worker owns the
 //! mailbox (a duplicate or stale job), the message is acknowledged and
 //! dropped. Taken: the message is acknowledged at once, because from now on
 //! the lease is what says who owns the mailbox; a copy of many hours
@@ -24,14 +24,14 @@
 //! now: the job stops at once, the batch in hand is dropped, and no outcome
 //! is recorded. A worker that dies simply stops renewing; the coordinator's
 //! reaper re-queues its mailboxes once the lease expired (`mailwave run`
-//! takes its own back at its next start, [`Store::request_passes`]).
+//! takes its own back at its next start, [`WaveStore::request_passes`]).
 //!
 //! # Stopping
 //!
 //! When `shutdown` completes, no new job is taken, running jobs are
 //! cancelled (the engine stops at its next batch boundary, after committing
 //! that batch), and each interrupted mailbox is handed back
-//! ([`Store::hand_back`]: lease dropped, pass queued again for the
+//! ([`LeaseStore::hand_back`]: lease dropped, pass queued again for the
 //! dispatcher to publish). With a grace time, a job still busy when it is
 //! nearly spent is handed back anyway: the exactly-once rules of the engine
 //! cover an append interrupted by the process's exit exactly as they cover a
@@ -261,7 +261,7 @@ impl Consumer {
     async fn run_leased(&self, job: &Job, lease: Lease, acquired: tokio::time::Instant) {
         let stop = self.jobs_stop.child_token();
         let keeper = LeaseKeeper::start(
-            Arc::clone(&self.ctx.store),
+            self.ctx.store.clone(),
             lease,
             self.settings.lease_ttl,
             acquired,
@@ -298,9 +298,11 @@ impl Consumer {
             WaveConfigs::Run(wave) => Arc::clone(wave),
             WaveConfigs::Stored(policy) => {
                 let stored = self.ctx.store.wave(job.wave).await?;
-                let prepared = serde_json::from_value::<Config>(stored.config)
-                    .map_err(|error| error.to_string())
-                    .and_then(|config| policy.prepare(config));
+                let prepared = match stored.config.config() {
+                    Ok(Some(config)) => policy.prepare(Config::clone(config)),
+                    Ok(None) => Err("the wave has no configuration".to_owned()),
+                    Err(unreadable) => Err(unreadable.to_string()),
+                };
                 match prepared {
                     Ok(config) => Arc::new(WaveSettings::new(config)),
                     Err(error) => return self.fail_unusable(keeper, &error).await,

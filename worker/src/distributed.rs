@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mailwave_common::config::{NamedCredential, load_credentials, load_section};
 use mailwave_common::queue::JobQueue;
-use mailwave_common::store::Store;
+use mailwave_common::store::WorkerStore;
 use serde::Deserialize;
 
 use crate::consumer::{self, ConsumerSettings, WaveConfigs};
@@ -157,7 +157,7 @@ impl WorkerSettings {
 /// until `shutdown` completes (see [`crate::consumer`]).
 pub async fn run(
     settings: WorkerSettings,
-    store: Arc<dyn Store>,
+    store: Arc<dyn WorkerStore>,
     queue: Arc<dyn JobQueue>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {

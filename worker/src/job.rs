@@ -9,7 +9,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use mailwave_common::config::{Config, EndpointConfig};
 use mailwave_common::mailboxes::MailboxSecrets;
 use mailwave_common::model::{Job, MailboxRecord, MailboxState, PassStats};
-use mailwave_common::store::{PassOutcome, Store, StoreError};
+use mailwave_common::store::{PassOutcome, StoreError, WorkerStore};
 use mailwave_common::{Classify, ErrorClass};
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ impl Credentials for EndpointCredentialsOnly {
 
 /// What a worker process runs every job with, assembled once.
 pub struct WorkerContext {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn WorkerStore>,
     pub budget: MemoryBudget,
     pub progress: Arc<dyn ProgressSink>,
     pub credentials: Arc<dyn Credentials>,
@@ -54,7 +54,7 @@ pub struct WorkerContext {
 impl WorkerContext {
     /// A worker whose message bodies in flight share `memory_budget_bytes`.
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn WorkerStore>,
         memory_budget_bytes: u64,
         progress: Arc<dyn ProgressSink>,
         credentials: Arc<dyn Credentials>,
@@ -129,10 +129,7 @@ pub async fn run_job(
         WaitLimits::new(&wave.config.migration, stop.clone()),
         Arc::clone(&ctx.shared),
     );
-    let store = PassStore {
-        store: ctx.store.as_ref(),
-        keeper,
-    };
+    let store = PassStore::new(ctx.store.as_ref(), keeper);
     let pass = MailboxPass {
         store,
         mailbox: &mailbox,
@@ -220,7 +217,7 @@ pub async fn run_job(
         bytes = s.bytes_copied, recovered = s.items_recovered, flags = s.flags_updated,
         skipped = s.items_skipped, retries = s.retries, throttled = s.throttled,
         waited_ms = s.wait_millis, "mailbox pass ended");
-    match store.finish_pass(&outcome).await {
+    match ctx.store.finish_pass(keeper.lease(), &outcome).await {
         Ok(()) => Ok(JobOutcome::Finished(outcome.state)),
         Err(StoreError::LeaseLost { .. }) => Ok(JobOutcome::LeaseLost),
         Err(error) => Err(error),

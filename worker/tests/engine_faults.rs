@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use mailwave_common::config::FolderFilter;
 use mailwave_common::model::{FolderCheckpoint, MailboxRecord, MailboxSpec, PassStats};
-use mailwave_common::store::{SqliteStore, Store};
+use mailwave_common::store::{LeaseStore, LedgerStore, SqliteStore, WaveStore};
 use mailwave_worker::connector::{
     AppendReport, ConnectorError, Fetched, Flags, FolderPath, FolderScan, Identity, ItemMeta,
     MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
@@ -307,7 +307,7 @@ impl Fixture {
     async fn new() -> Fixture {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
         let wave = store
-            .ensure_wave("w", &serde_json::json!({}))
+            .ensure_wave("w", &mailwave_common::store::suite::wave_config())
             .await
             .unwrap();
         let spec = MailboxSpec {
@@ -346,10 +346,7 @@ impl Fixture {
         let budget = MemoryBudget::new(1 << 24);
         let stop = CancellationToken::new();
         let pass = MailboxPass {
-            store: PassStore {
-                store: self.store.as_ref(),
-                keeper,
-            },
+            store: PassStore::new(self.store.as_ref(), keeper),
             mailbox: &self.mailbox,
             pass: 1,
             settings: &settings,

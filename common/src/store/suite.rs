@@ -3,14 +3,17 @@
 //! empty store: one `#[test]` per check and backend, so that one failure
 //! hides no other.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction};
 use crate::ErrorClass;
+use crate::config::Config;
 use crate::model::{
     FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxSpec, MailboxState,
     PassStats, WaveState,
 };
+use crate::wave_config::WaveConfig;
 
 /// A check of the suite, as a runner receives it.
 pub type Check = for<'a> fn(&'a dyn Store) -> futures::future::BoxFuture<'a, ()>;
@@ -18,6 +21,7 @@ pub type Check = for<'a> fn(&'a dyn Store) -> futures::future::BoxFuture<'a, ()>
 /// Defines one `#[tokio::test]` per check of the suite, each calling
 /// `$runner(check).await` (an `async fn(Check)` that runs the check on a
 /// fresh, empty store of the backend).
+#[cfg(test)]
 macro_rules! store_suite {
     ($runner:path) => {
         $crate::store::suite::store_suite!(
@@ -48,6 +52,7 @@ macro_rules! store_suite {
         )*
     };
 }
+#[cfg(test)]
 pub(crate) use store_suite;
 
 const LONG: Duration = Duration::from_secs(600);
@@ -127,22 +132,22 @@ fn checkpoint(mailbox: i64, folder: &str, validity: u32, hwm: u32) -> FolderChec
     }
 }
 
+/// A wave's configuration for the checks: Maildir to Maildir.
+pub fn wave_config() -> Config {
+    Config::from_remote_toml_str(
+        "[source]\nkind = \"maildir\"\npath = \"/srv/old/{mailbox}\"\n\
+         [target]\nkind = \"maildir\"\npath = \"/srv/new/{mailbox}\"\n",
+    )
+    .expect("a valid configuration")
+}
+
 pub async fn waves_and_mailboxes(store: &dyn Store) {
-    let wave = store
-        .ensure_wave("suite-a", &serde_json::json!({}))
-        .await
-        .unwrap();
+    let wave = store.ensure_wave("suite-a", &wave_config()).await.unwrap();
     assert_eq!(
-        store
-            .ensure_wave("suite-a", &serde_json::json!({}))
-            .await
-            .unwrap(),
+        store.ensure_wave("suite-a", &wave_config()).await.unwrap(),
         wave
     );
-    let other = store
-        .ensure_wave("suite-b", &serde_json::json!({}))
-        .await
-        .unwrap();
+    let other = store.ensure_wave("suite-b", &wave_config()).await.unwrap();
     assert_ne!(wave, other);
 
     let added = store
@@ -171,7 +176,7 @@ pub async fn waves_and_mailboxes(store: &dyn Store) {
 
 pub async fn pass_lifecycle(store: &dyn Store) {
     let wave = store
-        .ensure_wave("suite-pass", &serde_json::json!({}))
+        .ensure_wave("suite-pass", &wave_config())
         .await
         .unwrap();
     let id = store.add_mailboxes(wave, &[spec("p@x")]).await.unwrap()[0].id;
@@ -239,7 +244,7 @@ pub async fn pass_lifecycle(store: &dyn Store) {
 
 pub async fn checkpoints_and_ledger(store: &dyn Store) {
     let wave = store
-        .ensure_wave("suite-ledger", &serde_json::json!({}))
+        .ensure_wave("suite-ledger", &wave_config())
         .await
         .unwrap();
     let id = store.add_mailboxes(wave, &[spec("l@x")]).await.unwrap()[0].id;
@@ -313,7 +318,7 @@ pub async fn checkpoints_and_ledger(store: &dyn Store) {
 
 pub async fn rekey_after_validity_change(store: &dyn Store) {
     let wave = store
-        .ensure_wave("suite-rekey", &serde_json::json!({}))
+        .ensure_wave("suite-rekey", &wave_config())
         .await
         .unwrap();
     let id = store.add_mailboxes(wave, &[spec("r@x")]).await.unwrap()[0].id;
@@ -349,7 +354,7 @@ pub async fn rekey_after_validity_change(store: &dyn Store) {
 
 pub async fn failures_are_upserted(store: &dyn Store) {
     let wave = store
-        .ensure_wave("suite-failures", &serde_json::json!({}))
+        .ensure_wave("suite-failures", &wave_config())
         .await
         .unwrap();
     let id = store.add_mailboxes(wave, &[spec("f@x")]).await.unwrap()[0].id;
@@ -374,7 +379,7 @@ pub async fn failures_are_upserted(store: &dyn Store) {
 
 pub async fn leases(store: &dyn Store) {
     let wave = store
-        .ensure_wave("suite-leases", &serde_json::json!({}))
+        .ensure_wave("suite-leases", &wave_config())
         .await
         .unwrap();
     let ids: Vec<_> = store
@@ -489,7 +494,7 @@ pub async fn leases(store: &dyn Store) {
 /// and another one took the mailbox.
 pub async fn fencing(store: &dyn Store) {
     let wave = store
-        .ensure_wave("suite-fencing", &serde_json::json!({}))
+        .ensure_wave("suite-fencing", &wave_config())
         .await
         .unwrap();
     let id = store.add_mailboxes(wave, &[spec("fence@x")]).await.unwrap()[0].id;
@@ -577,7 +582,7 @@ pub async fn fencing(store: &dyn Store) {
 /// the batch commits, per folder.
 pub async fn intents(store: &dyn Store) {
     let wave = store
-        .ensure_wave("suite-intents", &serde_json::json!({}))
+        .ensure_wave("suite-intents", &wave_config())
         .await
         .unwrap();
     let id = store.add_mailboxes(wave, &[spec("i@x")]).await.unwrap()[0].id;
@@ -632,7 +637,7 @@ pub async fn intents(store: &dyn Store) {
 /// cleared) with the checkpoint, atomically.
 pub async fn retargeting_after_the_target_folder_changed(store: &dyn Store) {
     let wave = store
-        .ensure_wave("suite-retarget", &serde_json::json!({}))
+        .ensure_wave("suite-retarget", &wave_config())
         .await
         .unwrap();
     let id = store.add_mailboxes(wave, &[spec("t@x")]).await.unwrap()[0].id;
@@ -669,7 +674,7 @@ pub async fn retargeting_after_the_target_folder_changed(store: &dyn Store) {
 /// A pass that ended with failed items is neither completed nor failed.
 pub async fn passes_with_errors_are_counted_apart(store: &dyn Store) {
     let wave = store
-        .create_wave("suite-errors", &serde_json::json!({}))
+        .create_wave("suite-errors", &wave_config())
         .await
         .unwrap();
     let ids: Vec<_> = store
@@ -747,7 +752,8 @@ async fn confirm(store: &dyn Store, mailbox: MailboxId, pass: i64) {
 
 pub async fn wave_states_and_publishing(store: &dyn Store) {
     use WaveState::{Cancelled, Created, Paused, Running};
-    let config = serde_json::json!({"migration": {"max_concurrent_mailboxes": 2}});
+    let mut config = wave_config();
+    config.migration.max_concurrent_mailboxes = 2;
     let wave = store.create_wave("suite-dist", &config).await.unwrap();
     let taken = store.create_wave("suite-dist", &config).await.unwrap_err();
     assert!(matches!(taken, StoreError::Conflict(_)), "{taken}");
@@ -756,7 +762,7 @@ pub async fn wave_states_and_publishing(store: &dyn Store) {
         (record.name.as_str(), record.state, record.final_pass),
         ("suite-dist", Created, false)
     );
-    assert_eq!(record.config, config);
+    assert_eq!(record.config, WaveConfig::Readable(Arc::new(config)));
     assert!(store.waves().await.unwrap().contains(&record));
     assert!(matches!(
         store.wave(i64::MAX).await.unwrap_err(),
@@ -917,7 +923,7 @@ pub async fn wave_states_and_publishing(store: &dyn Store) {
 
 pub async fn final_pass_completes_the_wave(store: &dyn Store) {
     let wave = store
-        .create_wave("suite-final", &serde_json::json!({}))
+        .create_wave("suite-final", &wave_config())
         .await
         .unwrap();
     let id = store.add_mailboxes(wave, &[spec("fin@x")]).await.unwrap()[0].id;
@@ -1003,7 +1009,7 @@ async fn until_expired(store: &dyn Store, mailbox: MailboxId) {
 
 pub async fn reaping_expired_leases(store: &dyn Store) {
     let wave = store
-        .create_wave("suite-reap", &serde_json::json!({}))
+        .create_wave("suite-reap", &wave_config())
         .await
         .unwrap();
     let ids: Vec<_> = store
@@ -1134,7 +1140,7 @@ pub async fn reaping_expired_leases(store: &dyn Store) {
 
 pub async fn handing_back(store: &dyn Store) {
     let wave = store
-        .create_wave("suite-hand-back", &serde_json::json!({}))
+        .create_wave("suite-hand-back", &wave_config())
         .await
         .unwrap();
     let ids: Vec<_> = store
@@ -1224,7 +1230,7 @@ pub async fn handing_back(store: &dyn Store) {
 /// asked for is left alone.
 pub async fn a_later_run_takes_back_what_an_earlier_one_left(store: &dyn Store) {
     let wave = store
-        .ensure_wave("suite-take-back", &serde_json::json!({}))
+        .ensure_wave("suite-take-back", &wave_config())
         .await
         .unwrap();
     let ids: Vec<_> = store

@@ -107,7 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let queue = Arc::new(MemoryQueue::new());
     let specs: Vec<_> = list.rows.iter().map(|r| r.spec.clone()).collect();
-    let planned = request_pass(store.as_ref(), &wave_name, &config.migration, &specs).await?;
+    let planned = request_pass(store.as_ref(), &wave_name, &config, &specs).await?;
 
     let credentials = CsvCredentials(
         list.rows
@@ -117,7 +117,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let counters = Arc::new(Counters::default());
     let ctx = Arc::new(WorkerContext::new(
-        Arc::clone(&store),
+        store.clone(),
         config.migration.memory_budget_bytes,
         counters.clone(),
         Arc::new(credentials),
@@ -140,7 +140,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let job_ended = Arc::new(Notify::new());
     let (quit, quitting) = watch::channel(false);
     let dispatcher = tokio::spawn(dispatcher::run(
-        Arc::clone(&store),
+        store.clone(),
         Arc::clone(&queue) as Arc<dyn JobQueue>,
         DISPATCH_INTERVAL,
         Arc::clone(&job_ended),
