@@ -36,6 +36,8 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
     as_root timeout 120 rabbitmqctl await_startup >/dev/null
 fi
 
-# The integration tests run the real binaries, as an operator would.
-cargo build --workspace --bins
+# The end-to-end tests (cli/tests/) run the real binaries, as an operator
+# would; cargo builds them from the current sources for the tests of the
+# package owning them (mailwave-cli). The workspace's features are unified,
+# so mailwave-common's tests run with every backend.
 cargo test --workspace --no-fail-fast -- --test-threads=4

@@ -1,7 +1,7 @@
-//! `mailwave coordinator serve`: migrates the PostgreSQL schema (under the
-//! store's advisory lock, so two coordinators starting together never race),
-//! then serves the API and runs the dispatcher and the reaper until SIGTERM
-//! or SIGINT. Everything lives in PostgreSQL: a restarted coordinator picks
+//! `mailwave coordinator serve` (wired in `mailwave-cli`, which migrates the
+//! PostgreSQL schema first, under the store's advisory lock, so two
+//! coordinators starting together never race): serves the API and runs the
+//! dispatcher and the reaper until SIGTERM or SIGINT. Everything lives in PostgreSQL: a restarted coordinator picks
 //! up where the last one stopped (see `dispatcher` for why it never
 //! publishes a job twice).
 
@@ -24,9 +24,8 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use mailwave_common::queue::{JobQueue, QueueNames, RabbitOptions, RabbitQueue};
-use mailwave_common::shutdown::shutdown_signal;
-use mailwave_common::store::{PostgresStore, WaveStore};
+use mailwave_common::queue::JobQueue;
+use mailwave_common::store::WaveStore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -37,36 +36,12 @@ use crate::api::{ApiState, router};
 use crate::settings::CoordinatorSettings;
 use crate::{dispatcher, reaper};
 
-/// Runs the coordinator until a termination signal.
-pub async fn serve(settings: CoordinatorSettings) -> anyhow::Result<()> {
-    // A missing token or certificate is found before anything is connected.
+/// What can be found wrong in the settings before anything is connected:
+/// a missing token, an unreadable certificate or key.
+pub fn preflight(settings: &CoordinatorSettings) -> anyhow::Result<()> {
     settings.token()?;
-    tls_acceptor(&settings)?;
-    let store = PostgresStore::connect_with_tls(
-        &settings.database_url,
-        PostgresStore::DEFAULT_POOL_SIZE,
-        settings.database_ca_file.as_deref(),
-    )
-    .await
-    .context("connecting to PostgreSQL")?;
-    store.migrate().await.context("migrating the schema")?;
-    let store: Arc<dyn WaveStore> = Arc::new(store);
-    let queue: Arc<dyn JobQueue> = Arc::new(
-        RabbitQueue::connect_with(
-            &settings.amqp_url,
-            QueueNames::with_prefix(&settings.queue_prefix),
-            RabbitOptions {
-                ca_file: settings.amqp_ca_file.clone(),
-                ..RabbitOptions::default()
-            },
-        )
-        .await
-        .context("connecting to RabbitMQ")?,
-    );
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("listening on {}", settings.listen))?;
-    run(settings, store, queue, listener, shutdown_signal()).await
+    tls_acceptor(settings)?;
+    Ok(())
 }
 
 /// Serves the API on `listener` and runs the dispatcher and the reaper until

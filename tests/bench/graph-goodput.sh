@@ -15,4 +15,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mailwave-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 nice -n 19 cargo build --release --workspace --bins
-"$CARGO_TARGET_DIR/release/bench-graph-goodput" "$@"
+CARGO_BIN_EXE_mailwave="$CARGO_TARGET_DIR/release/mailwave" \
+    "$CARGO_TARGET_DIR/release/bench-graph-goodput" "$@"

@@ -10,22 +10,20 @@ use serde_json::Value;
 use crate::DovecotServer;
 use crate::verify::SourceFolderInfo;
 
-/// The path of a binary of the workspace, built in the same profile as the
-/// running test (`cargo build --workspace --bins`, as `tests/run-all.sh` does).
+/// The path of one of mailwave's binaries: `CARGO_BIN_EXE_<name>`, which
+/// cargo sets only when it runs the integration tests of the package owning
+/// the binaries (`cargo test -p mailwave-cli`), having built them from the
+/// current sources first; so an end-to-end test never runs a stale build.
+/// The benchmark drivers are given them the same way by their scripts.
 pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let found = exe
-        .ancestors()
-        .skip(1)
-        .take(3)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file());
-    found.unwrap_or_else(|| {
+    let variable = format!("CARGO_BIN_EXE_{name}");
+    let path = std::env::var_os(&variable).unwrap_or_else(|| {
         panic!(
-            "the `{name}` binary is not built next to {}: run `cargo build --workspace --bins` first (tests/run-all.sh does)",
-            exe.display()
+            "{variable} is not set: the end-to-end tests run the binaries cargo builds for them \
+             (`cargo test -p mailwave-cli`)"
         )
-    })
+    });
+    PathBuf::from(path)
 }
 
 /// The `[source]`/`[target]` body for a Dovecot server, logging in as its

@@ -1,61 +1,24 @@
-//! `mailwave-worker serve`: the worker of distributed mode. It takes jobs
-//! from RabbitMQ and keeps all of its state in PostgreSQL, so any number of
-//! workers can be started, stopped or killed at any moment.
-//!
-//! # Job ownership: the lease, not the message
-//!
-//! For each delivery the worker first takes the mailbox's lease in the store
-//! ([`LeaseStore::acquire_lease`], `lease_ttl_secs`). Refused: another worker
-//! owns the mailbox (a duplicate or stale job), the message is acknowledged
-//! and dropped. Taken: the message is acknowledged at once, because from now
-//! on the lease is what says who owns the mailbox; a copy of many hours
-//! therefore never meets RabbitMQ's consumer acknowledgement timeout.
-//! A job the store can never lease (its mailbox does not exist: a job of
-//! another deployment, or of a database that was reset) is a poison job: it
-//! is rejected, and RabbitMQ moves it to the dead-letter queue.
-//!
-//! While the pass runs, a [`LeaseKeeper`] renews the lease every third of
-//! its TTL, and every store write of the pass is fenced by the lease's
-//! token. A renewal answered `false`, a write refused, or no successful
-//! renewal for the TTL less a margin by the worker's own clock (the store
-//! unreachable, the process frozen) means the lease may be someone else's
-//! now: the job stops at once, the batch in hand is dropped, and no outcome
-//! is recorded. A worker that dies simply stops renewing; the coordinator's
-//! reaper re-queues its mailboxes once the lease expired.
-//!
-//! # Graceful shutdown
-//!
-//! SIGTERM or SIGINT: no new job is taken, running jobs are cancelled (the
-//! engine stops at its next batch boundary, after committing that batch),
-//! and each interrupted mailbox is handed back ([`LeaseStore::hand_back`]: lease
-//! dropped, pass queued again for the dispatcher to publish) before the
-//! process exits 0, within `shutdown_grace_secs`. A job still busy when the
-//! grace time is nearly spent is handed back anyway: the exactly-once rules
-//! of the engine cover an append interrupted by the process's exit exactly
-//! as they cover a crash.
+//! `mailwave-worker serve`: the worker of distributed mode, its settings
+//! and its wiring of the job consumer ([`crate::consumer`]). It takes jobs
+//! from RabbitMQ and keeps all of its state in PostgreSQL (connected by
+//! `mailwave-cli`), so any number of workers can be started, stopped or
+//! killed at any moment. SIGTERM or SIGINT stops it gracefully within
+//! `shutdown_grace_secs`, interrupted mailboxes handed back, and it exits 0.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use mailwave_common::config::{Config, NamedCredential, load_credentials, load_section};
-use mailwave_common::model::{Job, Lease, MailboxState, PassStats};
-use mailwave_common::queue::{
-    Delivery, JobQueue, QueueError, QueueNames, RabbitOptions, RabbitQueue,
-};
-use mailwave_common::shutdown::shutdown_signal;
-use mailwave_common::store::{PassOutcome, PostgresStore, StoreError, WorkerStore};
-use mailwave_common::{Classify, ErrorClass};
+use mailwave_common::config::{NamedCredential, load_credentials, load_section};
+use mailwave_common::queue::JobQueue;
+use mailwave_common::store::WorkerStore;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
-use crate::connector::Shared;
+use crate::consumer::{self, ConsumerSettings, WaveConfigs};
 use crate::credentials::WavePolicy;
-use crate::engine::{CopySettings, MemoryBudget, NoProgress};
-use crate::job::{EndpointCredentialsOnly, JobOutcome, WorkerContext, run_job};
-use crate::lease::LeaseKeeper;
+use crate::engine::NoProgress;
+use crate::job::{EndpointCredentialsOnly, WorkerContext};
 
 /// `[worker]` of the settings file; every key can be overridden by
 /// `MAILWAVE__WORKER__KEY` (e.g. `MAILWAVE__WORKER__CONCURRENCY=8`). Other
@@ -190,310 +153,35 @@ impl WorkerSettings {
     }
 }
 
-/// Connects to PostgreSQL and RabbitMQ and serves jobs until SIGTERM/SIGINT.
-pub async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
-    let store = PostgresStore::connect_with_tls(
-        &settings.database_url,
-        PostgresStore::DEFAULT_POOL_SIZE,
-        settings.database_ca_file.as_deref(),
-    )
-    .await
-    .context("connecting to PostgreSQL")?;
-    let store: Arc<dyn WorkerStore> = Arc::new(store);
-    let queue: Arc<dyn JobQueue> = Arc::new(
-        RabbitQueue::connect_with(
-            &settings.amqp_url,
-            QueueNames::with_prefix(&settings.queue_prefix),
-            RabbitOptions {
-                ca_file: settings.amqp_ca_file.clone(),
-                ..RabbitOptions::default()
-            },
-        )
-        .await
-        .context("connecting to RabbitMQ")?,
-    );
-    run(settings, store, queue, shutdown_signal()).await
-}
-
-/// What taking a job's lease came to.
-enum Claim {
-    /// The lease is this worker's: run the job.
-    Ours(Lease),
-    /// Another worker holds a live lease: the job is a duplicate or stale.
-    Another,
-    /// The store refused for good (e.g. no such mailbox): a poison job.
-    Impossible(StoreError),
-    /// Shutdown came before the store answered.
-    ShuttingDown,
-}
-
-/// One worker process: its store, its memory budget, its leases.
-struct Worker {
-    id: String,
-    store: Arc<dyn WorkerStore>,
-    budget: MemoryBudget,
-    ttl: Duration,
-    /// Cancelled at shutdown: every running job stops at its next checkpoint.
-    jobs_stop: CancellationToken,
-    /// The leases of the jobs running now, by mailbox, for the hand-back
-    /// when the grace time runs out.
-    running: Mutex<HashMap<i64, Lease>>,
-    /// What this worker accepts of a wave's configuration.
-    wave_policy: WavePolicy,
-    /// What the connectors of every job of this worker share (request
-    /// schedulers by endpoint, OAuth tokens), for its whole life.
-    shared: Arc<Shared>,
-}
-
-/// Serves jobs from `queue` until `shutdown` completes, then stops as
-/// described in the module's docs.
+/// Serves jobs from `queue` with the wave configurations stored in `store`
+/// until `shutdown` completes (see [`crate::consumer`]).
 pub async fn run(
     settings: WorkerSettings,
     store: Arc<dyn WorkerStore>,
     queue: Arc<dyn JobQueue>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let worker = Arc::new(Worker {
-        id: settings.worker_id(),
+    let ctx = WorkerContext::new(
         store,
-        budget: MemoryBudget::new(settings.memory_budget_bytes),
-        ttl: settings.lease_ttl(),
-        jobs_stop: CancellationToken::new(),
-        running: Mutex::new(HashMap::new()),
-        wave_policy: settings.wave_policy(),
-        shared: Arc::default(),
-    });
-    tracing::info!(worker = %worker.id, concurrency = settings.concurrency, "worker serving");
-    let consumers: Vec<_> = (0..settings.concurrency)
-        .map(|_| {
-            let worker = Arc::clone(&worker);
-            let queue = Arc::clone(&queue);
-            tokio::spawn(async move { worker.consume(queue.as_ref()).await })
-        })
-        .collect();
-    let mut all = futures::future::join_all(consumers);
-    let finished = tokio::select! {
-        results = &mut all => Some(results),
-        () = shutdown => None,
+        settings.memory_budget_bytes,
+        Arc::new(NoProgress),
+        Arc::new(EndpointCredentialsOnly),
+    );
+    let consumer = ConsumerSettings {
+        worker_id: settings.worker_id(),
+        lease_ttl: settings.lease_ttl(),
+        concurrency: settings.concurrency,
+        grace: Some(settings.shutdown_grace()),
+        job_ended: None,
     };
-    let results = match finished {
-        Some(results) => results,
-        None => {
-            worker.jobs_stop.cancel();
-            let grace = settings.shutdown_grace();
-            // Keep a little of the grace time for the forced hand-back.
-            let wait = grace.saturating_sub((grace / 4).min(Duration::from_secs(5)));
-            match tokio::time::timeout(wait, &mut all).await {
-                Ok(results) => results,
-                Err(_) => {
-                    let left: Vec<Lease> = worker
-                        .running
-                        .lock()
-                        .expect("lock")
-                        .drain()
-                        .map(|(_, lease)| lease)
-                        .collect();
-                    tracing::warn!(
-                        jobs = left.len(),
-                        "grace time spent; handing back the jobs still running"
-                    );
-                    for lease in left {
-                        worker.give_back(&lease).await;
-                    }
-                    tracing::info!(worker = %worker.id, "worker stopped");
-                    return Ok(());
-                }
-            }
-        }
-    };
-    for result in results {
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(error).context("job consumer"),
-            Err(error) => return Err(anyhow::anyhow!("job consumer task: {error}")),
-        }
-    }
-    tracing::info!(worker = %worker.id, "worker stopped");
-    Ok(())
-}
-
-impl Worker {
-    /// Takes jobs one after the other until shutdown or the queue's end.
-    async fn consume(&self, queue: &dyn JobQueue) -> Result<(), QueueError> {
-        loop {
-            let next = tokio::select! {
-                next = queue.next() => next,
-                () = self.jobs_stop.cancelled() => return Ok(()),
-            };
-            let delivery = match next {
-                Ok(Some(delivery)) => delivery,
-                Ok(None) => return Ok(()),
-                Err(error) => {
-                    // The queue reconnects on its own; try again shortly.
-                    tracing::warn!(%error, "taking a job failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        () = self.jobs_stop.cancelled() => return Ok(()),
-                    }
-                }
-            };
-            self.take(delivery).await;
-        }
-    }
-
-    /// One delivery: the lease, the ack, the job, the lease's end.
-    async fn take(&self, delivery: Box<dyn Delivery>) {
-        let job = delivery.job().clone();
-        let acquired = tokio::time::Instant::now();
-        let claim = self.claim(&job).await;
-        let settled = match &claim {
-            // Shutting down before the store answered: the job goes back.
-            Claim::ShuttingDown => delivery.requeue().await,
-            Claim::Impossible(error) => {
-                tracing::error!(?job, %error, "no worker can run this job: dead-lettering it");
-                delivery.reject().await
-            }
-            // Ours or another worker's, the lease owns the mailbox from now
-            // on: the message has served its purpose.
-            Claim::Ours(_) | Claim::Another => delivery.ack().await,
-        };
-        if let Err(error) = settled {
-            tracing::warn!(?job, %error, "could not settle a job (it may come again and will be dropped)");
-        }
-        let lease = match claim {
-            Claim::Ours(lease) => lease,
-            Claim::Another => {
-                tracing::info!(?job, "mailbox leased by another worker: job dropped");
-                return;
-            }
-            Claim::ShuttingDown | Claim::Impossible(_) => return,
-        };
-        self.running
-            .lock()
-            .expect("lock")
-            .insert(job.mailbox, lease.clone());
-        self.run_leased(&job, lease, acquired).await;
-        self.running.lock().expect("lock").remove(&job.mailbox);
-    }
-
-    /// Takes the lease, retrying while the store is unavailable.
-    async fn claim(&self, job: &Job) -> Claim {
-        let mut delay = Duration::from_millis(250);
-        loop {
-            match self
-                .store
-                .acquire_lease(job.mailbox, job.pass, &self.id, self.ttl)
-                .await
-            {
-                Ok(Some(lease)) => return Claim::Ours(lease),
-                Ok(None) => return Claim::Another,
-                Err(error) if error.class() != ErrorClass::Transient => {
-                    return Claim::Impossible(error);
-                }
-                Err(error) => {
-                    tracing::warn!(?job, %error, "taking the lease failed; retrying");
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = self.jobs_stop.cancelled() => return Claim::ShuttingDown,
-            }
-            delay = (delay * 2).min(Duration::from_secs(10));
-        }
-    }
-
-    /// Runs a job whose lease this worker holds, keeping the lease.
-    async fn run_leased(&self, job: &Job, lease: Lease, acquired: tokio::time::Instant) {
-        let stop = self.jobs_stop.child_token();
-        let keeper = LeaseKeeper::start(self.store.clone(), lease, self.ttl, acquired);
-        let result = self.run_with_wave_config(job, &keeper, &stop).await;
-        keeper.stop();
-        match result {
-            // Someone else may own the mailbox: nothing of ours to record.
-            Ok(JobOutcome::LeaseLost) => {
-                tracing::warn!(?job, "lease lost: the job stopped, nothing recorded");
-            }
-            Ok(JobOutcome::Finished(state)) => {
-                tracing::info!(?job, ?state, "job finished");
-                self.release(keeper.lease()).await;
-            }
-            Ok(JobOutcome::Stale) => self.release(keeper.lease()).await,
-            Ok(JobOutcome::Interrupted) => self.give_back(keeper.lease()).await,
-            Err(error) => {
-                tracing::error!(?job, %error, "the store failed; handing the mailbox back");
-                self.give_back(keeper.lease()).await;
-            }
-        }
-    }
-
-    /// Runs the job with its wave's configuration.
-    async fn run_with_wave_config(
-        &self,
-        job: &Job,
-        keeper: &LeaseKeeper,
-        stop: &CancellationToken,
-    ) -> Result<JobOutcome, StoreError> {
-        let wave = self.store.wave(job.wave).await?;
-        let prepared = match wave.config.config() {
-            Ok(Some(config)) => self.wave_policy.prepare(Config::clone(config)),
-            Ok(None) => Err("the wave has no configuration".to_owned()),
-            Err(unreadable) => Err(unreadable.to_string()),
-        };
-        let config = match prepared {
-            Ok(config) => config,
-            Err(error) => {
-                // Nothing any worker could do with it: the pass fails.
-                let lease = keeper.lease();
-                match self.store.start_pass(lease).await {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(JobOutcome::Stale),
-                    Err(StoreError::LeaseLost { .. }) => return Ok(JobOutcome::LeaseLost),
-                    Err(error) => return Err(error),
-                }
-                let outcome = PassOutcome {
-                    state: MailboxState::Failed,
-                    error: Some(format!("the wave's configuration is unusable: {error}")),
-                    stats: PassStats::default(),
-                };
-                return match self.store.finish_pass(lease, &outcome).await {
-                    Ok(()) => Ok(JobOutcome::Finished(MailboxState::Failed)),
-                    Err(StoreError::LeaseLost { .. }) => Ok(JobOutcome::LeaseLost),
-                    Err(error) => Err(error),
-                };
-            }
-        };
-        let config = Arc::new(config);
-        let ctx = WorkerContext {
-            store: Arc::clone(&self.store),
-            settings: CopySettings::from_config(&config),
-            config,
-            budget: self.budget.clone(),
-            progress: Arc::new(NoProgress),
-            credentials: Arc::new(EndpointCredentialsOnly),
-            shared: Arc::clone(&self.shared),
-            retry_min_delay: Duration::from_secs(1),
-            retry_max_delay: Duration::from_secs(60),
-        };
-        run_job(&ctx, job, keeper, stop).await
-    }
-
-    async fn release(&self, lease: &Lease) {
-        if let Err(error) = self.store.release_lease(lease).await {
-            tracing::warn!(?lease, %error, "releasing the lease failed (it will expire)");
-        }
-    }
-
-    /// Hands an interrupted mailbox back for another worker.
-    async fn give_back(&self, lease: &Lease) {
-        match self.store.hand_back(lease).await {
-            Ok(true) => tracing::info!(?lease, "mailbox handed back"),
-            Ok(false) => {
-                let _ = self.store.release_lease(lease).await;
-            }
-            Err(error) => tracing::warn!(?lease, %error,
-                "handing the mailbox back failed; the reaper will once its lease expires"),
-        }
-    }
+    consumer::serve(
+        Arc::new(ctx),
+        WaveConfigs::Stored(settings.wave_policy()),
+        consumer,
+        queue,
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -36,11 +36,9 @@ impl Credentials for EndpointCredentialsOnly {
     }
 }
 
-/// Everything a worker needs to run jobs.
+/// What a worker process runs every job with, assembled once.
 pub struct WorkerContext {
     pub store: Arc<dyn WorkerStore>,
-    pub config: Arc<Config>,
-    pub settings: CopySettings,
     pub budget: MemoryBudget,
     pub progress: Arc<dyn ProgressSink>,
     pub credentials: Arc<dyn Credentials>,
@@ -54,22 +52,37 @@ pub struct WorkerContext {
 }
 
 impl WorkerContext {
+    /// A worker whose message bodies in flight share `memory_budget_bytes`.
     pub fn new(
         store: Arc<dyn WorkerStore>,
-        config: Arc<Config>,
+        memory_budget_bytes: u64,
         progress: Arc<dyn ProgressSink>,
         credentials: Arc<dyn Credentials>,
     ) -> WorkerContext {
         WorkerContext {
-            settings: CopySettings::from_config(&config),
-            budget: MemoryBudget::new(config.migration.memory_budget_bytes),
+            budget: MemoryBudget::new(memory_budget_bytes),
             store,
-            config,
             progress,
             credentials,
             shared: Arc::default(),
             retry_min_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a job runs with that its wave decides: the configuration, and the
+/// copy settings drawn from it.
+pub struct WaveSettings {
+    pub config: Arc<Config>,
+    pub copy: CopySettings,
+}
+
+impl WaveSettings {
+    pub fn new(config: Config) -> WaveSettings {
+        WaveSettings {
+            copy: CopySettings::from_config(&config),
+            config: Arc::new(config),
         }
     }
 }
@@ -88,12 +101,13 @@ pub enum JobOutcome {
     LeaseLost,
 }
 
-/// Runs `job` under the lease `keeper` holds to its end and records the
-/// outcome, or stops at the next checkpoint when `stop` is cancelled, or at
+/// Runs `job` of a wave with `wave`'s settings under the lease `keeper`
+/// holds to its end and records the outcome, or stops at the next checkpoint when `stop` is cancelled, or at
 /// once when the lease is lost. Returns an error only when the store itself
 /// fails (the job should then be handed back).
 pub async fn run_job(
     ctx: &WorkerContext,
+    wave: &WaveSettings,
     job: &Job,
     keeper: &LeaseKeeper,
     stop: &CancellationToken,
@@ -109,10 +123,10 @@ pub async fn run_job(
     }
     let mailbox = ctx.store.mailbox(job.mailbox).await?;
     let connector = EndpointConnector::new(
-        Arc::clone(&ctx.config),
+        Arc::clone(&wave.config),
         mailbox.clone(),
         ctx.credentials.secrets(&mailbox),
-        WaitLimits::new(&ctx.config.migration, stop.clone()),
+        WaitLimits::new(&wave.config.migration, stop.clone()),
         Arc::clone(&ctx.shared),
     );
     let store = PassStore::new(ctx.store.as_ref(), keeper);
@@ -120,7 +134,7 @@ pub async fn run_job(
         store,
         mailbox: &mailbox,
         pass: job.pass,
-        settings: &ctx.settings,
+        settings: &wave.copy,
         budget: &ctx.budget,
         progress: ctx.progress.as_ref(),
         stop,
@@ -131,7 +145,7 @@ pub async fn run_job(
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(ctx.retry_min_delay)
         .with_max_delay(ctx.retry_max_delay)
-        .with_max_times(ctx.config.migration.max_attempts.saturating_sub(1) as usize)
+        .with_max_times(wave.config.migration.max_attempts.saturating_sub(1) as usize)
         .build()
         .map(|delay| delay.mul_f64(rand::random::<f64>()));
     let started = std::time::Instant::now();
@@ -166,7 +180,7 @@ pub async fn run_job(
         // only extend the penalty.
         let delay = error.retry_after().map_or(delay, |hint| hint.max(delay));
         let waited = Duration::from_millis(total.wait_millis) + delay;
-        if let Some(limit) = ctx
+        if let Some(limit) = wave
             .config
             .migration
             .max_pass_wait_secs

@@ -319,15 +319,18 @@ mod tests {
 
     async fn leased(ttl: Duration) -> (Arc<SqliteStore>, Arc<LeaseKeeper>) {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let wave = store.ensure_wave("w").await.unwrap();
+        let wave = store
+            .ensure_wave("w", &mailwave_common::store::suite::wave_config())
+            .await
+            .unwrap();
         let spec = MailboxSpec {
             source: "a".into(),
             target: "b".into(),
         };
         let id = store.add_mailboxes(wave, &[spec]).await.unwrap()[0].id;
-        store.queue_pass(id).await.unwrap();
+        // A lease of the mailbox's current pass (0: never asked for one).
         let acquired = Instant::now();
-        let lease = store.acquire_lease(id, 1, "w", ttl).await.unwrap().unwrap();
+        let lease = store.acquire_lease(id, 0, "w", ttl).await.unwrap().unwrap();
         let keeper = LeaseKeeper::start(store.clone(), lease, ttl, acquired);
         (store, keeper)
     }
@@ -347,7 +350,7 @@ mod tests {
         tokio::time::sleep(ttl + Duration::from_millis(50)).await;
         let mailbox = keeper.lease().mailbox;
         store
-            .acquire_lease(mailbox, 1, "other", Duration::from_secs(60))
+            .acquire_lease(mailbox, 0, "other", Duration::from_secs(60))
             .await
             .unwrap()
             .expect("expired: another worker takes it");
@@ -362,7 +365,7 @@ mod tests {
         let mailbox = keeper.lease().mailbox;
         // Another process of the same worker name took it again: a new token.
         store
-            .acquire_lease(mailbox, 1, "w", Duration::from_secs(60))
+            .acquire_lease(mailbox, 0, "w", Duration::from_secs(60))
             .await
             .unwrap()
             .unwrap();

@@ -4,11 +4,11 @@
 //! everything that must survive is in the store.
 
 pub mod connector;
+pub mod consumer;
 pub mod credentials;
 pub mod distributed;
 pub mod engine;
 pub mod job;
 pub mod lease;
 pub mod oauth;
-pub mod pool;
 pub mod throttle;

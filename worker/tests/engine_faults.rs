@@ -312,7 +312,10 @@ struct Fixture {
 impl Fixture {
     async fn new() -> Fixture {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
-        let wave = store.ensure_wave("w").await.unwrap();
+        let wave = store
+            .ensure_wave("w", &mailwave_common::store::suite::wave_config())
+            .await
+            .unwrap();
         let spec = MailboxSpec {
             source: "a@source".into(),
             target: "a@target".into(),

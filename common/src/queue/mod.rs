@@ -4,6 +4,7 @@
 //! delivery: a job taken and never acknowledged comes back.
 
 mod memory;
+#[cfg(feature = "rabbitmq")]
 mod rabbitmq;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod suite;
@@ -11,6 +12,7 @@ pub mod suite;
 use async_trait::async_trait;
 
 pub use memory::MemoryQueue;
+#[cfg(feature = "rabbitmq")]
 pub use rabbitmq::{QueueNames, RabbitOptions, RabbitQueue};
 
 use crate::error::{Classify, ErrorClass};

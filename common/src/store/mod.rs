@@ -6,7 +6,9 @@
 //! distributed mode run the same code and pass the same test suite
 //! (`store::suite`).
 
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 #[cfg(any(test, feature = "test-suite"))]
 pub mod suite;
@@ -15,7 +17,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
 use crate::config::Config;
@@ -257,8 +261,10 @@ pub trait LedgerStore: RecordStore {
 /// publishing and the reaper.
 #[async_trait]
 pub trait WaveStore: RecordStore {
-    /// The wave with this name, created if new.
-    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError>;
+    /// The wave with this name, created if new, with `config` as its
+    /// configuration from now on (`mailwave run` stores its run's, whose
+    /// `[migration]` the dispatcher reads).
+    async fn ensure_wave(&self, name: &str, config: &Config) -> Result<WaveId, StoreError>;
 
     /// Adds the mailboxes to the wave; a source already in the wave keeps its
     /// record (and its progress). Returns the records in the order given.
@@ -271,10 +277,12 @@ pub trait WaveStore: RecordStore {
     /// All mailboxes of a wave, by id.
     async fn mailboxes(&self, wave: WaveId) -> Result<Vec<MailboxRecord>, StoreError>;
 
-    /// Asks for the next pass over the mailbox: it becomes `Queued` with its
-    /// pass number raised by one, attempts and last error cleared. Returns
-    /// the new pass number.
-    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError>;
+    /// `mailwave run`'s start, by the one process holding the state file:
+    /// each mailbox is asked for its next pass, which the dispatcher
+    /// publishes ([`WaveStore::next_to_publish`]); one left queued or
+    /// running by an earlier run (interrupted or killed) is taken back first
+    /// (its lease dropped, `Pending`, no job left unpublished).
+    async fn request_passes(&self, mailboxes: &[MailboxId]) -> Result<(), StoreError>;
 
     /// Expired leases whose mailbox is still running that pass, as
     /// `(mailbox, pass, worker)` by mailbox: the jobs the reaper re-queues.
@@ -376,6 +384,7 @@ impl<T: LeaseStore + LedgerStore> WorkerStore for T {}
 /// The reaper's decision for a mailbox whose worker was lost, the same for
 /// every backend: `attempts` of the pass were started, `lost` workers were
 /// lost (this one included).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn reap_decision(
     attempts: i64,
     lost: i64,

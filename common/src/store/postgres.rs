@@ -1092,16 +1092,23 @@ impl LedgerStore for PostgresStore {
 
 #[async_trait]
 impl WaveStore for PostgresStore {
-    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError> {
+    async fn ensure_wave(
+        &self,
+        name: &str,
+        config: &crate::config::Config,
+    ) -> Result<WaveId, StoreError> {
         let client = self.client().await?;
-        // The no-op update makes RETURNING answer for an existing wave too.
         let stmt = client
             .prepare_cached(
-                "INSERT INTO waves (name) VALUES ($1)
-                 ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
+                "INSERT INTO waves (name, config) VALUES ($1, $2::text::jsonb)
+                 ON CONFLICT (name) DO UPDATE SET config = excluded.config RETURNING id",
             )
             .await?;
-        Ok(client.query_one(&stmt, &[&name]).await?.try_get(0)?)
+        let config = WaveConfig::to_stored(config).to_string();
+        Ok(client
+            .query_one(&stmt, &[&name, &config])
+            .await?
+            .try_get(0)?)
     }
 
     async fn add_mailboxes(
@@ -1161,21 +1168,23 @@ impl WaveStore for PostgresStore {
             .collect()
     }
 
-    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "UPDATE mailboxes SET state = 'queued', pass = pass + 1, attempts = 0,
-                     last_error = NULL, stats = '{}', updated_at = now()
-                 WHERE id = $1 RETURNING pass",
-            )
+    async fn request_passes(&self, mailboxes: &[MailboxId]) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("DELETE FROM leases WHERE mailbox = ANY($1)", &[&mailboxes])
             .await?;
-        let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
-            return Err(StoreError::NotFound(format!("mailbox {id}")));
-        };
-        Ok(row.try_get(0)?)
+        tx.execute(
+            "UPDATE mailboxes SET wanted_pass = pass + 1, job_published = true,
+                 state = CASE WHEN state IN ('queued', 'running') THEN 'pending'
+                              ELSE state END,
+                 updated_at = now()
+             WHERE id = ANY($1)",
+            &[&mailboxes],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
-
     async fn expired_leases(&self) -> Result<Vec<(MailboxId, i64, String)>, StoreError> {
         let client = self.client().await?;
         let stmt = client
@@ -1585,7 +1594,10 @@ mod tests {
     async fn a_batch_of_5000_items_is_one_statement_in_one_partition() {
         with_database(|url| async move {
             let store = PostgresStore::connect_and_migrate(&url).await.unwrap();
-            let wave = store.ensure_wave("batch").await.unwrap();
+            let wave = store
+                .ensure_wave("batch", &crate::store::suite::wave_config())
+                .await
+                .unwrap();
             let spec = MailboxSpec {
                 source: "big@x".into(),
                 target: "big@y".into(),

@@ -775,18 +775,16 @@ impl LedgerStore for SqliteStore {
 
 #[async_trait]
 impl WaveStore for SqliteStore {
-    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError> {
+    async fn ensure_wave(&self, name: &str, config: &Config) -> Result<WaveId, StoreError> {
         let name = name.to_owned();
+        let config = WaveConfig::to_stored(config).to_string();
         self.with(move |conn| {
-            conn.execute(
-                "INSERT INTO waves (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
-                [&name],
-            )?;
-            Ok(
-                conn.query_row("SELECT id FROM waves WHERE name = ?1", [&name], |r| {
-                    r.get(0)
-                })?,
-            )
+            Ok(conn.query_row(
+                "INSERT INTO waves (name, config) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET config = excluded.config RETURNING id",
+                params![name, config],
+                |r| r.get(0),
+            )?)
         })
         .await
     }
@@ -830,18 +828,26 @@ impl WaveStore for SqliteStore {
         .await
     }
 
-    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError> {
+    async fn request_passes(&self, mailboxes: &[MailboxId]) -> Result<(), StoreError> {
+        let mailboxes = mailboxes.to_vec();
         self.with(move |conn| {
-            conn.query_row(
-                "UPDATE mailboxes SET state = 'queued', pass = pass + 1, attempts = 0,
-                     last_error = NULL, stats = '{}',
-                     updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
-                 WHERE id = ?1 RETURNING pass",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("mailbox {id}")))
+            let tx = write_tx(conn)?;
+            {
+                let mut drop_lease = tx.prepare_cached("DELETE FROM leases WHERE mailbox = ?1")?;
+                let mut request = tx.prepare_cached(
+                    "UPDATE mailboxes SET wanted_pass = pass + 1, job_published = 1,
+                         state = CASE WHEN state IN ('queued', 'running') THEN 'pending'
+                                      ELSE state END,
+                         updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+                     WHERE id = ?1",
+                )?;
+                for id in mailboxes {
+                    drop_lease.execute([id])?;
+                    request.execute([id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
         })
         .await
     }
@@ -1174,10 +1180,19 @@ mod tests {
         let path = dir.path().join("state.db");
         let wave = {
             let store = SqliteStore::open(&path).unwrap();
-            store.ensure_wave("w").await.unwrap()
+            store
+                .ensure_wave("w", &crate::store::suite::wave_config())
+                .await
+                .unwrap()
         };
         let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(store.ensure_wave("w").await.unwrap(), wave);
+        assert_eq!(
+            store
+                .ensure_wave("w", &crate::store::suite::wave_config())
+                .await
+                .unwrap(),
+            wave
+        );
     }
 
     #[tokio::test]
@@ -1187,7 +1202,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         let store = SqliteStore::open(&path).unwrap();
-        store.ensure_wave("w").await.unwrap();
+        store
+            .ensure_wave("w", &crate::store::suite::wave_config())
+            .await
+            .unwrap();
         for file in ["state.db", "state.db-wal", "state.db-shm"] {
             let mode = std::fs::metadata(dir.path().join(file))
                 .unwrap()

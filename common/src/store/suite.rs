@@ -21,6 +21,7 @@ pub type Check = for<'a> fn(&'a dyn Store) -> futures::future::BoxFuture<'a, ()>
 /// Defines one `#[tokio::test]` per check of the suite, each calling
 /// `$runner(check).await` (an `async fn(Check)` that runs the check on a
 /// fresh, empty store of the backend).
+#[cfg(test)]
 macro_rules! store_suite {
     ($runner:path) => {
         $crate::store::suite::store_suite!(
@@ -36,6 +37,7 @@ macro_rules! store_suite {
             retargeting_after_the_target_folder_changed,
             wave_states_and_publishing,
             final_pass_completes_the_wave,
+            a_later_run_takes_back_what_an_earlier_one_left,
             passes_with_errors_are_counted_apart,
             reaping_expired_leases,
             handing_back
@@ -50,6 +52,7 @@ macro_rules! store_suite {
         )*
     };
 }
+#[cfg(test)]
 pub(crate) use store_suite;
 
 const LONG: Duration = Duration::from_secs(600);
@@ -62,6 +65,32 @@ async fn lease(store: &dyn Store, mailbox: MailboxId, pass: i64, worker: &str) -
         .await
         .unwrap()
         .unwrap_or_else(|| panic!("the lease of mailbox {mailbox} is taken"))
+}
+
+/// `mailwave run`'s way to the mailbox's next pass: asked for
+/// ([`Store::request_passes`]), then marked and confirmed as the dispatcher
+/// does in a running wave. The new pass number.
+async fn queue_pass(store: &dyn Store, mailbox: MailboxId) -> i64 {
+    let record = store.mailbox(mailbox).await.unwrap();
+    store
+        .transition_wave(
+            record.wave,
+            &[WaveState::Created, WaveState::Running],
+            Some(WaveState::Running),
+            WaveAction::None,
+        )
+        .await
+        .unwrap();
+    store.request_passes(&[mailbox]).await.unwrap();
+    let job = Job {
+        wave: record.wave,
+        mailbox,
+        pass: record.pass + 1,
+    };
+    let jobs = [job];
+    assert_eq!(store.mark_published(&jobs).await.unwrap(), jobs);
+    store.confirm_published(&jobs).await.unwrap();
+    jobs[0].pass
 }
 
 fn spec(source: &str) -> MailboxSpec {
@@ -103,7 +132,7 @@ fn checkpoint(mailbox: i64, folder: &str, validity: u32, hwm: u32) -> FolderChec
 }
 
 /// A wave's configuration for the checks: Maildir to Maildir.
-fn wave_config() -> Config {
+pub fn wave_config() -> Config {
     Config::from_remote_toml_str(
         "[source]\nkind = \"maildir\"\npath = \"/srv/old/{mailbox}\"\n\
          [target]\nkind = \"maildir\"\npath = \"/srv/new/{mailbox}\"\n",
@@ -112,9 +141,12 @@ fn wave_config() -> Config {
 }
 
 pub async fn waves_and_mailboxes(store: &dyn Store) {
-    let wave = store.ensure_wave("suite-a").await.unwrap();
-    assert_eq!(store.ensure_wave("suite-a").await.unwrap(), wave);
-    let other = store.ensure_wave("suite-b").await.unwrap();
+    let wave = store.ensure_wave("suite-a", &wave_config()).await.unwrap();
+    assert_eq!(
+        store.ensure_wave("suite-a", &wave_config()).await.unwrap(),
+        wave
+    );
+    let other = store.ensure_wave("suite-b", &wave_config()).await.unwrap();
     assert_ne!(wave, other);
 
     let added = store
@@ -142,16 +174,20 @@ pub async fn waves_and_mailboxes(store: &dyn Store) {
 }
 
 pub async fn pass_lifecycle(store: &dyn Store) {
-    let wave = store.ensure_wave("suite-pass").await.unwrap();
+    let wave = store
+        .ensure_wave("suite-pass", &wave_config())
+        .await
+        .unwrap();
     let id = store.add_mailboxes(wave, &[spec("p@x")]).await.unwrap()[0].id;
-    let first = lease(store, id, 1, "w").await;
+    let early = lease(store, id, 1, "w").await;
 
     assert!(
-        !store.start_pass(&first).await.unwrap(),
+        !store.start_pass(&early).await.unwrap(),
         "not queued yet: a job for it is stale"
     );
-    assert_eq!(store.queue_pass(id).await.unwrap(), 1);
+    assert_eq!(queue_pass(store, id).await, 1);
     assert_eq!(store.mailbox(id).await.unwrap().state, MailboxState::Queued);
+    let first = lease(store, id, 1, "w").await;
     assert!(store.start_pass(&first).await.unwrap());
     assert!(
         store.start_pass(&first).await.unwrap(),
@@ -181,16 +217,22 @@ pub async fn pass_lifecycle(store: &dyn Store) {
         "a completed pass is not started again"
     );
 
-    assert_eq!(store.queue_pass(id).await.unwrap(), 2);
+    assert_eq!(queue_pass(store, id).await, 2);
     let failed = PassOutcome {
         state: MailboxState::Failed,
         error: Some("authentication failed".into()),
         stats: PassStats::default(),
     };
-    // A late report of the old pass must not overwrite the new one.
-    store.finish_pass(&first, &failed).await.unwrap();
+    // Asking for the next pass took the old lease back; a late report of
+    // the old pass, even under a live lease, must not overwrite the new one.
+    assert!(matches!(
+        store.finish_pass(&first, &failed).await,
+        Err(StoreError::LeaseLost { .. })
+    ));
+    let late = lease(store, id, 1, "w").await;
+    store.finish_pass(&late, &failed).await.unwrap();
     assert_eq!(store.mailbox(id).await.unwrap().state, MailboxState::Queued);
-    store.release_lease(&first).await.unwrap();
+    store.release_lease(&late).await.unwrap();
     let second = lease(store, id, 2, "w").await;
     store.finish_pass(&second, &failed).await.unwrap();
     let record = store.mailbox(id).await.unwrap();
@@ -200,7 +242,10 @@ pub async fn pass_lifecycle(store: &dyn Store) {
 }
 
 pub async fn checkpoints_and_ledger(store: &dyn Store) {
-    let wave = store.ensure_wave("suite-ledger").await.unwrap();
+    let wave = store
+        .ensure_wave("suite-ledger", &wave_config())
+        .await
+        .unwrap();
     let id = store.add_mailboxes(wave, &[spec("l@x")]).await.unwrap()[0].id;
     let l = lease(store, id, 1, "w").await;
     assert!(store.checkpoints(id).await.unwrap().is_empty());
@@ -280,7 +325,10 @@ pub async fn checkpoints_and_ledger(store: &dyn Store) {
 }
 
 pub async fn rekey_after_validity_change(store: &dyn Store) {
-    let wave = store.ensure_wave("suite-rekey").await.unwrap();
+    let wave = store
+        .ensure_wave("suite-rekey", &wave_config())
+        .await
+        .unwrap();
     let id = store.add_mailboxes(wave, &[spec("r@x")]).await.unwrap()[0].id;
     let l = lease(store, id, 1, "w").await;
     let old: Vec<_> = (1..=3).map(|uid| entry(id, "F", 1, uid)).collect();
@@ -316,7 +364,10 @@ pub async fn rekey_after_validity_change(store: &dyn Store) {
 }
 
 pub async fn failures_are_upserted(store: &dyn Store) {
-    let wave = store.ensure_wave("suite-failures").await.unwrap();
+    let wave = store
+        .ensure_wave("suite-failures", &wave_config())
+        .await
+        .unwrap();
     let id = store.add_mailboxes(wave, &[spec("f@x")]).await.unwrap()[0].id;
     let l = lease(store, id, 1, "w").await;
     let mut failure = ItemFailure {
@@ -367,7 +418,10 @@ pub async fn failures_are_upserted(store: &dyn Store) {
 }
 
 pub async fn leases(store: &dyn Store) {
-    let wave = store.ensure_wave("suite-leases").await.unwrap();
+    let wave = store
+        .ensure_wave("suite-leases", &wave_config())
+        .await
+        .unwrap();
     let ids: Vec<_> = store
         .add_mailboxes(
             wave,
@@ -382,7 +436,7 @@ pub async fn leases(store: &dyn Store) {
         panic!("four mailboxes expected, got {ids:?}")
     };
     for &id in &ids {
-        assert_eq!(store.queue_pass(id).await.unwrap(), 1);
+        assert_eq!(queue_pass(store, id).await, 1);
     }
 
     // A live lease belongs to one worker; its holder may take it again (a
@@ -432,7 +486,7 @@ pub async fn leases(store: &dyn Store) {
 
     // A newer pass supersedes the lease of the old one: its holder must stop.
     let old_pass = lease(store, m4, 1, "w4").await;
-    assert_eq!(store.queue_pass(m4).await.unwrap(), 2);
+    assert_eq!(queue_pass(store, m4).await, 2);
     assert!(!store.renew_lease(&old_pass, LONG).await.unwrap());
 
     // Only expired leases of mailboxes still running that pass are listed.
@@ -479,9 +533,12 @@ pub async fn leases(store: &dyn Store) {
 /// no longer the mailbox's: the worker that lost it was frozen past its TTL
 /// and another one took the mailbox.
 pub async fn fencing(store: &dyn Store) {
-    let wave = store.ensure_wave("suite-fencing").await.unwrap();
+    let wave = store
+        .ensure_wave("suite-fencing", &wave_config())
+        .await
+        .unwrap();
     let id = store.add_mailboxes(wave, &[spec("fence@x")]).await.unwrap()[0].id;
-    assert_eq!(store.queue_pass(id).await.unwrap(), 1);
+    assert_eq!(queue_pass(store, id).await, 1);
     let frozen = store
         .acquire_lease(id, 1, "a", TINY)
         .await
@@ -566,7 +623,10 @@ pub async fn fencing(store: &dyn Store) {
 /// The write-ahead of a batch: replaced by the next batch's, forgotten when
 /// the batch commits, per folder.
 pub async fn intents(store: &dyn Store) {
-    let wave = store.ensure_wave("suite-intents").await.unwrap();
+    let wave = store
+        .ensure_wave("suite-intents", &wave_config())
+        .await
+        .unwrap();
     let id = store.add_mailboxes(wave, &[spec("i@x")]).await.unwrap()[0].id;
     let l = lease(store, id, 1, "w").await;
     let unsent = |uid| LedgerEntry {
@@ -618,7 +678,10 @@ pub async fn intents(store: &dyn Store) {
 /// The target folder was re-created: the copies' ids are replaced (or
 /// cleared) with the checkpoint, atomically.
 pub async fn retargeting_after_the_target_folder_changed(store: &dyn Store) {
-    let wave = store.ensure_wave("suite-retarget").await.unwrap();
+    let wave = store
+        .ensure_wave("suite-retarget", &wave_config())
+        .await
+        .unwrap();
     let id = store.add_mailboxes(wave, &[spec("t@x")]).await.unwrap()[0].id;
     let l = lease(store, id, 1, "w").await;
     let copied: Vec<_> = (1..=3).map(|uid| entry(id, "INBOX", 5, uid)).collect();
@@ -667,7 +730,7 @@ pub async fn passes_with_errors_are_counted_apart(store: &dyn Store) {
         .iter()
         .zip([MailboxState::Completed, MailboxState::CompletedWithErrors])
     {
-        store.queue_pass(*id).await.unwrap();
+        queue_pass(store, *id).await;
         let l = lease(store, *id, 1, "w").await;
         assert!(store.start_pass(&l).await.unwrap());
         let outcome = PassOutcome {
@@ -1267,4 +1330,57 @@ pub async fn rows_before_cursors_read_back(store: &dyn Store) {
         ]
     );
     assert_eq!(failures[0].reason, "folder Bad: impossible in the target");
+}
+
+/// `mailwave run` after one that was killed: the mailboxes it left queued
+/// (job lost with the process) or running (lease not expired) are taken
+/// back and their next pass is published like any other; a mailbox not
+/// asked for is left alone.
+pub async fn a_later_run_takes_back_what_an_earlier_one_left(store: &dyn Store) {
+    let wave = store
+        .ensure_wave("suite-take-back", &wave_config())
+        .await
+        .unwrap();
+    let ids: Vec<_> = store
+        .add_mailboxes(wave, &[spec("t1@x"), spec("t2@x"), spec("t3@x")])
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    let [queued, running, other] = ids[..] else {
+        panic!("three mailboxes expected, got {ids:?}")
+    };
+    for &id in &ids {
+        assert_eq!(queue_pass(store, id).await, 1);
+    }
+    let held = lease(store, running, 1, "mailwave-run").await;
+    assert!(store.start_pass(&held).await.unwrap());
+    let other_lease = lease(store, other, 1, "mailwave-run").await;
+
+    store.request_passes(&[queued, running]).await.unwrap();
+    assert!(
+        !store.renew_lease(&held, LONG).await.unwrap(),
+        "the earlier run's lease is gone"
+    );
+    assert!(store.unpublished_jobs(wave).await.unwrap().is_empty());
+    let next = store.next_to_publish(wave, 10).await.unwrap();
+    let expected: Vec<_> = [queued, running]
+        .map(|mailbox| Job {
+            wave,
+            mailbox,
+            pass: 2,
+        })
+        .into();
+    assert_eq!(next, expected);
+    assert_eq!(store.mark_published(&next).await.unwrap(), next);
+    for id in [queued, running] {
+        let record = store.mailbox(id).await.unwrap();
+        assert_eq!((record.state, record.pass), (MailboxState::Queued, 2));
+    }
+    assert!(store.renew_lease(&other_lease, LONG).await.unwrap());
+    assert_eq!(
+        store.mailbox(other).await.unwrap().state,
+        MailboxState::Queued
+    );
 }

@@ -191,9 +191,43 @@ async fn coordinator(command: CoordinatorCommand) -> anyhow::Result<()> {
         }
         CoordinatorCommand::Serve { settings } => {
             let settings = CoordinatorSettings::load(&settings)?;
-            mailwave_coordinator::serve::serve(settings).await
+            serve_coordinator(settings).await
         }
     }
+}
+
+/// `mailwave coordinator serve`: checks the settings, connects, migrates the
+/// schema (under the store's advisory lock), then serves until SIGTERM or
+/// SIGINT.
+async fn serve_coordinator(
+    settings: mailwave_coordinator::settings::CoordinatorSettings,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use mailwave_coordinator::serve;
+    // A missing token or certificate is found before anything is connected.
+    serve::preflight(&settings)?;
+    let store =
+        mailwave_cli::postgres(&settings.database_url, settings.database_ca_file.as_deref())
+            .await?;
+    store.migrate().await.context("migrating the schema")?;
+    let queue = mailwave_cli::rabbitmq(
+        &settings.amqp_url,
+        &settings.queue_prefix,
+        settings.amqp_ca_file.as_deref(),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("listening on {}", settings.listen))?;
+    let shutdown = mailwave_common::shutdown::shutdown_signal();
+    serve::run(
+        settings,
+        std::sync::Arc::new(store),
+        queue,
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 /// The API token: `--token-file`, else `MAILWAVE_TOKEN`.

@@ -924,17 +924,34 @@ async fn servers_with_minimal_capabilities_are_copied_exactly() {
         "[migration]\nbatch_messages = 15\n",
     );
 
+    // Killed mid-way for certain: still running with a part committed.
     let mut child = migration.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while migration.ledger_rows() < 120 && Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
+    while migration.ledger_rows() < 120 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the run never committed 120 items"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    migration.run_ok().unwrap();
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "ended by the kill, not by itself");
+    let total: u64 = (0..users.len())
+        .map(|i| spec.for_user(i).generate().messages.len() as u64)
+        .sum();
+    let killed_at = migration.ledger_rows();
+    assert!(killed_at < total, "killed at {killed_at} of {total} items");
+    let resumed = migration.run_ok().unwrap();
+    assert!(
+        resumed.total("items_copied") > 0,
+        "the run after the kill copies the rest: {}",
+        resumed.stdout
+    );
     assert_exact(&source, &target, &users).await;
 
     // Without CONDSTORE, flag changes are found by comparing every flag

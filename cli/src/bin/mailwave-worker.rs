@@ -1,6 +1,7 @@
 //! `mailwave-worker`: the data-plane process. `serve` is the worker of
-//! distributed mode (see `distributed`); `check` is the preflight check that
-//! migration engineers run before a wave.
+//! distributed mode (`mailwave_worker::distributed`) on PostgreSQL and
+//! RabbitMQ; `check` is the preflight check that migration engineers run
+//! before a wave.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,16 +52,13 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,mailwave_worker::distributed=info".into()),
+                .unwrap_or_else(|_| "warn,mailwave_worker::consumer=info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match Cli::parse().command {
-        Command::Serve { settings } => match WorkerSettings::load(&settings) {
-            Ok(settings) => distributed::serve(settings).await,
-            Err(error) => Err(error),
-        },
+        Command::Serve { settings } => serve(&settings).await,
         Command::Check {
             config,
             source,
@@ -74,6 +72,21 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Connects to PostgreSQL and RabbitMQ and serves jobs until SIGTERM/SIGINT.
+async fn serve(settings: &std::path::Path) -> anyhow::Result<()> {
+    let settings = WorkerSettings::load(settings)?;
+    let store =
+        mailwave_cli::store(&settings.database_url, settings.database_ca_file.as_deref()).await?;
+    let queue = mailwave_cli::rabbitmq(
+        &settings.amqp_url,
+        &settings.queue_prefix,
+        settings.amqp_ca_file.as_deref(),
+    )
+    .await?;
+    let shutdown = mailwave_common::shutdown::shutdown_signal();
+    distributed::run(settings, store, queue, shutdown).await
 }
 
 async fn check(

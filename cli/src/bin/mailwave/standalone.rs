@@ -1,6 +1,7 @@
-//! `mailwave run`: the coordinator and a pool of workers in one process,
-//! wired to the embedded SQLite store and the in-process queue. The same
-//! planning, job and engine code as distributed mode, not a second path.
+//! `mailwave run`: the coordinator's dispatcher and the worker's job
+//! consumer in one process, wired to the embedded SQLite store and the
+//! in-process queue. The same publishing, leasing, job and engine code as
+//! distributed mode, not a second path.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -13,15 +14,27 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mailwave_common::config::Config;
 use mailwave_common::mailboxes::{MailboxSecrets, parse_mailbox_csv};
 use mailwave_common::model::{MailboxId, MailboxRecord, MailboxState};
-use mailwave_common::queue::MemoryQueue;
+use mailwave_common::queue::{JobQueue, MemoryQueue};
 use mailwave_common::store::{SqliteStore, Store};
+use mailwave_coordinator::dispatcher;
 use mailwave_coordinator::report::{WaveReport, human_bytes};
-use mailwave_coordinator::wave::{pass_records, plan_pass};
+use mailwave_coordinator::wave::{pass_records, request_pass};
+use mailwave_worker::consumer::{self, ConsumerSettings, WaveConfigs};
 use mailwave_worker::engine::ProgressSink;
-use mailwave_worker::job::{Credentials, WorkerContext};
+use mailwave_worker::job::{Credentials, WaveSettings, WorkerContext};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::RunArgs;
+
+/// The name `mailwave run` leases mailboxes under: one process at a time
+/// holds the state file, and it takes back what an earlier run left
+/// ([`Store::request_passes`]).
+const WORKER: &str = "mailwave-run";
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How often the dispatcher looks for jobs to publish besides when a job
+/// ends.
+const DISPATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Per-user passwords from the CSV, held in memory for this run only.
 struct CsvCredentials(HashMap<String, MailboxSecrets>);
@@ -73,7 +86,7 @@ fn lock_state_file(state: &std::path::Path) -> anyhow::Result<std::fs::File> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = Arc::new(Config::load(&args.config)?);
+    let config = Config::load(&args.config)?;
     let csv = std::fs::File::open(&args.mailboxes)
         .with_context(|| format!("opening {}", args.mailboxes.display()))?;
     let list = parse_mailbox_csv(csv)?;
@@ -94,8 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let queue = Arc::new(MemoryQueue::new());
     let specs: Vec<_> = list.rows.iter().map(|r| r.spec.clone()).collect();
-    let planned = plan_pass(store.as_ref(), queue.as_ref(), &wave_name, &specs).await?;
-    queue.close();
+    let planned = request_pass(store.as_ref(), &wave_name, &config, &specs).await?;
 
     let credentials = CsvCredentials(
         list.rows
@@ -106,7 +118,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let counters = Arc::new(Counters::default());
     let ctx = Arc::new(WorkerContext::new(
         store.clone(),
-        Arc::clone(&config),
+        config.migration.memory_budget_bytes,
         counters.clone(),
         Arc::new(credentials),
     ));
@@ -123,11 +135,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    let workers = tokio::spawn(mailwave_worker::pool::serve(
-        queue,
+    // The dispatcher publishes within the wave's `max_concurrent_mailboxes`,
+    // again whenever a job ends.
+    let job_ended = Arc::new(Notify::new());
+    let (quit, quitting) = watch::channel(false);
+    let dispatcher = tokio::spawn(dispatcher::run(
+        store.clone(),
+        Arc::clone(&queue) as Arc<dyn JobQueue>,
+        DISPATCH_INTERVAL,
+        Arc::clone(&job_ended),
+        quitting,
+    ));
+    let settings = ConsumerSettings {
+        worker_id: WORKER.into(),
+        lease_ttl: LEASE_TTL,
+        concurrency: config.migration.max_concurrent_mailboxes,
+        grace: None,
+        job_ended: Some(job_ended),
+    };
+    let workers = tokio::spawn(consumer::serve(
         ctx,
-        config.migration.max_concurrent_mailboxes,
-        stop.clone(),
+        WaveConfigs::Run(Arc::new(WaveSettings::new(config))),
+        settings,
+        Arc::clone(&queue) as Arc<dyn JobQueue>,
+        stop.clone().cancelled_owned(),
     ));
 
     let bar = ProgressBar::new(planned.jobs.len() as u64);
@@ -140,7 +171,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let records = loop {
         let records = pass_records(store.as_ref(), &planned).await?;
         let count = |state| records.iter().filter(|r| r.state == state).count();
-        let done = records.iter().filter(|r| r.state.is_terminal()).count();
+        let done = planned.ended(&records);
         bar.set_position(done as u64);
         bar.set_message(format!(
             "running {}, failed {} | {} items, {}",
@@ -155,7 +186,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     bar.finish_and_clear();
-    workers.await.context("worker pool")??;
+    let _ = quit.send(true);
+    dispatcher.await.context("dispatcher")?;
+    queue.close();
+    workers.await.context("job consumer")??;
 
     if stop.is_cancelled() {
         eprintln!(

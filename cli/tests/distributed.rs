@@ -238,7 +238,7 @@ impl Cluster {
             .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
-                "warn,mailwave_worker::distributed=info,mailwave_coordinator=info",
+                "warn,mailwave_worker::consumer=info,mailwave_coordinator=info",
             )
             .stdout(Stdio::null())
             .stderr(log)
