@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::connector::graph::mail::GraphMimeSource;
 use crate::connector::graph::{GraphExportSource, GraphImportTarget};
 use crate::connector::maildir::Maildir;
+use crate::connector::throttle::{MailboxThrottle, ThrottleSettings, WaitLimits};
 use crate::connector::{ConnectorError, MailSource, MailTarget, Shared, imap};
 use crate::engine::{CopySettings, MailboxConnector, MailboxPass, MemoryBudget, ProgressSink};
 use crate::lease::{LeaseKeeper, PassStore};
-use crate::throttle::{MailboxThrottle, ThrottleSettings, WaitLimits};
 
 /// Where a worker finds per-mailbox passwords (never in the job, never in
 /// the state store).

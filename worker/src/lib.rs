@@ -8,6 +8,4 @@ pub mod distributed;
 pub mod engine;
 pub mod job;
 pub mod lease;
-pub mod oauth;
 pub mod pool;
-pub mod throttle;

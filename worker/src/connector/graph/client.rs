@@ -13,8 +13,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::connector::throttle::{MailboxThrottle, WaitError, next_backoff};
 use crate::connector::{ConnectorError, Shared};
-use crate::throttle::{MailboxThrottle, WaitError, next_backoff};
 
 /// Attempts of one request before its failure reaches the engine (which
 /// then retries the whole mailbox from its checkpoints).
@@ -115,7 +115,7 @@ pub enum Body<'a> {
     None,
     Json(&'a Value),
     /// JSON carrying item data to the server: paced by the mailbox's
-    /// upload rate (see [`crate::throttle`]).
+    /// upload rate (see [`crate::connector::throttle`]).
     Upload(&'a Value),
 }
 
@@ -228,7 +228,7 @@ impl GraphClient {
     /// counts as a transient failure; `limit` bounds the bytes of a
     /// successful answer that are read. A throttle whose hint is over the
     /// limit fails the mailbox at once, quoting the server; a stop ends
-    /// every wait (see [`crate::throttle::WaitLimits`]).
+    /// every wait (see [`crate::connector::throttle::WaitLimits`]).
     async fn send<T>(
         &self,
         method: Method,
@@ -326,8 +326,8 @@ impl GraphClient {
     }
 }
 
-impl From<crate::oauth::TokenError> for GraphError {
-    fn from(error: crate::oauth::TokenError) -> Self {
+impl From<crate::connector::oauth::TokenError> for GraphError {
+    fn from(error: crate::connector::oauth::TokenError) -> Self {
         GraphError::local(error.class(), error.to_string())
     }
 }

@@ -81,12 +81,12 @@ use mailwave_common::model::FolderCheckpoint;
 use serde_json::{Value, json};
 
 use self::client::GraphClient;
+use crate::connector::throttle::{EndpointThrottle, ThrottleSettings, WaitLimits};
 use crate::connector::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
     ItemMeta, MailSource, MailTarget, Message, Outgoing, Shared, SourceFolder, SpecialUse,
     TargetFolder, TargetItem, TargetMark,
 };
-use crate::throttle::{EndpointThrottle, ThrottleSettings, WaitLimits};
 
 /// Most item ids `exportItems` takes at once.
 const EXPORT_BATCH: usize = 20;

@@ -21,8 +21,8 @@ use super::{
     MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
     TargetMark,
 };
-use crate::oauth::TokenCache;
-use crate::throttle::MailboxThrottle;
+use crate::connector::oauth::TokenCache;
+use crate::connector::throttle::MailboxThrottle;
 use mailwave_common::ErrorClass;
 use mailwave_common::model::FolderCheckpoint;
 
@@ -229,7 +229,7 @@ enum OAuth2Token {
     External(String),
     /// Fetched with the endpoint's client credentials (`oauth2` table),
     /// shared by every connection of the process.
-    ClientCredentials(crate::oauth::AccessToken),
+    ClientCredentials(crate::connector::oauth::AccessToken),
 }
 
 impl OAuth2Token {
