@@ -45,9 +45,9 @@ use mailwave_common::model::{Job, Lease, MailboxState, PassStats};
 use mailwave_common::queue::{
     Delivery, JobQueue, QueueError, QueueNames, RabbitOptions, RabbitQueue,
 };
+use mailwave_common::retry::{Budgets, TokioSleep};
 use mailwave_common::shutdown::shutdown_signal;
 use mailwave_common::store::{PassOutcome, PostgresStore, Store, StoreError};
-use mailwave_common::{Classify, ErrorClass};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -332,7 +332,7 @@ impl Worker {
                     // The queue reconnects on its own; try again shortly.
                     tracing::warn!(%error, "taking a job failed; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = tokio::time::sleep(Budgets::default().queue.delay(0)) => continue,
                         () = self.jobs_stop.cancelled() => return Ok(()),
                     }
                 }
@@ -378,27 +378,25 @@ impl Worker {
 
     /// Takes the lease, retrying while the store is unavailable.
     async fn claim(&self, job: &Job) -> Claim {
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = Budgets::default().lease_claim.start();
         loop {
-            match self
+            let error = match self
                 .store
                 .acquire_lease(job.mailbox, job.pass, &self.id, self.ttl)
                 .await
             {
                 Ok(Some(lease)) => return Claim::Ours(lease),
                 Ok(None) => return Claim::Another,
-                Err(error) if error.class() != ErrorClass::Transient => {
-                    return Claim::Impossible(error);
-                }
-                Err(error) => {
-                    tracing::warn!(?job, %error, "taking the lease failed; retrying");
-                }
-            }
+                Err(error) => error,
+            };
+            let Ok(delay) = backoff.next(&error) else {
+                return Claim::Impossible(error);
+            };
+            tracing::warn!(?job, %error, ?delay, "taking the lease failed; retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = self.jobs_stop.cancelled() => return Claim::ShuttingDown,
             }
-            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -469,8 +467,7 @@ impl Worker {
             progress: Arc::new(NoProgress),
             credentials: Arc::new(EndpointCredentialsOnly),
             shared: Arc::clone(&self.shared),
-            retry_min_delay: Duration::from_secs(1),
-            retry_max_delay: Duration::from_secs(60),
+            sleep: Arc::new(TokioSleep),
         };
         run_job(&ctx, job, keeper, stop).await
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailwave_common::queue::{Delivery, JobQueue, QueueError};
-
+use mailwave_common::retry::Budgets;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobOutcome, WorkerContext, run_job};
@@ -72,7 +72,7 @@ async fn take(
                 "could not lease the mailbox; trying again shortly"
             );
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(Budgets::default().queue.delay(0)) => {}
                 () = stop.cancelled() => {}
             }
             return delivery.requeue().await;

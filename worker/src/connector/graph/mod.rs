@@ -661,7 +661,7 @@ async fn import_one(
     data: Bytes,
 ) -> Result<Option<String>, client::GraphError> {
     let body = json!({ "FolderId": folder, "Mode": "create", "Data": BASE64.encode(data) });
-    let answer = client.post_preauthenticated(url, &body).await?;
+    let answer = client.import(url, &body).await?;
     Ok(answer["itemId"].as_str().map(str::to_owned))
 }
 
