@@ -143,6 +143,35 @@ async fn import_sessions_are_renewed_before_they_expire() {
     assert_exact(&emu, users);
 }
 
+/// Issue 8, point 3: a target that stores an item and then fails the
+/// import's answer (`503`) gets no second import of it from the request's
+/// retries: the failure restarts the pass (one retry, counted), whose
+/// in-doubt path finds the stored item. Every item is in the target once,
+/// and the target was asked to import each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_import_stored_then_answered_503_is_never_sent_again() {
+    let users = 1;
+    let emu = emulator(users, 3).await;
+    emu.set_faults(Faults {
+        lost_import_answers: 1,
+        ..Faults::default()
+    });
+    let migration = migration(&emu, users);
+    let result = migration.run_ok().unwrap();
+    assert_eq!(emu.faults().lost_import_answers, 0, "an answer was lost");
+    assert_exact(&emu, users);
+    let items = (FOLDERS_WITH_ITEMS * 3) as u64;
+    let imports = emu.stats(&target_user(1)).unwrap().imports;
+    assert_eq!(imports, items, "one import per item:\n{}", result.stdout);
+    let user = source_user(1);
+    assert_eq!(result.stat(&user, "retries"), 1, "{}", result.stdout);
+    assert!(
+        result.stat(&user, "items_recovered") >= 1,
+        "{}",
+        result.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn throttling_and_server_errors_still_give_an_exact_copy() {
     let users = 2;
