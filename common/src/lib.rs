@@ -11,5 +11,6 @@ pub mod retry;
 pub mod shutdown;
 pub mod store;
 pub mod text;
+pub mod wave_config;
 
 pub use error::{Classify, ErrorClass};

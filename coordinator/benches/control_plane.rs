@@ -118,7 +118,6 @@ async fn bench(n: usize, db: String, names: QueueNames) -> anyhow::Result<()> {
         token_env: None,
         token_file: Some(token_file),
         reaper_interval_secs: 60,
-        lease_ttl_secs: 600,
         dispatch_interval_ms: 1000,
         header_timeout_secs: 10,
         request_timeout_secs: 60,
