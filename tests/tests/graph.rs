@@ -408,6 +408,34 @@ fn failure_reasons(
         .collect()
 }
 
+/// Issue 8, point 3: item failures are not retries. A message whose MIME
+/// the source refuses (`400 ErrorCorruptData`) is recorded as the item's
+/// failure; neither the mailbox nor the source's scheduler counts a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_item_the_source_refuses_is_not_a_retry() {
+    let emu = emulator(1, 2).await;
+    let user = source_user(1);
+    let refused = emu
+        .add_item(&user, &ItemSeed::message("Inbox", &mime(1, "refused", 1)))
+        .unwrap();
+    let corrupt = ItemFault::new(400, "ErrorCorruptData", "The item is corrupt.");
+    emu.fail_item(&user, &refused, corrupt).unwrap();
+    let result = backup(&emu, 1).run().unwrap();
+    let mailbox = result.mailbox(&user);
+    assert_eq!(mailbox["state"], "completed_with_errors", "{result:#?}");
+    assert_eq!(failure_reasons(&result, &user).len(), 1, "{result:#?}");
+    assert_eq!(result.stat(&user, "retries"), 0, "{}", result.stdout);
+    let endpoints = result.report["endpoints"].as_object().expect("endpoints");
+    assert!(!endpoints.is_empty());
+    for (endpoint, counters) in endpoints {
+        assert_eq!(
+            counters["retries"],
+            serde_json::json!({}),
+            "{endpoint}: {counters}"
+        );
+    }
+}
+
 /// Issue 7, case 9: `exportItems` entries that carry an `error` are never
 /// dropped. A passing condition (`ErrorMailboxStoreUnavailable`) fails the
 /// pass, so that the folder's delta link does not move past the item and a
