@@ -143,6 +143,35 @@ async fn import_sessions_are_renewed_before_they_expire() {
     assert_exact(&emu, users);
 }
 
+/// Issue 8, point 3: a target that stores an item and then fails the
+/// import's answer (`503`) gets no second import of it from the request's
+/// retries: the failure restarts the pass (one retry, counted), whose
+/// in-doubt path finds the stored item. Every item is in the target once,
+/// and the target was asked to import each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_import_stored_then_answered_503_is_never_sent_again() {
+    let users = 1;
+    let emu = emulator(users, 3).await;
+    emu.set_faults(Faults {
+        lost_import_answers: 1,
+        ..Faults::default()
+    });
+    let migration = migration(&emu, users);
+    let result = migration.run_ok().unwrap();
+    assert_eq!(emu.faults().lost_import_answers, 0, "an answer was lost");
+    assert_exact(&emu, users);
+    let items = (FOLDERS_WITH_ITEMS * 3) as u64;
+    let imports = emu.stats(&target_user(1)).unwrap().imports;
+    assert_eq!(imports, items, "one import per item:\n{}", result.stdout);
+    let user = source_user(1);
+    assert_eq!(result.stat(&user, "retries"), 1, "{}", result.stdout);
+    assert!(
+        result.stat(&user, "items_recovered") >= 1,
+        "{}",
+        result.stdout
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn throttling_and_server_errors_still_give_an_exact_copy() {
     let users = 2;
@@ -377,6 +406,34 @@ fn failure_reasons(
             (text("item"), text("reason"))
         })
         .collect()
+}
+
+/// Issue 8, point 3: item failures are not retries. A message whose MIME
+/// the source refuses (`400 ErrorCorruptData`) is recorded as the item's
+/// failure; neither the mailbox nor the source's scheduler counts a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_item_the_source_refuses_is_not_a_retry() {
+    let emu = emulator(1, 2).await;
+    let user = source_user(1);
+    let refused = emu
+        .add_item(&user, &ItemSeed::message("Inbox", &mime(1, "refused", 1)))
+        .unwrap();
+    let corrupt = ItemFault::new(400, "ErrorCorruptData", "The item is corrupt.");
+    emu.fail_item(&user, &refused, corrupt).unwrap();
+    let result = backup(&emu, 1).run().unwrap();
+    let mailbox = result.mailbox(&user);
+    assert_eq!(mailbox["state"], "completed_with_errors", "{result:#?}");
+    assert_eq!(failure_reasons(&result, &user).len(), 1, "{result:#?}");
+    assert_eq!(result.stat(&user, "retries"), 0, "{}", result.stdout);
+    let endpoints = result.report["endpoints"].as_object().expect("endpoints");
+    assert!(!endpoints.is_empty());
+    for (endpoint, counters) in endpoints {
+        assert_eq!(
+            counters["retries"],
+            serde_json::json!({}),
+            "{endpoint}: {counters}"
+        );
+    }
 }
 
 /// Issue 7, case 9: `exportItems` entries that carry an `error` are never

@@ -532,6 +532,77 @@ async fn case_3_a_rewriting_target_that_drops_after_storing_gives_zero_duplicate
     }
 }
 
+/// Issue 8, point 3: a target that stores an APPEND and drops the
+/// connection before its tagged OK, with attempts left: the pass restarts
+/// once (a retry, counted) and recovers the copies in doubt; no APPEND is
+/// sent again, so the target holds every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_stored_then_dropped_is_never_sent_again() {
+    let source = FakeImap::start(Capabilities::default()).await;
+    let target = FakeImap::start(Capabilities {
+        multiappend: false,
+        ..Capabilities::default()
+    })
+    .await;
+    source.add_user("kim", "pw");
+    target.add_user("kim", "pw");
+    for n in 1..=4 {
+        source.add_message("kim", "INBOX", &message(&format!("m{n}"), "text"), &[]);
+    }
+    target.faults("kim", |f| f.drop_after_appends = Some(2));
+    let migration = Migration::new(
+        &endpoint(&source),
+        &endpoint(&target),
+        "[migration]\nmax_attempts = 3\n",
+        &csv(&["kim"]),
+    )
+    .unwrap();
+    let result = run(&migration).await;
+    assert!(result.success, "{}\n{}", result.stdout, result.stderr);
+    assert_exact(&source, &target, "kim");
+    let appends = target
+        .command_log()
+        .iter()
+        .filter(|c| c.line.to_ascii_uppercase().starts_with("APPEND"))
+        .count();
+    assert_eq!(appends, 4, "one APPEND per message");
+    assert_eq!(result.stat("kim", "retries"), 1, "{}", result.stdout);
+    // The batch's first copy was answered, the second not: both in doubt.
+    assert_eq!(
+        result.stat("kim", "items_recovered"),
+        2,
+        "{}",
+        result.stdout
+    );
+}
+
+/// Issue 8, point 3: item failures are not retries. A message the source
+/// refuses is recorded as the item's failure; the mailbox reports no retry,
+/// nor does either server's scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn item_failures_are_not_counted_as_retries() {
+    let (source, _target, migration) = setup(&["lou"], "[migration]\nmax_attempts = 3\n").await;
+    for n in 1..=3 {
+        source.add_message("lou", "INBOX", &message(&format!("m{n}"), "text"), &[]);
+    }
+    source.faults("lou", |f| {
+        f.refuse_fetch.insert(2);
+    });
+    let result = run(&migration).await;
+    assert_eq!(result.mailbox("lou")["state"], "completed_with_errors");
+    let failures = result.mailbox("lou")["item_failures"].as_array().cloned();
+    assert_eq!(failures.unwrap_or_default().len(), 1, "{}", result.stdout);
+    assert_eq!(result.stat("lou", "retries"), 0, "{}", result.stdout);
+    let endpoints = result.report["endpoints"].as_object().expect("endpoints");
+    for (endpoint, counters) in endpoints {
+        assert_eq!(
+            counters["retries"],
+            serde_json::json!({}),
+            "{endpoint}: {counters}"
+        );
+    }
+}
+
 /// Case 5: the target folder is re-created between passes (UIDVALIDITY 77
 /// → 78, holding other mail): the delta pass never stores flags on a
 /// message mailwave did not write.

@@ -7,6 +7,7 @@ pub mod error;
 pub mod mailboxes;
 pub mod model;
 pub mod queue;
+pub mod retry;
 pub mod shutdown;
 pub mod store;
 pub mod text;

@@ -45,8 +45,8 @@ use std::time::Duration;
 use mailwave_common::config::Config;
 use mailwave_common::model::{Job, Lease, MailboxId, MailboxState, PassStats};
 use mailwave_common::queue::{Delivery, JobQueue};
+use mailwave_common::retry::Budgets;
 use mailwave_common::store::{PassOutcome, StoreError};
-use mailwave_common::{Classify, ErrorClass};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -178,7 +178,7 @@ impl Consumer {
                     // The queue reconnects on its own; try again shortly.
                     tracing::warn!(%error, "taking a job failed; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = self.ctx.sleep.sleep(Budgets::default().queue.delay(0)) => continue,
                         () = self.jobs_stop.cancelled() => return,
                     }
                 }
@@ -227,9 +227,9 @@ impl Consumer {
 
     /// Takes the lease, retrying while the store is unavailable.
     async fn claim(&self, job: &Job) -> Claim {
-        let mut delay = Duration::from_millis(250);
+        let mut backoff = Budgets::default().lease_claim.start();
         loop {
-            match self
+            let error = match self
                 .ctx
                 .store
                 .acquire_lease(
@@ -242,18 +242,16 @@ impl Consumer {
             {
                 Ok(Some(lease)) => return Claim::Ours(lease),
                 Ok(None) => return Claim::Another,
-                Err(error) if error.class() != ErrorClass::Transient => {
-                    return Claim::Impossible(error);
-                }
-                Err(error) => {
-                    tracing::warn!(?job, %error, "taking the lease failed; retrying");
-                }
-            }
+                Err(error) => error,
+            };
+            let Ok(delay) = backoff.next(&error) else {
+                return Claim::Impossible(error);
+            };
+            tracing::warn!(?job, %error, ?delay, "taking the lease failed; retrying");
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                () = self.ctx.sleep.sleep(delay) => {}
                 () = self.jobs_stop.cancelled() => return Claim::ShuttingDown,
             }
-            delay = (delay * 2).min(Duration::from_secs(10));
         }
     }
 

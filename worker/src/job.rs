@@ -2,13 +2,12 @@
 //! error taxonomy, and its outcome recorded in the store.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use mailwave_common::config::{Config, EndpointConfig};
 use mailwave_common::mailboxes::MailboxSecrets;
 use mailwave_common::model::{Job, MailboxRecord, MailboxState, PassStats};
+use mailwave_common::retry::{Budgets, GiveUp, Sleep, TokioSleep};
 use mailwave_common::store::{PassOutcome, StoreError, WorkerStore};
 use mailwave_common::{Classify, ErrorClass};
 use tokio_util::sync::CancellationToken;
@@ -16,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use crate::connector::graph::mail::GraphMimeSource;
 use crate::connector::graph::{GraphExportSource, GraphImportTarget};
 use crate::connector::maildir::Maildir;
+use crate::connector::throttle::{MailboxThrottle, ThrottleSettings, WaitLimits};
 use crate::connector::{ConnectorError, MailSource, MailTarget, Shared, imap};
 use crate::engine::{CopySettings, MailboxConnector, MailboxPass, MemoryBudget, ProgressSink};
 use crate::lease::{LeaseKeeper, PassStore};
-use crate::throttle::{MailboxThrottle, ThrottleSettings, WaitLimits};
 
 /// Where a worker finds per-mailbox passwords (never in the job, never in
 /// the state store).
@@ -46,9 +45,9 @@ pub struct WorkerContext {
     /// the request schedulers of its endpoints (windows, pauses, counters)
     /// and its OAuth tokens.
     pub shared: Arc<Shared>,
-    /// First wait after a transient failure; doubles up to `retry_max_delay`.
-    pub retry_min_delay: Duration,
-    pub retry_max_delay: Duration,
+    /// Waits between the attempts of a pass (the pass's budget is
+    /// [`Budgets::pass`] of the wave's configuration).
+    pub sleep: Arc<dyn Sleep>,
 }
 
 impl WorkerContext {
@@ -65,8 +64,7 @@ impl WorkerContext {
             progress,
             credentials,
             shared: Arc::default(),
-            retry_min_delay: Duration::from_secs(1),
-            retry_max_delay: Duration::from_secs(60),
+            sleep: Arc::new(TokioSleep),
         }
     }
 }
@@ -139,15 +137,7 @@ pub async fn run_job(
         progress: ctx.progress.as_ref(),
         stop,
     };
-    // Exponential back-off with full jitter: a random wait between zero and
-    // the exponential delay, capped, so that mailboxes that failed together
-    // do not come back together.
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(ctx.retry_min_delay)
-        .with_max_delay(ctx.retry_max_delay)
-        .with_max_times(wave.config.migration.max_attempts.saturating_sub(1) as usize)
-        .build()
-        .map(|delay| delay.mul_f64(rand::random::<f64>()));
+    let mut backoff = Budgets::new(&wave.config.migration).pass.start();
     let started = std::time::Instant::now();
     let mut total = PassStats::default();
     let outcome = loop {
@@ -163,50 +153,29 @@ pub async fn run_job(
             Err(_) if stop.is_cancelled() => return Ok(JobOutcome::Interrupted),
             Err(error) => error,
         };
-        let next_delay = match error.class() {
-            ErrorClass::Throttled | ErrorClass::Transient => delays.next(),
-            ErrorClass::Item | ErrorClass::Mailbox => None,
+        // A throttled server's own hint is obeyed when it asks for longer
+        // than the back-off: the whole mailbox waits, since more requests
+        // in the window would only extend the penalty.
+        let delay = match backoff.next(&error) {
+            Ok(delay) => delay,
+            Err(reason) => {
+                let message = why_failed(&error, reason);
+                tracing::warn!(mailbox = %mailbox.source, class = %error.class(), %message, "mailbox failed");
+                break PassOutcome {
+                    state: MailboxState::Failed,
+                    error: Some(message),
+                    stats: total,
+                };
+            }
         };
-        let Some(delay) = next_delay else {
-            tracing::warn!(mailbox = %mailbox.source, class = %error.class(), %error, "mailbox failed");
-            break PassOutcome {
-                state: MailboxState::Failed,
-                error: Some(error.to_string()),
-                stats: total,
-            };
-        };
-        // A throttled server's own hint is obeyed when it asks for longer:
-        // the whole mailbox waits, since more requests in the window would
-        // only extend the penalty.
-        let delay = error.retry_after().map_or(delay, |hint| hint.max(delay));
-        let waited = Duration::from_millis(total.wait_millis) + delay;
-        if let Some(limit) = wave
-            .config
-            .migration
-            .max_pass_wait_secs
-            .map(Duration::from_secs)
-            && waited > limit
-        {
-            let message = format!(
-                "this pass would wait {} s in all before its next attempt, more than \
-                 migration.max_pass_wait_secs ({} s) allows; last error: {error}",
-                waited.as_secs(),
-                limit.as_secs()
-            );
-            tracing::warn!(mailbox = %mailbox.source, %message, "mailbox failed");
-            break PassOutcome {
-                state: MailboxState::Failed,
-                error: Some(message),
-                stats: total,
-            };
-        }
+        // Counted now that the retry is scheduled.
         total.retries += 1;
         total.throttled += u64::from(error.class() == ErrorClass::Throttled);
         total.wait_millis += u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(mailbox = %mailbox.source, class = %error.class(), %error,
             retry_in = ?delay, "retrying mailbox from its checkpoints");
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = ctx.sleep.sleep(delay) => {}
             () = stop.cancelled() => return Ok(JobOutcome::Interrupted),
             () = keeper.lost() => return Ok(JobOutcome::LeaseLost),
         }
@@ -221,6 +190,26 @@ pub async fn run_job(
         Ok(()) => Ok(JobOutcome::Finished(outcome.state)),
         Err(StoreError::LeaseLost { .. }) => Ok(JobOutcome::LeaseLost),
         Err(error) => Err(error),
+    }
+}
+
+/// The mailbox's error when its pass is not tried again: the last error,
+/// and, when a budget of the configuration stopped the retries, which.
+fn why_failed(error: &ConnectorError, reason: GiveUp) -> String {
+    match reason {
+        GiveUp::WaitSpent { waited, limit } => format!(
+            "this pass would wait {} s in all before its next attempt, more than \
+             migration.max_pass_wait_secs ({} s) allows; last error: {error}",
+            waited.as_secs(),
+            limit.as_secs()
+        ),
+        GiveUp::HintTooLong { hint, limit } => format!(
+            "the server asked to wait {} s, more than migration.max_retry_after_secs \
+             ({} s) allows: {error}",
+            hint.as_secs(),
+            limit.as_secs()
+        ),
+        GiveUp::NotRetryable(_) | GiveUp::AttemptsSpent { .. } => error.to_string(),
     }
 }
 

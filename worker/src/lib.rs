@@ -10,5 +10,3 @@ pub mod distributed;
 pub mod engine;
 pub mod job;
 pub mod lease;
-pub mod oauth;
-pub mod throttle;

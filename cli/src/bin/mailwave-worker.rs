@@ -106,7 +106,7 @@ async fn check(
         last_error: None,
         stats: PassStats::default(),
     };
-    let waits = mailwave_worker::throttle::WaitLimits::new(
+    let waits = mailwave_worker::connector::throttle::WaitLimits::new(
         &config.migration,
         tokio_util::sync::CancellationToken::new(),
     );

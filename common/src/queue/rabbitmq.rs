@@ -42,7 +42,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -58,7 +57,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Delivery, JobQueue, QueueError};
+use crate::ErrorClass;
 use crate::model::Job;
+use crate::retry::{Backoff, Jitter, RetryPolicy};
 
 /// The names of a deployment's queues. The dead-letter exchange is named
 /// after the dead-letter queue, and the connection after the jobs queue.
@@ -501,12 +502,14 @@ async fn declare_topology(
 /// Replaces every failed link, with exponential back-off between attempts.
 async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
     let max_delay = shared.options.max_reconnect_delay;
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(max_delay)
-        .with_jitter()
-        .without_max_times();
-    let mut delays = backoff.build();
+    let mut delays =
+        RetryPolicy::exponential(Duration::from_millis(200), max_delay, Jitter::Full).start();
+    // No budget: a lost link is always worth another attempt.
+    let next_delay = |delays: &mut Backoff| {
+        delays
+            .next_after(ErrorClass::Transient, None)
+            .unwrap_or(max_delay)
+    };
     let mut reports = shared.link.subscribe();
     loop {
         let connected_at = Instant::now();
@@ -520,15 +523,15 @@ async fn supervise(shared: Arc<Shared>, mut link: Arc<Link>) {
         // A link that failed soon after it was made must not make us hammer
         // the broker.
         if connected_at.elapsed() < max_delay {
-            tokio::time::sleep(delays.next().unwrap_or(max_delay)).await;
+            tokio::time::sleep(next_delay(&mut delays)).await;
         } else {
-            delays = backoff.build();
+            delays.reset();
         }
         link = loop {
             match Link::open(&shared.url, &shared.names, &shared.options, &shared.tls).await {
                 Ok(link) => break Arc::new(link),
                 Err(error) => {
-                    let delay = delays.next().unwrap_or(max_delay);
+                    let delay = next_delay(&mut delays);
                     tracing::warn!(%error, ?delay, "could not reconnect to RabbitMQ");
                     tokio::time::sleep(delay).await;
                 }

@@ -21,7 +21,8 @@ use super::odata::{
     DeltaView, apply_select, delta_page, encode_component, json_response, option, page,
     select_option,
 };
-use super::pipeline::{Access, Ctx, mailbox_of, mailbox_of_mut, serve};
+use super::pipeline::{Access, Ctx, mailbox_of, mailbox_of_mut, rejection_response, serve};
+use super::rules::{Fault, Rejection};
 use super::{Shared, State, control, identity, mail};
 
 /// The most items `exportItems` takes at once.
@@ -590,7 +591,14 @@ async fn import_item(
         &headers,
         access,
         body.len() as u64,
-        |state, ctx| import(state, ctx, &body),
+        |state, ctx| {
+            let imported = import(state, ctx, &body);
+            if state.rules.imported(&ctx.mailbox_id, imported.is_ok()) {
+                let busy = Rejection::Fault(Fault::ServerBusy { empty_body: false });
+                return Err(rejection_response(busy));
+            }
+            imported
+        },
     )
     .await
 }

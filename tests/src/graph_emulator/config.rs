@@ -135,6 +135,10 @@ pub struct Faults {
     /// The mailboxes (ids, `MBX:…`) the random 429s, 503s and 504s are
     /// drawn for; empty: every mailbox.
     pub only_mailboxes: Vec<String>,
+    /// The next this many items `importItem` stores (in any mailbox, even
+    /// with `enabled` false) are answered `503 Service Unavailable` all the
+    /// same, as by a server that fails after doing the work; counted down.
+    pub lost_import_answers: u32,
 }
 
 /// An item that fails on cue ([`crate::graph_emulator::GraphEmulator::fail_item`]):
@@ -174,6 +178,7 @@ impl Default for Faults {
             throttle_retry_after: Duration::from_secs(1),
             latency: Duration::ZERO,
             only_mailboxes: Vec::new(),
+            lost_import_answers: 0,
         }
     }
 }

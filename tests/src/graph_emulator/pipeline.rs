@@ -214,7 +214,7 @@ where
     response
 }
 
-fn rejection_response(rejection: Rejection) -> GraphError {
+pub(crate) fn rejection_response(rejection: Rejection) -> GraphError {
     let error = match rejection {
         Rejection::Throttled {
             reason: ThrottleReason::Concurrency,

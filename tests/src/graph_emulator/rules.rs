@@ -78,6 +78,8 @@ pub struct MailboxStats {
     pub bytes_uploaded: u64,
     /// Requests that carried `Prefer: IdType="ImmutableId"`.
     pub immutable_id_requests: u64,
+    /// `importItem` requests admitted (served, whatever their answer).
+    pub imports: u64,
     /// Every request, in arrival order.
     pub events: Vec<RequestEvent>,
 }
@@ -351,6 +353,18 @@ impl Rules {
         {
             event.status = status;
         }
+    }
+
+    /// An `importItem` request was admitted and served (`stored`: its item
+    /// is in the mailbox now): counted; whether its answer is to be lost
+    /// ([`Faults::lost_import_answers`]).
+    pub fn imported(&mut self, mailbox_id: &str, stored: bool) -> bool {
+        self.stats.entry(mailbox_id.to_owned()).or_default().imports += 1;
+        if !stored || self.faults.lost_import_answers == 0 {
+            return false;
+        }
+        self.faults.lost_import_answers -= 1;
+        true
     }
 
     pub fn stats(&self, mailbox_id: &str) -> MailboxStats {

@@ -5,6 +5,8 @@
 pub mod graph;
 pub mod imap;
 pub mod maildir;
+pub mod oauth;
+pub mod throttle;
 
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -21,8 +23,8 @@ use mailwave_common::{Classify, ErrorClass};
 /// Owned by the worker's context and passed down; nothing of it is global.
 #[derive(Default)]
 pub struct Shared {
-    pub schedulers: crate::throttle::Schedulers,
-    pub tokens: crate::oauth::TokenCache,
+    pub schedulers: throttle::Schedulers,
+    pub tokens: oauth::TokenCache,
 }
 
 /// A failure inside a connector, already classified. Its message may quote

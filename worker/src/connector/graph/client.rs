@@ -8,21 +8,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use mailwave_common::config::OAuth2ClientCredentials;
 use mailwave_common::error::{error_chain, http_retry_hint};
+use mailwave_common::retry::Budgets;
 use mailwave_common::{Classify, ErrorClass};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::connector::throttle::{MailboxThrottle, WaitError};
 use crate::connector::{ConnectorError, Shared};
-use crate::throttle::{MailboxThrottle, WaitError, next_backoff};
 
-/// Attempts of one request before its failure reaches the engine (which
-/// then retries the whole mailbox from its checkpoints).
-const ATTEMPTS: u32 = 8;
-/// First back-off of a transient failure without a hint; it doubles, with
-/// full jitter, up to [`MAX_BACKOFF`].
-const BASE_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest any one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most characters of an error body quoted in a message.
@@ -110,12 +104,27 @@ pub enum Answer {
     },
 }
 
+/// Whether a request may be sent again after a failure that leaves open
+/// whether the server carried it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Reads, and writes whose repetition does no harm: after any
+    /// throttled or transient failure.
+    Idempotent,
+    /// A write that would be done twice (an import): only when the server
+    /// surely did not carry it out, after a throttle (429) or a connection
+    /// that was never made. Any other failure goes up to the pass, whose
+    /// in-doubt path finds out whether the item is in the target.
+    OnlyIfNotDone,
+}
+
 /// What to send.
 pub enum Body<'a> {
     None,
     Json(&'a Value),
-    /// JSON carrying item data to the server: paced by the mailbox's
-    /// upload rate (see [`crate::throttle`]).
+    /// JSON carrying item data to an import session's pre-authenticated
+    /// URL (sent without a bearer token): paced by the mailbox's upload
+    /// rate (see [`crate::connector::throttle`]).
     Upload(&'a Value),
 }
 
@@ -158,7 +167,7 @@ impl GraphClient {
             Method::GET,
             path_or_url,
             Body::None,
-            true,
+            Resend::Idempotent,
             None,
             json_answer,
         )
@@ -173,35 +182,41 @@ impl GraphClient {
         path_or_url: &str,
         limit: u64,
     ) -> Result<Answer, GraphError> {
-        self.send(Method::GET, path_or_url, Body::None, true, Some(limit), Ok)
-            .await
+        self.send(
+            Method::GET,
+            path_or_url,
+            Body::None,
+            Resend::Idempotent,
+            Some(limit),
+            Ok,
+        )
+        .await
     }
 
-    /// POSTs JSON and returns the JSON answer.
+    /// POSTs JSON and returns the JSON answer: for requests that may be
+    /// repeated (`exportItems`, `createImportSession`, and folder creation,
+    /// where a repeated one meets `409 Conflict` and the folder is listed).
     pub async fn post(&self, path_or_url: &str, body: &Value) -> Result<Value, GraphError> {
         self.send(
             Method::POST,
             path_or_url,
             Body::Json(body),
-            true,
+            Resend::Idempotent,
             None,
             json_answer,
         )
         .await
     }
 
-    /// POSTs JSON to a pre-authenticated URL (an import session's): no
-    /// bearer token is sent.
-    pub async fn post_preauthenticated(
-        &self,
-        url: &str,
-        body: &Value,
-    ) -> Result<Value, GraphError> {
+    /// POSTs an item to an import session's pre-authenticated URL (no
+    /// bearer token is sent). Not repeated after a failure that may hide an
+    /// imported item (see [`Resend::OnlyIfNotDone`]).
+    pub async fn import(&self, url: &str, body: &Value) -> Result<Value, GraphError> {
         self.send(
             Method::POST,
             url,
             Body::Upload(body),
-            false,
+            Resend::OnlyIfNotDone,
             None,
             json_answer,
         )
@@ -222,19 +237,20 @@ impl GraphClient {
         Ok(items)
     }
 
-    /// Sends one request, retrying throttled and transient failures (the
-    /// whole mailbox waits out a throttle), and refreshing a refused token
-    /// once. A successful answer is read by `decode`; an answer it refuses
-    /// counts as a transient failure; `limit` bounds the bytes of a
-    /// successful answer that are read. A throttle whose hint is over the
-    /// limit fails the mailbox at once, quoting the server; a stop ends
-    /// every wait (see [`crate::throttle::WaitLimits`]).
+    /// Sends one request, retrying throttled and transient failures as
+    /// `resend` allows within [`Budgets::graph_request`] (the whole mailbox
+    /// waits out a throttle), and refreshing a refused token once. A
+    /// successful answer is read by `decode`; an answer it refuses counts
+    /// as a transient failure; `limit` bounds the bytes of a successful
+    /// answer that are read. A throttle whose hint is over the limit fails
+    /// the mailbox at once, quoting the server; a stop ends every wait (see
+    /// [`crate::connector::throttle::WaitLimits`]).
     async fn send<T>(
         &self,
         method: Method,
         path_or_url: &str,
         body: Body<'_>,
-        authorized: bool,
+        resend: Resend,
         limit: Option<u64>,
         decode: fn(Answer) -> Result<T, String>,
     ) -> Result<T, GraphError> {
@@ -244,15 +260,14 @@ impl GraphClient {
             Body::Json(json) => (Some(to_json(json)?), false),
             Body::Upload(json) => (Some(to_json(json)?), true),
         };
-        let mut token = if authorized {
-            Some(self.shared.tokens.token(&self.credentials).await?)
-        } else {
+        let mut token = if upload {
             None
+        } else {
+            Some(self.shared.tokens.token(&self.credentials).await?)
         };
         let mut token_refreshed = false;
-        let mut attempt = 0;
+        let mut backoff = Budgets::default().graph_request.start();
         loop {
-            attempt += 1;
             let permit = match &payload {
                 Some(bytes) if upload => self.throttle.acquire_upload(bytes.len() as u64).await,
                 _ => self.throttle.acquire().await,
@@ -270,17 +285,22 @@ impl GraphClient {
                     .body(bytes.clone());
             }
             let started = Instant::now();
-            let outcome = match request.send().await {
-                Ok(response) => read(response, &method, &url, limit, decode).await,
+            // Whether the request may have reached the server.
+            let (outcome, reached) = match request.send().await {
+                Ok(response) => (read(response, &method, &url, limit, decode).await, true),
                 // Without its URL: an import URL carries a token.
-                Err(error) => Err(GraphError::local(
-                    ErrorClass::Transient,
-                    format!(
+                Err(error) => {
+                    let reached = !error.is_connect();
+                    let message = format!(
                         "{method} {}: {}",
                         redact(&url),
                         error_chain(&error.without_url())
-                    ),
-                )),
+                    );
+                    (
+                        Err(GraphError::local(ErrorClass::Transient, message)),
+                        reached,
+                    )
+                }
             };
             let error = match outcome {
                 Ok(value) => {
@@ -303,31 +323,31 @@ impl GraphClient {
                 );
                 continue;
             }
-            let wait = match error.class {
-                ErrorClass::Throttled => match permit.throttled(error.retry_after) {
-                    Ok(wait) => wait,
-                    Err(over) => return Err(over.quoting(&error).into()),
-                },
-                ErrorClass::Transient => {
-                    permit.failed(ErrorClass::Transient);
-                    next_backoff(attempt - 1, BASE_BACKOFF, MAX_BACKOFF)
+            // A throttle pauses the whole mailbox: the next permit waits
+            // for the pause's end, whatever the back-off below.
+            match error.class {
+                ErrorClass::Throttled => {
+                    if let Err(over) = permit.throttled(error.retry_after) {
+                        return Err(over.quoting(&error).into());
+                    }
                 }
-                class => {
-                    permit.failed(class);
-                    return Err(error);
-                }
-            };
-            if attempt >= ATTEMPTS {
+                class => permit.failed(class),
+            }
+            if resend == Resend::OnlyIfNotDone && reached && error.class != ErrorClass::Throttled {
                 return Err(error);
             }
-            tracing::debug!(%error, ?wait, attempt, "Graph request retried");
+            let Ok(wait) = backoff.next_after(error.class, None) else {
+                return Err(error);
+            };
+            self.throttle.retrying(error.class);
+            tracing::debug!(%error, ?wait, retry = backoff.retries(), "Graph request retried");
             self.throttle.sleep(wait).await?;
         }
     }
 }
 
-impl From<crate::oauth::TokenError> for GraphError {
-    fn from(error: crate::oauth::TokenError) -> Self {
+impl From<crate::connector::oauth::TokenError> for GraphError {
+    fn from(error: crate::connector::oauth::TokenError) -> Self {
         GraphError::local(error.class(), error.to_string())
     }
 }

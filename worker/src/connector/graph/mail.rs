@@ -43,11 +43,11 @@ use serde_json::Value;
 
 use super::client::{Answer, GraphClient, GraphError};
 use super::{WELL_KNOWN_ROLES, encode, folder_tree, mailbox_client, scan_by_delta};
+use crate::connector::throttle::WaitLimits;
 use crate::connector::{
     ConnectorError, Fetched, FolderPath, FolderScan, ItemMeta, MailSource, Message, Shared,
     SourceFolder, SourcePosition,
 };
-use crate::throttle::WaitLimits;
 
 /// What message delta lists of each message.
 const DELTA_SELECT: &str = "id,isRead,flag,receivedDateTime";

@@ -82,12 +82,12 @@ use mailwave_common::text::escape_controls;
 use serde_json::{Value, json};
 
 use self::client::GraphClient;
+use crate::connector::throttle::{EndpointThrottle, ThrottleSettings, WaitLimits};
 use crate::connector::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
     ItemMeta, MailSource, MailTarget, Message, Outgoing, Shared, SourceFolder, SourcePosition,
     SpecialUse, TargetFolder, TargetItem, TargetPosition,
 };
-use crate::throttle::{EndpointThrottle, ThrottleSettings, WaitLimits};
 
 /// Most item ids `exportItems` takes at once.
 const EXPORT_BATCH: usize = 20;
@@ -716,7 +716,7 @@ async fn import_one(
     data: Bytes,
 ) -> Result<Option<String>, client::GraphError> {
     let body = json!({ "FolderId": folder, "Mode": "create", "Data": BASE64.encode(data) });
-    let answer = client.post_preauthenticated(url, &body).await?;
+    let answer = client.import(url, &body).await?;
     Ok(answer["itemId"].as_str().map(str::to_owned))
 }
 

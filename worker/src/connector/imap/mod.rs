@@ -22,8 +22,8 @@ use super::{
     MailSource, MailTarget, Message, Outgoing, SourceFolder, SourcePosition, SpecialUse,
     TargetFolder, TargetItem, TargetPosition,
 };
-use crate::oauth::TokenCache;
-use crate::throttle::MailboxThrottle;
+use crate::connector::oauth::TokenCache;
+use crate::connector::throttle::MailboxThrottle;
 use mailwave_common::ErrorClass;
 use mailwave_common::model::{SourceCursor, TargetMark};
 use mailwave_common::text::escape_controls;
@@ -231,7 +231,7 @@ enum OAuth2Token {
     External(String),
     /// Fetched with the endpoint's client credentials (`oauth2` table),
     /// shared by every connection of the process.
-    ClientCredentials(crate::oauth::AccessToken),
+    ClientCredentials(crate::connector::oauth::AccessToken),
 }
 
 impl OAuth2Token {

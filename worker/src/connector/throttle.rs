@@ -47,7 +47,8 @@
 //! ([`WaitError::Stopped`]).
 //!
 //! Requests, throttle events, retries by class and the time spent waiting
-//! are counted per endpoint in one place, [`ThrottleCounters`].
+//! are counted per endpoint in one place, [`ThrottleCounters`]; a retry
+//! only when a connector schedules one ([`MailboxThrottle::retrying`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -61,18 +62,14 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use mailwave_common::config::MigrationConfig;
+use mailwave_common::retry::Budgets;
 use mailwave_common::{Classify, ErrorClass};
-use rand::Rng as _;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::connector::ConnectorError;
 
-/// Back-off of a throttle without a hint: the first one waits up to this…
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// …each throttle in a row doubles it, up to this.
-const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// How long a mailbox's baseline latency (the lowest smoothed latency) is
 /// kept before a newer, higher one may replace it.
 const BASELINE_LIFETIME: Duration = Duration::from_secs(300);
@@ -143,7 +140,9 @@ pub struct ThrottleCounters {
     pub succeeded: u64,
     /// Requests the server throttled.
     pub throttle_events: u64,
-    /// Retries by class label (`ErrorClass::as_str()`), throttled included.
+    /// Requests sent again, by the class of the failure that made them
+    /// (`ErrorClass::as_str()`): counted when the retry is scheduled, never
+    /// for a failure that is not retried.
     pub retries: BTreeMap<String, u64>,
     /// Time spent in [`MailboxThrottle::acquire`]: paused, waiting for a
     /// slot or for the rate limit.
@@ -673,6 +672,18 @@ impl MailboxThrottle {
         outcome
     }
 
+    /// Counts a request of the mailbox sent again after a failure of
+    /// `class`: called when the retry is scheduled, not for failures that
+    /// are not retried.
+    pub fn retrying(&self, class: ErrorClass) {
+        self.endpoint.count(|counters| {
+            *counters
+                .retries
+                .entry(class.as_str().to_owned())
+                .or_default() += 1;
+        });
+    }
+
     /// The mailbox's learned upload rate in bytes per second, if it has one.
     pub fn upload_rate(&self) -> Option<f64> {
         lock(&self.mailbox.state).pacer.rate
@@ -733,11 +744,11 @@ impl Permit {
     }
 
     /// The server throttled the request (`retry_after`: its hint). The whole
-    /// mailbox pauses until now + hint (or, without a hint, the back-off
-    /// given by [`next_backoff`] for the throttles in a row), unless it is
+    /// mailbox pauses until now + hint (or, without a hint, the delay of
+    /// [`Budgets::throttle_pause`] for the throttles in a row), unless it is
     /// already paused for longer; the mailbox window halves (at least 1),
     /// the endpoint window shrinks by 0.75 (at least 1), each at most once
-    /// per window. Counted as a throttle event and a retry. Returns how long
+    /// per window. Counted as a throttle event. Returns how long
     /// the mailbox now waits. A pause the [`WaitLimits`] do not allow (a
     /// hint over `max_retry_after`, or one more pause than `max_pass_wait`
     /// leaves room for) is not taken: it is returned as the mailbox's
@@ -754,20 +765,15 @@ impl Permit {
             state.last_active = now;
             let (wait, hinted) = match retry_after {
                 Some(hint) => (hint, true),
-                None => (next_backoff(attempt, BACKOFF_BASE, BACKOFF_CAP), false),
+                None => (Budgets::default().throttle_pause.delay(attempt), false),
             };
             self.account_pause(&state, now, wait, hinted)
                 .map(|()| state.pause(now, wait, hinted, self.upload_bytes))
         };
         self.mailbox_slot.decrease(MAILBOX_THROTTLE_DECREASE);
         self.endpoint_slot.decrease(ENDPOINT_THROTTLE_DECREASE);
-        self.endpoint.count(|counters| {
-            counters.throttle_events += 1;
-            *counters
-                .retries
-                .entry(ErrorClass::Throttled.as_str().to_owned())
-                .or_default() += 1;
-        });
+        self.endpoint
+            .count(|counters| counters.throttle_events += 1);
         let until = until.inspect_err(|refused| {
             tracing::warn!(
                 endpoint = %self.endpoint.label,
@@ -817,10 +823,10 @@ impl Permit {
     }
 
     /// The request failed for another reason of class `class` (transient
-    /// faults: 503/504/timeouts); counted as a retry of that class; no window
-    /// change for Item/Mailbox classes, a gentle decrease (0.9, at most once
-    /// per window) of both windows for Transient. `Throttled` is taken as
-    /// [`Permit::throttled`] without a hint.
+    /// faults: 503/504/timeouts): no window change for Item/Mailbox
+    /// classes, a gentle decrease (0.9, at most once per window) of both
+    /// windows for Transient. `Throttled` is taken as [`Permit::throttled`]
+    /// without a hint.
     pub fn failed(self, class: mailwave_common::ErrorClass) {
         match class {
             ErrorClass::Throttled => {
@@ -836,12 +842,6 @@ impl Permit {
             ErrorClass::Item | ErrorClass::Mailbox => {}
         }
         self.mailbox.touch();
-        self.endpoint.count(|counters| {
-            *counters
-                .retries
-                .entry(class.as_str().to_owned())
-                .or_default() += 1;
-        });
     }
 }
 
@@ -885,17 +885,6 @@ impl MailboxPacing {
         }
         congested
     }
-}
-
-/// Exponential back-off with full jitter: attempt n (0-based) waits a random
-/// time in [0, min(cap, base × 2^n)]. Used when the server gives no hint.
-pub fn next_backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
-    let most = 1u32
-        .checked_shl(attempt)
-        .and_then(|factor| base.checked_mul(factor))
-        .map_or(cap, |backoff| backoff.min(cap));
-    let nanos = u64::try_from(most.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(rand::rng().random_range(0..=nanos))
 }
 
 /// A concurrency window that may shrink while slots are out (so not a
@@ -1691,6 +1680,10 @@ mod tests {
         drop(now(&bob));
         // Waits out the pause: 2 s of waiting.
         alice.acquire().await.unwrap().failed(ErrorClass::Throttled);
+        // Of those failures, the ones the connector sends again.
+        bob.retrying(ErrorClass::Transient);
+        alice.retrying(ErrorClass::Throttled);
+        alice.retrying(ErrorClass::Throttled);
 
         let counters = endpoint.counters();
         assert_eq!(
@@ -1699,7 +1692,7 @@ mod tests {
                 requests: 7,
                 succeeded: 1,
                 throttle_events: 2,
-                retries: [("item", 1), ("throttled", 2), ("transient", 2)]
+                retries: [("throttled", 2), ("transient", 1)]
                     .into_iter()
                     .map(|(class, n)| (class.to_owned(), n))
                     .collect(),
@@ -1752,33 +1745,5 @@ mod tests {
         assert_eq!(names, ["held", "new", "paused"]);
         assert_eq!(held.windows().0, 2, "a held mailbox keeps its state");
         assert_eq!(endpoint.mailbox("idle", limits()).windows().0, 4, "afresh");
-    }
-
-    #[test]
-    fn backoff_stays_within_its_bounds_and_varies() {
-        let base = Duration::from_millis(100);
-        let cap = Duration::from_secs(10);
-        for attempt in 0..12 {
-            let bound = (base * 2u32.pow(attempt)).min(cap);
-            let samples: Vec<Duration> =
-                (0..500).map(|_| next_backoff(attempt, base, cap)).collect();
-            assert!(
-                samples.iter().all(|wait| *wait <= bound),
-                "attempt {attempt}"
-            );
-            let mut distinct = samples.clone();
-            distinct.sort();
-            distinct.dedup();
-            assert!(distinct.len() > 100, "attempt {attempt}: hardly random");
-            // Full jitter: both halves of the range are used.
-            assert!(samples.iter().any(|wait| *wait < bound / 2));
-            assert!(samples.iter().any(|wait| *wait > bound / 2));
-        }
-        // Huge attempts stay at the cap, without overflow.
-        for attempt in [31, 32, 64, u32::MAX] {
-            assert!(next_backoff(attempt, base, cap) <= cap);
-        }
-        next_backoff(u32::MAX, Duration::MAX, Duration::MAX);
-        assert_eq!(next_backoff(3, Duration::ZERO, cap), Duration::ZERO);
     }
 }

@@ -24,6 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
 use mailwave_common::config::{ClientCredential, OAuth2ClientCredentials};
 use mailwave_common::error::{error_chain, http_retry_hint};
+use mailwave_common::retry::Budgets;
 use mailwave_common::{Classify, ErrorClass};
 use ring::rand::SecureRandom as _;
 use serde::Deserialize;
@@ -38,9 +39,6 @@ const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-be
 const ASSERTION_LIFETIME: Duration = Duration::from_secs(600);
 /// A token is refreshed this long before its expiry at the most.
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(300);
-/// After a failed refresh while the token is still valid, the wait before
-/// the next attempt when the endpoint gave no `Retry-After`.
-const REFRESH_RETRY_DELAY: Duration = Duration::from_secs(10);
 /// Longest a token request may take, from connecting to the last byte.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -270,8 +268,8 @@ impl TokenCache {
                     Some(token) => {
                         tracing::warn!(tenant = %client.tenant, client_id = %client.client_id,
                             %error, "refreshing the access token failed; the current one serves until it expires");
-                        state.quiet_until =
-                            Some(now + error.retry_after.unwrap_or(REFRESH_RETRY_DELAY));
+                        let retry = Budgets::default().token_refresh;
+                        state.quiet_until = Some(now + retry.wait(0, error.retry_after));
                         state.last_error = None;
                         Ok(token)
                     }
@@ -715,31 +713,41 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_refresh_keeps_the_valid_token_until_the_retry_or_its_expiry() {
-        let (endpoint, fake) = FakeEndpoint::new(Duration::from_secs(100));
+        let (endpoint, fake) = FakeEndpoint::new(Duration::from_secs(1000));
         let cache = TokenCache::new(endpoint);
         let outlook = client(OUTLOOK);
         assert_eq!(cache.token(&outlook).await.unwrap().secret(), "token-1");
-        tokio::time::advance(Duration::from_secs(93)).await;
-        fake.fail_next(transient(Some(Duration::from_secs(2))));
-        // The refresh fails: the token, valid for 7 s more, still serves…
+        tokio::time::advance(Duration::from_secs(930)).await;
+        fake.fail_next(transient(Some(Duration::from_secs(20))));
+        // The refresh fails: the token, valid for 70 s more, still serves…
         assert_eq!(cache.token(&outlook).await.unwrap().secret(), "token-1");
         assert_eq!(fake.requests(), 2);
         // …without another request until the endpoint's Retry-After is over.
         assert_eq!(cache.token(&outlook).await.unwrap().secret(), "token-1");
         assert_eq!(fake.requests(), 2);
-        tokio::time::advance(Duration::from_secs(2)).await;
+        tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(cache.token(&outlook).await.unwrap().secret(), "token-3");
         assert_eq!(fake.requests(), 3);
 
+        // A hint shorter than the policy's delay is a floor, not the wait.
+        tokio::time::advance(Duration::from_secs(930)).await;
+        fake.fail_next(transient(Some(Duration::from_secs(2))));
+        assert_eq!(cache.token(&outlook).await.unwrap().secret(), "token-3");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(cache.token(&outlook).await.unwrap().secret(), "token-3");
+        assert_eq!(fake.requests(), 4);
+        tokio::time::advance(Budgets::default().token_refresh.delay(0)).await;
+        assert_eq!(cache.token(&outlook).await.unwrap().secret(), "token-5");
+
         // An expired token never serves.
-        tokio::time::advance(Duration::from_secs(101)).await;
+        tokio::time::advance(Duration::from_secs(1001)).await;
         fake.fail_next(transient(None));
         let error = cache.token(&outlook).await.unwrap_err();
         assert_eq!(error.class(), ErrorClass::Transient);
         // Nor a refused one.
         let current = cache.token(&outlook).await.unwrap();
-        assert_eq!(current.secret(), "token-5");
-        tokio::time::advance(Duration::from_secs(95)).await;
+        assert_eq!(current.secret(), "token-7");
+        tokio::time::advance(Duration::from_secs(950)).await;
         fake.fail_next(transient(None));
         assert!(cache.replace_refused(&outlook, &current).await.is_err());
     }
