@@ -19,8 +19,8 @@
 //! | Graph request (`worker::connector::graph::client`) | one idempotent request (GET, export, folder and session creation); an import only after a 429 or a failed connect, never after an answer that may hide a stored item | [`GRAPH_REQUEST_ATTEMPTS`] attempts | 0.5 s doubling to 30 s, full jitter; a throttle's pause as floor |
 //! | throttle pause without a hint (`worker::connector::throttle`) | nothing itself: how long a mailbox pauses after its n-th throttle in a row | — | 1 s doubling to 60 s, full jitter |
 //! | OAuth refresh (`worker::connector::oauth`) | a failed early refresh, while the current token still serves | until the token expires | 10 s, the endpoint's hint as floor |
-//! | lease claim (`worker::distributed`) | taking a lease while the store is unavailable | until the worker stops | 250 ms doubling to 10 s |
-//! | job queue (`worker::distributed`, `worker::pool`) | taking the next job, or a lease another holds | until the worker stops | 1 s |
+//! | lease claim (`worker::consumer`) | taking a lease while the store is unavailable | until the worker stops | 250 ms doubling to 10 s |
+//! | job queue (`worker::consumer`) | taking the next job after the queue failed | until the worker stops | 1 s |
 //! | RabbitMQ link (`common::queue::rabbitmq`) | reconnecting | for ever | 200 ms doubling to `max_reconnect_delay`, full jitter |
 //!
 //! IMAP commands are not retried one by one: their failure ends the pass,
@@ -263,7 +263,7 @@ pub struct Budgets {
     pub token_refresh: RetryPolicy,
     /// Taking a lease while the store is unavailable.
     pub lease_claim: RetryPolicy,
-    /// Taking the next job after the queue failed, or a lease another holds.
+    /// Taking the next job after the queue failed.
     pub queue: RetryPolicy,
 }
 
