@@ -188,9 +188,13 @@ async fn throttling_and_server_errors_still_give_an_exact_copy() {
     });
     let migration = migration(&emu, users);
     let result = migration.run_ok().unwrap();
+    // An import answered 5xx is not sent again: the pass restarts and finds
+    // it (recovered) if the service stored it. Each item counts once.
     assert_eq!(
-        result.total("items_copied"),
-        (users * FOLDERS_WITH_ITEMS * 3) as u64
+        result.total("items_copied") + result.total("items_recovered"),
+        (users * FOLDERS_WITH_ITEMS * 3) as u64,
+        "{}",
+        result.stdout
     );
     emu.set_faults(Faults::default());
     assert_exact(&emu, users);
@@ -208,13 +212,19 @@ async fn throttling_and_server_errors_still_give_an_exact_copy() {
             server_errors += stats.server_busy_503 + stats.gateway_timeout_504;
         }
     }
-    // The report has what the schedulers saw, per endpoint: every 429.
+    // The report has what the schedulers saw, per endpoint: every 429 but
+    // those answered to a request whose lane was cut off meanwhile (another
+    // lane's failure restarts the pass, and an import answered 5xx now
+    // does): nobody is left to read that answer.
     let endpoints = result.report["endpoints"].as_object().expect("endpoints");
     let seen: u64 = endpoints
         .values()
         .map(|c| c["throttle_events"].as_u64().unwrap())
         .sum();
-    assert_eq!(seen, all_429, "{endpoints:?}");
+    assert!(
+        seen <= all_429 && seen * 10 >= all_429 * 9,
+        "{seen} of {all_429} 429s seen: {endpoints:?}"
+    );
     eprintln!(
         "{injected} injected 429s, {in_window} requests into open windows, {server_errors} 503/504"
     );

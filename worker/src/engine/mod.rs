@@ -204,6 +204,27 @@ impl Lane<'_> {
     }
 }
 
+/// One folder's figures, added to the pass's when dropped: also when the
+/// folder's copy is cut off because another lane of the pass failed, so
+/// that what was committed is never missing from the report.
+struct FolderFigures<'a> {
+    shared: &'a Shared,
+    stats: PassStats,
+}
+
+impl Drop for FolderFigures<'_> {
+    fn drop(&mut self) {
+        lock_stats(self.shared).add(&self.stats);
+    }
+}
+
+fn lock_stats(shared: &Shared) -> std::sync::MutexGuard<'_, PassStats> {
+    shared
+        .stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl MailboxPass<'_> {
     /// Copies everything new and syncs flags; adds what was done to
     /// `done`, also when the pass fails part-way (its committed batches
@@ -301,22 +322,23 @@ impl MailboxPass<'_> {
     }
 
     /// Copies one folder; what it committed counts in the pass's figures
-    /// even when it fails part-way.
+    /// even when it fails part-way, or is dropped because another lane
+    /// failed (the figures are added when `counted` is dropped).
     async fn copy_folder(
         &self,
         lane: &mut Lane<'_>,
         shared: &Shared,
         folder: &SourceFolder,
     ) -> Result<(), ConnectorError> {
-        let mut stats = PassStats {
-            folders: 1,
-            ..PassStats::default()
+        let mut counted = FolderFigures {
+            shared,
+            stats: PassStats {
+                folders: 1,
+                ..PassStats::default()
+            },
         };
-        let result = self
-            .copy_folder_counted(lane, shared, folder, &mut stats)
-            .await;
-        shared.stats.lock().expect("lock").add(&stats);
-        result
+        self.copy_folder_counted(lane, shared, folder, &mut counted.stats)
+            .await
     }
 
     async fn copy_folder_counted(
