@@ -276,10 +276,13 @@ struct Figures {
 
 async fn measure(args: &Args, resources: &Resources) -> Result<Figures> {
     let binary = mailwave_binary()?;
+    // Kept, with the coordinator's log.
     let dir = tempfile::Builder::new()
         .prefix("mailwave-bench-control-")
-        .tempdir()?;
-    let dir = dir.path();
+        .tempdir()?
+        .keep();
+    println!("logs: {}", dir.display());
+    let dir = dir.as_path();
     std::fs::write(dir.join("token"), format!("{TOKEN}\n"))?;
     let n = args.mailboxes;
     let mut csv = String::with_capacity(n * 56 + 16);
