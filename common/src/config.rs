@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration of a migration.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Config {
     pub source: EndpointConfig,
     pub target: EndpointConfig,
@@ -183,7 +182,7 @@ impl CredentialSource<'_> {
 }
 
 /// A mail system that mailboxes are read from or written to.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum EndpointConfig {
     Imap(ImapEndpoint),
@@ -192,8 +191,7 @@ pub enum EndpointConfig {
 }
 
 /// An IMAP server.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ImapEndpoint {
     pub host: String,
     /// Defaults to 993 for implicit TLS, 143 otherwise.
@@ -249,7 +247,6 @@ pub const OUTLOOK_SCOPE: &str = "https://outlook.office365.com/.default";
 /// an app registration of a tenant gets app-only tokens with a client
 /// secret or a certificate assertion. Secrets are named, never literal.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct OAuth2ClientCredentials {
     /// The tenant: its id (a GUID) or one of its domain names.
     pub tenant: String,
@@ -489,8 +486,7 @@ pub enum Impersonation {
 }
 
 /// A local Maildir tree per mailbox.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct MaildirEndpoint {
     /// Path of each mailbox's Maildir; `{mailbox}` is replaced by the
     /// mailbox's name from the CSV (made safe for use as one path component).
@@ -502,8 +498,7 @@ pub struct MaildirEndpoint {
 }
 
 /// Exchange Online through Microsoft Graph, with app-only tokens.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct GraphEndpoint {
     /// Graph's root: `https://graph.microsoft.com`, or a national cloud's.
     #[serde(default = "default_graph_url")]
@@ -592,8 +587,8 @@ impl GraphEndpoint {
 }
 
 /// How hard to push.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
 pub struct MigrationConfig {
     /// Name of the wave in the state store; defaults to the CSV file's stem.
     pub wave: Option<String>,
@@ -640,8 +635,8 @@ impl Default for MigrationConfig {
 
 /// Which source folders to copy. Patterns match the folder's path with `/`
 /// between levels; `*` matches any run of characters (also `/`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default)]
 pub struct FolderFilter {
     /// When not empty, only folders matching one of these are copied.
     pub include: Vec<String>,
@@ -769,14 +764,41 @@ impl Config {
     }
 
     fn parse_toml_str(text: &str) -> Result<Config, ConfigError> {
-        config::Config::builder()
+        let layers = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
-            .and_then(|c| c.try_deserialize())
             .map_err(|source| ConfigError::Load {
                 path: PathBuf::from("<text>"),
                 source,
-            })
+            })?;
+        Config::strictly_from(layers, "<text>")
+    }
+
+    /// The operator's configuration, refusing keys it does not know (a typo
+    /// must not silently fall back to a default). The types themselves
+    /// ignore unknown keys, so that a wave's stored configuration survives a
+    /// rolling upgrade (`wave_config`); this check compares the keys given
+    /// with the keys of what was understood. An empty table or list sets
+    /// nothing and is let through.
+    fn strictly_from(layers: config::Config, origin: &str) -> Result<Config, ConfigError> {
+        let load_error = |source| ConfigError::Load {
+            path: PathBuf::from(origin),
+            source,
+        };
+        let given: serde_json::Value = layers.clone().try_deserialize().map_err(load_error)?;
+        let config: Config = layers.try_deserialize().map_err(load_error)?;
+        let understood = serde_json::to_value(&config)
+            .map_err(|e| ConfigError::Invalid(format!("{origin}: {e}")))?;
+        let mut unknown = Vec::new();
+        unknown_keys(&given, &understood, "", &mut unknown);
+        if unknown.is_empty() {
+            return Ok(config);
+        }
+        Err(ConfigError::Invalid(format!(
+            "{origin}: unknown key{} {}",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown.join(", ")
+        )))
     }
 
     /// [`Config::load`] with the environment given as a map (`None`: the
@@ -789,7 +811,7 @@ impl Config {
             path: path.to_owned(),
             source,
         };
-        let mut config: Config = config::Config::builder()
+        let layers = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
             .add_source(
                 config::Environment::with_prefix("MAILWAVE")
@@ -802,8 +824,8 @@ impl Config {
                     .source(env),
             )
             .build()
-            .and_then(|c| c.try_deserialize())
             .map_err(load_error)?;
+        let mut config = Config::strictly_from(layers, &path.display().to_string())?;
         config.bind_own_credentials(&format!("{}", path.display()))?;
         config.validate()?;
         Ok(config)
@@ -1053,6 +1075,41 @@ impl ImapEndpoint {
     }
 }
 
+/// Appends to `unknown` the dotted paths of the keys of `given` that
+/// `understood` (the same configuration, parsed and serialized again) lacks.
+fn unknown_keys(
+    given: &serde_json::Value,
+    understood: &serde_json::Value,
+    prefix: &str,
+    unknown: &mut Vec<String>,
+) {
+    let (serde_json::Value::Object(given), serde_json::Value::Object(understood)) =
+        (given, understood)
+    else {
+        return;
+    };
+    for (key, value) in given {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match understood.get(key) {
+            Some(known) => unknown_keys(value, known, &path, unknown),
+            None if is_empty(value) => {}
+            None => unknown.push(path),
+        }
+    }
+}
+
+fn is_empty(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Object(map) => map.is_empty(),
+        serde_json::Value::Array(list) => list.is_empty(),
+        _ => false,
+    }
+}
+
 /// Reads the table `[section]` of a settings file, then the overrides
 /// `MAILWAVE__SECTION__KEY` of that section only (one environment may carry
 /// a coordinator's, a worker's and a migration's). `env`: the environment as
@@ -1112,6 +1169,8 @@ pub fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -1539,5 +1598,39 @@ max_concurrent_mailboxes = 5
         .unwrap();
         let error = Config::load(&path).unwrap_err().to_string();
         assert!(error.contains("login_template"), "{error}");
+    }
+
+    /// The types read a stored wave leniently (`wave_config`); the
+    /// operator's own text is still checked key by key, at every depth and
+    /// from every layer.
+    #[test]
+    fn the_operators_text_is_strict_at_every_depth() {
+        let graph = "[source]\nkind = \"graph\"\n[source.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\n\
+                     credential = \"app\"\ncleint_secret = \"typo\"\n\
+                     [target]\nkind = \"maildir\"\npath = \"b\"\n\
+                     [migration]\nmax_concurent_mailboxes = 4\n[folders]\nexlude = [\"Junk\"]\n\
+                     [schedule]\nwindow = \"nights\"\n";
+        let error = Config::from_remote_toml_str(graph).unwrap_err().to_string();
+        for key in [
+            "source.oauth2.cleint_secret",
+            "migration.max_concurent_mailboxes",
+            "folders.exlude",
+            "schedule",
+        ] {
+            assert!(error.contains(key), "{key} not named: {error}");
+        }
+        assert!(!error.contains("source.oauth2.tenant"), "{error}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let fine = "[source]\nkind = \"maildir\"\npath = \"a\"\n[target]\nkind = \"maildir\"\npath = \"b\"\n\
+                    [folders]\ninclude = []\n";
+        std::fs::write(&path, fine).unwrap();
+        Config::load_with_env(&path, Some(HashMap::new())).expect("an empty list sets nothing");
+        let env = HashMap::from([("MAILWAVE__TARGET__UTF8_NAMEZ".to_owned(), "true".to_owned())]);
+        let error = Config::load_with_env(&path, Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("target.utf8_namez"), "{error}");
     }
 }

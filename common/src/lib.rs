@@ -10,5 +10,6 @@ pub mod queue;
 pub mod shutdown;
 pub mod store;
 pub mod text;
+pub mod wave_config;
 
 pub use error::{Classify, ErrorClass};

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::wave_config::WaveConfig;
+
 /// Identifies a wave (a batch of mailboxes migrated together).
 pub type WaveId = i64;
 /// Identifies one mailbox pair (source → target) inside a wave.
@@ -265,7 +267,7 @@ impl WaveState {
 }
 
 /// A wave as the store knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WaveRecord {
     pub id: WaveId,
     pub name: String,
@@ -273,9 +275,9 @@ pub struct WaveRecord {
     /// The passes asked for last are the final ones (`complete`): the wave
     /// becomes `Completed` when they end.
     pub final_pass: bool,
-    /// The wave's configuration (`config::Config` as JSON; secrets only by
-    /// name). `{}` for waves of `mailwave run`.
-    pub config: serde_json::Value,
+    /// The wave's configuration (secrets only by name), as read by this
+    /// build.
+    pub config: WaveConfig,
 }
 
 /// How many mailboxes of a wave are in each state, and what their current

@@ -25,12 +25,10 @@ use axum::{Json, Router};
 use mailwave_common::config::Config;
 use mailwave_common::mailboxes::parse_mailbox_csv;
 use mailwave_common::model::{MailboxRecord, WaveCounts, WaveId, WaveRecord, WaveState};
-use mailwave_common::store::{Store, StoreError, WaveAction};
+use mailwave_common::store::{StoreError, WaveAction, WaveStore};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
-
-use crate::dispatcher::wave_migration;
 
 /// Largest request body by default: a CSV of 100,000 mailboxes is about 6 MB.
 const BODY_LIMIT: usize = 64 * 1024 * 1024;
@@ -44,7 +42,7 @@ const ERRORS_SHOWN: usize = 100;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn WaveStore>,
     token: Arc<str>,
     /// Notified after start, resume, sync and complete: the dispatcher
     /// publishes at once instead of at its next round.
@@ -54,7 +52,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub fn new(store: Arc<dyn Store>, token: &str, wake: Arc<Notify>) -> ApiState {
+    pub fn new(store: Arc<dyn WaveStore>, token: &str, wake: Arc<Notify>) -> ApiState {
         ApiState {
             store,
             token: token.into(),
@@ -291,8 +289,6 @@ async fn create_wave(
             }
         )));
     }
-    let config = serde_json::to_value(&config)
-        .map_err(|e| ApiError::invalid(format!("config_toml: {e}")))?;
     let id = state.store.create_wave(name, &config).await?;
     let specs: Vec<_> = list.rows.iter().map(|r| r.spec.clone()).collect();
     let records = state.store.add_mailboxes(id, &specs).await?;
@@ -339,7 +335,12 @@ async fn list_waves(State(state): State<ApiState>) -> ApiResult<Json<Vec<WaveSum
 pub struct WaveStatus {
     #[serde(flatten)]
     pub wave: WaveSummary,
-    pub max_concurrent_mailboxes: usize,
+    /// `None` when the stored configuration cannot be read.
+    pub max_concurrent_mailboxes: Option<usize>,
+    /// Why the wave's stored configuration cannot be read by this
+    /// coordinator: then nothing of the wave is dispatched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_error: Option<String>,
     pub mailboxes: u64,
     /// Mailboxes per state, and items, bytes and skipped items of their
     /// current passes.
@@ -382,8 +383,10 @@ async fn wave_status(
             error: m.last_error.unwrap_or_else(|| "failed".into()),
         })
         .collect();
+    let migration = wave.config.migration();
     Ok(Json(WaveStatus {
-        max_concurrent_mailboxes: wave_migration(&wave).max_concurrent_mailboxes,
+        max_concurrent_mailboxes: migration.as_ref().ok().map(|m| m.max_concurrent_mailboxes),
+        config_error: migration.err().map(|e| e.to_string()),
         wave: WaveSummary::from(&wave),
         mailboxes: counts.total(),
         counts,

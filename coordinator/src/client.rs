@@ -461,12 +461,19 @@ pub fn render_status(status: &WaveStatus, mailboxes: &[MailboxRecord], max_rows:
     let counts = &status.counts;
     let total = status.mailboxes;
     let _ = writeln!(out, "wave {} {:?}", wave.id, wave.name);
-    let _ = writeln!(
-        out,
-        "state      {}   (at most {} mailboxes at once)",
-        state_label(wave.state, wave.final_pass),
-        status.max_concurrent_mailboxes
-    );
+    let _ = match (&status.config_error, status.max_concurrent_mailboxes) {
+        (Some(error), _) => writeln!(
+            out,
+            "state      {}   (nothing dispatched: {error})",
+            state_label(wave.state, wave.final_pass)
+        ),
+        (None, cap) => writeln!(
+            out,
+            "state      {}   (at most {} mailboxes at once)",
+            state_label(wave.state, wave.final_pass),
+            cap.unwrap_or_default()
+        ),
+    };
     let percent = if total == 0 {
         0.0
     } else {
@@ -710,7 +717,8 @@ mod tests {
         };
         let status = WaveStatus {
             wave: summary,
-            max_concurrent_mailboxes: 2,
+            max_concurrent_mailboxes: Some(2),
+            config_error: None,
             mailboxes: 3,
             counts: WaveCounts {
                 running: 1,

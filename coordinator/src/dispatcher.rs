@@ -7,8 +7,8 @@
 //!
 //! Jobs are published in batches, each in three steps: the mailboxes are
 //! marked in the store (`Queued` for their next pass, jobs unconfirmed:
-//! [`Store::mark_published`]), the jobs are published (the queue confirms
-//! them), and the marks are confirmed ([`Store::confirm_published`]). Each
+//! [`WaveStore::mark_published`]), the jobs are published (the queue confirms
+//! them), and the marks are confirmed ([`WaveStore::confirm_published`]). Each
 //! step is one round trip for the whole batch. The mark comes first so that a mailbox is
 //! never published twice by a coordinator that restarts: a confirmed job is
 //! never published again, and a mailbox needing a pass is marked (once: the
@@ -17,20 +17,20 @@
 //! A coordinator that stops between the mark and the confirmation cannot
 //! know whether the queue got the job, so the next round (of this or of a
 //! restarted coordinator) publishes every marked but unconfirmed job again
-//! ([`Store::unpublished_jobs`]); the reaper's re-queued passes travel the
+//! ([`WaveStore::unpublished_jobs`]); the reaper's re-queued passes travel the
 //! same way. A job published twice is harmless: the first worker to take it
 //! starts the pass and holds the mailbox's lease, and the duplicate finds
-//! the lease taken ([`Store::acquire_lease`]) or the pass no longer queued or
-//! running ([`Store::start_pass`]), and is dropped as stale.
+//! the lease taken ([`LeaseStore::acquire_lease`]) or the pass no longer queued or
+//! running ([`LeaseStore::start_pass`]), and is dropped as stale.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mailwave_common::config::{EndpointConfig, MigrationConfig};
+use mailwave_common::config::{Config, MigrationConfig};
 use mailwave_common::model::{Job, WaveId, WaveRecord, WaveState};
 use mailwave_common::queue::JobQueue;
-use mailwave_common::store::Store;
+use mailwave_common::store::WaveStore;
 use tokio::sync::{Notify, watch};
 
 use crate::wave::WaveError;
@@ -38,15 +38,6 @@ use crate::wave::WaveError;
 /// Jobs marked, published and confirmed together: three round trips per
 /// batch rather than per job.
 const BATCH: usize = 2000;
-
-/// The `[migration]` settings of a wave's stored configuration; defaults for
-/// a wave without any (e.g. one of `mailwave run`).
-pub fn wave_migration(wave: &WaveRecord) -> MigrationConfig {
-    wave.config
-        .get("migration")
-        .and_then(|m| serde_json::from_value(m.clone()).ok())
-        .unwrap_or_default()
-}
 
 /// What one round of the dispatcher did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -57,20 +48,18 @@ pub struct DispatchReport {
     pub republished: Vec<Job>,
     /// Waves whose final pass ended in this round.
     pub completed: Vec<WaveId>,
+    /// Waves left alone because their stored configuration cannot be read
+    /// (nothing of theirs is published until it can), and why.
+    pub unreadable: Vec<(WaveId, String)>,
 }
 
-/// The source and target servers of a wave (see [`EndpointConfig::server`]);
-/// a wave whose configuration does not name them is a pair of its own.
-fn endpoint_pair(wave: &WaveRecord) -> String {
-    let server = |side: &str| {
-        wave.config
-            .get(side)
-            .and_then(|e| serde_json::from_value::<EndpointConfig>(e.clone()).ok())
-            .map(|e| e.server())
-    };
-    match (server("source"), server("target")) {
-        (Some(source), Some(target)) => format!("{source} -> {target}"),
-        _ => format!("wave {}", wave.id),
+/// The source and target servers of a wave (see
+/// [`EndpointConfig::server`]); a wave without a configuration of its own is
+/// a pair of its own.
+fn endpoint_pair(wave: &WaveRecord, config: Option<&Config>) -> String {
+    match config {
+        Some(config) => format!("{} -> {}", config.source.server(), config.target.server()),
+        None => format!("wave {}", wave.id),
     }
 }
 
@@ -86,7 +75,7 @@ struct PairBudget {
 /// `max_concurrent_mailboxes` mailboxes in flight, and no pair of servers
 /// more than the smallest cap of the waves between them.
 pub async fn dispatch_once(
-    store: &dyn Store,
+    store: &dyn WaveStore,
     queue: &dyn JobQueue,
 ) -> Result<DispatchReport, WaveError> {
     let mut report = DispatchReport::default();
@@ -96,6 +85,18 @@ pub async fn dispatch_once(
         if wave.state != WaveState::Running {
             continue;
         }
+        let config = match wave.config.config() {
+            Ok(config) => config.cloned(),
+            Err(unreadable) => {
+                tracing::error!(wave = %wave.name, %unreadable, "wave not dispatched");
+                report.unreadable.push((wave.id, unreadable.to_string()));
+                continue;
+            }
+        };
+        let cap = config
+            .as_ref()
+            .map_or_else(MigrationConfig::default, |c| c.migration.clone())
+            .max_concurrent_mailboxes as u64;
         // Marked but unconfirmed jobs already count as in flight.
         for batch in store.unpublished_jobs(wave.id).await?.chunks(BATCH) {
             queue.publish(batch).await?;
@@ -103,9 +104,8 @@ pub async fn dispatch_once(
             report.republished.extend_from_slice(batch);
         }
         store.compact_wave_counts(wave.id).await?;
-        let cap = wave_migration(&wave).max_concurrent_mailboxes as u64;
         let in_flight = store.in_flight(wave.id).await?;
-        let pair = endpoint_pair(&wave);
+        let pair = endpoint_pair(&wave, config.as_deref());
         let budget = pairs
             .entry(pair.clone())
             .or_insert(PairBudget { in_flight: 0, cap });
@@ -142,7 +142,7 @@ pub async fn dispatch_once(
 /// Marks the next jobs of `wave` to publish, at most `room` (less what it
 /// looked at); `None` when there are none left or no room.
 async fn mark_next(
-    store: &dyn Store,
+    store: &dyn WaveStore,
     wave: WaveId,
     room: &mut usize,
 ) -> Result<Option<Vec<Job>>, WaveError> {
@@ -160,7 +160,7 @@ async fn mark_next(
 
 /// Publishes marked jobs and confirms them.
 async fn publish_marked(
-    store: &dyn Store,
+    store: &dyn WaveStore,
     queue: &dyn JobQueue,
     marked: &[Job],
 ) -> Result<(), WaveError> {
@@ -173,7 +173,7 @@ async fn publish_marked(
 /// notified (the API after start, resume, sync or complete), until
 /// `shutdown` turns true. Failures are logged and retried next round.
 pub async fn run(
-    store: Arc<dyn Store>,
+    store: Arc<dyn WaveStore>,
     queue: Arc<dyn JobQueue>,
     interval: Duration,
     wake: Arc<Notify>,

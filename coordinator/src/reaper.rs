@@ -14,13 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailwave_common::model::MailboxId;
-use mailwave_common::store::{ReapOutcome, Store, StoreError};
+use mailwave_common::store::{ReapOutcome, StoreError, WaveStore};
 use tokio::sync::watch;
 
-use crate::dispatcher::wave_migration;
-
 /// One round: every expired lease, reaped. Returns what was done, by mailbox.
-pub async fn reap_once(store: &dyn Store) -> Result<Vec<(MailboxId, ReapOutcome)>, StoreError> {
+pub async fn reap_once(store: &dyn WaveStore) -> Result<Vec<(MailboxId, ReapOutcome)>, StoreError> {
     let mut max_attempts = HashMap::new();
     let mut reaped = Vec::new();
     for (mailbox, pass, worker) in store.expired_leases().await? {
@@ -28,7 +26,15 @@ pub async fn reap_once(store: &dyn Store) -> Result<Vec<(MailboxId, ReapOutcome)
         let max = match max_attempts.get(&wave) {
             Some(&max) => max,
             None => {
-                let max = i64::from(wave_migration(&store.wave(wave).await?).max_attempts);
+                // A wave whose configuration cannot be read runs nothing:
+                // its pass is re-queued, never failed on a guessed limit.
+                let max = match store.wave(wave).await?.config.migration() {
+                    Ok(migration) => i64::from(migration.max_attempts),
+                    Err(unreadable) => {
+                        tracing::error!(wave, %unreadable, "re-queueing without an attempt limit");
+                        i64::MAX
+                    }
+                };
                 max_attempts.insert(wave, max);
                 max
             }
@@ -42,7 +48,11 @@ pub async fn reap_once(store: &dyn Store) -> Result<Vec<(MailboxId, ReapOutcome)
 }
 
 /// Runs [`reap_once`] every `interval` until `shutdown` turns true.
-pub async fn run(store: Arc<dyn Store>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    store: Arc<dyn WaveStore>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     while !*shutdown.borrow() {
         if let Err(error) = reap_once(store.as_ref()).await {
             tracing::warn!(%error, "reaper round failed; retrying");

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use mailwave_common::mailboxes::RowError;
 use mailwave_common::model::{ItemFailure, MailboxRecord, MailboxState};
-use mailwave_common::store::{Store, StoreError};
+use mailwave_common::store::{StoreError, WaveStore};
 use serde::Serialize;
 
 /// How a run ended; its exit code says it (documented in the README).
@@ -57,7 +57,7 @@ pub struct MailboxReport {
 impl WaveReport {
     /// Gathers the report of `records` from the store.
     pub async fn gather(
-        store: &dyn Store,
+        store: &dyn WaveStore,
         wave: &str,
         records: Vec<MailboxRecord>,
         rejected: &[RowError],

@@ -12,6 +12,8 @@
 //! served at once (more wait in the listen backlog), and with
 //! `tls_certificate_file` and `tls_key_file` it speaks HTTPS only.
 
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use mailwave_common::queue::{JobQueue, QueueNames, RabbitOptions, RabbitQueue};
 use mailwave_common::shutdown::shutdown_signal;
-use mailwave_common::store::{PostgresStore, Store};
+use mailwave_common::store::{PostgresStore, WaveStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -48,7 +50,7 @@ pub async fn serve(settings: CoordinatorSettings) -> anyhow::Result<()> {
     .await
     .context("connecting to PostgreSQL")?;
     store.migrate().await.context("migrating the schema")?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn WaveStore> = Arc::new(store);
     let queue: Arc<dyn JobQueue> = Arc::new(
         RabbitQueue::connect_with(
             &settings.amqp_url,
@@ -72,7 +74,7 @@ pub async fn serve(settings: CoordinatorSettings) -> anyhow::Result<()> {
 /// their round, and returns.
 pub async fn run(
     settings: CoordinatorSettings,
-    store: Arc<dyn Store>,
+    store: Arc<dyn WaveStore>,
     queue: Arc<dyn JobQueue>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -147,7 +149,7 @@ fn server_tls_config(
 ) -> anyhow::Result<rustls::ServerConfig> {
     let read =
         |path: &Path| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-    let certificates = rustls_pemfile::certs(&mut read(certificate_file)?.as_slice())
+    let certificates = CertificateDer::pem_slice_iter(&read(certificate_file)?)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("tls_certificate_file {}", certificate_file.display()))?;
     if certificates.is_empty() {
@@ -156,14 +158,16 @@ fn server_tls_config(
             certificate_file.display()
         );
     }
-    let key = rustls_pemfile::private_key(&mut read(key_file)?.as_slice())
-        .with_context(|| format!("tls_key_file {}", key_file.display()))?
-        .with_context(|| {
-            format!(
-                "tls_key_file {}: no PEM private key in it",
-                key_file.display()
-            )
-        })?;
+    let key = match PrivateKeyDer::from_pem_slice(&read(key_file)?) {
+        Ok(key) => key,
+        Err(pem::Error::NoItemsFound) => anyhow::bail!(
+            "tls_key_file {}: no PEM private key in it",
+            key_file.display()
+        ),
+        Err(error) => {
+            return Err(error).with_context(|| format!("tls_key_file {}", key_file.display()));
+        }
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

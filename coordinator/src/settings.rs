@@ -38,11 +38,6 @@ pub struct CoordinatorSettings {
     /// How often the reaper looks for expired leases.
     #[serde(default = "default_reaper_interval_secs")]
     pub reaper_interval_secs: u64,
-    /// The lease TTL the workers of this deployment use: a lost worker's
-    /// mailbox comes back within `lease_ttl_secs + reaper_interval_secs`.
-    /// Workers must be given the same value (they take the leases).
-    #[serde(default = "default_lease_ttl_secs")]
-    pub lease_ttl_secs: u64,
     /// How often the dispatcher publishes (it also runs at once after a command).
     #[serde(default = "default_dispatch_interval_ms")]
     pub dispatch_interval_ms: u64,
@@ -73,9 +68,6 @@ fn default_queue_prefix() -> String {
 }
 fn default_reaper_interval_secs() -> u64 {
     10
-}
-fn default_lease_ttl_secs() -> u64 {
-    60
 }
 fn default_dispatch_interval_ms() -> u64 {
     500
@@ -113,7 +105,6 @@ impl CoordinatorSettings {
             );
         }
         if settings.reaper_interval_secs == 0
-            || settings.lease_ttl_secs == 0
             || settings.dispatch_interval_ms == 0
             || settings.header_timeout_secs == 0
             || settings.request_timeout_secs == 0
@@ -121,7 +112,7 @@ impl CoordinatorSettings {
             || settings.max_body_bytes == 0
         {
             anyhow::bail!(
-                "settings {}: reaper_interval_secs, lease_ttl_secs, dispatch_interval_ms, header_timeout_secs, \
+                "settings {}: reaper_interval_secs, dispatch_interval_ms, header_timeout_secs, \
                  request_timeout_secs, max_connections and max_body_bytes must be positive",
                 path.display()
             );
@@ -152,10 +143,6 @@ impl CoordinatorSettings {
 
     pub fn reaper_interval(&self) -> Duration {
         Duration::from_secs(self.reaper_interval_secs)
-    }
-
-    pub fn lease_ttl(&self) -> Duration {
-        Duration::from_secs(self.lease_ttl_secs)
     }
 
     pub fn dispatch_interval(&self) -> Duration {
@@ -200,7 +187,6 @@ mod tests {
         let settings = CoordinatorSettings::load_with_env(&path, Some(env)).unwrap();
         assert_eq!(settings.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(settings.reaper_interval(), Duration::from_secs(3));
-        assert_eq!(settings.lease_ttl(), Duration::from_secs(60));
         assert_eq!(settings.dispatch_interval(), Duration::from_millis(500));
         assert_eq!(settings.queue_prefix, "mailwave");
         assert_eq!(settings.token().unwrap(), "0123456789abcdef-token");

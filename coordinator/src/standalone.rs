@@ -105,7 +105,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     );
     let counters = Arc::new(Counters::default());
     let ctx = Arc::new(WorkerContext::new(
-        Arc::clone(&store),
+        store.clone(),
         Arc::clone(&config),
         counters.clone(),
         Arc::new(credentials),

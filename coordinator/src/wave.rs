@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use mailwave_common::model::{Job, MailboxRecord, MailboxSpec, WaveId};
 use mailwave_common::queue::{JobQueue, QueueError};
-use mailwave_common::store::{Store, StoreError};
+use mailwave_common::store::{StoreError, WaveStore};
 
 /// A failure while planning or following a wave.
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +27,7 @@ pub struct PlannedPass {
 /// it) and publishes the next pass of each: the first pass copies
 /// everything, every later one is a delta pass.
 pub async fn plan_pass(
-    store: &dyn Store,
+    store: &dyn WaveStore,
     queue: &dyn JobQueue,
     wave_name: &str,
     mailboxes: &[MailboxSpec],
@@ -51,7 +51,7 @@ pub async fn plan_pass(
 /// Waits until every job's mailbox has ended its pass, and returns the
 /// mailboxes' records in job order.
 pub async fn wait_for_pass(
-    store: &dyn Store,
+    store: &dyn WaveStore,
     planned: &PlannedPass,
     poll: Duration,
 ) -> Result<Vec<MailboxRecord>, WaveError> {
@@ -66,7 +66,7 @@ pub async fn wait_for_pass(
 
 /// The current records of the pass's mailboxes, in job order.
 pub async fn pass_records(
-    store: &dyn Store,
+    store: &dyn WaveStore,
     planned: &PlannedPass,
 ) -> Result<Vec<MailboxRecord>, WaveError> {
     let all = store.mailboxes(planned.wave).await?;
@@ -82,7 +82,7 @@ pub async fn pass_records(
 mod tests {
     use mailwave_common::model::{MailboxState, PassStats};
     use mailwave_common::queue::MemoryQueue;
-    use mailwave_common::store::{PassOutcome, SqliteStore};
+    use mailwave_common::store::{LeaseStore, PassOutcome, SqliteStore};
 
     use super::*;
 

@@ -47,7 +47,6 @@ impl Coordinator {
             token_env: None,
             token_file: Some(token_file),
             reaper_interval_secs: 60,
-            lease_ttl_secs: 60,
             dispatch_interval_ms: 50,
             header_timeout_secs: 10,
             request_timeout_secs: 60,
@@ -62,7 +61,7 @@ impl Coordinator {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(mailwave_coordinator::serve::run(
             settings,
-            Arc::clone(&store),
+            store.clone(),
             Arc::new(MemoryQueue::default()),
             listener,
             async move {

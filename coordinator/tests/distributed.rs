@@ -58,11 +58,7 @@ struct Harness {
 impl Harness {
     fn new(store: Arc<dyn Store>) -> Harness {
         Harness {
-            app: router(ApiState::new(
-                Arc::clone(&store),
-                TOKEN,
-                Arc::new(Notify::new()),
-            )),
+            app: router(ApiState::new(store.clone(), TOKEN, Arc::new(Notify::new()))),
             store,
             queue: Arc::new(RecordingQueue::default()),
         }
@@ -233,8 +229,9 @@ async fn control_plane_flow(store: Arc<dyn Store>) {
     assert_eq!(rejected[0]["line"], 4);
     let wave = body["id"].as_i64().unwrap();
     let stored = h.store.wave(wave).await.unwrap();
+    let stored = serde_json::to_value(stored.config.config().unwrap().unwrap().as_ref()).unwrap();
     assert_eq!(
-        stored.config["source"]["credential"], "source-admin",
+        stored["source"]["credential"], "source-admin",
         "the credential's name is stored, never a secret"
     );
 
@@ -568,6 +565,66 @@ async fn the_next_batch_is_marked_while_one_is_published() {
     assert!(store.unpublished_jobs(wave).await.unwrap().is_empty());
 }
 
+/// A wave whose stored configuration this build cannot read (here: a
+/// value of the wrong type, as a newer coordinator might write) is not
+/// dispatched at all: not at a default cap, not sharing the pair's cap. Its
+/// status says why; the other waves go on; its expired leases are re-queued,
+/// never failed on a guessed attempt limit.
+async fn an_unreadable_configuration_stops_its_wave_only(store: Arc<dyn Store>, url: &str) {
+    let h = Harness::new(store);
+    let csv = "source,target\nx@old,x@new\ny@old,y@new\n";
+    let mut waves = Vec::new();
+    for name in ["readable", "unreadable"] {
+        let body = json!({"name": name, "config_toml": config(1), "mailboxes_csv": csv});
+        let (code, body) = h.api("POST", "/api/v1/waves", Some(body)).await;
+        assert_eq!(code, StatusCode::CREATED, "{body}");
+        waves.push(body["id"].as_i64().unwrap());
+    }
+    let [readable, unreadable] = waves[..] else {
+        unreachable!()
+    };
+    h.command(readable, "start").await;
+    h.command(unreadable, "start").await;
+    let (db, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.execute(
+        "UPDATE waves SET config = jsonb_set(config, '{config,migration,max_concurrent_mailboxes}', '\"many\"') WHERE id = $1",
+        &[&unreadable],
+    )
+    .await
+    .unwrap();
+
+    let report = dispatch_once(h.store.as_ref(), h.queue.as_ref())
+        .await
+        .unwrap();
+    let published = h.queue.take();
+    assert!(
+        published.iter().all(|j| j.wave == readable),
+        "{published:?}"
+    );
+    assert_eq!(published.len(), 1, "the readable wave at its own cap of 1");
+    assert_eq!(report.unreadable.len(), 1, "{report:?}");
+    assert_eq!(report.unreadable[0].0, unreadable);
+    assert!(
+        report.unreadable[0].1.contains("max_concurrent_mailboxes"),
+        "{report:?}"
+    );
+    assert_eq!(h.store.in_flight(unreadable).await.unwrap(), 0);
+
+    let status = h.status(unreadable).await;
+    assert!(status["max_concurrent_mailboxes"].is_null(), "{status}");
+    assert!(
+        status["config_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be read"),
+        "{status}"
+    );
+    assert!(h.status(readable).await["config_error"].is_null());
+}
+
 #[tokio::test]
 async fn waves_share_the_cap_over_sqlite() {
     waves_between_the_same_servers_share_the_cap(Arc::new(SqliteStore::in_memory().unwrap())).await;
@@ -605,7 +662,8 @@ async fn control_plane_over_postgres() {
         let store = PostgresStore::connect_and_migrate(&url).await.unwrap();
         let store: Arc<dyn Store> = Arc::new(store);
         control_plane_flow(Arc::clone(&store)).await;
-        final_pass_flow(store).await;
+        final_pass_flow(Arc::clone(&store)).await;
+        an_unreadable_configuration_stops_its_wave_only(store, &url).await;
     })
     .await;
     admin
@@ -650,7 +708,6 @@ async fn served_coordinator_dispatches_and_stops_on_shutdown() {
         token_env: None,
         token_file: Some(token_file),
         reaper_interval_secs: 1,
-        lease_ttl_secs: 60,
         // Long: the command's wake-up, not the interval, must publish.
         dispatch_interval_ms: 3_600_000,
         header_timeout_secs: 10,
@@ -667,7 +724,7 @@ async fn served_coordinator_dispatches_and_stops_on_shutdown() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(mailwave_coordinator::serve::run(
         settings,
-        Arc::clone(&store),
+        store.clone(),
         queue.clone(),
         listener,
         async move {

@@ -22,11 +22,7 @@ const TOKEN: &str = "security-test-token-0123456789";
 
 fn app() -> (axum::Router, Arc<dyn Store>) {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
-    let app = router(ApiState::new(
-        Arc::clone(&store),
-        TOKEN,
-        Arc::new(Notify::new()),
-    ));
+    let app = router(ApiState::new(store.clone(), TOKEN, Arc::new(Notify::new())));
     (app, store)
 }
 
@@ -163,7 +159,6 @@ impl Served {
             token_env: None,
             token_file: Some(token_file),
             reaper_interval_secs: 60,
-            lease_ttl_secs: 60,
             dispatch_interval_ms: 1000,
             header_timeout_secs: 10,
             request_timeout_secs: 60,

@@ -5,6 +5,8 @@
 //! wherever exactness matters. Mailbox names are taken and returned as UTF-8
 //! and converted with this crate's own modified UTF-7 code.
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -235,7 +237,7 @@ impl fmt::Debug for Client {
 pub fn rustls_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>> {
     let pem = std::fs::read(ca_pem).with_context(|| format!("reading {}", ca_pem.display()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.context("parsing CA PEM")?)?;
     }
     if roots.is_empty() {

@@ -194,7 +194,7 @@ impl Cluster {
             format!(
                 "[coordinator]\nlisten = \"{listen}\"\ndatabase_url = \"{db}\"\namqp_url = \"{AMQP_URL}\"\n\
                  queue_prefix = \"{prefix}\"\ntoken_file = \"{token}\"\nreaper_interval_secs = {reaper}\n\
-                 lease_ttl_secs = {ttl}\ndispatch_interval_ms = 200\n\
+                 dispatch_interval_ms = 200\n\
                  [worker]\ndatabase_url = \"{db}\"\namqp_url = \"{AMQP_URL}\"\nqueue_prefix = \"{prefix}\"\n\
                  lease_ttl_secs = {ttl}\nconcurrency = {concurrency}\nshutdown_grace_secs = {grace}\n\
                  [credentials.source-master]\nhosts = [\"127.0.0.1\"]\npassword_file = \"{dir}/source.pw\"\n\

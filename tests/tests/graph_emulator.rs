@@ -3,6 +3,8 @@
 //! throttling and fault rules, each checked against Microsoft's documented
 //! behaviour.
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -394,11 +396,8 @@ async fn token_endpoint_secrets_errors_and_expiry() {
 fn rsa_certificate(dir: &std::path::Path, name: &str) -> (ring::signature::RsaKeyPair, String) {
     let (cert, key) = mailwave_tests::tenants::app_certificate(dir, name);
     let key_pem = std::fs::read(&key).unwrap();
-    let der = match rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .unwrap()
-        .unwrap()
-    {
-        rustls::pki_types::PrivateKeyDer::Pkcs8(der) => der.secret_pkcs8_der().to_vec(),
+    let der = match PrivateKeyDer::from_pem_slice(&key_pem).unwrap() {
+        PrivateKeyDer::Pkcs8(der) => der.secret_pkcs8_der().to_vec(),
         other => panic!("expected a PKCS#8 key, got {other:?}"),
     };
     let key_pair = ring::signature::RsaKeyPair::from_pkcs8(&der).expect("an RSA key");
@@ -406,7 +405,7 @@ fn rsa_certificate(dir: &std::path::Path, name: &str) -> (ring::signature::RsaKe
 }
 
 fn sign_assertion(key: &ring::signature::RsaKeyPair, cert_pem: &str, claims: &Value) -> String {
-    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+    let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .next()
         .unwrap()
         .unwrap();

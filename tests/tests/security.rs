@@ -174,7 +174,7 @@ async fn a_distributed_wave_runs_with_the_workers_named_credentials_only() {
         format!(
             "[coordinator]\nlisten = \"{listen}\"\ndatabase_url = \"{db}\"\namqp_url = \"{AMQP_URL}\"\n\
              queue_prefix = \"{prefix}\"\ntoken_file = \"{token}\"\nreaper_interval_secs = 2\n\
-             lease_ttl_secs = 10\ndispatch_interval_ms = 200\n\
+             dispatch_interval_ms = 200\n\
              [worker]\ndatabase_url = \"{db}\"\namqp_url = \"{AMQP_URL}\"\nqueue_prefix = \"{prefix}\"\n\
              lease_ttl_secs = 10\nconcurrency = 2\n\
              [credentials.source-master]\nhosts = [\"127.0.0.1\"]\npassword_file = \"{source_pw}\"\n\

@@ -5,7 +5,7 @@
 //! # Job ownership: the lease, not the message
 //!
 //! For each delivery the worker first takes the mailbox's lease in the store
-//! ([`Store::acquire_lease`], `lease_ttl_secs`). Refused: another worker
+//! ([`LeaseStore::acquire_lease`], `lease_ttl_secs`). Refused: another worker
 //! owns the mailbox (a duplicate or stale job), the message is acknowledged
 //! and dropped. Taken: the message is acknowledged at once, because from now
 //! on the lease is what says who owns the mailbox; a copy of many hours
@@ -27,7 +27,7 @@
 //!
 //! SIGTERM or SIGINT: no new job is taken, running jobs are cancelled (the
 //! engine stops at its next batch boundary, after committing that batch),
-//! and each interrupted mailbox is handed back ([`Store::hand_back`]: lease
+//! and each interrupted mailbox is handed back ([`LeaseStore::hand_back`]: lease
 //! dropped, pass queued again for the dispatcher to publish) before the
 //! process exits 0, within `shutdown_grace_secs`. A job still busy when the
 //! grace time is nearly spent is handed back anyway: the exactly-once rules
@@ -46,7 +46,7 @@ use mailwave_common::queue::{
     Delivery, JobQueue, QueueError, QueueNames, RabbitOptions, RabbitQueue,
 };
 use mailwave_common::shutdown::shutdown_signal;
-use mailwave_common::store::{PassOutcome, PostgresStore, Store, StoreError};
+use mailwave_common::store::{PassOutcome, PostgresStore, StoreError, WorkerStore};
 use mailwave_common::{Classify, ErrorClass};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -199,7 +199,7 @@ pub async fn serve(settings: WorkerSettings) -> anyhow::Result<()> {
     )
     .await
     .context("connecting to PostgreSQL")?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store: Arc<dyn WorkerStore> = Arc::new(store);
     let queue: Arc<dyn JobQueue> = Arc::new(
         RabbitQueue::connect_with(
             &settings.amqp_url,
@@ -230,7 +230,7 @@ enum Claim {
 /// One worker process: its store, its memory budget, its leases.
 struct Worker {
     id: String,
-    store: Arc<dyn Store>,
+    store: Arc<dyn WorkerStore>,
     budget: MemoryBudget,
     ttl: Duration,
     /// Cancelled at shutdown: every running job stops at its next checkpoint.
@@ -249,7 +249,7 @@ struct Worker {
 /// described in the module's docs.
 pub async fn run(
     settings: WorkerSettings,
-    store: Arc<dyn Store>,
+    store: Arc<dyn WorkerStore>,
     queue: Arc<dyn JobQueue>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -405,7 +405,7 @@ impl Worker {
     /// Runs a job whose lease this worker holds, keeping the lease.
     async fn run_leased(&self, job: &Job, lease: Lease, acquired: tokio::time::Instant) {
         let stop = self.jobs_stop.child_token();
-        let keeper = LeaseKeeper::start(Arc::clone(&self.store), lease, self.ttl, acquired);
+        let keeper = LeaseKeeper::start(self.store.clone(), lease, self.ttl, acquired);
         let result = self.run_with_wave_config(job, &keeper, &stop).await;
         keeper.stop();
         match result {
@@ -434,9 +434,11 @@ impl Worker {
         stop: &CancellationToken,
     ) -> Result<JobOutcome, StoreError> {
         let wave = self.store.wave(job.wave).await?;
-        let prepared = serde_json::from_value::<Config>(wave.config)
-            .map_err(|error| error.to_string())
-            .and_then(|config| self.wave_policy.prepare(config));
+        let prepared = match wave.config.config() {
+            Ok(Some(config)) => self.wave_policy.prepare(Config::clone(config)),
+            Ok(None) => Err("the wave has no configuration".to_owned()),
+            Err(unreadable) => Err(unreadable.to_string()),
+        };
         let config = match prepared {
             Ok(config) => config,
             Err(error) => {

@@ -9,7 +9,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use mailwave_common::config::{Config, EndpointConfig};
 use mailwave_common::mailboxes::MailboxSecrets;
 use mailwave_common::model::{Job, MailboxRecord, MailboxState, PassStats};
-use mailwave_common::store::{PassOutcome, Store, StoreError};
+use mailwave_common::store::{PassOutcome, StoreError, WorkerStore};
 use mailwave_common::{Classify, ErrorClass};
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ impl Credentials for EndpointCredentialsOnly {
 
 /// Everything a worker needs to run jobs.
 pub struct WorkerContext {
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn WorkerStore>,
     pub config: Arc<Config>,
     pub settings: CopySettings,
     pub budget: MemoryBudget,
@@ -55,7 +55,7 @@ pub struct WorkerContext {
 
 impl WorkerContext {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn WorkerStore>,
         config: Arc<Config>,
         progress: Arc<dyn ProgressSink>,
         credentials: Arc<dyn Credentials>,
@@ -115,10 +115,7 @@ pub async fn run_job(
         WaitLimits::new(&ctx.config.migration, stop.clone()),
         Arc::clone(&ctx.shared),
     );
-    let store = PassStore {
-        store: ctx.store.as_ref(),
-        keeper,
-    };
+    let store = PassStore::new(ctx.store.as_ref(), keeper);
     let pass = MailboxPass {
         store,
         mailbox: &mailbox,
@@ -206,7 +203,7 @@ pub async fn run_job(
         bytes = s.bytes_copied, recovered = s.items_recovered, flags = s.flags_updated,
         skipped = s.items_skipped, retries = s.retries, throttled = s.throttled,
         waited_ms = s.wait_millis, "mailbox pass ended");
-    match store.finish_pass(&outcome).await {
+    match ctx.store.finish_pass(keeper.lease(), &outcome).await {
         Ok(()) => Ok(JobOutcome::Finished(outcome.state)),
         Err(StoreError::LeaseLost { .. }) => Ok(JobOutcome::LeaseLost),
         Err(error) => Err(error),

@@ -1,6 +1,6 @@
 //! A worker's hold on the mailbox pass it runs.
 //!
-//! The lease lives in the store ([`Store::acquire_lease`]) and carries a
+//! The lease lives in the store ([`LeaseStore::acquire_lease`]) and carries a
 //! fencing token that every write of the pass is checked against
 //! ([`PassStore`]). A [`LeaseKeeper`] renews it in the background and also
 //! keeps the lease by the worker's **own monotonic clock**: the lease is
@@ -20,7 +20,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use mailwave_common::model::{FolderCheckpoint, ItemFailure, Lease, LedgerEntry, MailboxId};
-use mailwave_common::store::{PassOutcome, Store, StoreError};
+use mailwave_common::store::{LeaseStore, LedgerStore, StoreError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +45,7 @@ impl LeaseKeeper {
     /// Starts keeping `lease`, just acquired (at `acquired`, by the worker's
     /// clock, taken before the request was sent) with `ttl`.
     pub fn start(
-        store: Arc<dyn Store>,
+        store: Arc<dyn LeaseStore>,
         lease: Lease,
         ttl: Duration,
         acquired: Instant,
@@ -147,7 +147,7 @@ impl LeaseKeeper {
         }
     }
 
-    async fn heartbeat(self: Arc<Self>, store: Arc<dyn Store>, ttl: Duration) {
+    async fn heartbeat(self: Arc<Self>, store: Arc<dyn LeaseStore>, ttl: Duration) {
         let every = ttl / 3;
         let retry = (ttl / 10).min(Duration::from_secs(1));
         let mut next = Instant::now() + every;
@@ -187,16 +187,25 @@ impl Drop for LeaseKeeper {
     }
 }
 
-/// The store as one pass sees it: reads as they are, and every write
-/// carrying the pass's lease, checked by the worker's clock first and by
-/// the store in the write's own transaction.
+/// The store as one pass sees it: the ledger's reads as they are, and every
+/// write carrying the pass's lease, checked by the worker's clock first and
+/// by the store in the write's own transaction. The engine sees nothing
+/// else of the store.
 #[derive(Clone, Copy)]
 pub struct PassStore<'a> {
-    pub store: &'a dyn Store,
-    pub keeper: &'a LeaseKeeper,
+    store: &'a dyn LedgerStore,
+    keeper: &'a LeaseKeeper,
 }
 
-impl PassStore<'_> {
+impl<'a> PassStore<'a> {
+    pub fn new(store: &'a dyn LedgerStore, keeper: &'a LeaseKeeper) -> PassStore<'a> {
+        PassStore { store, keeper }
+    }
+
+    pub fn keeper(&self) -> &'a LeaseKeeper {
+        self.keeper
+    }
+
     pub fn mailbox(&self) -> MailboxId {
         self.keeper.lease.mailbox
     }
@@ -300,19 +309,13 @@ impl PassStore<'_> {
         let lease = &self.keeper.lease;
         self.write(self.store.record_failure(lease, failure)).await
     }
-
-    /// Records how the pass ended; `StoreError::LeaseLost` when it is no
-    /// longer this worker's to record.
-    pub async fn finish_pass(&self, outcome: &PassOutcome) -> Result<(), StoreError> {
-        self.store.finish_pass(&self.keeper.lease, outcome).await
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use mailwave_common::model::MailboxSpec;
-    use mailwave_common::store::SqliteStore;
+    use mailwave_common::store::{SqliteStore, WaveStore};
 
     async fn leased(ttl: Duration) -> (Arc<SqliteStore>, Arc<LeaseKeeper>) {
         let store = Arc::new(SqliteStore::in_memory().unwrap());
@@ -349,10 +352,7 @@ mod tests {
             .unwrap()
             .expect("expired: another worker takes it");
         assert!(keeper.is_lost(), "past its own deadline");
-        let writes = PassStore {
-            store: store.as_ref(),
-            keeper: &keeper,
-        };
+        let writes = PassStore::new(store.as_ref(), &keeper);
         assert!(writes.record_intents(&[]).await.is_err());
     }
 
@@ -366,10 +366,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let writes = PassStore {
-            store: store.as_ref(),
-            keeper: &keeper,
-        };
+        let writes = PassStore::new(store.as_ref(), &keeper);
         let checkpoint = FolderCheckpoint {
             mailbox,
             folder: "INBOX".into(),

@@ -1,6 +1,7 @@
-//! The mailwave data plane: connectors to mail systems (IMAP, Maildir) and
-//! the copy engine that moves a mailbox exactly once. Workers run jobs; they
-//! keep no state of their own — everything that must survive is in the store.
+//! The mailwave data plane: connectors to mail systems (IMAP, Maildir,
+//! Exchange Online through Microsoft Graph) and the copy engine that moves a
+//! mailbox exactly once. Workers run jobs; they keep no state of their own —
+//! everything that must survive is in the store.
 
 pub mod connector;
 pub mod credentials;

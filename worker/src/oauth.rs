@@ -9,6 +9,8 @@
 //! caller asks for a new one while the others wait for it: one request in
 //! flight per key, its outcome (token or error) shared by all who waited.
 
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -475,7 +477,7 @@ impl AssertionSigner {
             std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
         };
         let certificate_pem = read(certificate_file)?;
-        let certificate = rustls_pemfile::certs(&mut certificate_pem.as_slice())
+        let certificate = CertificateDer::pem_slice_iter(&certificate_pem)
             .next()
             .ok_or_else(|| format!("{}: no PEM certificate", certificate_file.display()))?
             .map_err(|e| format!("{}: {e}", certificate_file.display()))?;
@@ -485,14 +487,16 @@ impl AssertionSigner {
                 .to_vec();
         let key_pem = read(private_key_file)?;
         let not_rsa = || format!("{}: not an RSA private key", private_key_file.display());
-        let key = match rustls_pemfile::private_key(&mut key_pem.as_slice())
-            .map_err(|e| format!("{}: {e}", private_key_file.display()))?
-            .ok_or_else(|| format!("{}: no PEM private key", private_key_file.display()))?
-        {
-            rustls::pki_types::PrivateKeyDer::Pkcs8(der) => {
+        let key = match PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+            pem::Error::NoItemsFound => {
+                format!("{}: no PEM private key", private_key_file.display())
+            }
+            e => format!("{}: {e}", private_key_file.display()),
+        })? {
+            PrivateKeyDer::Pkcs8(der) => {
                 ring::signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
             }
-            rustls::pki_types::PrivateKeyDer::Pkcs1(der) => {
+            PrivateKeyDer::Pkcs1(der) => {
                 ring::signature::RsaKeyPair::from_der(der.secret_pkcs1_der())
             }
             _ => return Err(not_rsa()),
@@ -845,7 +849,7 @@ mod tests {
         assert_eq!(header["alg"], "RS256");
         assert_eq!(header["typ"], "JWT");
         let pem = std::fs::read(&cert).unwrap();
-        let der = rustls_pemfile::certs(&mut pem.as_slice())
+        let der = CertificateDer::pem_slice_iter(&pem)
             .next()
             .unwrap()
             .unwrap();

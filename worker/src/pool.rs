@@ -78,7 +78,7 @@ async fn take(
             return delivery.requeue().await;
         }
     };
-    let keeper = LeaseKeeper::start(Arc::clone(&ctx.store), lease, LEASE_TTL, acquired);
+    let keeper = LeaseKeeper::start(ctx.store.clone(), lease, LEASE_TTL, acquired);
     let outcome = run_job(ctx, &job, &keeper, stop).await;
     keeper.stop();
     match outcome {

@@ -1,5 +1,5 @@
-//! The throttling-aware request scheduler that HTTP connectors (Microsoft
-//! Graph) call around every request.
+//! The throttling-aware request scheduler every connector calls around each
+//! request: IMAP commands and Microsoft Graph HTTP requests alike.
 //!
 //! An [`EndpointThrottle`] is one endpoint of the process (say
 //! `graph:tenant-b`); each mailbox using it gets a [`MailboxThrottle`]. A
@@ -360,7 +360,7 @@ impl EndpointThrottle {
                 Arc::new(MailboxShared {
                     name: mailbox.to_owned(),
                     window: Arc::new(AdaptiveWindow::new(self.shared.settings.mailbox_ceiling)),
-                    state: Mutex::new(MailboxState {
+                    state: Mutex::new(MailboxPacing {
                         paused_until: None,
                         throttles_in_a_row: 0,
                         smoothed_latency: None,
@@ -440,10 +440,12 @@ pub struct MailboxThrottle {
 struct MailboxShared {
     name: String,
     window: Arc<AdaptiveWindow>,
-    state: Mutex<MailboxState>,
+    state: Mutex<MailboxPacing>,
 }
 
-struct MailboxState {
+/// How one mailbox's requests are paced: its pause, its latencies, its
+/// upload rate.
+struct MailboxPacing {
     /// The mailbox sends nothing before this.
     paused_until: Option<Instant>,
     /// Throttles since the last success: the attempt of the next back-off.
@@ -791,7 +793,7 @@ impl Permit {
     /// the open pause counts against the pass's bound.
     fn account_pause(
         &self,
-        state: &MailboxState,
+        state: &MailboxPacing,
         now: Instant,
         wait: Duration,
         hinted: bool,
@@ -843,7 +845,7 @@ impl Permit {
     }
 }
 
-impl MailboxState {
+impl MailboxPacing {
     /// Pauses the mailbox for `wait` from `now`, unless it is paused for
     /// longer already; returns until when. `hinted`: the wait is the
     /// server's hint, which tells the pacer of an upload (of

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use mailwave_common::config::FolderFilter;
 use mailwave_common::model::{FolderCheckpoint, MailboxRecord, MailboxSpec, PassStats};
-use mailwave_common::store::{SqliteStore, Store};
+use mailwave_common::store::{LeaseStore, LedgerStore, SqliteStore, WaveStore};
 use mailwave_worker::connector::{
     AppendReport, ConnectorError, Fetched, Flags, FolderPath, FolderScan, Identity, ItemMeta,
     MailSource, MailTarget, Message, Outgoing, SourceFolder, SpecialUse, TargetFolder, TargetItem,
@@ -343,10 +343,7 @@ impl Fixture {
         let budget = MemoryBudget::new(1 << 24);
         let stop = CancellationToken::new();
         let pass = MailboxPass {
-            store: PassStore {
-                store: self.store.as_ref(),
-                keeper,
-            },
+            store: PassStore::new(self.store.as_ref(), keeper),
             mailbox: &self.mailbox,
             pass: 1,
             settings: &settings,

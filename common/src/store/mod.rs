@@ -1,6 +1,8 @@
 //! The state store: waves, mailboxes, folder checkpoints, the item ledger,
-//! item failures and job leases. The coordinator and the workers only see the [`Store`]
-//! trait; the embedded SQLite backend and the PostgreSQL backend of
+//! item failures and job leases, behind narrow traits split by who calls
+//! them ([`WaveStore`]: the coordinator; [`LeaseStore`]: a worker's jobs;
+//! [`LedgerStore`]: the engine's pass; [`RecordStore`]: reads both roles
+//! make); [`Store`] is their sum. The embedded SQLite backend and the PostgreSQL backend of
 //! distributed mode run the same code and pass the same test suite
 //! (`store::suite`).
 
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+use crate::config::Config;
 use crate::error::{Classify, ErrorClass};
 use crate::model::{
     FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
@@ -87,37 +90,21 @@ pub enum ReapOutcome {
     Released,
 }
 
-/// Where the coordinator and workers keep everything that must survive a crash.
-///
-/// # Fencing
-/// Every write of a pass (`start_pass` … `finish_pass`, checkpoints, the
-/// ledger, intents, failures) takes the pass's [`Lease`] and is applied only
-/// when, in the same transaction, that lease is still the mailbox's live
-/// lease; otherwise nothing is written and the answer is
-/// [`StoreError::LeaseLost`].
+/// The records both roles read: a wave, a mailbox, its item failures.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// The wave with this name, created if new.
-    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError>;
-
-    /// Adds the mailboxes to the wave; a source already in the wave keeps its
-    /// record (and its progress). Returns the records in the order given.
-    async fn add_mailboxes(
-        &self,
-        wave: WaveId,
-        specs: &[MailboxSpec],
-    ) -> Result<Vec<MailboxRecord>, StoreError>;
-
-    /// All mailboxes of a wave, by id.
-    async fn mailboxes(&self, wave: WaveId) -> Result<Vec<MailboxRecord>, StoreError>;
-
+pub trait RecordStore: Send + Sync + 'static {
     async fn mailbox(&self, id: MailboxId) -> Result<MailboxRecord, StoreError>;
 
-    /// Asks for the next pass over the mailbox: it becomes `Queued` with its
-    /// pass number raised by one, attempts and last error cleared. Returns
-    /// the new pass number.
-    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError>;
+    /// Item failures of a mailbox, by folder and item.
+    async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError>;
 
+    async fn wave(&self, id: WaveId) -> Result<WaveRecord, StoreError>;
+}
+
+/// What a worker does with a job: the mailbox's lease and its pass's
+/// start and end.
+#[async_trait]
+pub trait LeaseStore: RecordStore {
     /// The lease's worker starts its pass: `Running`, attempts raised.
     /// `false` when the mailbox is not queued or running for that pass (a
     /// stale job).
@@ -127,6 +114,46 @@ pub trait Store: Send + Sync + 'static {
     /// asked for.
     async fn finish_pass(&self, lease: &Lease, outcome: &PassOutcome) -> Result<(), StoreError>;
 
+    /// Takes the mailbox for `pass` on behalf of `worker` until the store's
+    /// clock passes now + `ttl`, with a new fencing token (larger than any
+    /// earlier lease's of the mailbox). `None` when another worker holds a
+    /// live lease; a live lease of `worker` itself is replaced (a restarted
+    /// worker of the same name), which fences its earlier holder.
+    /// [`StoreError::NotFound`] when there is no such mailbox (a job of
+    /// another deployment, or of a database that was reset).
+    async fn acquire_lease(
+        &self,
+        mailbox: MailboxId,
+        pass: i64,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    /// Moves the lease's expiry to now + `ttl`. `false` when it is no longer
+    /// the live lease (expired, taken by another worker, released) or a newer
+    /// pass of the mailbox was asked for: the caller must stop working on
+    /// the mailbox.
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives the lease up; does nothing when it is not the mailbox's lease.
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// A worker stopping on purpose (graceful shutdown) gives a mailbox
+    /// back: when the lease is still the mailbox's (live or expired, not
+    /// taken since) and the mailbox is still running its pass, the lease is
+    /// dropped and the pass becomes `Queued` again with its job unpublished,
+    /// so that the dispatcher publishes it again; the attempt it started is
+    /// not counted. In a cancelled wave the mailbox goes back to `Pending`
+    /// instead. `false` (nothing changed) when the lease or the pass is not
+    /// there.
+    async fn hand_back(&self, lease: &Lease) -> Result<bool, StoreError>;
+}
+
+/// What one pass reads and writes while it copies: folder checkpoints,
+/// the item ledger, write-ahead intents and item failures (the engine's
+/// part, through the worker's fenced `PassStore`).
+#[async_trait]
+pub trait LedgerStore: RecordStore {
     /// All folder checkpoints of a mailbox.
     async fn checkpoints(&self, mailbox: MailboxId) -> Result<Vec<FolderCheckpoint>, StoreError>;
 
@@ -156,7 +183,7 @@ pub trait Store: Send + Sync + 'static {
         entries: &[LedgerEntry],
     ) -> Result<(), StoreError>;
 
-    /// The intents of a source folder (see [`Store::record_intents`]).
+    /// The intents of a source folder (see [`LedgerStore::record_intents`]).
     async fn intents(
         &self,
         mailbox: MailboxId,
@@ -213,60 +240,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records (or updates) an item that could not be copied.
     async fn record_failure(&self, lease: &Lease, failure: &ItemFailure) -> Result<(), StoreError>;
+}
 
-    /// Item failures of a mailbox, by folder and item.
-    async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError>;
+/// The coordinator's part: waves and their mailboxes, the dispatcher's
+/// publishing and the reaper.
+#[async_trait]
+pub trait WaveStore: RecordStore {
+    /// The wave with this name, created if new.
+    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError>;
 
-    /// Takes the mailbox for `pass` on behalf of `worker` until the store's
-    /// clock passes now + `ttl`, with a new fencing token (larger than any
-    /// earlier lease's of the mailbox). `None` when another worker holds a
-    /// live lease; a live lease of `worker` itself is replaced (a restarted
-    /// worker of the same name), which fences its earlier holder.
-    /// [`StoreError::NotFound`] when there is no such mailbox (a job of
-    /// another deployment, or of a database that was reset).
-    async fn acquire_lease(
+    /// Adds the mailboxes to the wave; a source already in the wave keeps its
+    /// record (and its progress). Returns the records in the order given.
+    async fn add_mailboxes(
         &self,
-        mailbox: MailboxId,
-        pass: i64,
-        worker: &str,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, StoreError>;
+        wave: WaveId,
+        specs: &[MailboxSpec],
+    ) -> Result<Vec<MailboxRecord>, StoreError>;
 
-    /// Moves the lease's expiry to now + `ttl`. `false` when it is no longer
-    /// the live lease (expired, taken by another worker, released) or a newer
-    /// pass of the mailbox was asked for: the caller must stop working on
-    /// the mailbox.
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError>;
+    /// All mailboxes of a wave, by id.
+    async fn mailboxes(&self, wave: WaveId) -> Result<Vec<MailboxRecord>, StoreError>;
 
-    /// Gives the lease up; does nothing when it is not the mailbox's lease.
-    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError>;
-
-    /// A worker stopping on purpose (graceful shutdown) gives a mailbox
-    /// back: when the lease is still the mailbox's (live or expired, not
-    /// taken since) and the mailbox is still running its pass, the lease is
-    /// dropped and the pass becomes `Queued` again with its job unpublished,
-    /// so that the dispatcher publishes it again; the attempt it started is
-    /// not counted. In a cancelled wave the mailbox goes back to `Pending`
-    /// instead. `false` (nothing changed) when the lease or the pass is not
-    /// there.
-    async fn hand_back(&self, lease: &Lease) -> Result<bool, StoreError>;
+    /// Asks for the next pass over the mailbox: it becomes `Queued` with its
+    /// pass number raised by one, attempts and last error cleared. Returns
+    /// the new pass number.
+    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError>;
 
     /// Expired leases whose mailbox is still running that pass, as
     /// `(mailbox, pass, worker)` by mailbox: the jobs the reaper re-queues.
     async fn expired_leases(&self) -> Result<Vec<(MailboxId, i64, String)>, StoreError>;
 
-    // --- Distributed mode: waves with a configuration and a state, the
-    // dispatcher's publishing and the reaper. ---
-
     /// A new wave with its configuration, in state `Created`.
     /// [`StoreError::Conflict`] when the name is taken.
-    async fn create_wave(
-        &self,
-        name: &str,
-        config: &serde_json::Value,
-    ) -> Result<WaveId, StoreError>;
-
-    async fn wave(&self, id: WaveId) -> Result<WaveRecord, StoreError>;
+    async fn create_wave(&self, name: &str, config: &Config) -> Result<WaveId, StoreError>;
 
     /// Every wave, by id.
     async fn waves(&self) -> Result<Vec<WaveRecord>, StoreError>;
@@ -326,7 +331,7 @@ pub trait Store: Send + Sync + 'static {
     /// or re-queued by the reaper.
     async fn unpublished_jobs(&self, wave: WaveId) -> Result<Vec<Job>, StoreError>;
 
-    /// The reaper's step for one expired lease (see [`Store::expired_leases`]):
+    /// The reaper's step for one expired lease (see [`WaveStore::expired_leases`]):
     /// when `worker`'s lease of `pass` is still expired and the mailbox still
     /// running that pass, the lease is dropped and the pass re-queued (job
     /// unpublished, attempts kept), or `Failed` with "worker lost N times"
@@ -340,6 +345,27 @@ pub trait Store: Send + Sync + 'static {
         max_attempts: i64,
     ) -> Result<Option<ReapOutcome>, StoreError>;
 }
+
+/// Where the coordinator and workers keep everything that must survive a
+/// crash: the sum of the narrow traits, each held by whoever calls it (the
+/// coordinator a [`WaveStore`], a worker a [`WorkerStore`], the engine a
+/// [`LedgerStore`] behind its lease). One backend type implements them all.
+///
+/// # Fencing
+/// Every write of a pass (`start_pass` … `finish_pass`, checkpoints, the
+/// ledger, intents, failures) takes the pass's [`Lease`] and is applied only
+/// when, in the same transaction, that lease is still the mailbox's live
+/// lease; otherwise nothing is written and the answer is
+/// [`StoreError::LeaseLost`].
+pub trait Store: WaveStore + WorkerStore {}
+
+impl<T: WaveStore + WorkerStore> Store for T {}
+
+/// What a worker process holds: its leases and passes, and the ledger its
+/// engine writes through them.
+pub trait WorkerStore: LeaseStore + LedgerStore {}
+
+impl<T: LeaseStore + LedgerStore> WorkerStore for T {}
 
 /// The reaper's decision for a mailbox whose worker was lost, the same for
 /// every backend: `attempts` of the pass were started, `lost` workers were

@@ -52,12 +52,16 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Config, NoTls, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction, reap_decision};
+use super::{
+    LeaseStore, LedgerStore, PassOutcome, ReapOutcome, RecordStore, StoreError, WaveAction,
+    WaveStore, reap_decision,
+};
 use crate::ErrorClass;
 use crate::model::{
     FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
     MailboxState, WaveCounts, WaveId, WaveRecord, WaveState,
 };
+use crate::wave_config::WaveConfig;
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
@@ -363,7 +367,7 @@ fn wave_from_row(row: &Row) -> Result<WaveRecord, StoreError> {
         name: row.try_get(1)?,
         state: WaveState::parse(state).unwrap_or(WaveState::Cancelled),
         final_pass: row.try_get(3)?,
-        config: serde_json::from_str(config).unwrap_or_default(),
+        config: WaveConfig::from_stored(config),
     })
 }
 
@@ -609,85 +613,7 @@ impl<'a> LedgerColumns<'a> {
 }
 
 #[async_trait]
-impl Store for PostgresStore {
-    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError> {
-        let client = self.client().await?;
-        // The no-op update makes RETURNING answer for an existing wave too.
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO waves (name) VALUES ($1)
-                 ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
-            )
-            .await?;
-        Ok(client.query_one(&stmt, &[&name]).await?.try_get(0)?)
-    }
-
-    async fn add_mailboxes(
-        &self,
-        wave: WaveId,
-        specs: &[MailboxSpec],
-    ) -> Result<Vec<MailboxRecord>, StoreError> {
-        let sources: Vec<&str> = specs.iter().map(|s| s.source.as_str()).collect();
-        let targets: Vec<&str> = specs.iter().map(|s| s.target.as_str()).collect();
-        let client = self.client().await?;
-        let insert = client
-            .prepare_cached(&format!(
-                "INSERT INTO mailboxes (wave, source, target)
-                 SELECT $1, source, target
-                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS s (source, target, n)
-                 ORDER BY n
-                 ON CONFLICT (wave, source) DO NOTHING
-                 RETURNING {MAILBOX_COLUMNS}"
-            ))
-            .await?;
-        let mut by_source = HashMap::with_capacity(specs.len());
-        for row in client.query(&insert, &[&wave, &sources, &targets]).await? {
-            let record = mailbox_from_row(&row)?;
-            by_source.insert(record.source.clone(), record);
-        }
-        // Mailboxes the wave had already are read back, only they.
-        let known: Vec<&str> = sources
-            .into_iter()
-            .filter(|source| !by_source.contains_key(*source))
-            .collect();
-        if !known.is_empty() {
-            let select = client
-                .prepare_cached(&format!(
-                    "SELECT {MAILBOX_COLUMNS} FROM mailboxes
-                     JOIN unnest($2::text[]) AS given (source) USING (source)
-                     WHERE wave = $1"
-                ))
-                .await?;
-            for row in client.query(&select, &[&wave, &known]).await? {
-                let record = mailbox_from_row(&row)?;
-                by_source.insert(record.source.clone(), record);
-            }
-        }
-        specs
-            .iter()
-            .map(|spec| {
-                by_source.get(&spec.source).cloned().ok_or_else(|| {
-                    StoreError::Corrupt(format!("mailbox {} vanished while added", spec.source))
-                })
-            })
-            .collect()
-    }
-
-    async fn mailboxes(&self, wave: WaveId) -> Result<Vec<MailboxRecord>, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = $1 ORDER BY id"
-            ))
-            .await?;
-        client
-            .query(&stmt, &[&wave])
-            .await?
-            .iter()
-            .map(mailbox_from_row)
-            .collect()
-    }
-
+impl RecordStore for PostgresStore {
     async fn mailbox(&self, id: MailboxId) -> Result<MailboxRecord, StoreError> {
         let client = self.client().await?;
         let stmt = client
@@ -701,21 +627,36 @@ impl Store for PostgresStore {
         mailbox_from_row(&row)
     }
 
-    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError> {
+    async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "UPDATE mailboxes SET state = 'queued', pass = pass + 1, attempts = 0,
-                     last_error = NULL, stats = '{}', updated_at = now()
-                 WHERE id = $1 RETURNING pass",
+                "SELECT mailbox, folder, item, size, class, reason, pass, policy
+                 FROM item_failures WHERE mailbox = $1 ORDER BY folder, item",
             )
             .await?;
-        let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
-            return Err(StoreError::NotFound(format!("mailbox {id}")));
-        };
-        Ok(row.try_get(0)?)
+        client
+            .query(&stmt, &[&mailbox])
+            .await?
+            .iter()
+            .map(failure_from_row)
+            .collect()
     }
 
+    async fn wave(&self, id: WaveId) -> Result<WaveRecord, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!("SELECT {WAVE_COLUMNS} FROM waves WHERE id = $1"))
+            .await?;
+        let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
+            return Err(StoreError::NotFound(format!("wave {id}")));
+        };
+        wave_from_row(&row)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
     async fn start_pass(&self, lease: &Lease) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -755,6 +696,133 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn acquire_lease(
+        &self,
+        mailbox: MailboxId,
+        pass: i64,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let epoch = tx
+            .query_opt(
+                "UPDATE mailboxes SET lease_epoch = lease_epoch + 1 WHERE id = $1
+                 RETURNING lease_epoch",
+                &[&mailbox],
+            )
+            .await?;
+        let Some(epoch) = epoch else {
+            return Err(StoreError::NotFound(format!("mailbox {mailbox}")));
+        };
+        let token: i64 = epoch.try_get(0)?;
+        let taken = tx
+            .execute(
+                "INSERT INTO leases (mailbox, pass, worker, expires_at, token)
+                 VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)
+                 ON CONFLICT (mailbox) DO UPDATE SET
+                     pass = excluded.pass, worker = excluded.worker,
+                     expires_at = excluded.expires_at, token = excluded.token
+                 WHERE leases.worker = excluded.worker OR leases.expires_at <= now()",
+                &[&mailbox, &pass, &worker, &ttl.as_secs_f64(), &token],
+            )
+            .await?;
+        if taken != 1 {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(Lease {
+            mailbox,
+            pass,
+            worker: worker.to_owned(),
+            token,
+        }))
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE leases SET expires_at = now() + make_interval(secs => $5)
+                 FROM mailboxes
+                 WHERE leases.mailbox = $1 AND leases.pass = $2 AND leases.worker = $3
+                   AND leases.token = $4 AND leases.expires_at > now()
+                   AND mailboxes.id = leases.mailbox AND mailboxes.pass = leases.pass",
+            )
+            .await?;
+        let changed = client
+            .execute(
+                &stmt,
+                &[
+                    &lease.mailbox,
+                    &lease.pass,
+                    &lease.worker,
+                    &lease.token,
+                    &ttl.as_secs_f64(),
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("DELETE FROM leases WHERE mailbox = $1 AND worker = $2 AND token = $3")
+            .await?;
+        client
+            .execute(&stmt, &[&lease.mailbox, &lease.worker, &lease.token])
+            .await?;
+        Ok(())
+    }
+
+    async fn hand_back(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let Lease {
+            mailbox,
+            pass,
+            worker,
+            token,
+        } = lease;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let found = tx
+            .query_opt(
+                "SELECT w.state
+                 FROM leases l JOIN mailboxes m ON m.id = l.mailbox JOIN waves w ON w.id = m.wave
+                 WHERE l.mailbox = $1 AND l.pass = $2 AND l.worker = $3 AND l.token = $4
+                   AND m.state = 'running' AND m.pass = $2
+                 FOR UPDATE OF m, l",
+                &[mailbox, pass, worker, token],
+            )
+            .await?;
+        let Some(row) = found else {
+            return Ok(false);
+        };
+        let wave_state: &str = row.try_get(0)?;
+        let (state, published) = if wave_state == WaveState::Cancelled.as_str() {
+            ("pending", true)
+        } else {
+            ("queued", false)
+        };
+        tx.execute(
+            "UPDATE mailboxes SET state = $3, job_published = $4,
+                 attempts = greatest(attempts - 1, 0), updated_at = now()
+             WHERE id = $1 AND pass = $2",
+            &[&mailbox, &pass, &state, &published],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM leases WHERE mailbox = $1 AND worker = $2",
+            &[&mailbox, &worker],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl LedgerStore for PostgresStore {
     async fn checkpoints(&self, mailbox: MailboxId) -> Result<Vec<FolderCheckpoint>, StoreError> {
         let client = self.client().await?;
         let stmt = client
@@ -986,101 +1054,101 @@ impl Store for PostgresStore {
         )
         .await
     }
+}
 
-    async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError> {
+#[async_trait]
+impl WaveStore for PostgresStore {
+    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError> {
         let client = self.client().await?;
+        // The no-op update makes RETURNING answer for an existing wave too.
         let stmt = client
             .prepare_cached(
-                "SELECT mailbox, folder, item, size, class, reason, pass, policy
-                 FROM item_failures WHERE mailbox = $1 ORDER BY folder, item",
+                "INSERT INTO waves (name) VALUES ($1)
+                 ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
             )
             .await?;
-        client
-            .query(&stmt, &[&mailbox])
-            .await?
+        Ok(client.query_one(&stmt, &[&name]).await?.try_get(0)?)
+    }
+
+    async fn add_mailboxes(
+        &self,
+        wave: WaveId,
+        specs: &[MailboxSpec],
+    ) -> Result<Vec<MailboxRecord>, StoreError> {
+        let sources: Vec<&str> = specs.iter().map(|s| s.source.as_str()).collect();
+        let targets: Vec<&str> = specs.iter().map(|s| s.target.as_str()).collect();
+        let client = self.client().await?;
+        let insert = client
+            .prepare_cached(&format!(
+                "INSERT INTO mailboxes (wave, source, target)
+                 SELECT $1, source, target
+                 FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS s (source, target, n)
+                 ORDER BY n
+                 ON CONFLICT (wave, source) DO NOTHING
+                 RETURNING {MAILBOX_COLUMNS}"
+            ))
+            .await?;
+        let mut by_source = HashMap::with_capacity(specs.len());
+        for row in client.query(&insert, &[&wave, &sources, &targets]).await? {
+            let record = mailbox_from_row(&row)?;
+            by_source.insert(record.source.clone(), record);
+        }
+        // Mailboxes the wave had already are read back, only they.
+        let known: Vec<&str> = sources
+            .into_iter()
+            .filter(|source| !by_source.contains_key(*source))
+            .collect();
+        if !known.is_empty() {
+            let select = client
+                .prepare_cached(&format!(
+                    "SELECT {MAILBOX_COLUMNS} FROM mailboxes
+                     JOIN unnest($2::text[]) AS given (source) USING (source)
+                     WHERE wave = $1"
+                ))
+                .await?;
+            for row in client.query(&select, &[&wave, &known]).await? {
+                let record = mailbox_from_row(&row)?;
+                by_source.insert(record.source.clone(), record);
+            }
+        }
+        specs
             .iter()
-            .map(failure_from_row)
+            .map(|spec| {
+                by_source.get(&spec.source).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("mailbox {} vanished while added", spec.source))
+                })
+            })
             .collect()
     }
 
-    async fn acquire_lease(
-        &self,
-        mailbox: MailboxId,
-        pass: i64,
-        worker: &str,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let epoch = tx
-            .query_opt(
-                "UPDATE mailboxes SET lease_epoch = lease_epoch + 1 WHERE id = $1
-                 RETURNING lease_epoch",
-                &[&mailbox],
-            )
+    async fn mailboxes(&self, wave: WaveId) -> Result<Vec<MailboxRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = $1 ORDER BY id"
+            ))
             .await?;
-        let Some(epoch) = epoch else {
-            return Err(StoreError::NotFound(format!("mailbox {mailbox}")));
-        };
-        let token: i64 = epoch.try_get(0)?;
-        let taken = tx
-            .execute(
-                "INSERT INTO leases (mailbox, pass, worker, expires_at, token)
-                 VALUES ($1, $2, $3, now() + make_interval(secs => $4), $5)
-                 ON CONFLICT (mailbox) DO UPDATE SET
-                     pass = excluded.pass, worker = excluded.worker,
-                     expires_at = excluded.expires_at, token = excluded.token
-                 WHERE leases.worker = excluded.worker OR leases.expires_at <= now()",
-                &[&mailbox, &pass, &worker, &ttl.as_secs_f64(), &token],
-            )
-            .await?;
-        if taken != 1 {
-            return Ok(None);
-        }
-        tx.commit().await?;
-        Ok(Some(Lease {
-            mailbox,
-            pass,
-            worker: worker.to_owned(),
-            token,
-        }))
+        client
+            .query(&stmt, &[&wave])
+            .await?
+            .iter()
+            .map(mailbox_from_row)
+            .collect()
     }
 
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "UPDATE leases SET expires_at = now() + make_interval(secs => $5)
-                 FROM mailboxes
-                 WHERE leases.mailbox = $1 AND leases.pass = $2 AND leases.worker = $3
-                   AND leases.token = $4 AND leases.expires_at > now()
-                   AND mailboxes.id = leases.mailbox AND mailboxes.pass = leases.pass",
+                "UPDATE mailboxes SET state = 'queued', pass = pass + 1, attempts = 0,
+                     last_error = NULL, stats = '{}', updated_at = now()
+                 WHERE id = $1 RETURNING pass",
             )
             .await?;
-        let changed = client
-            .execute(
-                &stmt,
-                &[
-                    &lease.mailbox,
-                    &lease.pass,
-                    &lease.worker,
-                    &lease.token,
-                    &ttl.as_secs_f64(),
-                ],
-            )
-            .await?;
-        Ok(changed == 1)
-    }
-
-    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("DELETE FROM leases WHERE mailbox = $1 AND worker = $2 AND token = $3")
-            .await?;
-        client
-            .execute(&stmt, &[&lease.mailbox, &lease.worker, &lease.token])
-            .await?;
-        Ok(())
+        let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
+            return Err(StoreError::NotFound(format!("mailbox {id}")));
+        };
+        Ok(row.try_get(0)?)
     }
 
     async fn expired_leases(&self) -> Result<Vec<(MailboxId, i64, String)>, StoreError> {
@@ -1104,7 +1172,7 @@ impl Store for PostgresStore {
     async fn create_wave(
         &self,
         name: &str,
-        config: &serde_json::Value,
+        config: &crate::config::Config,
     ) -> Result<WaveId, StoreError> {
         let client = self.client().await?;
         let stmt = client
@@ -1114,7 +1182,7 @@ impl Store for PostgresStore {
             )
             .await?;
         match client
-            .query_opt(&stmt, &[&name, &config.to_string()])
+            .query_opt(&stmt, &[&name, &WaveConfig::to_stored(config).to_string()])
             .await?
         {
             Some(row) => Ok(row.try_get(0)?),
@@ -1122,17 +1190,6 @@ impl Store for PostgresStore {
                 "a wave named {name:?} exists"
             ))),
         }
-    }
-
-    async fn wave(&self, id: WaveId) -> Result<WaveRecord, StoreError> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!("SELECT {WAVE_COLUMNS} FROM waves WHERE id = $1"))
-            .await?;
-        let Some(row) = client.query_opt(&stmt, &[&id]).await? else {
-            return Err(StoreError::NotFound(format!("wave {id}")));
-        };
-        wave_from_row(&row)
     }
 
     async fn waves(&self) -> Result<Vec<WaveRecord>, StoreError> {
@@ -1340,50 +1397,6 @@ impl Store for PostgresStore {
             .iter()
             .map(job_from_row)
             .collect()
-    }
-
-    async fn hand_back(&self, lease: &Lease) -> Result<bool, StoreError> {
-        let Lease {
-            mailbox,
-            pass,
-            worker,
-            token,
-        } = lease;
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let found = tx
-            .query_opt(
-                "SELECT w.state
-                 FROM leases l JOIN mailboxes m ON m.id = l.mailbox JOIN waves w ON w.id = m.wave
-                 WHERE l.mailbox = $1 AND l.pass = $2 AND l.worker = $3 AND l.token = $4
-                   AND m.state = 'running' AND m.pass = $2
-                 FOR UPDATE OF m, l",
-                &[mailbox, pass, worker, token],
-            )
-            .await?;
-        let Some(row) = found else {
-            return Ok(false);
-        };
-        let wave_state: &str = row.try_get(0)?;
-        let (state, published) = if wave_state == WaveState::Cancelled.as_str() {
-            ("pending", true)
-        } else {
-            ("queued", false)
-        };
-        tx.execute(
-            "UPDATE mailboxes SET state = $3, job_published = $4,
-                 attempts = greatest(attempts - 1, 0), updated_at = now()
-             WHERE id = $1 AND pass = $2",
-            &[&mailbox, &pass, &state, &published],
-        )
-        .await?;
-        tx.execute(
-            "DELETE FROM leases WHERE mailbox = $1 AND worker = $2",
-            &[&mailbox, &worker],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     async fn reap_lease(

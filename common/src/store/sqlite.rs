@@ -9,11 +9,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction, reap_decision};
+use super::{
+    LeaseStore, LedgerStore, PassOutcome, ReapOutcome, RecordStore, StoreError, WaveAction,
+    WaveStore, reap_decision,
+};
+use crate::config::Config;
 use crate::model::{
     FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxRecord, MailboxSpec,
     MailboxState, WaveCounts, WaveId, WaveRecord, WaveState,
 };
+use crate::wave_config::WaveConfig;
 
 mod embedded {
     refinery::embed_migrations!("migrations/sqlite");
@@ -127,7 +132,7 @@ fn wave_from_row(row: &Row<'_>) -> rusqlite::Result<WaveRecord> {
         name: row.get(1)?,
         state: WaveState::parse(&state).unwrap_or(WaveState::Cancelled),
         final_pass: row.get(3)?,
-        config: serde_json::from_str(&config).unwrap_or_default(),
+        config: WaveConfig::from_stored(&config),
     })
 }
 
@@ -261,62 +266,7 @@ fn put_checkpoint(conn: &Connection, c: &FolderCheckpoint) -> rusqlite::Result<(
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError> {
-        let name = name.to_owned();
-        self.with(move |conn| {
-            conn.execute(
-                "INSERT INTO waves (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
-                [&name],
-            )?;
-            Ok(
-                conn.query_row("SELECT id FROM waves WHERE name = ?1", [&name], |r| {
-                    r.get(0)
-                })?,
-            )
-        })
-        .await
-    }
-
-    async fn add_mailboxes(
-        &self,
-        wave: WaveId,
-        specs: &[MailboxSpec],
-    ) -> Result<Vec<MailboxRecord>, StoreError> {
-        let specs = specs.to_vec();
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
-            let mut records = Vec::with_capacity(specs.len());
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO mailboxes (wave, source, target) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (wave, source) DO NOTHING",
-                )?;
-                let mut select = tx.prepare_cached(&format!(
-                    "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = ?1 AND source = ?2"
-                ))?;
-                for spec in &specs {
-                    insert.execute(params![wave, spec.source, spec.target])?;
-                    records.push(select.query_row(params![wave, spec.source], mailbox_from_row)?);
-                }
-            }
-            tx.commit()?;
-            Ok(records)
-        })
-        .await
-    }
-
-    async fn mailboxes(&self, wave: WaveId) -> Result<Vec<MailboxRecord>, StoreError> {
-        self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = ?1 ORDER BY id"
-            ))?;
-            let rows = stmt.query_map([wave], mailbox_from_row)?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
-    }
-
+impl RecordStore for SqliteStore {
     async fn mailbox(&self, id: MailboxId) -> Result<MailboxRecord, StoreError> {
         self.with(move |conn| {
             conn.query_row(
@@ -330,22 +280,47 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError> {
+    async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError> {
         self.with(move |conn| {
-            conn.query_row(
-                "UPDATE mailboxes SET state = 'queued', pass = pass + 1, attempts = 0,
-                     last_error = NULL, stats = '{}',
-                     updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
-                 WHERE id = ?1 RETURNING pass",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("mailbox {id}")))
+            let mut stmt = conn.prepare_cached(
+                "SELECT mailbox, folder, item, size, class, reason, pass, policy
+                 FROM item_failures WHERE mailbox = ?1 ORDER BY folder, item",
+            )?;
+            let rows = stmt.query_map([mailbox], |row| {
+                let class: String = row.get(4)?;
+                Ok(ItemFailure {
+                    mailbox: row.get(0)?,
+                    folder: row.get(1)?,
+                    item: row.get(2)?,
+                    size: row.get::<_, i64>(3)? as u64,
+                    class: serde_json::from_value(serde_json::Value::String(class))
+                        .unwrap_or(crate::ErrorClass::Item),
+                    reason: row.get(5)?,
+                    pass: row.get(6)?,
+                    policy: row.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }
 
+    async fn wave(&self, id: WaveId) -> Result<WaveRecord, StoreError> {
+        self.with(move |conn| {
+            conn.query_row(
+                &format!("SELECT {WAVE_COLUMNS} FROM waves WHERE id = ?1"),
+                [id],
+                wave_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("wave {id}")))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
     async fn start_pass(&self, lease: &Lease) -> Result<bool, StoreError> {
         let lease = lease.clone();
         self.with(move |conn| {
@@ -384,6 +359,135 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn acquire_lease(
+        &self,
+        mailbox: MailboxId,
+        pass: i64,
+        worker: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let worker = worker.to_owned();
+        self.with(move |conn| {
+            let tx = write_tx(conn)?;
+            let token: Option<i64> = tx
+                .query_row(
+                    "UPDATE mailboxes SET lease_epoch = lease_epoch + 1 WHERE id = ?1
+                     RETURNING lease_epoch",
+                    [mailbox],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(token) = token else {
+                return Err(StoreError::NotFound(format!("mailbox {mailbox}")));
+            };
+            let taken = tx.execute(
+                &format!(
+                    "INSERT INTO leases (mailbox, pass, worker, expires_at, token)
+                     VALUES (?1, ?2, ?3, {NOW_MS} + ?4, ?5)
+                     ON CONFLICT (mailbox) DO UPDATE SET
+                         pass = excluded.pass, worker = excluded.worker,
+                         expires_at = excluded.expires_at, token = excluded.token
+                     WHERE leases.worker = excluded.worker OR leases.expires_at <= {NOW_MS}"
+                ),
+                params![mailbox, pass, worker, ttl_millis(ttl), token],
+            )?;
+            if taken != 1 {
+                return Ok(None);
+            }
+            tx.commit()?;
+            Ok(Some(Lease {
+                mailbox,
+                pass,
+                worker,
+                token,
+            }))
+        })
+        .await
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let lease = lease.clone();
+        self.with(move |conn| {
+            let changed = conn.execute(
+                &format!(
+                    "UPDATE leases SET expires_at = {NOW_MS} + ?5
+                     WHERE mailbox = ?1 AND pass = ?2 AND worker = ?3 AND token = ?4
+                       AND expires_at > {NOW_MS}
+                       AND pass = (SELECT pass FROM mailboxes WHERE id = ?1)"
+                ),
+                params![
+                    lease.mailbox,
+                    lease.pass,
+                    lease.worker,
+                    lease.token,
+                    ttl_millis(ttl)
+                ],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        self.with(move |conn| {
+            conn.execute(
+                "DELETE FROM leases WHERE mailbox = ?1 AND worker = ?2 AND token = ?3",
+                params![lease.mailbox, lease.worker, lease.token],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn hand_back(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let Lease {
+            mailbox,
+            pass,
+            worker,
+            token,
+        } = lease.clone();
+        self.with(move |conn| {
+            let tx = write_tx(conn)?;
+            let found: Option<String> = tx
+                .query_row(
+                    "SELECT w.state
+                     FROM leases l JOIN mailboxes m ON m.id = l.mailbox
+                          JOIN waves w ON w.id = m.wave
+                     WHERE l.mailbox = ?1 AND l.pass = ?2 AND l.worker = ?3 AND l.token = ?4
+                       AND m.state = 'running' AND m.pass = ?2",
+                    params![mailbox, pass, worker, token],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(wave_state) = found else {
+                return Ok(false);
+            };
+            let (state, published) = if wave_state == WaveState::Cancelled.as_str() {
+                ("pending", true)
+            } else {
+                ("queued", false)
+            };
+            tx.execute(
+                "UPDATE mailboxes SET state = ?3, job_published = ?4,
+                     attempts = max(attempts - 1, 0),
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+                 WHERE id = ?1 AND pass = ?2",
+                params![mailbox, pass, state, published],
+            )?;
+            tx.execute(
+                "DELETE FROM leases WHERE mailbox = ?1 AND worker = ?2",
+                params![mailbox, worker],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl LedgerStore for SqliteStore {
     async fn checkpoints(&self, mailbox: MailboxId) -> Result<Vec<FolderCheckpoint>, StoreError> {
         self.with(move |conn| {
             let mut stmt = conn.prepare_cached(&format!(
@@ -650,109 +754,77 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
 
-    async fn failures(&self, mailbox: MailboxId) -> Result<Vec<ItemFailure>, StoreError> {
+#[async_trait]
+impl WaveStore for SqliteStore {
+    async fn ensure_wave(&self, name: &str) -> Result<WaveId, StoreError> {
+        let name = name.to_owned();
         self.with(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT mailbox, folder, item, size, class, reason, pass, policy
-                 FROM item_failures WHERE mailbox = ?1 ORDER BY folder, item",
+            conn.execute(
+                "INSERT INTO waves (name) VALUES (?1) ON CONFLICT (name) DO NOTHING",
+                [&name],
             )?;
-            let rows = stmt.query_map([mailbox], |row| {
-                let class: String = row.get(4)?;
-                Ok(ItemFailure {
-                    mailbox: row.get(0)?,
-                    folder: row.get(1)?,
-                    item: row.get(2)?,
-                    size: row.get::<_, i64>(3)? as u64,
-                    class: serde_json::from_value(serde_json::Value::String(class))
-                        .unwrap_or(crate::ErrorClass::Item),
-                    reason: row.get(5)?,
-                    pass: row.get(6)?,
-                    policy: row.get(7)?,
-                })
-            })?;
+            Ok(
+                conn.query_row("SELECT id FROM waves WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .await
+    }
+
+    async fn add_mailboxes(
+        &self,
+        wave: WaveId,
+        specs: &[MailboxSpec],
+    ) -> Result<Vec<MailboxRecord>, StoreError> {
+        let specs = specs.to_vec();
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let mut records = Vec::with_capacity(specs.len());
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO mailboxes (wave, source, target) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (wave, source) DO NOTHING",
+                )?;
+                let mut select = tx.prepare_cached(&format!(
+                    "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = ?1 AND source = ?2"
+                ))?;
+                for spec in &specs {
+                    insert.execute(params![wave, spec.source, spec.target])?;
+                    records.push(select.query_row(params![wave, spec.source], mailbox_from_row)?);
+                }
+            }
+            tx.commit()?;
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn mailboxes(&self, wave: WaveId) -> Result<Vec<MailboxRecord>, StoreError> {
+        self.with(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE wave = ?1 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([wave], mailbox_from_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }
 
-    async fn acquire_lease(
-        &self,
-        mailbox: MailboxId,
-        pass: i64,
-        worker: &str,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, StoreError> {
-        let worker = worker.to_owned();
+    async fn queue_pass(&self, id: MailboxId) -> Result<i64, StoreError> {
         self.with(move |conn| {
-            let tx = write_tx(conn)?;
-            let token: Option<i64> = tx
-                .query_row(
-                    "UPDATE mailboxes SET lease_epoch = lease_epoch + 1 WHERE id = ?1
-                     RETURNING lease_epoch",
-                    [mailbox],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(token) = token else {
-                return Err(StoreError::NotFound(format!("mailbox {mailbox}")));
-            };
-            let taken = tx.execute(
-                &format!(
-                    "INSERT INTO leases (mailbox, pass, worker, expires_at, token)
-                     VALUES (?1, ?2, ?3, {NOW_MS} + ?4, ?5)
-                     ON CONFLICT (mailbox) DO UPDATE SET
-                         pass = excluded.pass, worker = excluded.worker,
-                         expires_at = excluded.expires_at, token = excluded.token
-                     WHERE leases.worker = excluded.worker OR leases.expires_at <= {NOW_MS}"
-                ),
-                params![mailbox, pass, worker, ttl_millis(ttl), token],
-            )?;
-            if taken != 1 {
-                return Ok(None);
-            }
-            tx.commit()?;
-            Ok(Some(Lease {
-                mailbox,
-                pass,
-                worker,
-                token,
-            }))
-        })
-        .await
-    }
-
-    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
-        let lease = lease.clone();
-        self.with(move |conn| {
-            let changed = conn.execute(
-                &format!(
-                    "UPDATE leases SET expires_at = {NOW_MS} + ?5
-                     WHERE mailbox = ?1 AND pass = ?2 AND worker = ?3 AND token = ?4
-                       AND expires_at > {NOW_MS}
-                       AND pass = (SELECT pass FROM mailboxes WHERE id = ?1)"
-                ),
-                params![
-                    lease.mailbox,
-                    lease.pass,
-                    lease.worker,
-                    lease.token,
-                    ttl_millis(ttl)
-                ],
-            )?;
-            Ok(changed == 1)
-        })
-        .await
-    }
-
-    async fn release_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        let lease = lease.clone();
-        self.with(move |conn| {
-            conn.execute(
-                "DELETE FROM leases WHERE mailbox = ?1 AND worker = ?2 AND token = ?3",
-                params![lease.mailbox, lease.worker, lease.token],
-            )?;
-            Ok(())
+            conn.query_row(
+                "UPDATE mailboxes SET state = 'queued', pass = pass + 1, attempts = 0,
+                     last_error = NULL, stats = '{}',
+                     updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+                 WHERE id = ?1 RETURNING pass",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox {id}")))
         })
         .await
     }
@@ -772,13 +844,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn create_wave(
-        &self,
-        name: &str,
-        config: &serde_json::Value,
-    ) -> Result<WaveId, StoreError> {
+    async fn create_wave(&self, name: &str, config: &Config) -> Result<WaveId, StoreError> {
         let name = name.to_owned();
-        let config = config.to_string();
+        let config = WaveConfig::to_stored(config).to_string();
         self.with(move |conn| {
             conn.query_row(
                 "INSERT INTO waves (name, config) VALUES (?1, ?2)
@@ -788,19 +856,6 @@ impl Store for SqliteStore {
             )
             .optional()?
             .ok_or_else(|| StoreError::Conflict(format!("a wave named {name:?} exists")))
-        })
-        .await
-    }
-
-    async fn wave(&self, id: WaveId) -> Result<WaveRecord, StoreError> {
-        self.with(move |conn| {
-            conn.query_row(
-                &format!("SELECT {WAVE_COLUMNS} FROM waves WHERE id = ?1"),
-                [id],
-                wave_from_row,
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(format!("wave {id}")))
         })
         .await
     }
@@ -1011,51 +1066,6 @@ impl Store for SqliteStore {
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
-    }
-
-    async fn hand_back(&self, lease: &Lease) -> Result<bool, StoreError> {
-        let Lease {
-            mailbox,
-            pass,
-            worker,
-            token,
-        } = lease.clone();
-        self.with(move |conn| {
-            let tx = write_tx(conn)?;
-            let found: Option<String> = tx
-                .query_row(
-                    "SELECT w.state
-                     FROM leases l JOIN mailboxes m ON m.id = l.mailbox
-                          JOIN waves w ON w.id = m.wave
-                     WHERE l.mailbox = ?1 AND l.pass = ?2 AND l.worker = ?3 AND l.token = ?4
-                       AND m.state = 'running' AND m.pass = ?2",
-                    params![mailbox, pass, worker, token],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(wave_state) = found else {
-                return Ok(false);
-            };
-            let (state, published) = if wave_state == WaveState::Cancelled.as_str() {
-                ("pending", true)
-            } else {
-                ("queued", false)
-            };
-            tx.execute(
-                "UPDATE mailboxes SET state = ?3, job_published = ?4,
-                     attempts = max(attempts - 1, 0),
-                     updated_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
-                 WHERE id = ?1 AND pass = ?2",
-                params![mailbox, pass, state, published],
-            )?;
-            tx.execute(
-                "DELETE FROM leases WHERE mailbox = ?1 AND worker = ?2",
-                params![mailbox, worker],
-            )?;
-            tx.commit()?;
-            Ok(true)
         })
         .await
     }

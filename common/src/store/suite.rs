@@ -3,14 +3,17 @@
 //! empty store: one `#[test]` per check and backend, so that one failure
 //! hides no other.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{PassOutcome, ReapOutcome, Store, StoreError, WaveAction};
 use crate::ErrorClass;
+use crate::config::Config;
 use crate::model::{
     FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxSpec, MailboxState,
     PassStats, WaveCounts, WaveState,
 };
+use crate::wave_config::WaveConfig;
 
 /// A check of the suite, as a runner receives it.
 pub type Check = for<'a> fn(&'a dyn Store) -> futures::future::BoxFuture<'a, ()>;
@@ -99,6 +102,15 @@ fn checkpoint(mailbox: i64, folder: &str, validity: u32, hwm: u32) -> FolderChec
         target_validity: Some(77),
         subscribed: true,
     }
+}
+
+/// A wave's configuration for the checks: Maildir to Maildir.
+fn wave_config() -> Config {
+    Config::from_remote_toml_str(
+        "[source]\nkind = \"maildir\"\npath = \"/srv/old/{mailbox}\"\n\
+         [target]\nkind = \"maildir\"\npath = \"/srv/new/{mailbox}\"\n",
+    )
+    .expect("a valid configuration")
 }
 
 pub async fn waves_and_mailboxes(store: &dyn Store) {
@@ -600,7 +612,7 @@ pub async fn retargeting_after_the_target_folder_changed(store: &dyn Store) {
 /// A pass that ended with failed items is neither completed nor failed.
 pub async fn passes_with_errors_are_counted_apart(store: &dyn Store) {
     let wave = store
-        .create_wave("suite-errors", &serde_json::json!({}))
+        .create_wave("suite-errors", &wave_config())
         .await
         .unwrap();
     let ids: Vec<_> = store
@@ -649,11 +661,11 @@ async fn recount(store: &dyn Store, wave: i64) -> WaveCounts {
 
 pub async fn wave_counts_follow_every_change(store: &dyn Store) {
     let wave = store
-        .create_wave("suite-counts", &serde_json::json!({}))
+        .create_wave("suite-counts", &wave_config())
         .await
         .unwrap();
     let other = store
-        .create_wave("suite-counts-other", &serde_json::json!({}))
+        .create_wave("suite-counts-other", &wave_config())
         .await
         .unwrap();
     store.add_mailboxes(other, &[spec("o@x")]).await.unwrap();
@@ -789,7 +801,8 @@ async fn confirm(store: &dyn Store, mailbox: MailboxId, pass: i64) {
 
 pub async fn wave_states_and_publishing(store: &dyn Store) {
     use WaveState::{Cancelled, Created, Paused, Running};
-    let config = serde_json::json!({"migration": {"max_concurrent_mailboxes": 2}});
+    let mut config = wave_config();
+    config.migration.max_concurrent_mailboxes = 2;
     let wave = store.create_wave("suite-dist", &config).await.unwrap();
     let taken = store.create_wave("suite-dist", &config).await.unwrap_err();
     assert!(matches!(taken, StoreError::Conflict(_)), "{taken}");
@@ -798,7 +811,7 @@ pub async fn wave_states_and_publishing(store: &dyn Store) {
         (record.name.as_str(), record.state, record.final_pass),
         ("suite-dist", Created, false)
     );
-    assert_eq!(record.config, config);
+    assert_eq!(record.config, WaveConfig::Readable(Arc::new(config)));
     assert!(store.waves().await.unwrap().contains(&record));
     assert!(matches!(
         store.wave(i64::MAX).await.unwrap_err(),
@@ -959,7 +972,7 @@ pub async fn wave_states_and_publishing(store: &dyn Store) {
 
 pub async fn final_pass_completes_the_wave(store: &dyn Store) {
     let wave = store
-        .create_wave("suite-final", &serde_json::json!({}))
+        .create_wave("suite-final", &wave_config())
         .await
         .unwrap();
     let id = store.add_mailboxes(wave, &[spec("fin@x")]).await.unwrap()[0].id;
@@ -1045,7 +1058,7 @@ async fn until_expired(store: &dyn Store, mailbox: MailboxId) {
 
 pub async fn reaping_expired_leases(store: &dyn Store) {
     let wave = store
-        .create_wave("suite-reap", &serde_json::json!({}))
+        .create_wave("suite-reap", &wave_config())
         .await
         .unwrap();
     let ids: Vec<_> = store
@@ -1176,7 +1189,7 @@ pub async fn reaping_expired_leases(store: &dyn Store) {
 
 pub async fn handing_back(store: &dyn Store) {
     let wave = store
-        .create_wave("suite-hand-back", &serde_json::json!({}))
+        .create_wave("suite-hand-back", &wave_config())
         .await
         .unwrap();
     let ids: Vec<_> = store

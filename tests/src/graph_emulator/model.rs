@@ -2,6 +2,8 @@
 //! with one mailbox each, folders, items, and the change log behind delta
 //! queries.
 
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use std::collections::{BTreeMap, HashMap};
 
 use base64::Engine as _;
@@ -63,7 +65,7 @@ pub(crate) struct Certificate {
 
 impl Certificate {
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let der = rustls_pemfile::certs(&mut pem.as_bytes())
+        let der = CertificateDer::pem_slice_iter(pem.as_bytes())
             .next()
             .ok_or("no certificate in PEM")?
             .map_err(|e| format!("bad certificate PEM: {e}"))?

@@ -1,6 +1,6 @@
 //! Mail systems behind two traits: a [`MailSource`] is read, a [`MailTarget`]
 //! is written. The copy engine only ever talks to these traits; each
-//! connector (IMAP, Maildir) turns them into its own protocol.
+//! connector (IMAP, Maildir, Microsoft Graph) turns them into its own protocol.
 
 pub mod graph;
 pub mod imap;

@@ -852,7 +852,7 @@ impl MailboxPass<'_> {
             // Stops sending the moment the lease is lost: what was sent is
             // in doubt for whoever takes the mailbox, and found by its intents.
             self.store
-                .keeper
+                .keeper()
                 .guard(target.append(&checkpoint.target_folder, &outgoing))
                 .await?
         };

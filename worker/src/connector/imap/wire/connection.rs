@@ -15,7 +15,8 @@ use imap_proto::{
     AttributeValue, MailboxDatum, MailboxListData, MessageSection, NameAttribute, Response,
     SectionPath, StatusAttribute,
 };
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -988,7 +989,7 @@ async fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>,
         .map_err(|e| ImapError::Tls(format!("reading CA file {}: {e}", path.display())))?;
     let mut roots = webpki_root_store();
     let mut added = 0;
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| ImapError::Tls(format!("parsing CA file: {e}")))?;
         roots
             .add(cert)
