@@ -103,6 +103,7 @@ pub async fn dispatch_once(
             store.confirm_published(batch).await?;
             report.republished.extend_from_slice(batch);
         }
+        store.compact_wave_counts(wave.id).await?;
         let in_flight = store.in_flight(wave.id).await?;
         let pair = endpoint_pair(&wave, config.as_deref());
         let budget = pairs
@@ -117,18 +118,18 @@ pub async fn dispatch_once(
         let mut room = cap
             .saturating_sub(in_flight)
             .min(budget.cap.saturating_sub(budget.in_flight)) as usize;
-        while room > 0 {
-            let next = store.next_to_publish(wave.id, room.min(BATCH)).await?;
-            if next.is_empty() {
-                break;
-            }
-            room -= next.len();
-            // Left out: paused, cancelled or changed meanwhile.
-            let marked = store.mark_published(&next).await?;
-            queue.publish(&marked).await?;
-            store.confirm_published(&marked).await?;
+        // While one batch is published and confirmed, the next is marked:
+        // the store and the queue work at the same time.
+        let mut next = mark_next(store, wave.id, &mut room).await?;
+        while let Some(marked) = next {
+            let (following, published) = tokio::join!(
+                mark_next(store, wave.id, &mut room),
+                publish_marked(store, queue, &marked)
+            );
+            published?;
             budget.in_flight += marked.len() as u64;
             report.published.extend(marked);
+            next = following?;
         }
         if wave.final_pass && store.complete_wave_if_done(wave.id).await? {
             tracing::info!(wave = %wave.name, "final pass done: wave completed");
@@ -136,6 +137,36 @@ pub async fn dispatch_once(
         }
     }
     Ok(report)
+}
+
+/// Marks the next jobs of `wave` to publish, at most `room` (less what it
+/// looked at); `None` when there are none left or no room.
+async fn mark_next(
+    store: &dyn WaveStore,
+    wave: WaveId,
+    room: &mut usize,
+) -> Result<Option<Vec<Job>>, WaveError> {
+    if *room == 0 {
+        return Ok(None);
+    }
+    let next = store.next_to_publish(wave, (*room).min(BATCH)).await?;
+    if next.is_empty() {
+        return Ok(None);
+    }
+    *room -= next.len();
+    // Left out: paused, cancelled or changed meanwhile.
+    Ok(Some(store.mark_published(&next).await?))
+}
+
+/// Publishes marked jobs and confirms them.
+async fn publish_marked(
+    store: &dyn WaveStore,
+    queue: &dyn JobQueue,
+    marked: &[Job],
+) -> Result<(), WaveError> {
+    queue.publish(marked).await?;
+    store.confirm_published(marked).await?;
+    Ok(())
 }
 
 /// Runs [`dispatch_once`] every `interval`, and at once when `wake` is

@@ -503,6 +503,68 @@ async fn waves_between_the_same_servers_share_the_cap(store: Arc<dyn Store>) {
     }
 }
 
+/// A queue whose first publish waits (up to 10 s) until the store shows
+/// every job of the wave marked and none confirmed: the next batch marked
+/// while the first is being published.
+struct OverlapQueue {
+    store: Arc<dyn Store>,
+    wave: WaveId,
+    jobs: usize,
+    overlapped: Mutex<Option<bool>>,
+    inner: MemoryQueue,
+}
+
+#[async_trait]
+impl JobQueue for OverlapQueue {
+    async fn publish(&self, jobs: &[Job]) -> Result<(), QueueError> {
+        if self.overlapped.lock().unwrap().is_none() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            let overlapped = loop {
+                let unconfirmed = self.store.unpublished_jobs(self.wave).await.unwrap();
+                if unconfirmed.len() == self.jobs {
+                    break true;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            *self.overlapped.lock().unwrap() = Some(overlapped);
+        }
+        self.inner.publish(jobs).await
+    }
+
+    async fn next(&self) -> Result<Option<Box<dyn Delivery>>, QueueError> {
+        self.inner.next().await
+    }
+}
+
+#[tokio::test]
+async fn the_next_batch_is_marked_while_one_is_published() {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    let jobs = 2500;
+    let h = Harness::new(Arc::clone(&store));
+    let csv: String = std::iter::once("source,target\n".to_owned())
+        .chain((0..jobs).map(|i| format!("u{i}@old,u{i}@new\n")))
+        .collect();
+    let body = json!({"name": "overlap", "config_toml": config(jobs), "mailboxes_csv": csv});
+    let (status, created) = h.api("POST", "/api/v1/waves", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let wave = created["id"].as_i64().unwrap();
+    assert_eq!(h.command(wave, "start").await.0, StatusCode::OK);
+    let queue = OverlapQueue {
+        store: Arc::clone(&store),
+        wave,
+        jobs,
+        overlapped: Mutex::new(None),
+        inner: MemoryQueue::default(),
+    };
+    let report = dispatch_once(store.as_ref(), &queue).await.unwrap();
+    assert_eq!(report.published.len(), jobs);
+    assert_eq!(*queue.overlapped.lock().unwrap(), Some(true));
+    assert!(store.unpublished_jobs(wave).await.unwrap().is_empty());
+}
+
 /// A wave whose stored configuration this build cannot read (here: a
 /// value of the wrong type, as a newer coordinator might write) is not
 /// dispatched at all: not at a default cap, not sharing the pair's cap. Its

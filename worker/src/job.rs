@@ -270,14 +270,17 @@ impl EndpointConnector {
         let migration = &self.config.migration;
         self.shared
             .schedulers
-            .endpoint(&endpoint.server(), || ThrottleSettings {
-                mailbox_ceiling: migration.connections_per_mailbox,
-                endpoint_ceiling: migration.connections_per_mailbox
-                    * migration.max_concurrent_mailboxes,
-                requests_per_second: None,
-                latency_factor: f64::INFINITY,
-                upload_rate: None,
-            })
+            .endpoint(
+                &endpoint.server(),
+                ThrottleSettings {
+                    mailbox_ceiling: migration.connections_per_mailbox,
+                    endpoint_ceiling: migration.connections_per_mailbox
+                        * migration.max_concurrent_mailboxes,
+                    requests_per_second: None,
+                    latency_factor: f64::INFINITY,
+                    upload_rate: None,
+                },
+            )
             .mailbox(login, self.waits.clone())
     }
 }

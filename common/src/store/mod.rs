@@ -318,6 +318,11 @@ pub trait WaveStore: RecordStore {
     /// Mailboxes of the wave queued or running.
     async fn in_flight(&self, wave: WaveId) -> Result<u64, StoreError>;
 
+    /// Keeps [`Store::wave_counts`] cheap where the counts are kept as
+    /// deltas of every change (PostgreSQL): folds the wave's deltas into
+    /// one row per state. The counts are the same before and after.
+    async fn compact_wave_counts(&self, wave: WaveId) -> Result<(), StoreError>;
+
     /// Failed mailboxes of the wave, by id, at most `limit`.
     async fn failed_mailboxes(
         &self,

@@ -1120,28 +1120,37 @@ impl WaveStore for PostgresStore {
         let targets: Vec<&str> = specs.iter().map(|s| s.target.as_str()).collect();
         let client = self.client().await?;
         let insert = client
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "INSERT INTO mailboxes (wave, source, target)
                  SELECT $1, source, target
                  FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS s (source, target, n)
                  ORDER BY n
-                 ON CONFLICT (wave, source) DO NOTHING",
-            )
-            .await?;
-        client
-            .execute(&insert, &[&wave, &sources, &targets])
-            .await?;
-        let select = client
-            .prepare_cached(&format!(
-                "SELECT {MAILBOX_COLUMNS} FROM mailboxes
-                 JOIN unnest($2::text[]) AS given (source) USING (source)
-                 WHERE wave = $1"
+                 ON CONFLICT (wave, source) DO NOTHING
+                 RETURNING {MAILBOX_COLUMNS}"
             ))
             .await?;
         let mut by_source = HashMap::with_capacity(specs.len());
-        for row in client.query(&select, &[&wave, &sources]).await? {
+        for row in client.query(&insert, &[&wave, &sources, &targets]).await? {
             let record = mailbox_from_row(&row)?;
             by_source.insert(record.source.clone(), record);
+        }
+        // Mailboxes the wave had already are read back, only they.
+        let known: Vec<&str> = sources
+            .into_iter()
+            .filter(|source| !by_source.contains_key(*source))
+            .collect();
+        if !known.is_empty() {
+            let select = client
+                .prepare_cached(&format!(
+                    "SELECT {MAILBOX_COLUMNS} FROM mailboxes
+                     JOIN unnest($2::text[]) AS given (source) USING (source)
+                     WHERE wave = $1"
+                ))
+                .await?;
+            for row in client.query(&select, &[&wave, &known]).await? {
+                let record = mailbox_from_row(&row)?;
+                by_source.insert(record.source.clone(), record);
+            }
         }
         specs
             .iter()
@@ -1299,11 +1308,9 @@ impl WaveStore for PostgresStore {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT state, count(*),
-                        coalesce(sum((stats->>'items_copied')::bigint), 0)::bigint,
-                        coalesce(sum((stats->>'bytes_copied')::bigint), 0)::bigint,
-                        coalesce(sum((stats->>'items_skipped')::bigint), 0)::bigint
-                 FROM mailboxes WHERE wave = $1 GROUP BY state",
+                "SELECT state, sum(mailboxes)::bigint, sum(items_copied)::bigint,
+                        sum(bytes_copied)::bigint, sum(items_skipped)::bigint
+                 FROM wave_count_deltas WHERE wave = $1 GROUP BY state",
             )
             .await?;
         let mut counts = WaveCounts::default();
@@ -1321,13 +1328,23 @@ impl WaveStore for PostgresStore {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT count(*) FROM mailboxes WHERE wave = $1 AND state IN ('queued', 'running')",
+                "SELECT coalesce(sum(mailboxes), 0)::bigint FROM wave_count_deltas
+                 WHERE wave = $1 AND state IN ('queued', 'running')",
             )
             .await?;
         Ok(client
             .query_one(&stmt, &[&wave])
             .await?
             .try_get::<_, i64>(0)? as u64)
+    }
+
+    async fn compact_wave_counts(&self, wave: WaveId) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT compact_wave_counts($1)")
+            .await?;
+        client.execute(&stmt, &[&wave]).await?;
+        Ok(())
     }
 
     async fn failed_mailboxes(
@@ -1555,7 +1572,7 @@ mod tests {
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(applied, 5, "V1 to V5");
+            assert_eq!(applied, 6, "V1 to V6");
             let partitions: i64 = client
                 .query_one(
                     "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ledger'::regclass",
@@ -1565,6 +1582,45 @@ mod tests {
                 .unwrap()
                 .get(0);
             assert_eq!(partitions, 16);
+        })
+        .await;
+    }
+
+    /// The status of a wave and the dispatcher's cap read the wave's count
+    /// deltas, never its mailboxes: they answer while another session
+    /// holds the mailboxes table locked against readers.
+    #[tokio::test]
+    async fn wave_counts_never_read_the_mailboxes() {
+        with_database(|url| async move {
+            let store = PostgresStore::connect_and_migrate(&url).await.unwrap();
+            let wave = store
+                .ensure_wave("counted", &crate::store::suite::wave_config())
+                .await
+                .unwrap();
+            let specs: Vec<_> = (0..1000)
+                .map(|i| MailboxSpec {
+                    source: format!("u{i}@x"),
+                    target: format!("u{i}@y"),
+                })
+                .collect();
+            store.add_mailboxes(wave, &specs).await.unwrap();
+            let mut locker = store.client().await.unwrap();
+            let lock = locker.transaction().await.unwrap();
+            lock.batch_execute("LOCK TABLE mailboxes IN ACCESS EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            let counts = tokio::time::timeout(Duration::from_secs(5), async {
+                store.compact_wave_counts(wave).await.unwrap();
+                let in_flight = store.in_flight(wave).await.unwrap();
+                (store.wave_counts(wave).await.unwrap(), in_flight)
+            })
+            .await
+            .expect("the counts waited for the locked mailboxes table");
+            lock.rollback().await.unwrap();
+            assert_eq!(
+                (counts.0.pending, counts.0.total(), counts.1),
+                (1000, 1000, 0)
+            );
         })
         .await;
     }

@@ -11,7 +11,7 @@ use crate::ErrorClass;
 use crate::config::Config;
 use crate::model::{
     FailureScope, FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxSpec,
-    MailboxState, PassStats, SourceCursor, TargetMark, WaveState,
+    MailboxState, PassStats, SourceCursor, TargetMark, WaveCounts, WaveState,
 };
 use crate::wave_config::WaveConfig;
 
@@ -39,6 +39,7 @@ macro_rules! store_suite {
             final_pass_completes_the_wave,
             a_later_run_takes_back_what_an_earlier_one_left,
             passes_with_errors_are_counted_apart,
+            wave_counts_follow_every_change,
             reaping_expired_leases,
             handing_back
         );
@@ -749,6 +750,117 @@ pub async fn passes_with_errors_are_counted_apart(store: &dyn Store) {
         ),
         (1, 1, 2)
     );
+}
+
+/// A wave's counts as the mailboxes themselves tell them.
+async fn recount(store: &dyn Store, wave: i64) -> WaveCounts {
+    let mut counts = WaveCounts::default();
+    for mailbox in store.mailboxes(wave).await.unwrap() {
+        counts.add_state(mailbox.state, 1);
+        counts.items_copied += mailbox.stats.items_copied;
+        counts.bytes_copied += mailbox.stats.bytes_copied;
+        counts.items_skipped += mailbox.stats.items_skipped;
+    }
+    counts
+}
+
+pub async fn wave_counts_follow_every_change(store: &dyn Store) {
+    let wave = store
+        .create_wave("suite-counts", &wave_config())
+        .await
+        .unwrap();
+    let other = store
+        .create_wave("suite-counts-other", &wave_config())
+        .await
+        .unwrap();
+    store.add_mailboxes(other, &[spec("o@x")]).await.unwrap();
+    let specs: Vec<_> = (0..6).map(|i| spec(&format!("c{i}@x"))).collect();
+    let ids: Vec<_> = store
+        .add_mailboxes(wave, &specs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    let check = |step: &'static str| async move {
+        assert_eq!(
+            store.wave_counts(wave).await.unwrap(),
+            recount(store, wave).await,
+            "{step}"
+        );
+        store.compact_wave_counts(wave).await.unwrap();
+        assert_eq!(
+            store.wave_counts(wave).await.unwrap(),
+            recount(store, wave).await,
+            "{step}, compacted"
+        );
+    };
+    check("added").await;
+    // Adding the same mailboxes again changes nothing.
+    store.add_mailboxes(wave, &specs[..2]).await.unwrap();
+    check("added again").await;
+    store
+        .transition_wave(
+            wave,
+            &[WaveState::Created],
+            Some(WaveState::Running),
+            WaveAction::RequestPass,
+        )
+        .await
+        .unwrap();
+    let next = store.next_to_publish(wave, 4).await.unwrap();
+    let marked = store.mark_published(&next).await.unwrap();
+    check("marked").await;
+    store.confirm_published(&marked).await.unwrap();
+    check("confirmed").await;
+    assert_eq!(store.in_flight(wave).await.unwrap(), 4);
+    for (i, &id) in ids[..4].iter().enumerate() {
+        let l = lease(store, id, 1, "w").await;
+        assert!(store.start_pass(&l).await.unwrap());
+        let outcome = match i {
+            0 => completed(10, 2000),
+            1 => PassOutcome {
+                state: MailboxState::CompletedWithErrors,
+                ..completed(3, 300)
+            },
+            2 => PassOutcome {
+                state: MailboxState::Failed,
+                error: Some("no such mailbox".into()),
+                stats: PassStats::default(),
+            },
+            _ => continue,
+        };
+        store.finish_pass(&l, &outcome).await.unwrap();
+    }
+    check("finished three, one running").await;
+    assert_eq!(store.in_flight(wave).await.unwrap(), 1);
+    // A second pass resets the first's totals.
+    queue_pass(store, ids[0]).await;
+    check("a delta pass queued").await;
+    let counts = store.wave_counts(wave).await.unwrap();
+    assert_eq!(
+        (
+            counts.pending,
+            counts.queued,
+            counts.running,
+            counts.completed_with_errors,
+            counts.failed,
+            counts.items_copied,
+            counts.bytes_copied
+        ),
+        (2, 1, 1, 1, 1, 3, 300)
+    );
+    store
+        .transition_wave(
+            wave,
+            &[WaveState::Running],
+            Some(WaveState::Cancelled),
+            WaveAction::ResetQueued,
+        )
+        .await
+        .unwrap();
+    check("cancelled").await;
+    assert_eq!(store.wave_counts(other).await.unwrap().pending, 1);
 }
 
 fn completed(items: u64, bytes: u64) -> PassOutcome {

@@ -96,7 +96,7 @@ const UPLOAD_RATE_PERIOD: Duration = Duration::from_secs(5);
 const UPLOAD_RATE_DECREASE: f64 = 0.9;
 
 /// Settings of one endpoint's scheduler.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ThrottleSettings {
     /// Most requests in flight per mailbox (Graph: 4); at least 1.
     pub mailbox_ceiling: usize,
@@ -263,11 +263,14 @@ pub struct EndpointThrottle {
     shared: Arc<EndpointShared>,
 }
 
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
 struct EndpointShared {
     label: String,
-    settings: ThrottleSettings,
+    /// The settings of the wave that used the endpoint last
+    /// ([`Schedulers::endpoint`]), with the rate limiter they ask for.
+    settings: Mutex<(ThrottleSettings, Option<Arc<Limiter>>)>,
     window: Arc<AdaptiveWindow>,
-    limiter: Option<RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>>,
     clock: TokioClock,
     counters: Mutex<ThrottleCounters>,
     mailboxes: Mutex<Mailboxes>,
@@ -290,16 +293,20 @@ pub struct Schedulers {
 }
 
 impl Schedulers {
-    /// The scheduler of endpoint `label`, made with `settings` on first use.
-    pub fn endpoint(
-        &self,
-        label: &str,
-        settings: impl FnOnce() -> ThrottleSettings,
-    ) -> EndpointThrottle {
-        lock(&self.endpoints)
-            .entry(label.to_owned())
-            .or_insert_with(|| EndpointThrottle::new(label, settings()))
-            .clone()
+    /// The scheduler of endpoint `label` (one per server, shared by every
+    /// wave on it), with `settings`, the calling job's wave's, applied: a
+    /// wave's ceilings, rate limit and pacing hold for its jobs even when
+    /// an earlier wave made the endpoint. What the endpoint learned (its
+    /// window, pauses, counters) is kept.
+    pub fn endpoint(&self, label: &str, settings: ThrottleSettings) -> EndpointThrottle {
+        let mut endpoints = lock(&self.endpoints);
+        if let Some(endpoint) = endpoints.get(label) {
+            endpoint.apply(settings);
+            return endpoint.clone();
+        }
+        let endpoint = EndpointThrottle::new(label, settings);
+        endpoints.insert(label.to_owned(), endpoint.clone());
+        endpoint
     }
 
     /// The counters of every endpoint, by label.
@@ -318,16 +325,12 @@ impl EndpointThrottle {
         let clock = TokioClock {
             origin: Instant::now(),
         };
-        let limiter = settings
-            .requests_per_second
-            .and_then(quota)
-            .map(|quota| RateLimiter::direct_with_clock(quota, clock.clone()));
+        let limiter = limiter(&settings, &clock);
         EndpointThrottle {
             shared: Arc::new(EndpointShared {
                 label: label.into(),
                 window: Arc::new(AdaptiveWindow::new(settings.endpoint_ceiling)),
-                settings,
-                limiter,
+                settings: Mutex::new((settings, limiter)),
                 clock,
                 counters: Mutex::default(),
                 mailboxes: Mutex::new(Mailboxes {
@@ -352,20 +355,21 @@ impl EndpointThrottle {
                 .by_name
                 .retain(|_, shared| Arc::strong_count(shared) > 1 || !shared.is_idle(now));
         }
+        let settings = self.settings();
         let shared = mailboxes
             .by_name
             .entry(mailbox.to_owned())
             .or_insert_with(|| {
                 Arc::new(MailboxShared {
                     name: mailbox.to_owned(),
-                    window: Arc::new(AdaptiveWindow::new(self.shared.settings.mailbox_ceiling)),
+                    window: Arc::new(AdaptiveWindow::new(settings.mailbox_ceiling)),
                     state: Mutex::new(MailboxPacing {
                         paused_until: None,
                         throttles_in_a_row: 0,
                         smoothed_latency: None,
                         baseline: None,
                         last_active: now,
-                        pacer: UploadPacer::new(now, self.shared.settings.upload_rate),
+                        pacer: UploadPacer::new(now, settings.upload_rate),
                     }),
                 })
             });
@@ -380,12 +384,44 @@ impl EndpointThrottle {
     pub fn counters(&self) -> ThrottleCounters {
         lock(&self.shared.counters).clone()
     }
+
+    /// The settings in force.
+    pub fn settings(&self) -> ThrottleSettings {
+        lock(&self.shared.settings).0.clone()
+    }
+
+    /// Puts `settings` in force: the endpoint's ceiling (its window shrinks
+    /// at once, or may grow again), the rate limit (a new one starts with a
+    /// full burst), and for mailboxes made from now on their ceiling and
+    /// first upload rate. The same settings again change nothing.
+    fn apply(&self, settings: ThrottleSettings) {
+        let mut current = lock(&self.shared.settings);
+        if current.0 == settings {
+            return;
+        }
+        tracing::info!(endpoint = %self.shared.label, ?settings, "endpoint settings changed");
+        self.shared.window.set_ceiling(settings.endpoint_ceiling);
+        let limiter = if current.0.requests_per_second == settings.requests_per_second {
+            current.1.take()
+        } else {
+            limiter(&settings, &self.shared.clock)
+        };
+        *current = (settings, limiter);
+    }
+}
+
+/// The rate limiter `settings` ask for, if any.
+fn limiter(settings: &ThrottleSettings, clock: &TokioClock) -> Option<Arc<Limiter>> {
+    settings
+        .requests_per_second
+        .and_then(quota)
+        .map(|quota| Arc::new(RateLimiter::direct_with_clock(quota, clock.clone())))
 }
 
 impl EndpointShared {
     /// Waits until the rate limit (if any) allows one more request.
     async fn rate_limit(&self) {
-        let Some(limiter) = &self.limiter else {
+        let Some(limiter) = lock(&self.settings).1.clone() else {
             return;
         };
         while let Err(not_until) = limiter.check() {
@@ -732,7 +768,7 @@ impl Permit {
             if self.upload_bytes > 0 {
                 state.pacer.uploaded(self.upload_bytes, now);
             }
-            state.record_latency(latency, self.endpoint.settings.latency_factor)
+            state.record_latency(latency, lock(&self.endpoint.settings).0.latency_factor)
         };
         if congested {
             self.mailbox_slot.decrease(GENTLE_DECREASE);
@@ -934,6 +970,22 @@ impl AdaptiveWindow {
 
     fn size(&self) -> usize {
         lock(&self.state).size()
+    }
+
+    /// A new ceiling: the window is cut to it at once (slots in flight end
+    /// as they do), or may grow up to it from now on.
+    fn set_ceiling(&self, ceiling: usize) {
+        let grew = {
+            let mut state = lock(&self.state);
+            let ceiling = ceiling.max(1) as f64;
+            let grew = ceiling > state.ceiling;
+            state.ceiling = ceiling;
+            state.limit = state.limit.min(ceiling);
+            grew
+        };
+        if grew {
+            self.freed.notify_waiters();
+        }
     }
 
     /// Waits for a free slot and takes it.
@@ -1172,7 +1224,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn run_settles_a_request_by_its_outcome() {
         let schedulers = Schedulers::default();
-        let endpoint = schedulers.endpoint("run-test", ThrottleSettings::default);
+        let endpoint = schedulers.endpoint("run-test", ThrottleSettings::default());
         let mailbox = endpoint.mailbox("alice", limits());
         assert_eq!(mailbox.run(async { Ok::<_, Failure>(7) }).await.unwrap(), 7);
         let transient = mailbox
@@ -1191,14 +1243,14 @@ mod tests {
         // worker) has its own.
         assert_eq!(
             schedulers
-                .endpoint("run-test", || unreachable!("made once"))
+                .endpoint("run-test", ThrottleSettings::default())
                 .counters(),
             endpoint.counters()
         );
         let other = Schedulers::default();
         assert_eq!(
             other
-                .endpoint("run-test", ThrottleSettings::default)
+                .endpoint("run-test", ThrottleSettings::default())
                 .counters()
                 .requests,
             0
@@ -1207,6 +1259,51 @@ mod tests {
         let counters = endpoint.counters();
         assert_eq!((counters.requests, counters.succeeded), (3, 1));
         assert_eq!(counters.throttle_events, 1);
+    }
+
+    /// Issue 8, point 1: a worker serving two waves on one server keeps one
+    /// scheduler for it, and each wave's settings hold for its own jobs
+    /// (not the first wave's for the worker's whole life).
+    #[tokio::test(start_paused = true)]
+    async fn each_waves_settings_are_applied_to_the_shared_endpoint() {
+        let schedulers = Schedulers::default();
+        let first = ThrottleSettings {
+            mailbox_ceiling: 2,
+            endpoint_ceiling: 8,
+            ..ThrottleSettings::default()
+        };
+        let endpoint = schedulers.endpoint("imap.example", first.clone());
+        let early = endpoint.mailbox("early", limits());
+        assert_eq!(early.windows(), (2, 8));
+
+        let second = ThrottleSettings {
+            mailbox_ceiling: 5,
+            endpoint_ceiling: 3,
+            requests_per_second: Some(1.0),
+            ..ThrottleSettings::default()
+        };
+        let same = schedulers.endpoint("imap.example", second.clone());
+        assert_eq!(same.settings(), second);
+        let late = same.mailbox("late", limits());
+        assert_eq!(late.windows(), (5, 3), "the second wave's ceilings");
+        assert_eq!(early.windows().1, 3, "one endpoint window, cut at once");
+        // The second wave's rate limit: one request a second after the burst.
+        let started = Instant::now();
+        for _ in 0..3 {
+            late.run(async { Ok::<_, Failure>(()) }).await.unwrap();
+        }
+        assert!(Instant::now() - started >= Duration::from_secs(2));
+        assert_eq!(endpoint.counters().requests, 3, "one endpoint, one count");
+
+        // Back to the first wave's: the window may grow to 8 again, and no
+        // rate limit holds.
+        schedulers.endpoint("imap.example", first.clone());
+        assert_eq!(endpoint.settings(), first);
+        let started = Instant::now();
+        for _ in 0..3 {
+            late.run(async { Ok::<_, Failure>(()) }).await.unwrap();
+        }
+        assert_eq!(Instant::now(), started, "no rate limit any more");
     }
 
     #[tokio::test(start_paused = true)]

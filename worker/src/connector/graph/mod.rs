@@ -122,12 +122,15 @@ fn endpoint_throttle(endpoint: &GraphEndpoint, shared: &Shared) -> EndpointThrot
         "graph:{}:{}",
         endpoint.oauth2.tenant, endpoint.oauth2.client_id
     );
-    shared.schedulers.endpoint(&label, || ThrottleSettings {
-        mailbox_ceiling: endpoint.max_concurrent_requests,
-        requests_per_second: endpoint.requests_per_second,
-        upload_rate: Some(endpoint.upload_rate()),
-        ..ThrottleSettings::default()
-    })
+    shared.schedulers.endpoint(
+        &label,
+        ThrottleSettings {
+            mailbox_ceiling: endpoint.max_concurrent_requests,
+            requests_per_second: endpoint.requests_per_second,
+            upload_rate: Some(endpoint.upload_rate()),
+            ..ThrottleSettings::default()
+        },
+    )
 }
 
 /// A client for `user`'s mailbox on `endpoint`, its requests scheduled by
