@@ -661,3 +661,47 @@ async fn case_14_an_absurd_backoff_hint_fails_the_mailbox_instead_of_sleeping() 
     let error = result.mailbox("ida")["last_error"].to_string();
     assert!(error.contains("99999999"), "{error}");
 }
+
+/// A source whose STATUS reports a HIGHESTMODSEQ that its SELECT then
+/// withdraws (`[NOMODSEQ]`, as Dovecot does after an index failure) and
+/// that answers a modseq FETCH with BAD: the delta pass reads every flag
+/// instead, loses no flag change and skips no folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_withdraws_its_modseqs_on_select_still_syncs_every_flag() {
+    let condstore = Capabilities {
+        condstore: true,
+        ..Capabilities::default()
+    };
+    let source = FakeImap::start(condstore.clone()).await;
+    let target = FakeImap::start(condstore).await;
+    source.add_user("ann", "pw");
+    target.add_user("ann", "pw");
+    for n in 0..4 {
+        source.add_message("ann", "INBOX", &message(&format!("m {n}"), "x"), &[]);
+    }
+    let migration = Migration::new(
+        &endpoint(&source),
+        &endpoint(&target),
+        "[migration]\nmax_attempts = 1\n",
+        &csv(&["ann"]),
+    )
+    .unwrap();
+    let first = run(&migration).await;
+    assert!(first.success, "{}\n{}", first.stdout, first.stderr);
+
+    source.faults("ann", |f| f.nomodseq_on_select = true);
+    source.set_flags("ann", "INBOX", 3, &["\\Flagged", "\\Seen"]);
+    let delta = run(&migration).await;
+    assert!(delta.success, "{}\n{}", delta.stdout, delta.stderr);
+    assert_eq!(delta.stat("ann", "flags_updated"), 1, "{}", delta.stdout);
+    assert_eq!(delta.stat("ann", "items_failed"), 0, "{}", delta.stdout);
+    assert_exact(&source, &target, "ann");
+
+    // Once the server keeps modseqs again, a later pass runs as usual.
+    source.faults("ann", |f| f.nomodseq_on_select = false);
+    source.set_flags("ann", "INBOX", 1, &["\\Answered"]);
+    let healed = run(&migration).await;
+    assert!(healed.success, "{}\n{}", healed.stdout, healed.stderr);
+    assert_eq!(healed.stat("ann", "flags_updated"), 1, "{}", healed.stdout);
+    assert_exact(&source, &target, "ann");
+}

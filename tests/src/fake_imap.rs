@@ -89,6 +89,10 @@ pub struct Faults {
     pub refuse_with: Option<String>,
     /// Text of the tagged NO answering SELECT/EXAMINE (control bytes kept).
     pub select_refusal: Option<String>,
+    /// SELECT/EXAMINE answer `[NOMODSEQ]` although STATUS reports a
+    /// HIGHESTMODSEQ (Dovecot after an index failure), and a UID FETCH
+    /// asking for modseqs gets Dovecot's BAD.
+    pub nomodseq_on_select: bool,
 }
 
 /// One user of the server.
@@ -636,7 +640,9 @@ impl Connection {
         let condstore = self.capabilities.condstore;
         let reply = self.with_user(|user, _| {
             let folder = user.folders.get(&name)?;
-            let modseq = if condstore {
+            let modseq = if condstore && faults.nomodseq_on_select {
+                "* OK [NOMODSEQ] No permanent modsequences\r\n".to_owned()
+            } else if condstore {
                 format!("* OK [HIGHESTMODSEQ {}] modseq\r\n", folder.highest_modseq())
             } else {
                 String::new()
@@ -788,6 +794,13 @@ impl Connection {
         let want_header = items.contains("BODY.PEEK[HEADER]");
         let want_modseq = items.contains("MODSEQ");
         let faults = self.faults();
+        if faults.nomodseq_on_select && (want_modseq || changed_since.is_some()) {
+            let bad = format!(
+                "{tag} BAD Error in IMAP command UID FETCH: FETCH MODSEQ can't be used with non-permanent modseqs\r\n"
+            );
+            out.write_all(bad.as_bytes()).await?;
+            return Ok(());
+        }
         let folder_name = self.selected.clone().unwrap_or_default();
         let messages: Vec<StoredMessage> = self.with_user(|user, _| {
             let Some(folder) = user.folders.get(&folder_name) else {

@@ -34,8 +34,9 @@ pub struct Session {
     /// Personal namespace prefix (e.g. `INBOX.` on Courier), stripped from
     /// and added to folder names.
     naming: FolderNaming,
-    /// The selected folder and whether it was selected read-write.
-    selected: Option<(String, bool)>,
+    /// The selected folder, whether it was selected read-write, and the
+    /// HIGHESTMODSEQ its selection reported (`None`: `[NOMODSEQ]`).
+    selected: Option<(String, bool, Option<u64>)>,
 }
 
 /// The class of an IMAP failure (see the error taxonomy).
@@ -384,21 +385,24 @@ impl Session {
     }
 
     /// Selects `folder` (read-only unless `write`), unless it already is.
-    async fn select(&mut self, folder: &str, write: bool) -> Result<(), ConnectorError> {
-        if let Some((selected, rw)) = &self.selected
+    /// Selects `folder` (unless it is already, writable if `write` asks);
+    /// the HIGHESTMODSEQ the selection reported, `None` when the server
+    /// keeps no permanent modseqs for it now.
+    async fn select(&mut self, folder: &str, write: bool) -> Result<Option<u64>, ConnectorError> {
+        if let Some((selected, rw, modseq)) = &self.selected
             && selected == folder
             && (*rw || !write)
         {
-            return Ok(());
+            return Ok(*modseq);
         }
         self.selected = None;
-        if write {
-            self.conn.select(folder).await?;
+        let info = if write {
+            self.conn.select(folder).await?
         } else {
-            self.conn.examine(folder).await?;
-        }
-        self.selected = Some((folder.to_owned(), write));
-        Ok(())
+            self.conn.examine(folder).await?
+        };
+        self.selected = Some((folder.to_owned(), write, info.highest_modseq));
+        Ok(info.highest_modseq)
     }
 }
 
@@ -641,13 +645,28 @@ impl MailSource for ImapSource {
                 let before = checkpoint.cursor.and_then(ImapCursor::decode);
                 scan.flags = match (before, status.highest_modseq) {
                     (Some(before), Some(now)) if before == now => FlagScan::Unchanged,
-                    (Some(before), Some(_)) => {
-                        self.session.select(&folder.key, false).await?;
-                        let changed = self.session.conn.fetch_flags(&copied, Some(before)).await?;
-                        FlagScan::Changed(to_flag_list(changed, hwm))
-                    }
+                    // STATUS may report a HIGHESTMODSEQ that the selection
+                    // then withdraws (`[NOMODSEQ]`: Dovecot after an index
+                    // failure): then only reading every flag is sound, and
+                    // no cursor is kept.
+                    (Some(before), Some(_)) => match self.session.select(&folder.key, false).await? {
+                        Some(_) => {
+                            let changed =
+                                self.session.conn.fetch_flags(&copied, Some(before)).await?;
+                            FlagScan::Changed(to_flag_list(changed, hwm))
+                        }
+                        None => {
+                            tracing::warn!(folder = %folder.key,
+                                "the server withdrew its modseqs on SELECT ([NOMODSEQ]); reading every flag");
+                            scan.cursor = None;
+                            let all = self.session.conn.fetch_flags(&copied, None).await?;
+                            FlagScan::All(to_flag_list(all, hwm))
+                        }
+                    },
                     _ => {
-                        self.session.select(&folder.key, false).await?;
+                        if self.session.select(&folder.key, false).await?.is_none() {
+                            scan.cursor = None;
+                        }
                         let all = self.session.conn.fetch_flags(&copied, None).await?;
                         FlagScan::All(to_flag_list(all, hwm))
                     }
