@@ -97,8 +97,15 @@ async fn consumer_death_hands_the_job_back(
 ) {
     queue.publish(&[job(40)]).await.unwrap();
     queue.publish(&[job(41)]).await.unwrap();
+    // Either may come first: the previous check's `next`, dropped when its
+    // quiet time ran out, may still have held job 40 for a moment before
+    // its cancelled consumer handed it back behind 41.
     let first = take(queue).await;
-    assert_eq!(first.job(), &job(40));
+    assert!(
+        [job(40), job(41)].contains(first.job()),
+        "{:?}",
+        first.job()
+    );
     consumer_death(first).await;
 
     // Both jobs come back, in whatever order the backend redelivers them.
