@@ -14,7 +14,8 @@ use crate::verify::SourceFolderInfo;
 /// cargo sets only when it runs the integration tests of the package owning
 /// the binaries (`cargo test -p mailwave-cli`), having built them from the
 /// current sources first; so an end-to-end test never runs a stale build.
-/// The benchmark drivers are given them the same way by their scripts.
+/// `tests/bench/graph-goodput.sh` gives its driver the same variable; the
+/// other drivers measure [`bench_binary`].
 pub fn binary(name: &str) -> PathBuf {
     let variable = format!("CARGO_BIN_EXE_{name}");
     let path = std::env::var_os(&variable).unwrap_or_else(|| {
@@ -24,6 +25,21 @@ pub fn binary(name: &str) -> PathBuf {
         )
     });
     PathBuf::from(path)
+}
+
+/// The `mailwave` binary a benchmark driver measures: `MAILWAVE_BIN`, or
+/// the one built beside the driver (the scripts build both in release).
+pub fn bench_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("MAILWAVE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = std::env::current_exe()?.with_file_name("mailwave");
+    anyhow::ensure!(
+        path.is_file(),
+        "{} not found: run `cargo build --release --workspace --bins` or set MAILWAVE_BIN",
+        path.display()
+    );
+    Ok(path)
 }
 
 /// The `[source]`/`[target]` body for a Dovecot server, logging in as its

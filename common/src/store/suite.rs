@@ -11,7 +11,7 @@ use crate::ErrorClass;
 use crate::config::Config;
 use crate::model::{
     FailureScope, FolderCheckpoint, ItemFailure, Job, Lease, LedgerEntry, MailboxId, MailboxSpec,
-    MailboxState, PassStats, SourceCursor, TargetMark, WaveCounts, WaveState,
+    MailboxState, PassStats, SourceCursor, TargetMark, WaveCounts, WaveId, WaveState,
 };
 use crate::wave_config::WaveConfig;
 
@@ -130,6 +130,17 @@ fn checkpoint(mailbox: i64, folder: &str, validity: u32, hwm: u32) -> FolderChec
         target_validity: Some(77),
         subscribed: true,
     }
+}
+
+/// Adds mailboxes to `wave`; their ids, in the order given.
+async fn add_mailboxes(store: &dyn Store, wave: WaveId, specs: &[MailboxSpec]) -> Vec<MailboxId> {
+    store
+        .add_mailboxes(wave, specs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect()
 }
 
 /// A wave's configuration for the checks: Maildir to Maildir.
@@ -720,13 +731,7 @@ pub async fn passes_with_errors_are_counted_apart(store: &dyn Store) {
         .create_wave("suite-errors", &wave_config())
         .await
         .unwrap();
-    let ids: Vec<_> = store
-        .add_mailboxes(wave, &[spec("e1@x"), spec("e2@x")])
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let ids = add_mailboxes(store, wave, &[spec("e1@x"), spec("e2@x")]).await;
     for (id, state) in ids
         .iter()
         .zip([MailboxState::Completed, MailboxState::CompletedWithErrors])
@@ -930,13 +935,7 @@ pub async fn wave_states_and_publishing(store: &dyn Store) {
         StoreError::NotFound(_)
     ));
 
-    let ids: Vec<_> = store
-        .add_mailboxes(wave, &[spec("d1@x"), spec("d2@x"), spec("d3@x")])
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let ids = add_mailboxes(store, wave, &[spec("d1@x"), spec("d2@x"), spec("d3@x")]).await;
     let [m1, m2, m3] = ids[..] else {
         panic!("three mailboxes expected, got {ids:?}")
     };
@@ -1166,13 +1165,7 @@ pub async fn reaping_expired_leases(store: &dyn Store) {
         .create_wave("suite-reap", &wave_config())
         .await
         .unwrap();
-    let ids: Vec<_> = store
-        .add_mailboxes(wave, &[spec("r1@x"), spec("r2@x"), spec("r3@x")])
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let ids = add_mailboxes(store, wave, &[spec("r1@x"), spec("r2@x"), spec("r3@x")]).await;
     let [m1, m2, m3] = ids[..] else {
         panic!("three mailboxes expected, got {ids:?}")
     };
@@ -1297,13 +1290,7 @@ pub async fn handing_back(store: &dyn Store) {
         .create_wave("suite-hand-back", &wave_config())
         .await
         .unwrap();
-    let ids: Vec<_> = store
-        .add_mailboxes(wave, &[spec("h1@x"), spec("h2@x")])
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let ids = add_mailboxes(store, wave, &[spec("h1@x"), spec("h2@x")]).await;
     let [m1, m2] = ids[..] else {
         panic!("two mailboxes expected, got {ids:?}")
     };
@@ -1453,13 +1440,7 @@ pub async fn a_later_run_takes_back_what_an_earlier_one_left(store: &dyn Store) 
         .ensure_wave("suite-take-back", &wave_config())
         .await
         .unwrap();
-    let ids: Vec<_> = store
-        .add_mailboxes(wave, &[spec("t1@x"), spec("t2@x"), spec("t3@x")])
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m.id)
-        .collect();
+    let ids = add_mailboxes(store, wave, &[spec("t1@x"), spec("t2@x"), spec("t3@x")]).await;
     let [queued, running, other] = ids[..] else {
         panic!("three mailboxes expected, got {ids:?}")
     };

@@ -15,7 +15,7 @@
 //! not a test. Run it through `tests/bench/control-plane.sh`, which builds
 //! the release binaries first.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -139,19 +139,6 @@ impl Resources {
 }
 
 /// The mailwave binary: `MAILWAVE_BIN`, else the one built next to us.
-fn mailwave_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("MAILWAVE_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let path = std::env::current_exe()?.with_file_name("mailwave");
-    ensure!(
-        path.is_file(),
-        "{} not found: run `cargo build --release --workspace --bins` or set MAILWAVE_BIN",
-        path.display()
-    );
-    Ok(path)
-}
-
 /// A running `mailwave coordinator serve`, stopped with SIGTERM on drop.
 struct Coordinator {
     child: Child,
@@ -275,7 +262,7 @@ struct Figures {
 }
 
 async fn measure(args: &Args, resources: &Resources) -> Result<Figures> {
-    let binary = mailwave_binary()?;
+    let binary = mailwave_tests::harness::bench_binary()?;
     // Kept, with the coordinator's log.
     let dir = tempfile::Builder::new()
         .prefix("mailwave-bench-control-")

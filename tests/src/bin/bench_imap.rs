@@ -427,25 +427,11 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// The mailwave binary: `MAILWAVE_BIN`, else the one built next to us.
-fn mailwave_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("MAILWAVE_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe()?;
-    let path = exe.with_file_name("mailwave");
-    ensure!(
-        path.is_file(),
-        "{} not found: run `cargo build --release --workspace --bins` or set MAILWAVE_BIN",
-        path.display()
-    );
-    Ok(path)
-}
-
 /// Runs `mailwave run` twice (first pass, then the no-op delta pass) and
 /// checks target 1. Returns the first pass's figures and the delta pass's
 /// wall time.
 fn bench_mailwave(setup: &Setup, extra_toml: &str) -> Result<(ToolResult, f64)> {
-    let binary = mailwave_binary()?;
+    let binary = mailwave_tests::harness::bench_binary()?;
     let csv: String = std::iter::once("source,target\n".to_owned())
         .chain(setup.users.iter().map(|u| format!("{u},{u}\n")))
         .collect();
