@@ -928,7 +928,8 @@ async fn point_8_requests_stay_within_the_budget_per_mailbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn point_12_concurrency_is_kept_within_the_apps_limit() {
     let users = 3;
-    for (scope, most_throttles) in [("", 0), ("concurrency_scope = \"mailbox\"\n", 8)] {
+    let told_mailbox = "concurrency_scope = \"mailbox\"\n";
+    for (scope, most_throttles) in [("", 0), (told_mailbox, 8)] {
         let emu = emulator(users, 4).await;
         emu.set_faults(Faults {
             latency: Duration::from_millis(50),
@@ -944,8 +945,15 @@ async fn point_12_concurrency_is_kept_within_the_apps_limit() {
         .unwrap();
         std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
         std::fs::write(migration.dir().join("b.secret"), SECRET_B).unwrap();
-        migration.run_ok().unwrap();
+        let result = migration.run_ok().unwrap();
         assert_exact(&emu, users);
+        let learned = result.stderr.contains("limits concurrent requests per app");
+        assert_eq!(
+            learned,
+            scope == told_mailbox,
+            "{scope:?}: {}",
+            result.stderr
+        );
         for side in [source_user, target_user] {
             let throttles: u64 = (1..=users)
                 .map(|i| {
