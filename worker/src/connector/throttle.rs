@@ -37,6 +37,17 @@
 //! each later one (additive increase, multiplicative decrease, on the byte
 //! rate): about one throttle a minute, close to the budget.
 //!
+//! Requests are paced per mailbox too when the server has a request budget
+//! per rolling window ([`ThrottleSettings::mailbox_requests`]; Exchange
+//! Online: 10,000 per 10 minutes per app and mailbox): a tenth of the
+//! budget may go at once, the rest evenly over the window, so that no
+//! window of the server's ever holds the whole budget. A request takes its
+//! turn before any slot, so a mailbox waiting for its turn holds none of
+//! the endpoint's. When the endpoint's ceiling stands for a limit per
+//! mailbox but the server throttles a mailbox for concurrency below its
+//! own ceiling, the limit is the app's, and the endpoint's ceiling comes
+//! down to the mailbox's ([`Permit::concurrency_throttled`]).
+//!
 //! Every wait is bounded ([`WaitLimits`]): a server's hint is obeyed up to
 //! `migration.max_retry_after_secs`, and a longer one fails the mailbox at
 //! once, quoting the server ([`WaitError::HintTooLong`]), rather than

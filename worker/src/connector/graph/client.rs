@@ -153,7 +153,7 @@ enum Resend {
     /// throttled or transient failure.
     Idempotent,
     /// A write that would be done twice (an import): only when the server
-    /// surely did not carry it out, after a throttle (429) or a connection
+    /// surely did not carry it out, after a throttle (429, 509) or a connection
     /// that was never made. Any other failure goes up to the pass, whose
     /// in-doubt path finds out whether the item is in the target.
     OnlyIfNotDone,
