@@ -396,3 +396,28 @@ impl WaveCounts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_keywords_are_counted_and_a_bounded_number_named() {
+        let mut stats = PassStats::default();
+        stats.refuse_keywords(["$Label1", "Work", "$Label1"]);
+        assert_eq!(stats.keywords_refused, 3);
+        assert_eq!(stats.refused_keywords.len(), 2);
+        let many: Vec<String> = (0..2 * MAX_REFUSED_KEYWORD_NAMES)
+            .map(|n| format!("k{n}"))
+            .collect();
+        let mut other = PassStats::default();
+        other.refuse_keywords(many.iter().map(String::as_str));
+        stats.add(&other);
+        assert_eq!(
+            stats.keywords_refused,
+            3 + 2 * MAX_REFUSED_KEYWORD_NAMES as u64
+        );
+        assert_eq!(stats.refused_keywords.len(), MAX_REFUSED_KEYWORD_NAMES);
+        assert!(stats.refused_keywords.contains("Work"));
+    }
+}

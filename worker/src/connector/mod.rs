@@ -712,6 +712,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_folder_without_new_keywords_keeps_system_flags_and_the_keywords_it_lists() {
+        let permanent = |flags: &[&str]| flags.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>();
+        let flags = Flags::from_iter(["\\Seen", "$Label1", "Work", "\\Flagged"]);
+        let exchange =
+            KeywordPolicy::from_permanent_flags(Some(&permanent(&["\\Seen", "\\Flagged"])));
+        assert_eq!(
+            exchange.split(&flags),
+            (
+                Flags::from_iter(["\\Seen", "\\Flagged"]),
+                vec!["$Label1".to_owned(), "Work".to_owned()]
+            )
+        );
+        let listed = KeywordPolicy::from_permanent_flags(Some(&permanent(&["\\Seen", "work"])));
+        assert_eq!(
+            listed.split(&flags),
+            (
+                Flags::from_iter(["\\Seen", "\\Flagged", "Work"]),
+                vec!["$Label1".to_owned()]
+            )
+        );
+        for any in [
+            KeywordPolicy::from_permanent_flags(Some(&permanent(&["\\Seen", "\\*"]))),
+            KeywordPolicy::from_permanent_flags(None),
+        ] {
+            assert_eq!(any, KeywordPolicy::Any);
+            assert_eq!(any.split(&flags), (flags.clone(), Vec::new()));
+        }
+    }
+
+    #[test]
     fn flags_are_canonical_and_never_recent() {
         let flags = Flags::from_iter(["\\SEEN", "\\Recent", "$Label1", "\\flagged", "Work"]);
         assert_eq!(flags.to_string(), "$Label1 Work \\Flagged \\Seen");
