@@ -1078,6 +1078,34 @@ mod tests {
     }
 
     #[test]
+    fn items_are_keyed_by_search_key_else_internet_message_id() {
+        let listed =
+            |properties: Value| json!({ "id": "x", "singleValueExtendedProperties": properties });
+        let search_key = Identity::keyed("Binary 0x300B", "AAEC");
+        let message_id = Identity::keyed("String 0x1035", "<a@b>");
+        // Exchange spells the tags as it likes; the search key comes first.
+        let both = listed(json!([
+            { "id": "String 0x1035", "value": "<a@b>" },
+            { "id": "Binary 0x300b", "value": "AAEC" },
+        ]));
+        assert_eq!(item_key(&both), Some(search_key.clone()));
+        let mail_only = listed(json!([{ "id": "String 0x1035", "value": "<a@b>" }]));
+        assert_eq!(item_key(&mail_only), Some(message_id.clone()));
+        assert_ne!(search_key, message_id);
+        for keyless in [
+            listed(json!([])),
+            listed(json!([{ "id": "Binary 0x300B", "value": "" }])),
+            listed(json!([{ "id": "String 0x0037", "value": "Subject" }])),
+            json!({ "id": "x" }),
+        ] {
+            assert_eq!(item_key(&keyless), None, "{keyless}");
+        }
+        // A key is the whole identity, apart from any message's.
+        assert_eq!(search_key.header_key, search_key.body_digest);
+        assert_eq!(Identity::decode(&search_key.encode()), Some(search_key));
+    }
+
+    #[test]
     fn export_requests_are_bounded_by_count_and_bytes() {
         const MIB: u64 = 1024 * 1024;
         let small: Vec<(&str, u64)> = (0..45).map(|_| ("x", 1)).collect();
