@@ -264,6 +264,10 @@ pub struct OAuth2ClientCredentials {
     pub certificate_file: Option<PathBuf>,
     /// …and its RSA private key (PEM, PKCS#8 or PKCS#1).
     pub private_key_file: Option<PathBuf>,
+    /// How a certificate assertion is signed: `PS256` (the identity
+    /// platform's current form) or `RS256` (older registrations).
+    #[serde(default)]
+    pub assertion_algorithm: AssertionAlgorithm,
     /// The identity platform's host, e.g. `https://login.microsoftonline.us`
     /// for a national cloud; `http://` only on loopback (test emulators).
     #[serde(default = "default_authority")]
@@ -281,6 +285,21 @@ fn default_oauth2_scope() -> String {
     OUTLOOK_SCOPE.to_owned()
 }
 
+/// The signature of a certificate client assertion, with the header that
+/// names the certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AssertionAlgorithm {
+    /// RSASSA-PSS with SHA-256, the certificate named by its SHA-256
+    /// thumbprint (`x5t#S256`), with an `iat` claim.
+    #[default]
+    #[serde(rename = "PS256")]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, the certificate named by its SHA-1
+    /// thumbprint (`x5t`).
+    #[serde(rename = "RS256")]
+    Rs256,
+}
+
 /// How an app proves who it is at the token endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCredential<'a> {
@@ -290,6 +309,7 @@ pub enum ClientCredential<'a> {
     Certificate {
         certificate_file: &'a Path,
         private_key_file: &'a Path,
+        algorithm: AssertionAlgorithm,
     },
 }
 
@@ -313,6 +333,7 @@ impl OAuth2ClientCredentials {
             return Ok(ClientCredential::Certificate {
                 certificate_file,
                 private_key_file,
+                algorithm: self.assertion_algorithm,
             });
         }
         if let Some(path) = &self.client_secret_file {
@@ -1369,8 +1390,25 @@ max_concurrent_mailboxes = 5
             ClientCredential::Certificate {
                 certificate_file: Path::new("c.pem"),
                 private_key_file: Path::new("k.pem"),
+                algorithm: AssertionAlgorithm::Ps256,
             }
         );
+
+        let older = xoauth2_target(
+            "[target.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\ncertificate_file = \"c.pem\"\nprivate_key_file = \"k.pem\"\nassertion_algorithm = \"RS256\"\n",
+        )
+        .unwrap();
+        let EndpointConfig::Imap(target) = &older.target else {
+            panic!("target is imap")
+        };
+        assert_eq!(
+            target.oauth2.as_ref().unwrap().assertion_algorithm,
+            AssertionAlgorithm::Rs256
+        );
+        let unknown = xoauth2_target(
+            "[target.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\ncertificate_file = \"c.pem\"\nprivate_key_file = \"k.pem\"\nassertion_algorithm = \"HS256\"\n",
+        );
+        assert!(unknown.is_err(), "{unknown:?}");
     }
 
     #[test]

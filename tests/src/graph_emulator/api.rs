@@ -23,7 +23,7 @@ use super::odata::{
 };
 use super::pipeline::{Access, Ctx, mailbox_of, mailbox_of_mut, rejection_response, serve};
 use super::rules::Rejection;
-use super::{Shared, State, control, identity, mail};
+use super::{Shared, State, control, identity, mail, permissions};
 
 /// The most items `exportItems` takes at once.
 const MAX_EXPORT_IDS: usize = 20;
@@ -71,6 +71,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/gv1.0/{target}/importItem", post(import_item))
         .merge(mail::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            permissions::enforce,
+        ))
         .nest("/_emulator", control::routes())
         .fallback(unknown_route)
         .layer(axum::middleware::from_fn_with_state(

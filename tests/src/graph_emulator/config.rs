@@ -348,6 +348,10 @@ pub struct AppSeed {
     /// PEM certificates whose keys may sign client assertions.
     #[serde(default)]
     pub certificates_pem: Vec<String>,
+    /// The application permissions granted to the app (its tokens'
+    /// `roles`, e.g. `MailboxItem.ImportExport.All`); absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
 }
 
 impl AppSeed {
@@ -357,7 +361,24 @@ impl AppSeed {
             client_id: client_id.to_owned(),
             secret: Some(secret.to_owned()),
             certificates_pem: Vec::new(),
+            roles: None,
         }
+    }
+
+    /// An app with a certificate (PEM) for client assertions and no secret.
+    pub fn with_certificate(client_id: &str, pem: &str) -> Self {
+        Self {
+            client_id: client_id.to_owned(),
+            secret: None,
+            certificates_pem: vec![pem.to_owned()],
+            roles: None,
+        }
+    }
+
+    /// Grants only these application permissions.
+    pub fn roles(mut self, roles: &[&str]) -> Self {
+        self.roles = Some(roles.iter().map(|r| (*r).to_owned()).collect());
+        self
     }
 
     /// Registers a certificate (PEM) for client assertions.

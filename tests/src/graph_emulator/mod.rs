@@ -9,12 +9,17 @@
 //! # What is emulated
 //!
 //! * **Identity**: the client-credentials grant of the v2.0 token endpoint
-//!   with a client secret or a certificate client assertion (RS256, `x5t`
-//!   or `x5t#S256` naming a registered certificate; signature, `aud`,
-//!   `iss`, `sub`, `exp` and `nbf` are checked), for the scopes
+//!   with a client secret or a certificate client assertion (PS256 with
+//!   `iat`, or the older RS256; `x5t#S256` or `x5t` naming a registered
+//!   certificate; signature, `aud`, `iss`, `sub`, `jti`, `exp` and `nbf`
+//!   are checked and refused with the documented AADSTS codes), for the scopes
 //!   `https://graph.microsoft.com/.default` and
 //!   `https://outlook.office365.com/.default`. Tokens are opaque random
 //!   strings; Entra ID's error bodies (`AADSTSnnnn`) are imitated.
+//! * **Application permissions**: a token carries its app's `roles`
+//!   ([`AppSeed::roles`], all by default); each operation needs one of the
+//!   permissions its API page names, else `403` (`ErrorAccessDenied`,
+//!   `Authorization_RequestDenied` for the directory).
 //! * **Token introspection** (RFC 7662) at `/introspect` for Dovecot's
 //!   `oauth2` passdb, so that a Dovecot can stand in for Exchange's IMAP
 //!   side (see [`GraphEmulator::introspection_url`]).
@@ -61,8 +66,8 @@
 //!
 //! # What is not
 //!
-//! Delegated (user) tokens, consent and permissions (every app may do
-//! everything in its tenant); `$orderby`, `$count`, `$search`, any other
+//! Delegated (user) tokens and consent (an app's application permissions
+//! are what its seed grants); `$orderby`, `$count`, `$search`, any other
 //! `$expand` and any `$filter` other than `type eq '...'` on folders and
 //! the timestamps of items; folder update,
 //! move and deletion; item deletion through Graph; JSON batching;
@@ -80,6 +85,7 @@ mod identity;
 mod mail;
 mod model;
 mod odata;
+mod permissions;
 mod pipeline;
 mod rules;
 
@@ -310,6 +316,8 @@ pub(crate) struct AccessToken {
     pub tenant_id: String,
     pub client_id: String,
     pub scope: &'static str,
+    /// The `roles` claim: the app's application permissions (`None`: all).
+    pub roles: Option<Vec<String>>,
     pub expires_at: Instant,
     pub issued_unix: i64,
     pub expires_unix: i64,

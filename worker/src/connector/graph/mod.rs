@@ -89,6 +89,7 @@
 
 pub mod client;
 pub mod mail;
+pub mod preflight;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
