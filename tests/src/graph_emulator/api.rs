@@ -113,6 +113,42 @@ fn item_json(item: &Item, ctx: &Ctx) -> Value {
     })
 }
 
+/// `PidTagFolderType` as a single-value extended property: 1 for a generic
+/// folder, 2 for a search folder ([MS-OXPROPS], [MS-OXCFOLD]).
+const FOLDER_TYPE_PROPERTY: &str = "Integer 0x3601";
+
+/// The property `$expand=singleValueExtendedProperties($filter=id eq
+/// '…')` asks for (lower-case), if any; any other `$expand` is refused.
+fn expanded_property(query: &HashMap<String, String>) -> Result<Option<String>, GraphError> {
+    let Some(expand) = option(query, "$expand") else {
+        return Ok(None);
+    };
+    let lower = expand.trim().to_ascii_lowercase();
+    lower
+        .strip_prefix("singlevalueextendedproperties($filter=id eq '")
+        .and_then(|rest| rest.strip_suffix("')"))
+        .map(|id| Some(id.to_owned()))
+        .ok_or_else(|| {
+            GraphError::bad_request(format!("Parsing OData Select and Expand failed: {expand}"))
+        })
+}
+
+/// Adds the expanded extended property to a folder's JSON: the folder type
+/// is the only one the emulator keeps; any other is not set.
+fn expand_property(mut value: Value, folder: &Folder, property: Option<&str>) -> Value {
+    let Some(property) = property else {
+        return value;
+    };
+    let properties = if property.eq_ignore_ascii_case(FOLDER_TYPE_PROPERTY) {
+        let kind = if folder.search { "2" } else { "1" };
+        json!([{ "id": FOLDER_TYPE_PROPERTY, "value": kind }])
+    } else {
+        json!([])
+    };
+    value["singleValueExtendedProperties"] = properties;
+    value
+}
+
 /// The `folders` collection's `$filter`: only `type eq '...'`.
 fn type_filter(query: &HashMap<String, String>) -> Result<Option<String>, GraphError> {
     let Some(filter) = option(query, "$filter") else {
@@ -158,7 +194,8 @@ fn list_folders(
         None => folder_of(mailbox, &mailbox.root_id)?,
     };
     let wanted_type = type_filter(query)?;
-    let values: Vec<Value> = mailbox
+    let property = expanded_property(query)?;
+    let mut values: Vec<Value> = mailbox
         .children(&parent.id)
         .into_iter()
         .filter(|f| {
@@ -166,8 +203,11 @@ fn list_folders(
                 .as_deref()
                 .is_none_or(|t| f.class.eq_ignore_ascii_case(t))
         })
-        .map(|f| folder_json(mailbox, f, ctx))
+        .map(|f| expand_property(folder_json(mailbox, f, ctx), f, property.as_deref()))
         .collect();
+    if state.rules.faults.repeat_folders {
+        values.extend_from_within(..);
+    }
     let mut link_base = format!("{}/folders", mailbox_url(ctx, mailbox));
     if parent.id != mailbox.root_id {
         link_base = format!("{link_base}/{}/childFolders", parent.id);
@@ -226,8 +266,13 @@ async fn get_folder(
         |state, ctx| {
             let mailbox = mailbox_of(state, ctx)?;
             let folder = folder_of(mailbox, &folder)?;
+            let property = expanded_property(&query)?;
             let mut body = apply_select(
-                folder_json(mailbox, folder, ctx),
+                expand_property(
+                    folder_json(mailbox, folder, ctx),
+                    folder,
+                    property.as_deref(),
+                ),
                 select_option(&query).as_deref(),
             );
             body["@odata.context"] = json!(format!(

@@ -75,7 +75,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{
     AppSeed, EmulatorConfig, Faults, FlagStatus, FolderSeed, ItemFault, ItemSeed, ItemUpdate,
-    Limits, TenantSeed, UserSeed,
+    Language, Limits, TenantSeed, UserSeed,
 };
 pub use model::{FolderSnapshot, ItemSnapshot, MailboxSnapshot};
 pub use rules::{MailboxStats, RequestEvent, ThrottleReason};

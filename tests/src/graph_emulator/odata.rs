@@ -49,7 +49,8 @@ pub(crate) fn select_option(query: &HashMap<String, String>) -> Option<Vec<Strin
     })
 }
 
-/// Keeps the selected properties, `id` and annotations.
+/// Keeps the selected properties, `id`, annotations and what `$expand`
+/// added (extended properties).
 pub(crate) fn apply_select(value: Value, select: Option<&[String]>) -> Value {
     let (Some(select), Value::Object(map)) = (select, &value) else {
         return value;
@@ -57,7 +58,10 @@ pub(crate) fn apply_select(value: Value, select: Option<&[String]>) -> Value {
     let kept = map
         .iter()
         .filter(|(k, _)| {
-            k.starts_with('@') || *k == "id" || select.iter().any(|s| s.eq_ignore_ascii_case(k))
+            k.starts_with('@')
+                || *k == "id"
+                || k.ends_with("ExtendedProperties")
+                || select.iter().any(|s| s.eq_ignore_ascii_case(k))
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
