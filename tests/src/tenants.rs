@@ -172,7 +172,19 @@ pub fn assert_exact_by_role(emu: &GraphEmulator, users: usize) {
     for i in 1..=users {
         let source = folders_by_role(&emu.snapshot(&source_user(i)).unwrap());
         let target = folders_by_role(&emu.snapshot(&target_user(i)).unwrap());
-        assert_eq!(source, target, "mailbox {i}: target differs from source");
+        let places = |folders: &[(Vec<String>, String, Vec<ItemSnapshot>)]| {
+            let places: Vec<(Vec<String>, usize)> = folders
+                .iter()
+                .map(|(place, _, items)| (place.clone(), items.len()))
+                .collect();
+            places
+        };
+        assert_eq!(
+            places(&source),
+            places(&target),
+            "mailbox {i}: folders and item counts"
+        );
+        assert!(source == target, "mailbox {i}: target differs from source");
         let items: usize = source.iter().map(|(_, _, items)| items.len()).sum();
         assert!(items > 0, "mailbox {i} has items");
     }
