@@ -12,7 +12,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use mailwave_tests::graph_emulator::{
     AppSeed, EmulatorConfig, Faults, FlagStatus, GRAPH_SCOPE, GraphEmulator, ItemFault, ItemSeed,
-    ItemUpdate, Language, Limits, OUTLOOK_SCOPE, TenantSeed, ThrottleReason, UserSeed,
+    ItemUpdate, Language, Limits, OUTLOOK_SCOPE, SyncReset, TenantSeed, ThrottleReason, UserSeed,
 };
 use mailwave_tests::{DovecotOptions, DovecotServer};
 use reqwest::header::HeaderMap;
@@ -935,12 +935,12 @@ async fn export_import_round_trips_across_tenants() {
             .all(|e| e.immutable_id && (200..300).contains(&e.status))
     );
 
-    // Item by item: same folders (path, class), same items (data, MIME,
-    // flags, dates).
+    // Item by item: same folders (path, class), same items (content, MIME,
+    // flags, dates, search keys).
     let source = emu.snapshot(ALICE).unwrap();
     let target = emu.snapshot(BOB).unwrap();
     assert_eq!(target.item_count(), 7);
-    assert_eq!(source.folders, target.folders);
+    assert_eq!(source.differences(&target), Vec::<String>::new());
     let inbox = target.folder(&["Inbox"]).unwrap();
     let mimes: BTreeSet<&[u8]> = inbox
         .items
@@ -955,7 +955,8 @@ async fn export_import_round_trips_across_tenants() {
             .any(|i| i.flag_status == FlagStatus::Flagged)
     );
 
-    // Exporting the copies gives the same bytes again.
+    // Exporting the copies gives other bytes: each copy is a new item of
+    // its store (as Exchange's stream, not byte-stable).
     let mut reexported = BTreeSet::new();
     for folder in fabrikam
         .all_pages(&format!(
@@ -983,7 +984,9 @@ async fn export_import_round_trips_across_tenants() {
             reexported.insert(entry["data"].as_str().unwrap().to_owned());
         }
     }
-    assert_eq!(reexported, exported.values().cloned().collect());
+    assert_eq!(reexported.len(), exported.len());
+    let originals: BTreeSet<String> = exported.values().cloned().collect();
+    assert!(reexported.is_disjoint(&originals));
 
     // exportItems limits and per-item errors.
     let export_url = format!("/admin/exchange/mailboxes/{alice_mbx}/exportItems");
@@ -1880,4 +1883,361 @@ async fn dovecot_accepts_xoauth2_tokens_of_its_tenant() {
         .saturating_duration_since(std::time::Instant::now());
     tokio::time::sleep(expiry).await;
     assert!(!logged_in(6, ALICE, &contoso).await, "an expired token");
+}
+
+/// An import session's URL for `mailbox`.
+async fn import_url(graph: &Graph, mailbox: &str) -> String {
+    let url = format!("/admin/exchange/mailboxes/{mailbox}/createImportSession");
+    let (status, _, session) = graph.post(&url, &json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    session["importUrl"].as_str().unwrap().to_owned()
+}
+
+/// The export data of items of `mailbox`.
+async fn export_data(graph: &Graph, mailbox: &str, ids: &[&str]) -> Vec<String> {
+    let url = format!("/admin/exchange/mailboxes/{mailbox}/exportItems");
+    let (status, _, answer) = graph.post(&url, &json!({ "itemIds": ids })).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"].as_str().expect("data").to_owned())
+        .collect()
+}
+
+/// The server time of an answer's `Date` header.
+fn date_of(headers: &HeaderMap) -> chrono::DateTime<chrono::Utc> {
+    let date = headers
+        .get("date")
+        .expect("a Date header")
+        .to_str()
+        .unwrap();
+    chrono::DateTime::parse_from_rfc2822(date).unwrap().to_utc()
+}
+
+const EXPAND_KEYS: &str =
+    "singleValueExtendedProperties($filter=id eq 'Binary 0x300B' or id eq 'String 0x1035')";
+
+/// The extended property `id` of a listed item.
+fn property<'a>(item: &'a Value, id: &str) -> Option<&'a str> {
+    item["singleValueExtendedProperties"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"].as_str().is_some_and(|p| p.eq_ignore_ascii_case(id)))?["value"]
+        .as_str()
+}
+
+/// Issue 9, point 2, as the documentation has Exchange: an imported item is
+/// a new item of the target's store (new export bytes, created and modified
+/// by the service's clock, which need not be the client's), its search key
+/// (`Binary 0x300B`) and internet message id (`String 0x1035`) survive, and
+/// a folder's items list with `$filter` on their timestamps and with those
+/// properties `$expand`ed. Every answer carries the service's `Date`.
+#[tokio::test]
+async fn imports_are_new_items_of_the_store_that_keep_their_search_key() {
+    let emu = two_tenants().await;
+    let skew = chrono::TimeDelta::hours(-2);
+    emu.set_clock_skew(skew);
+    let contoso = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let fabrikam = Graph::new(&emu, "fabrikam-tenant", "app-b", SECRET_B).await;
+    let alice_mbx = contoso.mailbox_id(ALICE).await;
+    let bob_mbx = fabrikam.mailbox_id(BOB).await;
+
+    let (_, headers, _) = contoso
+        .get(&format!("/admin/exchange/mailboxes/{alice_mbx}/folders"))
+        .await;
+    let behind = chrono::Utc::now() - date_of(&headers);
+    assert!(
+        (behind - chrono::TimeDelta::hours(2)).num_seconds().abs() <= 2,
+        "{behind}"
+    );
+
+    let source_items = contoso
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{alice_mbx}/folders/inbox/items?$expand={EXPAND_KEYS}"
+        ))
+        .await;
+    let original = source_items
+        .iter()
+        .find(|i| property(i, "String 0x1035") == Some("<q1@contoso.example>"))
+        .unwrap_or_else(|| panic!("the message, with its internet message id: {source_items:?}"));
+    let search_key = property(original, "Binary 0x300B")
+        .expect("a search key")
+        .to_owned();
+    assert_eq!(STANDARD.decode(&search_key).unwrap().len(), 16);
+    let keys: BTreeSet<&str> = source_items
+        .iter()
+        .filter_map(|i| property(i, "Binary 0x300B"))
+        .collect();
+    assert_eq!(
+        keys.len(),
+        source_items.len(),
+        "each item its own search key"
+    );
+
+    let data = export_data(&contoso, &alice_mbx, &[original["id"].as_str().unwrap()]).await;
+    let before_import = emu.now();
+    let import = json!({ "FolderId": "inbox", "Mode": "create", "Data": data[0] });
+    let url = import_url(&fabrikam, &bob_mbx).await;
+    let request = fabrikam
+        .http
+        .post(&url)
+        .header("Prefer", "IdType=\"ImmutableId\"");
+    let (status, headers, imported) = send(request.json(&import)).await;
+    assert_eq!(status, StatusCode::OK, "{imported}");
+    assert!((date_of(&headers) - before_import).num_seconds().abs() <= 2);
+    let copy_id = imported["itemId"].as_str().unwrap();
+
+    // Other bytes, the same key, the service's timestamps.
+    let copy_data = export_data(&fabrikam, &bob_mbx, &[copy_id]).await;
+    assert_ne!(copy_data[0], data[0]);
+    let inbox = format!("/admin/exchange/mailboxes/{bob_mbx}/folders/inbox/items");
+    let listed = fabrikam
+        .all_pages(&format!("{inbox}?$expand={EXPAND_KEYS}"))
+        .await;
+    let copy = listed
+        .iter()
+        .find(|i| i["id"] == copy_id)
+        .expect("the copy");
+    assert_eq!(property(copy, "Binary 0x300B"), Some(search_key.as_str()));
+    assert_eq!(
+        property(copy, "String 0x1035"),
+        Some("<q1@contoso.example>")
+    );
+    for field in ["createdDateTime", "lastModifiedDateTime"] {
+        let at = chrono::DateTime::parse_from_rfc3339(copy[field].as_str().unwrap()).unwrap();
+        assert!(
+            (at.to_utc() - before_import).num_seconds().abs() <= 2,
+            "{field} {at}"
+        );
+    }
+    // Only the search key, when only it is asked for.
+    let only_key = fabrikam
+        .all_pages(&format!(
+            "{inbox}?$select=id&$expand=singleValueExtendedProperties($filter=id eq 'Binary 0x300B')"
+        ))
+        .await;
+    let copy = only_key.iter().find(|i| i["id"] == copy_id).unwrap();
+    assert_eq!(
+        copy["singleValueExtendedProperties"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(copy.get("size").is_none(), "$select applies: {copy}");
+
+    // $filter on the timestamps, by the service's clock.
+    emu.add_item(
+        BOB,
+        &ItemSeed::message("Inbox", MIME_PROJECT).received(at("2024-01-01T00:00:00Z")),
+    )
+    .unwrap();
+    let since = (before_import - chrono::TimeDelta::seconds(5))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let recent = fabrikam
+        .all_pages(&format!("{inbox}?$filter=lastModifiedDateTime ge {since}"))
+        .await;
+    assert_eq!(
+        recent.len(),
+        2,
+        "the copy and the item added since: {recent:?}"
+    );
+    let created = fabrikam
+        .all_pages(&format!("{inbox}?$filter=createdDateTime ge {since}"))
+        .await;
+    assert_eq!(
+        ids(&created),
+        BTreeSet::from([copy_id.to_owned()]),
+        "the seed was created in 2024"
+    );
+    let window = fabrikam
+        .all_pages(&format!(
+            "{inbox}?$filter=createdDateTime ge 2023-12-31 and createdDateTime lt 2024-01-02"
+        ))
+        .await;
+    assert_eq!(window.len(), 1);
+    let local = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let by_local_clock = fabrikam
+        .all_pages(&format!("{inbox}?$filter=lastModifiedDateTime ge {local}"))
+        .await;
+    assert!(
+        by_local_clock.is_empty(),
+        "the service's clock is two hours behind"
+    );
+    for bad in [
+        "size gt 3",
+        "lastModifiedDateTime ge yesterday",
+        "createdDateTime",
+    ] {
+        let (status, _, body) = fabrikam.get(&format!("{inbox}?$filter={bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, _, _) = fabrikam.get(&format!("{inbox}?$expand=attachments")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// The fault of issue 9, point 1: a gateway that answers `504` after the
+/// store imported the item. The item is there all the same, and counted.
+#[tokio::test]
+async fn imports_answered_504_after_they_were_stored() {
+    let emu = two_tenants().await;
+    let contoso = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let fabrikam = Graph::new(&emu, "fabrikam-tenant", "app-b", SECRET_B).await;
+    let alice_mbx = contoso.mailbox_id(ALICE).await;
+    let bob_mbx = fabrikam.mailbox_id(BOB).await;
+    let items = contoso
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{alice_mbx}/folders/inbox/items"
+        ))
+        .await;
+    let data = export_data(&contoso, &alice_mbx, &[items[0]["id"].as_str().unwrap()]).await;
+    let url = import_url(&fabrikam, &bob_mbx).await;
+    emu.set_faults(Faults {
+        enabled: true,
+        applied_timeout_rate: 1.0,
+        only_mailboxes: vec![bob_mbx.clone()],
+        ..Faults::default()
+    });
+    let import = json!({ "FolderId": "inbox", "Mode": "create", "Data": data[0] });
+    let (status, _, body) = send(fabrikam.http.post(&url).json(&import)).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(error_code(&body), "UnknownError");
+    let stats = emu.stats(BOB).unwrap();
+    assert_eq!((stats.applied_timeout_504, stats.imports), (1, 1));
+    assert_eq!(
+        emu.snapshot(BOB).unwrap().item_count(),
+        1,
+        "stored all the same"
+    );
+    // A refused import stores nothing and is answered as it is.
+    let bad = json!({ "FolderId": "inbox", "Mode": "create", "Data": STANDARD.encode(b"x") });
+    let (status, _, _) = send(fabrikam.http.post(&url).json(&bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(emu.stats(BOB).unwrap().applied_timeout_504, 1);
+}
+
+/// The delta query overview: a forgotten state token is answered `410
+/// Gone` with a `Location`, or with "a 40X-series error" whose code is
+/// `syncStateNotFound` (or `resyncRequired`, `SyncStateInvalid`).
+#[tokio::test]
+async fn forgotten_delta_tokens_in_every_documented_form() {
+    let emu = two_tenants().await;
+    let contoso = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let alice_mbx = contoso.mailbox_id(ALICE).await;
+    let delta_url = format!("/admin/exchange/mailboxes/{alice_mbx}/folders/inbox/items/delta");
+    let forms = [
+        (SyncReset::Gone, StatusCode::GONE, "syncStateNotFound"),
+        (
+            SyncReset::NotFound,
+            StatusCode::NOT_FOUND,
+            "syncStateNotFound",
+        ),
+        (
+            SyncReset::ResyncRequired,
+            StatusCode::BAD_REQUEST,
+            "resyncRequired",
+        ),
+        (
+            SyncReset::SyncStateInvalid,
+            StatusCode::BAD_REQUEST,
+            "SyncStateInvalid",
+        ),
+    ];
+    for (form, status, code) in forms {
+        let (_, _, link) = contoso.delta_round(&delta_url, 10).await;
+        emu.reset_delta_tokens_as(ALICE, form).unwrap();
+        let (answered, headers, body) = contoso.get(&link).await;
+        assert_eq!((answered, error_code(&body)), (status, code), "{form:?}");
+        assert_eq!(
+            headers.contains_key("location"),
+            form == SyncReset::Gone,
+            "{form:?}"
+        );
+        // A new round starts afresh.
+        let (_, entries, _) = contoso.delta_round(&delta_url, 10).await;
+        assert!(!entries.is_empty());
+    }
+}
+
+/// The oracle of the end-to-end tests ([`MailboxSnapshot::differences`])
+/// rejects a broken copy: an item missing, one twice, one altered, and a
+/// copy of another folder class; it accepts copies whose export bytes and
+/// creation times are their store's own.
+#[tokio::test]
+async fn the_copy_checker_rejects_broken_copies() {
+    let emu = two_tenants().await;
+    let contoso = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let fabrikam = Graph::new(&emu, "fabrikam-tenant", "app-b", SECRET_B).await;
+    let alice_mbx = contoso.mailbox_id(ALICE).await;
+    let bob_mbx = fabrikam.mailbox_id(BOB).await;
+    let exported = migrate(&contoso, &alice_mbx, &fabrikam, &bob_mbx).await;
+    let source = emu.snapshot(ALICE).unwrap();
+    let exact = emu.snapshot(BOB).unwrap();
+    assert!(source.differences(&exact).is_empty());
+    assert_ne!(source.folders, exact.folders, "export bytes differ");
+
+    let inbox = |snapshot: &mailwave_tests::graph_emulator::MailboxSnapshot| {
+        snapshot.folder(&["Inbox"]).unwrap().items.clone()
+    };
+    let mut missing = exact.clone();
+    let folder = missing
+        .folders
+        .iter_mut()
+        .find(|f| f.path == ["Inbox"])
+        .unwrap();
+    folder.items.pop();
+    let found = source.differences(&missing);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("missing from the copy"), "{found:?}");
+
+    let mut duplicate = exact.clone();
+    let folder = duplicate
+        .folders
+        .iter_mut()
+        .find(|f| f.path == ["Inbox"])
+        .unwrap();
+    folder.items.push(inbox(&exact)[0].clone());
+    let found = source.differences(&duplicate);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].contains("1 item(s) extra in the copy"),
+        "{found:?}"
+    );
+
+    let mut altered = exact.clone();
+    let folder = altered
+        .folders
+        .iter_mut()
+        .find(|f| f.path == ["Inbox"])
+        .unwrap();
+    folder.items[0].is_read = !folder.items[0].is_read;
+    assert_eq!(
+        source.differences(&altered).len(),
+        2,
+        "one missing, one extra"
+    );
+    let mut rekeyed = exact.clone();
+    let folder = rekeyed
+        .folders
+        .iter_mut()
+        .find(|f| f.path == ["Inbox"])
+        .unwrap();
+    folder.items[0].search_key = Some(vec![0; 16]);
+    assert_eq!(source.differences(&rekeyed).len(), 2, "another search key");
+    let mut reclassed = exact.clone();
+    reclassed.folders[0].class = "IPF.Task".to_owned();
+    assert_eq!(source.differences(&reclassed).len(), 1);
+    let mut unfoldered = exact.clone();
+    unfoldered.folders.retain(|f| f.path != ["Inbox"]);
+    assert!(source.differences(&unfoldered)[0].contains("missing from the copy"));
+
+    // The same on the service: a second import of an item is a duplicate.
+    let data = exported.values().next().unwrap();
+    let url = import_url(&fabrikam, &bob_mbx).await;
+    let import = json!({ "FolderId": "inbox", "Mode": "create", "Data": data });
+    let (status, _, _) = send(fabrikam.http.post(&url).json(&import)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!source.differences(&emu.snapshot(BOB).unwrap()).is_empty());
 }

@@ -118,6 +118,7 @@ fn meta(uid: u32, body: &Bytes) -> ItemMeta {
         size: Some(body.len() as u64),
         flags: Flags::default(),
         internal_date: None,
+        identity: None,
     }
 }
 

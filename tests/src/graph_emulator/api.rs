@@ -18,11 +18,11 @@ use super::error::GraphError;
 use super::export::ItemContent;
 use super::model::{CreateFolderError, DeltaEntry, DeltaScope, Folder, Item, Mailbox};
 use super::odata::{
-    DeltaView, apply_select, delta_page, encode_component, json_response, option, page,
-    select_option,
+    DeltaView, EXPANDED_PROPERTIES, apply_select, delta_page, encode_component, json_response,
+    option, page, select_option,
 };
 use super::pipeline::{Access, Ctx, mailbox_of, mailbox_of_mut, rejection_response, serve};
-use super::rules::{Fault, Rejection};
+use super::rules::Rejection;
 use super::{Shared, State, control, identity, mail};
 
 /// The most items `exportItems` takes at once.
@@ -73,7 +73,25 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .merge(mail::routes())
         .nest("/_emulator", control::routes())
         .fallback(unknown_route)
+        .layer(axum::middleware::map_response_with_state(
+            shared.clone(),
+            date_header,
+        ))
         .with_state(shared)
+}
+
+/// Every answer's `Date`, by the service's clock (HTTP's IMF-fixdate).
+async fn date_header(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    mut response: Response,
+) -> Response {
+    let date = shared.clock.now().format("%a, %d %b %Y %H:%M:%S GMT");
+    if let Ok(value) = axum::http::HeaderValue::from_str(&date.to_string()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::DATE, value);
+    }
+    response
 }
 
 async fn unknown_route() -> GraphError {
@@ -113,39 +131,146 @@ fn item_json(item: &Item, ctx: &Ctx) -> Value {
     })
 }
 
+/// Extended properties the emulator knows of an item (id as Exchange
+/// spells it in answers, value as Graph renders it: binary in base64).
+fn extended_properties(item: &Item) -> Vec<(&'static str, String)> {
+    let content = &item.content;
+    let search_key = content.search_key.as_ref().map(|k| {
+        (
+            "Binary 0x300b",
+            base64::engine::general_purpose::STANDARD.encode(k),
+        )
+    });
+    let message_id = content
+        .internet_message_id()
+        .map(|id| ("String 0x1035", id));
+    search_key.into_iter().chain(message_id).collect()
+}
+
+/// `$expand=singleValueExtendedProperties($filter=id eq '…' [or id eq
+/// '…']…)`, as the extended-properties pages document it: the ids asked
+/// for (compared without regard to case, as Exchange does). `None` without
+/// `$expand`; any other expansion is refused.
+fn expanded_properties(query: &HashMap<String, String>) -> Result<Option<Vec<String>>, GraphError> {
+    let Some(expand) = option(query, "$expand") else {
+        return Ok(None);
+    };
+    let invalid = || {
+        GraphError::bad_request(format!(
+            "Parsing OData Select and Expand failed: '{expand}' is not supported."
+        ))
+    };
+    let inner = expand
+        .trim()
+        .strip_prefix("singleValueExtendedProperties(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|rest| rest.trim().strip_prefix("$filter="))
+        .ok_or_else(invalid)?;
+    inner
+        .split(" or ")
+        .map(|clause| {
+            let literal = clause
+                .trim()
+                .strip_prefix("id eq ")
+                .map(str::trim)
+                .and_then(|l| l.strip_prefix('\''))
+                .and_then(|l| l.strip_suffix('\''))
+                .ok_or_else(invalid)?;
+            Ok(literal.to_owned())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A comparison of the items collection's `$filter` on a timestamp.
+struct TimeCondition {
+    created: bool,
+    operator: String,
+    at: chrono::DateTime<chrono::Utc>,
+}
+
+impl TimeCondition {
+    fn holds(&self, item: &Item) -> bool {
+        let value = if self.created {
+            item.content.created
+        } else {
+            item.last_modified
+        };
+        match self.operator.as_str() {
+            "ge" => value >= self.at,
+            "gt" => value > self.at,
+            "le" => value <= self.at,
+            "lt" => value < self.at,
+            _ => value == self.at,
+        }
+    }
+}
+
+/// The items collection's `$filter`: comparisons (`eq`, `ge`, `gt`, `le`,
+/// `lt`) of `createdDateTime` or `lastModifiedDateTime` with a date or a
+/// timestamp, joined by `and` (the list page's example).
+fn time_filter(query: &HashMap<String, String>) -> Result<Vec<TimeCondition>, GraphError> {
+    let Some(filter) = option(query, "$filter") else {
+        return Ok(Vec::new());
+    };
+    let invalid = || {
+        GraphError::bad_request(format!(
+            "Invalid filter clause: '{filter}' is not supported."
+        ))
+    };
+    filter
+        .split(" and ")
+        .map(|clause| {
+            let mut words = clause.split_whitespace();
+            let (Some(property), Some(operator), Some(literal), None) =
+                (words.next(), words.next(), words.next(), words.next())
+            else {
+                return Err(invalid());
+            };
+            let created = match property {
+                p if p.eq_ignore_ascii_case("createdDateTime") => true,
+                p if p.eq_ignore_ascii_case("lastModifiedDateTime") => false,
+                _ => return Err(invalid()),
+            };
+            let operator = operator.to_ascii_lowercase();
+            if !["eq", "ge", "gt", "le", "lt"].contains(&operator.as_str()) {
+                return Err(invalid());
+            }
+            let at = chrono::DateTime::parse_from_rfc3339(literal)
+                .map(|t| t.to_utc())
+                .or_else(|_| {
+                    chrono::NaiveDate::parse_from_str(literal, "%Y-%m-%d")
+                        .map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc())
+                })
+                .map_err(|_| invalid())?;
+            Ok(TimeCondition {
+                created,
+                operator,
+                at,
+            })
+        })
+        .collect()
+}
+
 /// `PidTagFolderType` as a single-value extended property: 1 for a generic
 /// folder, 2 for a search folder ([MS-OXPROPS], [MS-OXCFOLD]).
 const FOLDER_TYPE_PROPERTY: &str = "Integer 0x3601";
 
-/// The property `$expand=singleValueExtendedProperties($filter=id eq
-/// '…')` asks for (lower-case), if any; any other `$expand` is refused.
-fn expanded_property(query: &HashMap<String, String>) -> Result<Option<String>, GraphError> {
-    let Some(expand) = option(query, "$expand") else {
-        return Ok(None);
-    };
-    let lower = expand.trim().to_ascii_lowercase();
-    lower
-        .strip_prefix("singlevalueextendedproperties($filter=id eq '")
-        .and_then(|rest| rest.strip_suffix("')"))
-        .map(|id| Some(id.to_owned()))
-        .ok_or_else(|| {
-            GraphError::bad_request(format!("Parsing OData Select and Expand failed: {expand}"))
-        })
-}
-
-/// Adds the expanded extended property to a folder's JSON: the folder type
-/// is the only one the emulator keeps; any other is not set.
-fn expand_property(mut value: Value, folder: &Folder, property: Option<&str>) -> Value {
-    let Some(property) = property else {
+/// Adds the expanded extended properties (`wanted`, see
+/// [`expanded_properties`]) to a folder's JSON: of a folder the emulator
+/// keeps its type only.
+fn expand_folder_properties(mut value: Value, folder: &Folder, wanted: Option<&[String]>) -> Value {
+    let Some(wanted) = wanted else {
         return value;
     };
-    let properties = if property.eq_ignore_ascii_case(FOLDER_TYPE_PROPERTY) {
-        let kind = if folder.search { "2" } else { "1" };
-        json!([{ "id": FOLDER_TYPE_PROPERTY, "value": kind }])
-    } else {
-        json!([])
-    };
-    value["singleValueExtendedProperties"] = properties;
+    let kind = if folder.search { "2" } else { "1" };
+    let properties: Vec<Value> = wanted
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(FOLDER_TYPE_PROPERTY))
+        .then(|| json!({ "id": FOLDER_TYPE_PROPERTY, "value": kind }))
+        .into_iter()
+        .collect();
+    value[EXPANDED_PROPERTIES] = json!(properties);
     value
 }
 
@@ -194,7 +319,7 @@ fn list_folders(
         None => folder_of(mailbox, &mailbox.root_id)?,
     };
     let wanted_type = type_filter(query)?;
-    let property = expanded_property(query)?;
+    let expanded = expanded_properties(query)?;
     let mut values: Vec<Value> = mailbox
         .children(&parent.id)
         .into_iter()
@@ -203,7 +328,7 @@ fn list_folders(
                 .as_deref()
                 .is_none_or(|t| f.class.eq_ignore_ascii_case(t))
         })
-        .map(|f| expand_property(folder_json(mailbox, f, ctx), f, property.as_deref()))
+        .map(|f| expand_folder_properties(folder_json(mailbox, f, ctx), f, expanded.as_deref()))
         .collect();
     if state.rules.faults.repeat_folders {
         values.extend_from_within(..);
@@ -266,12 +391,12 @@ async fn get_folder(
         |state, ctx| {
             let mailbox = mailbox_of(state, ctx)?;
             let folder = folder_of(mailbox, &folder)?;
-            let property = expanded_property(&query)?;
+            let expanded = expanded_properties(&query)?;
             let mut body = apply_select(
-                expand_property(
+                expand_folder_properties(
                     folder_json(mailbox, folder, ctx),
                     folder,
-                    property.as_deref(),
+                    expanded.as_deref(),
                 ),
                 select_option(&query).as_deref(),
             );
@@ -411,10 +536,24 @@ async fn list_items(
         |state, ctx| {
             let mailbox = mailbox_of(state, ctx)?;
             let folder = folder_of(mailbox, &folder)?;
+            let conditions = time_filter(&query)?;
+            let expanded = expanded_properties(&query)?;
             let values = mailbox
                 .items_in(&folder.id)
                 .into_iter()
-                .map(|i| item_json(i, ctx))
+                .filter(|i| conditions.iter().all(|c| c.holds(i)))
+                .map(|i| {
+                    let mut value = item_json(i, ctx);
+                    if let Some(wanted) = &expanded {
+                        let properties: Vec<Value> = extended_properties(i)
+                            .into_iter()
+                            .filter(|(id, _)| wanted.iter().any(|w| w.eq_ignore_ascii_case(id)))
+                            .map(|(id, value)| json!({ "id": id, "value": value }))
+                            .collect();
+                        value[EXPANDED_PROPERTIES] = json!(properties);
+                    }
+                    value
+                })
                 .collect();
             let link_base = format!("{}/folders/{}/items", mailbox_url(ctx, mailbox), folder.id);
             let context = format!("{}/$metadata#Collection(mailboxItem)", ctx.graph());
@@ -584,7 +723,7 @@ async fn create_import_session(
                 expires_at: std::time::Instant::now() + lifetime,
             },
         );
-        let expiration = chrono::Utc::now() + lifetime;
+        let expiration = state.directory.clock.now() + lifetime;
         json_response(
             StatusCode::OK,
             json!({
@@ -638,9 +777,8 @@ async fn import_item(
         body.len() as u64,
         |state, ctx| {
             let imported = import(state, ctx, &body);
-            if state.rules.imported(&ctx.mailbox_id, imported.is_ok()) {
-                let busy = Rejection::Fault(Fault::ServerBusy { empty_body: false });
-                return Err(rejection_response(busy));
+            if let Some(fault) = state.rules.imported(&ctx.mailbox_id, imported.is_ok()) {
+                return Err(rejection_response(Rejection::Fault(fault)));
             }
             imported
         },
@@ -692,6 +830,11 @@ fn import(state: &mut State, ctx: &Ctx, body: &[u8]) -> Result<Response, GraphEr
             if mailbox.over_quota_with(size) {
                 return Err(quota_exceeded());
             }
+            // A new item of this store, created now by its clock.
+            let content = ItemContent {
+                created: mailbox.now(),
+                ..content
+            };
             let id = mailbox.add_item(&folder_id, content);
             mailbox.item(&id).expect("just added")
         }
@@ -705,6 +848,10 @@ fn import(state: &mut State, ctx: &Ctx, body: &[u8]) -> Result<Response, GraphEr
                 .item(&item_id)
                 .filter(|i| i.folder_id == folder_id)
                 .ok_or_else(GraphError::item_not_found)?;
+            let content = ItemContent {
+                created: existing.content.created,
+                ..content
+            };
             if existing.change_key() != change_key {
                 return Err(GraphError::new(
                     StatusCode::CONFLICT,

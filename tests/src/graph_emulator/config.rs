@@ -143,6 +143,29 @@ pub struct Faults {
     /// every folder twice: the whole collection, then all of it again, so
     /// that later pages repeat folders of earlier ones.
     pub repeat_folders: bool,
+    /// Share of the items `importItem` stores (for the mailboxes random
+    /// faults are drawn for) answered `504 Gateway Timeout` all the same:
+    /// a gateway that gave up while the store did the work.
+    pub applied_timeout_rate: f64,
+}
+
+/// How the emulator refuses a delta or skip token it forgot
+/// ([`crate::graph_emulator::GraphEmulator::reset_delta_tokens_as`]): the
+/// forms the delta query documentation allows, "410 Gone" with a
+/// `Location` header and a "40X-series error" with a code such as
+/// `syncStateNotFound`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SyncReset {
+    /// `410 Gone`, `syncStateNotFound`, `Location`: the initial query.
+    #[default]
+    Gone,
+    /// `404 Not Found`, `syncStateNotFound`.
+    NotFound,
+    /// `400 Bad Request`, `resyncRequired`.
+    ResyncRequired,
+    /// `400 Bad Request`, `SyncStateInvalid`.
+    SyncStateInvalid,
 }
 
 /// An item that fails on cue ([`crate::graph_emulator::GraphEmulator::fail_item`]):
@@ -184,6 +207,7 @@ impl Default for Faults {
             only_mailboxes: Vec::new(),
             lost_import_answers: 0,
             repeat_folders: false,
+            applied_timeout_rate: 0.0,
         }
     }
 }

@@ -109,7 +109,7 @@ async fn reset_delta_tokens(
     AxumState(shared): AxumState<Arc<Shared>>,
     Path(user): Path<String>,
 ) -> Response {
-    done(shared.reset_delta_tokens(&user))
+    done(shared.reset_delta_tokens(&user, super::SyncReset::Gone))
 }
 
 async fn get_limits(AxumState(shared): AxumState<Arc<Shared>>) -> Json<Limits> {

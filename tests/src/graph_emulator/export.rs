@@ -7,10 +7,14 @@
 //! ```
 //!
 //! Encoding is canonical (timestamps in whole seconds, UTC), and an import
-//! only accepts data that re-encodes to the same bytes, so an item exported
-//! from one mailbox, imported into another and exported again yields the
-//! same bytes.
+//! only accepts data that re-encodes to the same bytes. As with Exchange's
+//! stream, a copy is not byte for byte its original: the store that makes
+//! an item gives it its own record key and creation time, so an item
+//! exported, imported elsewhere and exported again yields other bytes.
+//! Its search key (PidTagSearchKey) travels with it.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +32,11 @@ pub(crate) struct ItemContent {
     pub received: DateTime<Utc>,
     pub created: DateTime<Utc>,
     pub categories: Vec<String>,
+    /// PidTagSearchKey: given by the store that first made the item (see
+    /// [`super::model::Mailbox::add_item`]), kept by every copy.
+    pub search_key: Option<Vec<u8>>,
+    /// PidTagRecordKey: the store's own key of this copy.
+    pub record_key: String,
     pub payload: Vec<u8>,
 }
 
@@ -40,6 +49,9 @@ struct Header {
     received: DateTime<Utc>,
     created: DateTime<Utc>,
     categories: Vec<String>,
+    /// Base64.
+    search_key: Option<String>,
+    record_key: String,
 }
 
 impl ItemContent {
@@ -55,6 +67,37 @@ impl ItemContent {
         self.class.starts_with("IPM.Note") || self.class.starts_with("IPM.Schedule.Meeting")
     }
 
+    /// PidTagInternetMessageId: a message's `Message-ID` header.
+    pub fn internet_message_id(&self) -> Option<String> {
+        if !self.is_message() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&self.payload);
+        let mut lines = text.split('\n').map(|l| l.trim_end_matches('\r'));
+        let mut found: Option<String> = None;
+        for line in lines.by_ref() {
+            if line.is_empty() {
+                break;
+            }
+            if line.starts_with([' ', '\t']) {
+                if let Some(value) = found.as_mut() {
+                    value.push_str(line.trim());
+                }
+                continue;
+            }
+            if found.is_some() {
+                break;
+            }
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.trim().eq_ignore_ascii_case("message-id") {
+                found = Some(value.trim().to_owned());
+            }
+        }
+        found.filter(|id| !id.is_empty())
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let header = Header {
             class: self.class.clone(),
@@ -63,6 +106,8 @@ impl ItemContent {
             received: self.received,
             created: self.created,
             categories: self.categories.clone(),
+            search_key: self.search_key.as_ref().map(|k| STANDARD.encode(k)),
+            record_key: self.record_key.clone(),
         };
         let header = serde_json::to_vec(&header).expect("the header serializes");
         let header_len = u32::try_from(header.len()).expect("headers are small");
@@ -96,6 +141,11 @@ impl ItemContent {
         let (header, payload) = rest.split_at(len);
         let header: Header =
             serde_json::from_slice(header).map_err(|e| format!("bad stream header: {e}"))?;
+        let search_key = header
+            .search_key
+            .map(|k| STANDARD.decode(k))
+            .transpose()
+            .map_err(|e| format!("bad search key: {e}"))?;
         let content = ItemContent {
             class: header.class,
             is_read: header.is_read,
@@ -103,6 +153,8 @@ impl ItemContent {
             received: header.received,
             created: header.created,
             categories: header.categories,
+            search_key,
+            record_key: header.record_key,
             payload: payload.to_vec(),
         };
         if content.encode() != data {
@@ -124,6 +176,8 @@ mod tests {
             received: "2024-05-01T10:00:00Z".parse().unwrap(),
             created: "2024-05-01T10:00:01Z".parse().unwrap(),
             categories: vec!["Blue".to_owned()],
+            search_key: Some(vec![1, 2, 3]),
+            record_key: "rk".to_owned(),
             payload: b"Subject: x\r\n\r\nbody\n".to_vec(),
         }
     }
@@ -134,6 +188,16 @@ mod tests {
         let decoded = ItemContent::decode(&data).unwrap();
         assert_eq!(decoded, sample());
         assert_eq!(decoded.encode(), data);
+    }
+
+    #[test]
+    fn internet_message_id_of_messages_only() {
+        let mut content = sample();
+        content.payload =
+            b"Subject: x\r\nMessage-ID:\r\n <a@b>\r\n\r\nMessage-ID: <no>\r\n".to_vec();
+        assert_eq!(content.internet_message_id().as_deref(), Some("<a@b>"));
+        content.class = "IPM.Contact".to_owned();
+        assert_eq!(content.internet_message_id(), None);
     }
 
     #[test]

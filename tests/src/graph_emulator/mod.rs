@@ -27,11 +27,22 @@
 //!   rounds end with `@odata.deltaLink`, errors are Graph's `{"error":
 //!   {"code","message"}}`. Tokens only see their own tenant's users.
 //!   `Prefer: IdType="ImmutableId"` is honoured (default ids change when
-//!   an item moves, immutable ones never) and counted per mailbox.
+//!   an item moves, immutable ones never) and counted per mailbox. A folder's
+//!   items list with `$filter` on `createdDateTime`/`lastModifiedDateTime`
+//!   and `$expand=singleValueExtendedProperties($filter=id eq '…')` of the
+//!   search key (`Binary 0x300B`) and the internet message id (`String
+//!   0x1035`).
+//! * **The service's clock**: settable apart from this machine's
+//!   ([`GraphEmulator::set_clock_skew`]); it stamps items and every
+//!   answer's `Date`. As in Exchange, an imported item is a new item of its
+//!   store: new timestamps, its own record key, so its export stream is
+//!   not the bytes it was imported from; its search key travels with it.
 //! * **Rules**, per app and mailbox: concurrent requests, requests per
 //!   window and upload bytes per window (429 with `Retry-After`, requests
 //!   inside the window are refused again), mailbox quotas (507), delta
-//!   tokens invalidated on demand (410 `syncStateNotFound`), expired tokens
+//!   tokens invalidated on demand (410 `syncStateNotFound`, or the other
+//!   documented forms of [`SyncReset`]), imports answered 503 or 504 after
+//!   their item was stored, expired tokens
 //!   (401), random 503 (some with an empty body) and 504 from a seeded RNG
 //!   (for all mailboxes or chosen ones), an optional latency, and items
 //!   that fail on cue: an `exportItems` entry with an `error`
@@ -45,8 +56,9 @@
 //! # What is not
 //!
 //! Delegated (user) tokens, consent and permissions (every app may do
-//! everything in its tenant); `$orderby`, `$expand`, `$count`, `$search`
-//! and any `$filter` other than `type eq '...'` on folders; folder update,
+//! everything in its tenant); `$orderby`, `$count`, `$search`, any other
+//! `$expand` and any `$filter` other than `type eq '...'` on folders and
+//! the timestamps of items; folder update,
 //! move and deletion; item deletion through Graph; JSON batching;
 //! attachments, events, contacts and the other Outlook resources beyond
 //! messages. The export stream is the emulator's own format, not
@@ -75,7 +87,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{
     AppSeed, EmulatorConfig, Faults, FlagStatus, FolderSeed, ItemFault, ItemSeed, ItemUpdate,
-    Language, Limits, TenantSeed, UserSeed,
+    Language, Limits, SyncReset, TenantSeed, UserSeed,
 };
 pub use model::{FolderSnapshot, ItemSnapshot, MailboxSnapshot};
 pub use rules::{MailboxStats, RequestEvent, ThrottleReason};
@@ -195,7 +207,24 @@ impl GraphEmulator {
 
     /// Makes every delta and skip token of the mailbox answer `410 Gone`.
     pub fn reset_delta_tokens(&self, mailbox: &str) -> Result<()> {
-        self.shared.reset_delta_tokens(mailbox)
+        self.reset_delta_tokens_as(mailbox, SyncReset::Gone)
+    }
+
+    /// Makes every delta and skip token of the mailbox answer as `form`
+    /// says (this and later resets).
+    pub fn reset_delta_tokens_as(&self, mailbox: &str, form: SyncReset) -> Result<()> {
+        self.shared.reset_delta_tokens(mailbox, form)
+    }
+
+    /// Puts the service's clock `skew` ahead of this machine's (behind when
+    /// negative): item timestamps and every answer's `Date` follow it.
+    pub fn set_clock_skew(&self, skew: chrono::TimeDelta) {
+        self.shared.clock.set_skew(skew);
+    }
+
+    /// The service's time now.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.shared.clock.now()
     }
 
     /// Makes an item fail on cue (see [`ItemFault`]) until
@@ -252,6 +281,8 @@ impl Drop for GraphEmulator {
 /// State shared by the HTTP handlers and the [`GraphEmulator`] handle.
 pub(crate) struct Shared {
     pub base_url: String,
+    /// The service's clock (also the directory's).
+    pub clock: model::Clock,
     state: Mutex<State>,
 }
 
@@ -291,6 +322,7 @@ pub(crate) struct State {
 impl Shared {
     fn new(base_url: String, config: &EmulatorConfig) -> Result<Self> {
         let mut directory = model::Directory::default();
+        let clock = directory.clock.clone();
         for tenant in &config.tenants {
             directory.add_tenant(tenant).map_err(|e| anyhow!(e))?;
         }
@@ -305,6 +337,7 @@ impl Shared {
         };
         Ok(Self {
             base_url,
+            clock,
             state: Mutex::new(state),
         })
     }
@@ -345,9 +378,10 @@ impl Shared {
         self.with_mailbox(mailbox, |m| m.delete_item(item_id))
     }
 
-    fn reset_delta_tokens(&self, mailbox: &str) -> Result<()> {
+    fn reset_delta_tokens(&self, mailbox: &str, form: SyncReset) -> Result<()> {
         self.with_mailbox(mailbox, |m| {
             m.sync_generation += 1;
+            m.sync_reset = form;
             Ok(())
         })
     }

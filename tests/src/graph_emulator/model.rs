@@ -5,13 +5,17 @@
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 
-use super::config::{FlagStatus, ItemFault, ItemSeed, ItemUpdate, Language, TenantSeed, UserSeed};
+use super::config::{
+    FlagStatus, ItemFault, ItemSeed, ItemUpdate, Language, SyncReset, TenantSeed, UserSeed,
+};
 use super::export::ItemContent;
 
 /// A folder every mailbox has (Exchange Online makes them with the
@@ -291,6 +295,25 @@ pub(crate) enum CreateFolderError {
     ParentNotFound,
 }
 
+/// The emulated service's clock: this machine's, skewed by a settable
+/// offset (a server's clock is never the client's). Shared by the mailboxes
+/// (timestamps of items) and the answers (`Date`).
+#[derive(Clone, Default)]
+pub(crate) struct Clock(Arc<AtomicI64>);
+
+impl Clock {
+    /// Now on the server, in whole seconds as Exchange stamps items.
+    pub fn now(&self) -> DateTime<Utc> {
+        (Utc::now() + chrono::TimeDelta::seconds(self.0.load(Ordering::Relaxed))).trunc_subsecs(0)
+    }
+
+    /// Puts the server's clock `skew` ahead of this machine's (behind when
+    /// negative), in whole seconds.
+    pub fn set_skew(&self, skew: chrono::TimeDelta) {
+        self.0.store(skew.num_seconds(), Ordering::Relaxed);
+    }
+}
+
 pub(crate) struct Mailbox {
     pub id: String,
     pub tenant_id: String,
@@ -308,11 +331,14 @@ pub(crate) struct Mailbox {
     pub sync_generation: u64,
     /// Items that fail on cue, by immutable id.
     pub item_faults: HashMap<String, ItemFault>,
+    /// How a delta or skip token of an older generation is refused.
+    pub sync_reset: SyncReset,
     id_counter: u64,
+    clock: Clock,
 }
 
 impl Mailbox {
-    fn new(tenant_id: &str, user: &UserSeed) -> Self {
+    fn new(tenant_id: &str, user: &UserSeed, clock: Clock) -> Self {
         let upn = user.user_principal_name.clone();
         let user_id = user
             .id
@@ -339,7 +365,9 @@ impl Mailbox {
             seq: 0,
             sync_generation: 0,
             item_faults: HashMap::new(),
+            sync_reset: SyncReset::default(),
             id_counter: 0,
+            clock,
         };
         let root_id = mailbox.insert_folder(
             None,
@@ -513,18 +541,30 @@ impl Mailbox {
         format!("AQMkAD{}", URL_SAFE_NO_PAD.encode(&hash.as_bytes()[..27]))
     }
 
-    /// Adds an item to a folder and returns its immutable id.
-    pub fn add_item(&mut self, folder_id: &str, content: ItemContent) -> String {
+    /// The server's time now.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Adds an item to a folder and returns its immutable id. As Exchange
+    /// does, the store gives the new item its own record key, and a search
+    /// key unless the item brings one (an import keeps it).
+    pub fn add_item(&mut self, folder_id: &str, mut content: ItemContent) -> String {
         let id = self.next_id("AAkALg");
         let rest_id = self.rest_id_for(&id, folder_id, 0);
         let seq = self.bump();
+        let key = blake3::hash(format!("{}/{id}", self.id).as_bytes());
+        content
+            .search_key
+            .get_or_insert_with(|| key.as_bytes()[..16].to_vec());
+        content.record_key = URL_SAFE_NO_PAD.encode(&key.as_bytes()[16..]);
         let size = content.encode().len() as u64;
         let item = Item {
             id: id.clone(),
             rest_id: rest_id.clone(),
             folder_id: folder_id.to_owned(),
             content,
-            last_modified: now(),
+            last_modified: self.clock.now(),
             version: 1,
             size,
             created_seq: seq,
@@ -551,14 +591,16 @@ impl Mailbox {
     }
 
     /// Replaces an item's content (import in `update` mode).
-    pub fn replace_item(&mut self, id: &str, content: ItemContent) -> Option<&Item> {
+    pub fn replace_item(&mut self, id: &str, mut content: ItemContent) -> Option<&Item> {
         let key = self.item_key(id)?;
         let seq = self.bump();
+        let now = self.clock.now();
         let item = self.items.get_mut(&key)?;
+        content.record_key = item.content.record_key.clone();
         item.size = content.encode().len() as u64;
         item.content = content;
         item.version += 1;
-        item.last_modified = now();
+        item.last_modified = now;
         item.changed_seq = seq;
         Some(item)
     }
@@ -576,6 +618,7 @@ impl Mailbox {
             None => None,
         };
         let seq = self.bump();
+        let now = self.clock.now();
         let item = self.items.get_mut(&key).expect("looked up above");
         if let Some(is_read) = update.is_read {
             item.content.is_read = is_read;
@@ -588,7 +631,7 @@ impl Mailbox {
         }
         item.size = item.content.encode().len() as u64;
         item.version += 1;
-        item.last_modified = now();
+        item.last_modified = now;
         item.changed_seq = seq;
         let Some(folder_id) = target_folder else {
             return Ok(());
@@ -725,6 +768,8 @@ impl Mailbox {
                         received: item.content.received,
                         created: item.content.created,
                         categories: item.content.categories.clone(),
+                        search_key: item.content.search_key.clone(),
+                        payload: item.content.payload.clone(),
                     })
                     .collect();
                 items.sort_by(|a, b| a.export_data.cmp(&b.export_data));
@@ -767,6 +812,55 @@ impl MailboxSnapshot {
     pub fn item_count(&self) -> usize {
         self.folders.iter().map(|f| f.items.len()).sum()
     }
+
+    /// How `copy` differs from this mailbox, item content for item content
+    /// ([`ItemSnapshot::content`]: not the export bytes nor the creation
+    /// time, which a store gives each copy of its own): folders missing or
+    /// added, of another class, items missing, added or duplicated. Empty:
+    /// an exact copy.
+    pub fn differences(&self, copy: &MailboxSnapshot) -> Vec<String> {
+        let mut differences = Vec::new();
+        let paths = self.folders.iter().chain(&copy.folders).map(|f| &f.path);
+        let paths: std::collections::BTreeSet<&Vec<String>> = paths.collect();
+        for path in paths {
+            let path_str: Vec<&str> = path.iter().map(String::as_str).collect();
+            let (Some(original), Some(copied)) = (self.folder(&path_str), copy.folder(&path_str))
+            else {
+                let side = if self.folder(&path_str).is_some() {
+                    "missing from"
+                } else {
+                    "only in"
+                };
+                differences.push(format!("folder {path:?} {side} the copy"));
+                continue;
+            };
+            if original.class != copied.class {
+                differences.push(format!(
+                    "folder {path:?} is {} in the copy, {} here",
+                    copied.class, original.class
+                ));
+            }
+            let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+            for item in &original.items {
+                *counts.entry(item.content()).or_default() += 1;
+            }
+            for item in &copied.items {
+                *counts.entry(item.content()).or_default() -= 1;
+            }
+            for (content, count) in counts.into_iter().filter(|(_, n)| *n != 0) {
+                let what = if count > 0 {
+                    "missing from"
+                } else {
+                    "extra in"
+                };
+                differences.push(format!(
+                    "folder {path:?}: {} item(s) {what} the copy: {content}",
+                    count.abs()
+                ));
+            }
+        }
+        differences
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -801,6 +895,31 @@ pub struct ItemSnapshot {
     pub received: DateTime<Utc>,
     pub created: DateTime<Utc>,
     pub categories: Vec<String>,
+    /// PidTagSearchKey.
+    #[serde(serialize_with = "as_base64_opt")]
+    pub search_key: Option<Vec<u8>>,
+    /// The item's properties or MIME as the stream carries them.
+    #[serde(serialize_with = "as_base64")]
+    pub payload: Vec<u8>,
+}
+
+impl ItemSnapshot {
+    /// What the item is, whatever store holds it: class, payload, read
+    /// state, flag, received time, categories and search key.
+    pub fn content(&self) -> String {
+        format!(
+            "{} read={} flag={:?} received={} categories={:?} search key={} payload {}",
+            self.class,
+            self.is_read,
+            self.flag_status,
+            self.received,
+            self.categories,
+            self.search_key
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |k| URL_SAFE_NO_PAD.encode(k)),
+            blake3::hash(&self.payload).to_hex(),
+        )
+    }
 }
 
 fn as_base64<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -819,6 +938,7 @@ fn as_base64_opt<S: serde::Serializer>(bytes: &Option<Vec<u8>>, s: S) -> Result<
 pub(crate) struct Directory {
     pub tenants: Vec<Tenant>,
     pub mailboxes: Vec<Mailbox>,
+    pub clock: Clock,
 }
 
 impl Directory {
@@ -858,7 +978,7 @@ impl Directory {
             {
                 return Err(format!("user {upn:?} exists already"));
             }
-            let mut mailbox = Mailbox::new(&seed.id, user);
+            let mut mailbox = Mailbox::new(&seed.id, user, self.clock.clone());
             for folder in &user.folders {
                 let id = mailbox.ensure_folder_path(&folder.path, &folder.class)?;
                 if let Some(made) = mailbox.folders.get_mut(&id) {
@@ -910,7 +1030,7 @@ pub(crate) fn add_seed_item(mailbox: &mut Mailbox, item: &ItemSeed) -> Result<St
         Some(folder) => folder.id.clone(),
         None => mailbox.ensure_folder_path(&item.folder, folder_class_for(&item.class))?,
     };
-    let received = item.received.unwrap_or_else(now);
+    let received = item.received.unwrap_or_else(|| mailbox.now());
     let content = ItemContent {
         class: item.class.clone(),
         is_read: item.is_read,
@@ -918,6 +1038,8 @@ pub(crate) fn add_seed_item(mailbox: &mut Mailbox, item: &ItemSeed) -> Result<St
         received,
         created: received,
         categories: item.categories.clone(),
+        search_key: None,
+        record_key: String::new(),
         payload: item.payload.clone(),
     }
     .normalized();
@@ -936,10 +1058,6 @@ fn folder_class_for(item_class: &str) -> &'static str {
         .iter()
         .find(|(prefix, _)| item_class.starts_with(prefix))
         .map_or("IPF.Note", |(_, class)| class)
-}
-
-pub(crate) fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(0)
 }
 
 /// A GUID-shaped identifier derived from `seed`.

@@ -9,10 +9,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::State;
+use super::config::SyncReset;
 use super::error::GraphError;
 use super::identity;
 use super::model::{ChangeFilter, DeltaEntry, DeltaScope, Mailbox};
 use super::pipeline::{Ctx, PREFERENCE_APPLIED, mailbox_of};
+
+/// An expanded relationship, kept whatever `$select` says.
+pub(crate) const EXPANDED_PROPERTIES: &str = "singleValueExtendedProperties";
 
 /// Page size when neither `$top` nor `Prefer: odata.maxpagesize` says.
 const DEFAULT_PAGE_SIZE: usize = 10;
@@ -60,7 +64,7 @@ pub(crate) fn apply_select(value: Value, select: Option<&[String]>) -> Value {
         .filter(|(k, _)| {
             k.starts_with('@')
                 || *k == "id"
-                || k.ends_with("ExtendedProperties")
+                || *k == EXPANDED_PROPERTIES
                 || select.iter().any(|s| s.eq_ignore_ascii_case(k))
         })
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -163,16 +167,11 @@ pub(crate) fn delta_page(
                 .cursors
                 .get(token)
                 .filter(|c| {
-                    c.mailbox_id == mailbox.id && c.scope == view.scope && c.generation == mailbox.sync_generation
+                    c.mailbox_id == mailbox.id
+                        && c.scope == view.scope
+                        && c.generation == mailbox.sync_generation
                 })
-                .ok_or_else(|| {
-                    GraphError::new(
-                        StatusCode::GONE,
-                        "syncStateNotFound",
-                        "The sync state generation is not found. The delta token is expired and data must be synchronized again.",
-                    )
-                    .header(header::LOCATION, view.link_base.clone())
-                })?;
+                .ok_or_else(|| sync_reset(mailbox.sync_reset, &view.link_base))?;
             DeltaCursor {
                 mailbox_id: cursor.mailbox_id.clone(),
                 scope: cursor.scope.clone(),
@@ -259,6 +258,27 @@ pub(crate) fn delta_page(
         }
     }
     Ok(response)
+}
+
+/// The answer to a delta or skip token the mailbox forgot, in the form
+/// the mailbox is set to (see [`SyncReset`]).
+fn sync_reset(form: SyncReset, link_base: &str) -> GraphError {
+    const EXPIRED: &str = "The sync state generation is not found. The delta token is expired and data must be synchronized again.";
+    match form {
+        SyncReset::Gone => GraphError::new(StatusCode::GONE, "syncStateNotFound", EXPIRED)
+            .header(header::LOCATION, link_base.to_owned()),
+        SyncReset::NotFound => GraphError::new(StatusCode::NOT_FOUND, "syncStateNotFound", EXPIRED),
+        SyncReset::ResyncRequired => GraphError::new(
+            StatusCode::BAD_REQUEST,
+            "resyncRequired",
+            "The sync state is no longer valid; a full synchronization is required.",
+        ),
+        SyncReset::SyncStateInvalid => GraphError::new(
+            StatusCode::BAD_REQUEST,
+            "SyncStateInvalid",
+            "The sync state is invalid.",
+        ),
+    }
 }
 
 fn change_filter(query: &HashMap<String, String>) -> Result<ChangeFilter, GraphError> {

@@ -73,7 +73,10 @@ pub struct MailboxStats {
     /// Requests answered 429, by reason.
     pub throttled: BTreeMap<ThrottleReason, u64>,
     pub server_busy_503: u64,
+    /// 504s drawn before a request was served (nothing was done).
     pub gateway_timeout_504: u64,
+    /// 504s of imports whose item was stored ([`Faults::applied_timeout_rate`]).
+    pub applied_timeout_504: u64,
     /// Request body bytes of admitted POST/PUT/PATCH requests.
     pub bytes_uploaded: u64,
     /// Requests that carried `Prefer: IdType="ImmutableId"`.
@@ -356,15 +359,28 @@ impl Rules {
     }
 
     /// An `importItem` request was admitted and served (`stored`: its item
-    /// is in the mailbox now): counted; whether its answer is to be lost
-    /// ([`Faults::lost_import_answers`]).
-    pub fn imported(&mut self, mailbox_id: &str, stored: bool) -> bool {
+    /// is in the mailbox now): counted; the fault its answer is to be lost
+    /// to, if any ([`Faults::lost_import_answers`], then
+    /// [`Faults::applied_timeout_rate`]).
+    pub fn imported(&mut self, mailbox_id: &str, stored: bool) -> Option<Fault> {
         self.stats.entry(mailbox_id.to_owned()).or_default().imports += 1;
-        if !stored || self.faults.lost_import_answers == 0 {
-            return false;
+        if !stored {
+            return None;
         }
-        self.faults.lost_import_answers -= 1;
-        true
+        if self.faults.lost_import_answers > 0 {
+            self.faults.lost_import_answers -= 1;
+            return Some(Fault::ServerBusy { empty_body: false });
+        }
+        if self.faults_apply(mailbox_id)
+            && self.rng.random::<f64>() < self.faults.applied_timeout_rate
+        {
+            self.stats
+                .entry(mailbox_id.to_owned())
+                .or_default()
+                .applied_timeout_504 += 1;
+            return Some(Fault::GatewayTimeout);
+        }
+        None
     }
 
     pub fn stats(&self, mailbox_id: &str) -> MailboxStats {

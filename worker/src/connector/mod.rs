@@ -289,6 +289,10 @@ pub struct ItemMeta {
     pub flags: Flags,
     /// The received date, in the zone the source gave it in.
     pub internal_date: Option<DateTime<FixedOffset>>,
+    /// What identifies any copy of the item, where the source knows it
+    /// and its bytes do not tell (Graph's export stream: a server key, see
+    /// [`Identity::keyed`]); `None`: the identity of its message.
+    pub identity: Option<Identity>,
 }
 
 /// What a source is told of a folder's checkpoint: its own side of it.
@@ -477,6 +481,23 @@ impl Identity {
                 Some(parsed) => digest_of_parts(parsed),
                 None => blake3::hash(message).to_hex().to_string(),
             },
+        }
+    }
+
+    /// The identity a server gives an item and every copy of it (a
+    /// property such as Exchange's search key): `kind` names the property,
+    /// `value` is its value as the server renders it. Both parts are the
+    /// key's digest: the key alone tells copies apart.
+    pub fn keyed(kind: &str, value: &str) -> Identity {
+        let mut hasher = blake3::Hasher::new();
+        for part in [kind, value] {
+            hasher.update(&(part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        let digest = hasher.finalize().to_hex().to_string();
+        Identity {
+            header_key: digest.clone(),
+            body_digest: digest,
         }
     }
 

@@ -580,6 +580,7 @@ impl MailboxPass<'_> {
                 size: Some(entry.size),
                 flags: Flags::parse(&entry.flags),
                 internal_date: None,
+                identity: None,
             };
             let reason = format!(
                 "its copy is no longer in target folder {} (re-created: UIDVALIDITY {recorded} -> {now}); not copied again",
@@ -1040,7 +1041,12 @@ impl MailboxPass<'_> {
             content_hash: blake3::hash(&message.body).to_hex().to_string(),
             header_hash: header_hash(&message.body),
             flags: message.meta.flags.to_string(),
-            identity: Identity::of(&message.body).encode(),
+            identity: message
+                .meta
+                .identity
+                .clone()
+                .unwrap_or_else(|| Identity::of(&message.body))
+                .encode(),
         }
     }
 
@@ -1149,6 +1155,7 @@ mod tests {
             size,
             flags: Flags::default(),
             internal_date: None,
+            identity: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! throttling-aware scheduler around every request, retries with the
 //! server's hints, paging, and the classification of every failure.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,10 +39,21 @@ pub struct GraphError {
 }
 
 impl GraphError {
-    /// A delta link the server no longer knows (`410 Gone`,
-    /// `syncStateNotFound`): the folder must be synchronised from scratch.
+    /// A delta link the server no longer knows: `410 Gone`, or any 40x
+    /// with `syncStateNotFound`, `resyncRequired` or `SyncStateInvalid`
+    /// (the delta query overview: "a 40X-series error with error codes such
+    /// as syncStateNotFound"). The folder must be synchronised from scratch.
     pub fn is_sync_state_lost(&self) -> bool {
-        self.status == Some(StatusCode::GONE)
+        const LOST: [&str; 3] = ["syncStateNotFound", "resyncRequired", "SyncStateInvalid"];
+        let Some(status) = self.status else {
+            return false;
+        };
+        status == StatusCode::GONE
+            || (status.is_client_error()
+                && self
+                    .code
+                    .as_deref()
+                    .is_some_and(|code| LOST.iter().any(|l| l.eq_ignore_ascii_case(code))))
     }
 
     fn local(class: ErrorClass, message: String) -> GraphError {
@@ -92,6 +103,9 @@ pub struct GraphClient {
     throttle: MailboxThrottle,
     /// The worker's token cache.
     shared: Arc<Shared>,
+    /// How far the server's clock is ahead of this machine's, as of its
+    /// last answer with a `Date` (shared by the clones of this client).
+    server_offset: Arc<Mutex<Option<chrono::TimeDelta>>>,
 }
 
 /// A successful answer's body, read up to the request's limit.
@@ -148,7 +162,35 @@ impl GraphClient {
             credentials,
             throttle,
             shared,
+            server_offset: Arc::default(),
         })
+    }
+
+    /// The server's time now, by the `Date` of its last answer (to the
+    /// second: the header's resolution) and this machine's clock since;
+    /// `None` before any answer with a `Date`.
+    pub fn server_now(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let offset = *self
+            .server_offset
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        offset.map(|offset| chrono::Utc::now() + offset)
+    }
+
+    /// Learns the server's clock from an answer's `Date`.
+    fn note_date(&self, response: &reqwest::Response) {
+        let date = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok());
+        if let Some(date) = date {
+            let offset = date.to_utc() - chrono::Utc::now();
+            *self
+                .server_offset
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(offset);
+        }
     }
 
     /// The URL of an API path (`/users/…`) or an absolute URL as given
@@ -287,7 +329,10 @@ impl GraphClient {
             let started = Instant::now();
             // Whether the request may have reached the server.
             let (outcome, reached) = match request.send().await {
-                Ok(response) => (read(response, &method, &url, limit, decode).await, true),
+                Ok(response) => {
+                    self.note_date(&response);
+                    (read(response, &method, &url, limit, decode).await, true)
+                }
                 // Without its URL: an import URL carries a token.
                 Err(error) => {
                     let reached = !error.is_connect();
@@ -513,6 +558,22 @@ mod tests {
         assert_eq!(class(404, Some("ErrorInvalidUser")), ErrorClass::Mailbox);
         assert_eq!(class(404, Some("ErrorItemNotFound")), ErrorClass::Item);
         assert_eq!(class(400, Some("ErrorCorruptData")), ErrorClass::Item);
+    }
+
+    #[test]
+    fn lost_sync_states_in_every_documented_form() {
+        let error = |status: u16, code: Option<&str>| GraphError {
+            status: Some(StatusCode::from_u16(status).unwrap()),
+            code: code.map(str::to_owned),
+            ..GraphError::local(ErrorClass::Item, String::new())
+        };
+        assert!(error(410, None).is_sync_state_lost());
+        assert!(error(404, Some("syncStateNotFound")).is_sync_state_lost());
+        assert!(error(400, Some("resyncRequired")).is_sync_state_lost());
+        assert!(error(400, Some("SyncStateInvalid")).is_sync_state_lost());
+        assert!(!error(400, Some("ErrorInvalidRequest")).is_sync_state_lost());
+        assert!(!error(503, Some("syncStateNotFound")).is_sync_state_lost());
+        assert!(!GraphError::local(ErrorClass::Transient, String::new()).is_sync_state_lost());
     }
 
     /// An HTTP server on loopback that answers one request with `head`,

@@ -190,6 +190,7 @@ fn read_message(id: &str, value: &Value) -> ItemMeta {
         internal_date: value["receivedDateTime"]
             .as_str()
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok()),
+        identity: None,
     }
 }
 
@@ -276,6 +277,7 @@ impl MailSource for GraphMimeSource {
             read_message,
         )
         .await
+        .map(|(scan, _)| scan)
     }
 
     async fn fetch(

@@ -31,7 +31,8 @@
 //! # Items and delta passes
 //! A folder's items are listed with item delta; the delta link is the
 //! folder checkpoint's sync state, so a later pass asks only for what
-//! changed. A delta link the server forgot (`410 Gone`) restarts the folder
+//! changed. A delta link the server forgot (`410 Gone`, or a 40x with
+//! `syncStateNotFound`, `resyncRequired` or `SyncStateInvalid`) restarts the folder
 //! from a full delta listing: what the ledger holds is left out, nothing is
 //! imported twice. Items leave in `exportItems` requests of at most 20 items
 //! and 4 MiB (listed sizes; the answer carries them base64-encoded) and are
@@ -48,18 +49,24 @@
 //! with the server's code and message; an entry not understood is an error.
 //!
 //! # In-doubt imports
-//! A crash between an import and the ledger's commit leaves items the
-//! ledger does not know. Before importing into a folder, the target's mark
-//! is taken: its clock minus a safety margin. On resume the engine asks for
-//! the target folder's items modified since the mark, which are exported and
-//! identified by size and hash of their export data, and matched against the
-//! pending source items (as multisets, excluding target items the ledger
-//! already names). The emulator in `tests/` keeps imported data byte for
-//! byte; Exchange Online re-serialises items on import, so against the real
-//! service this identification can miss and an in-doubt batch (at most one
-//! batch per folder) may be imported again. Stamping each import with an
-//! extended property carrying the source id would close that gap.
-//!
+//! `importItem` is a create that takes no idempotency key: it is never
+//! sent again after an answer that may hide an imported item (a 5xx, a
+//! timeout: see [`client`]); the pass restarts and the engine's in-doubt
+//! path decides. Exchange recreates an imported item (its export stream is
+//! not the bytes imported, its timestamps are new), so items are told by
+//! what a full-fidelity copy keeps: the source lists each candidate's
+//! PidTagSearchKey (`Binary 0x300B`), else its PidTagInternetMessageId
+//! (`String 0x1035`), with `$expand=singleValueExtendedProperties(…)`
+//! (item delta does not expand: a listing with `$filter` on
+//! `lastModifiedDateTime` from the earliest candidate gives them), and
+//! that key is the item's [`Identity`] in the write-ahead intents. The
+//! target's mark is the server's clock (the `Date` of its answers) less a
+//! margin; its `items_since` lists the target folder with a `$filter` from
+//! the mark and the same `$expand`, and builds the same identities; the
+//! engine matches them as multisets. An item with neither key keeps the
+//! identity of its export bytes, which no copy has: should its import be
+//! in doubt it is imported again (logged, never lost).
+
 //! # Throttling
 //! Every request goes through the mailbox's [`MailboxThrottle`]: at most
 //! `max_concurrent_requests` at once per mailbox (Graph allows 4), adapted
@@ -116,9 +123,10 @@ const TRANSIENT_EXPORT_ERRORS: [&str; 8] = [
 ];
 /// Graph folder ids never change, so the folder's "validity" never does.
 const VALIDITY: u32 = 1;
-/// How far before "now" the mark of a target folder is put, to cover the
-/// difference between this machine's clock and the server's.
-const MARK_MARGIN: Duration = Duration::from_secs(300);
+/// How far before the server's "now" the mark of a target folder is put:
+/// the `Date` header is to the second, and the front end that answers is
+/// not the mailbox server that stamps items.
+const MARK_MARGIN: Duration = Duration::from_secs(60);
 /// An import session is renewed when less than this is left of it.
 const SESSION_RENEWAL: Duration = Duration::from_secs(120);
 
@@ -236,6 +244,78 @@ impl GraphMailbox {
         }
         Ok(exported)
     }
+}
+
+impl GraphMailbox {
+    /// The [`Identity`] of the items of `folder` modified at or after
+    /// `since` (every item: `None`), by id, from one listing with a
+    /// server-side `$filter` and the keys `$expand`ed (see [`item_key`]).
+    /// Items without a key are counted and logged: they cannot be told in
+    /// a copy.
+    async fn keys(
+        &self,
+        folder: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<HashMap<String, Identity>, ConnectorError> {
+        let mut url = format!(
+            "{}/folders/{}/items?$select=id&$expand={}",
+            self.root,
+            encode(folder),
+            encode(KEY_EXPANSION)
+        );
+        if let Some(since) = since {
+            let filter = format!(
+                "lastModifiedDateTime ge {}",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            url.push_str(&format!("&$filter={}", encode(&filter)));
+        }
+        let mut keys = HashMap::new();
+        let mut keyless = 0usize;
+        for value in self.client.get_all(&url).await? {
+            let Some(id) = value["id"].as_str() else {
+                continue;
+            };
+            match item_key(&value) {
+                Some(identity) => {
+                    keys.insert(id.to_owned(), identity);
+                }
+                None => keyless += 1,
+            }
+        }
+        if keyless > 0 {
+            tracing::warn!(mailbox = %self.user, folder, keyless,
+                "items with neither a search key nor an internet message id: \
+                 an import of theirs in doubt is imported again");
+        }
+        Ok(keys)
+    }
+}
+
+/// The extended properties that identify an item and its copies, as
+/// `$expand` asks for them: PidTagSearchKey, which a full-fidelity copy
+/// keeps, and PidTagInternetMessageId for mail.
+const KEY_EXPANSION: &str =
+    "singleValueExtendedProperties($filter=id eq 'Binary 0x300B' or id eq 'String 0x1035')";
+/// [`KEY_EXPANSION`]'s properties, the preferred first.
+const KEY_PROPERTIES: [&str; 2] = ["Binary 0x300B", "String 0x1035"];
+
+/// An item's identity from its expanded extended properties: its search
+/// key, else its internet message id; `None` without either.
+fn item_key(value: &Value) -> Option<Identity> {
+    let properties = value["singleValueExtendedProperties"].as_array()?;
+    KEY_PROPERTIES.iter().find_map(|wanted| {
+        properties
+            .iter()
+            .find(|p| {
+                p["id"]
+                    .as_str()
+                    .is_some_and(|id| id.eq_ignore_ascii_case(wanted))
+            })
+            .and_then(|p| p["value"].as_str())
+            .filter(|v| !v.is_empty())
+            .map(|v| Identity::keyed(wanted, v))
+    })
 }
 
 /// What `exportItems` gave for one item.
@@ -483,15 +563,17 @@ impl GraphExportSource {
 type ReadItem = fn(&str, &Value) -> ItemMeta;
 
 /// One delta round from `start`: the items present (new or changed), read
-/// by `read`, each once (as last listed, should a round list it twice), and
-/// the delta link for the next pass.
+/// by `read`, each once (as last listed, should a round list it twice), the
+/// delta link for the next pass, and the earliest `lastModifiedDateTime`
+/// of those items (`None`: one had none, or there were none).
 async fn delta_round(
     client: &GraphClient,
     start: &str,
     read: ReadItem,
-) -> Result<(Vec<ItemMeta>, String), client::GraphError> {
+) -> Result<(Vec<ItemMeta>, String, Option<DateTime<Utc>>), client::GraphError> {
     let mut items: Vec<ItemMeta> = Vec::new();
     let mut listed: HashMap<String, usize> = HashMap::new();
+    let mut earliest: Option<Option<DateTime<Utc>>> = None;
     let mut next = start.to_owned();
     loop {
         let page = client.get(&next).await?;
@@ -502,6 +584,11 @@ async fn delta_round(
             let Some(id) = value["id"].as_str() else {
                 continue;
             };
+            let modified = timestamp(&value["lastModifiedDateTime"]);
+            earliest = Some(match earliest {
+                None => modified,
+                Some(before) => before.zip(modified).map(|(a, b)| a.min(b)),
+            });
             let item = read(id, value);
             match listed.get(id) {
                 Some(&at) => items[at] = item,
@@ -524,8 +611,14 @@ async fn delta_round(
                 message: "item delta ended without a delta link".into(),
             });
         };
-        return Ok((items, link.to_owned()));
+        return Ok((items, link.to_owned(), earliest.flatten()));
     }
+}
+
+/// A timestamp of Graph's JSON (ISO 8601, UTC).
+fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    let text = value.as_str()?;
+    DateTime::parse_from_rfc3339(text).ok().map(|t| t.to_utc())
 }
 
 /// A Graph source's cursor of a folder: the delta link its next scan starts from.
@@ -580,9 +673,11 @@ impl GraphMark {
 
 /// What `folder` holds that its checkpoint does not cover, by delta: from
 /// the checkpoint's delta link, or from `initial` (a full listing) when
-/// there is none or the server forgot it. Delta rounds repeat items, so the
-/// scan is complete: the ledger leaves out the copied ones, and their flags
-/// are compared with the ledger's.
+/// there is none or the server forgot it (see
+/// [`client::GraphError::is_sync_state_lost`]). Delta rounds repeat items,
+/// so the scan is complete: the ledger leaves out the copied ones, and
+/// their flags are compared with the ledger's. With it, the earliest
+/// modification time of the items listed (see [`delta_round`]).
 async fn scan_by_delta(
     client: &GraphClient,
     user: &str,
@@ -590,27 +685,28 @@ async fn scan_by_delta(
     position: Option<SourcePosition<'_>>,
     initial: &str,
     read: ReadItem,
-) -> Result<FolderScan, ConnectorError> {
+) -> Result<(FolderScan, Option<DateTime<Utc>>), ConnectorError> {
     let link = position
         .and_then(|p| p.cursor)
         .and_then(GraphCursor::decode);
     let start = link.as_deref().unwrap_or(initial);
-    let (candidates, link) = match delta_round(client, start, read).await {
+    let (candidates, link, earliest) = match delta_round(client, start, read).await {
         Ok(found) => found,
         Err(error) if error.is_sync_state_lost() => {
-            tracing::info!(mailbox = %user, folder = %folder.path,
+            tracing::info!(mailbox = %user, folder = %folder.path, %error,
                 "delta link expired; listing the folder again");
             delta_round(client, initial, read).await?
         }
         Err(error) => return Err(error.into()),
     };
-    Ok(FolderScan {
+    let scan = FolderScan {
         validity: VALIDITY,
         cursor: Some(GraphCursor::encode(link)),
         candidates,
         complete: true,
         flags: FlagScan::Unchanged,
-    })
+    };
+    Ok((scan, earliest))
 }
 
 #[async_trait]
@@ -648,9 +744,10 @@ impl MailSource for GraphExportSource {
             size: value["size"].as_u64(),
             flags: Flags::default(),
             internal_date: None,
+            identity: None,
         };
         let mailbox = &self.mailbox;
-        scan_by_delta(
+        let (mut scan, earliest) = scan_by_delta(
             &mailbox.client,
             &mailbox.user,
             folder,
@@ -658,7 +755,17 @@ impl MailSource for GraphExportSource {
             &initial,
             read,
         )
-        .await
+        .await?;
+        if scan.candidates.is_empty() {
+            return Ok(scan);
+        }
+        // Delta does not expand: the keys come from a listing of what
+        // changed since the earliest of the candidates.
+        let mut keys = mailbox.keys(&folder.key, earliest).await?;
+        for candidate in &mut scan.candidates {
+            candidate.identity = keys.remove(&candidate.item);
+        }
+        Ok(scan)
     }
 
     async fn fetch(
@@ -740,8 +847,10 @@ impl GraphImportTarget {
     /// The import URL, with a new session when none is left or it is close
     /// to its expiry (or `renew`).
     async fn import_url(&mut self, renew: bool) -> Result<String, ConnectorError> {
+        // The expiry is by the server's clock.
+        let now = self.mailbox.client.server_now().unwrap_or_else(Utc::now);
         let fresh = self.session.as_ref().is_some_and(|s| {
-            s.expires - Utc::now() > chrono::Duration::from_std(SESSION_RENEWAL).unwrap_or_default()
+            s.expires - now > chrono::Duration::from_std(SESSION_RENEWAL).unwrap_or_default()
         });
         if let (false, Some(session)) = (renew || !fresh, &self.session) {
             return Ok(session.url.clone());
@@ -877,63 +986,42 @@ impl MailTarget for GraphImportTarget {
         parent.ok_or_else(|| ConnectorError::item("an empty folder path"))
     }
 
-    /// The target's clock (this machine's, less a margin for the
-    /// difference).
-    async fn mark(&mut self, _folder: &str) -> Result<TargetPosition, ConnectorError> {
-        let mark = Utc::now() - chrono::Duration::from_std(MARK_MARGIN).unwrap_or_default();
+    /// The server's clock (the `Date` of its answers), less a margin.
+    async fn mark(&mut self, folder: &str) -> Result<TargetPosition, ConnectorError> {
+        let client = &self.mailbox.client;
+        if client.server_now().is_none() {
+            client
+                .get(&format!("{}/folders/{}", self.mailbox.root, encode(folder)))
+                .await?;
+        }
+        let Some(now) = client.server_now() else {
+            return Err(ConnectorError::transient(
+                "the server sent no Date: its clock is unknown, so in-doubt imports could not be found",
+            ));
+        };
+        let mark = now - chrono::Duration::from_std(MARK_MARGIN).unwrap_or_default();
         Ok(TargetPosition {
             mark: GraphMark::encode(mark),
             validity: None,
         })
     }
 
+    /// The folder's items modified since the mark (by the server's clock),
+    /// identified by their keys: listed with a server-side `$filter` and
+    /// the keys expanded, nothing exported.
     async fn items_since(
         &mut self,
         folder: &str,
         mark: Option<&TargetMark>,
         wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError> {
-        let modified_since = mark.and_then(GraphMark::decode);
-        let listed = self
-            .mailbox
-            .client
-            .get_all(&format!(
-                "{}/folders/{}/items",
-                self.mailbox.root,
-                encode(folder)
-            ))
-            .await?;
-        let since: Vec<(&str, u64)> = listed
-            .iter()
-            .filter(|v| {
-                let Some(since) = modified_since else {
-                    return true;
-                };
-                v["lastModifiedDateTime"]
-                    .as_str()
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                    .is_some_and(|t| t >= since)
-            })
-            .filter_map(|v| Some((v["id"].as_str()?, v["size"].as_u64().unwrap_or(0))))
-            .collect();
-        let mut found = Vec::new();
-        for (id, outcome) in self.mailbox.export(&since).await? {
-            match outcome {
-                Exported::Data(data) => {
-                    let identity = Identity::of(&data);
-                    if wanted.contains(&identity.header_key) {
-                        found.push(TargetItem { id, identity });
-                    }
-                }
-                Exported::Gone => {}
-                // Not identified, at worst imported once more: never lost.
-                Exported::Refused(error) => {
-                    tracing::warn!(mailbox = %self.mailbox.user, item = %id, %error,
-                        "target item not exported; it cannot be matched to an in-doubt import");
-                }
-            }
-        }
-        Ok(found)
+        let since = mark.and_then(GraphMark::decode);
+        let keys = self.mailbox.keys(folder, since).await?;
+        Ok(keys
+            .into_iter()
+            .filter(|(_, identity)| wanted.contains(&identity.header_key))
+            .map(|(id, identity)| TargetItem { id, identity })
+            .collect())
     }
 
     async fn append(
@@ -967,9 +1055,13 @@ impl MailTarget for GraphImportTarget {
                 Err(error) => return Err(error.into()),
             }
         }
+        // Later imports are stamped after this, by the server's clock.
+        let mark_after = self.mailbox.client.server_now().map(|now| {
+            GraphMark::encode(now - chrono::Duration::from_std(MARK_MARGIN).unwrap_or_default())
+        });
         Ok(AppendReport {
             results,
-            mark_after: None,
+            mark_after,
         })
     }
 
@@ -1065,6 +1157,34 @@ mod tests {
             let error = entry(odd.clone()).err().unwrap_or_else(|| panic!("{odd}"));
             assert_eq!(error.class, ErrorClass::Transient, "{odd}");
         }
+    }
+
+    #[test]
+    fn items_are_keyed_by_search_key_else_internet_message_id() {
+        let listed =
+            |properties: Value| json!({ "id": "x", "singleValueExtendedProperties": properties });
+        let search_key = Identity::keyed("Binary 0x300B", "AAEC");
+        let message_id = Identity::keyed("String 0x1035", "<a@b>");
+        // Exchange spells the tags as it likes; the search key comes first.
+        let both = listed(json!([
+            { "id": "String 0x1035", "value": "<a@b>" },
+            { "id": "Binary 0x300b", "value": "AAEC" },
+        ]));
+        assert_eq!(item_key(&both), Some(search_key.clone()));
+        let mail_only = listed(json!([{ "id": "String 0x1035", "value": "<a@b>" }]));
+        assert_eq!(item_key(&mail_only), Some(message_id.clone()));
+        assert_ne!(search_key, message_id);
+        for keyless in [
+            listed(json!([])),
+            listed(json!([{ "id": "Binary 0x300B", "value": "" }])),
+            listed(json!([{ "id": "String 0x0037", "value": "Subject" }])),
+            json!({ "id": "x" }),
+        ] {
+            assert_eq!(item_key(&keyless), None, "{keyless}");
+        }
+        // A key is the whole identity, apart from any message's.
+        assert_eq!(search_key.header_key, search_key.body_digest);
+        assert_eq!(Identity::decode(&search_key.encode()), Some(search_key));
     }
 
     #[test]

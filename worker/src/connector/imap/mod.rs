@@ -429,6 +429,7 @@ fn item_meta(meta: wire::MessageMeta) -> ItemMeta {
         size: Some(meta.size),
         flags: Flags::from_iter(&meta.flags),
         internal_date: internal_date(meta.uid, &meta.internal_date),
+        identity: None,
     }
 }
 

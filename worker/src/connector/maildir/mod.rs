@@ -793,6 +793,7 @@ impl FolderIndex {
                 size: Some(meta.len()),
                 flags: self.keywords.flags(&entry.name),
                 internal_date: meta.modified().ok().map(file_date),
+                identity: None,
             });
         }
         let mut unnamed: Vec<_> = self.unnamed.keys().collect();
@@ -803,6 +804,7 @@ impl FolderIndex {
             size: None,
             flags: Flags::default(),
             internal_date: None,
+            identity: None,
         }));
         Ok(items)
     }
