@@ -506,10 +506,22 @@ pub struct GraphEndpoint {
     /// The app registration and how it proves itself. Its `scope` defaults
     /// to Graph's (`{graph_url}/.default`) here.
     pub oauth2: OAuth2ClientCredentials,
-    /// Requests in flight per mailbox at most (Graph allows 4); the
-    /// scheduler adapts below it to the server's answers.
+    /// Requests in flight at most, in the `concurrency_scope` (Outlook
+    /// allows 4); the scheduler adapts below it to the server's answers.
     #[serde(default = "default_graph_concurrency")]
     pub max_concurrent_requests: usize,
+    /// What `max_concurrent_requests` counts: the requests of one mailbox,
+    /// or of the app across all its mailboxes (the default, as the current
+    /// throttling-limits page reads).
+    #[serde(default)]
+    pub concurrency_scope: ConcurrencyScope,
+    /// The server's request budget per app and mailbox: this many
+    /// requests…
+    #[serde(default = "default_requests_per_window")]
+    pub requests_per_window: u64,
+    /// …per this many seconds (Exchange Online: 10,000 per 10 minutes).
+    #[serde(default = "default_request_window_secs")]
+    pub request_window_secs: u64,
     /// An optional steady limit of requests per second for the endpoint.
     pub requests_per_second: Option<f64>,
     /// The server's upload budget per mailbox: this many bytes…
@@ -559,6 +571,27 @@ const NATIONAL_CLOUD_HOSTS: [&str; 3] = [
     "dod-graph.microsoft.us",
     "microsoftgraph.chinacloudapi.cn",
 ];
+
+/// The scope of Outlook's limit of concurrent requests: the revisions of
+/// Microsoft's throttling-limits page disagree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyScope {
+    /// Per app and mailbox: each mailbox may have that many in flight.
+    Mailbox,
+    /// Per app, across its mailboxes ("regardless of whether the requests
+    /// all access the same mailbox"), as the current page says.
+    #[default]
+    App,
+}
+
+fn default_requests_per_window() -> u64 {
+    10_000
+}
+
+fn default_request_window_secs() -> u64 {
+    600
+}
 
 fn default_upload_bytes_per_window() -> u64 {
     150 * 1024 * 1024
@@ -623,6 +656,11 @@ impl GraphEndpoint {
         {
             return Err(ConfigError::Invalid(format!(
                 "{side}: requests_per_second must be positive"
+            )));
+        }
+        if self.requests_per_window == 0 || self.request_window_secs == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{side}: requests_per_window and request_window_secs must be positive"
             )));
         }
         if self.upload_bytes_per_window == 0 || self.upload_window_secs == 0 {

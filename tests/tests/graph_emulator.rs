@@ -11,8 +11,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use mailwave_tests::graph_emulator::{
-    AppSeed, EmulatorConfig, Faults, FlagStatus, GRAPH_SCOPE, GraphEmulator, ItemFault, ItemSeed,
-    ItemUpdate, Language, Limits, OUTLOOK_SCOPE, SyncReset, TenantSeed, ThrottleReason, UserSeed,
+    AppSeed, ConcurrencyScope, EmulatorConfig, Faults, FlagStatus, GRAPH_SCOPE, GraphEmulator,
+    ItemFault, ItemSeed, ItemUpdate, Language, Limits, OUTLOOK_SCOPE, SyncReset, TenantSeed,
+    ThrottleReason, UserSeed,
 };
 use mailwave_tests::{DovecotOptions, DovecotServer};
 use reqwest::header::HeaderMap;
@@ -661,7 +662,7 @@ async fn folders_list_page_filter_and_tenant_isolation() {
     let (status, _, body) = graph.get(&format!("/users/{BOB}/settings/exchange")).await;
     assert_eq!(
         (status, error_code(&body)),
-        (StatusCode::NOT_FOUND, "ErrorInvalidUser")
+        (StatusCode::NOT_FOUND, "Request_ResourceNotFound")
     );
     let (status, _, _) = graph
         .get(&format!("/admin/exchange/mailboxes/{bob_mbx}/folders"))
@@ -1055,7 +1056,8 @@ async fn import_sessions_expire() {
     let emu = start(
         EmulatorConfig::default()
             .tenant(contoso())
-            .import_session_lifetime(Duration::from_secs(1)),
+            .import_session_lifetime(Duration::from_secs(1))
+            .expired_import_url_status(401),
     )
     .await;
     let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
@@ -1092,6 +1094,7 @@ async fn import_sessions_expire() {
     let tampered = import_url.replace("authtoken=", "authtoken=x");
     let (status, _, _) = send(reqwest::Client::new().post(&tampered).json(&body)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(emu.stats(ALICE).unwrap().import_urls_refused, 2);
     assert_eq!(
         emu.snapshot(ALICE)
             .unwrap()
@@ -1391,9 +1394,50 @@ async fn mail_api_delta_and_exact_mime() {
     assert_eq!(ids(&created), BTreeSet::from([new]));
 }
 
+/// The default page is 10 entries; `Prefer: odata.maxpagesize` asks for
+/// up to 1,000 (the list-messages page: "within the range of 1 and 1000").
+#[tokio::test]
+async fn pages_of_ten_by_default_and_of_up_to_a_thousand_on_request() {
+    let mut user = UserSeed::new(CAROL);
+    for i in 0..1005 {
+        user = user.item(ItemSeed::new(
+            "Calendar",
+            "IPM.Appointment",
+            format!("meeting {i}").as_bytes(),
+        ));
+    }
+    let tenant = TenantSeed::new("contoso-tenant")
+        .app(AppSeed::with_secret("app-a", SECRET_A))
+        .user(user);
+    let emu = start(EmulatorConfig::default().tenant(tenant)).await;
+    let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let mbx = graph.mailbox_id(CAROL).await;
+    let folder = format!("/admin/exchange/mailboxes/{mbx}/folders/calendar/items");
+    let page_of = |url: String, prefer: Option<&'static str>| {
+        let mut request = graph.request(Method::GET, &url);
+        if let Some(prefer) = prefer {
+            request = request.header("Prefer", prefer);
+        }
+        send(request)
+    };
+    for path in [folder.clone(), format!("{folder}/delta")] {
+        let (_, _, body) = page_of(path.clone(), None).await;
+        assert_eq!(body["value"].as_array().unwrap().len(), 10, "{path}");
+        let (_, _, body) = page_of(path.clone(), Some("odata.maxpagesize=5000")).await;
+        assert_eq!(body["value"].as_array().unwrap().len(), 1000, "{path}");
+        let next = body["@odata.nextLink"].as_str().unwrap().to_owned();
+        let (_, _, body) = page_of(next, Some("odata.maxpagesize=5000")).await;
+        assert_eq!(body["value"].as_array().unwrap().len(), 5, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn fifth_concurrent_request_is_throttled() {
     let emu = two_tenants().await;
+    emu.set_limits(Limits {
+        concurrency_scope: ConcurrencyScope::Mailbox,
+        ..Limits::default()
+    });
     emu.set_faults(Faults {
         latency: Duration::from_millis(800),
         ..Faults::default()
