@@ -141,15 +141,30 @@ impl fmt::Display for FolderPath {
     }
 }
 
-/// Folder roles of RFC 6154 SPECIAL-USE, which must land in the target's
-/// folder of the same role whatever either side calls it.
+/// Folder roles, which land in the target's folder of the same role
+/// whatever either side calls it: the inbox, those of RFC 6154 SPECIAL-USE,
+/// and the other well-known folders of Exchange (`wellKnownName`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SpecialUse {
+    Inbox,
     Sent,
     Drafts,
     Trash,
     Junk,
     Archive,
+    Outbox,
+    Calendar,
+    Contacts,
+    Tasks,
+    Notes,
+    Journal,
+    ConversationHistory,
+    SyncIssues,
+    Conflicts,
+    LocalFailures,
+    ServerFailures,
+    Clutter,
+    Scheduled,
 }
 
 impl SpecialUse {
@@ -165,26 +180,16 @@ impl SpecialUse {
         })
     }
 
-    /// The LIST attribute of this role.
-    pub fn attribute(self) -> &'static str {
-        match self {
+    /// The SPECIAL-USE LIST attribute of this role, if it has one.
+    pub fn attribute(self) -> Option<&'static str> {
+        Some(match self {
             SpecialUse::Sent => "\\Sent",
             SpecialUse::Drafts => "\\Drafts",
             SpecialUse::Trash => "\\Trash",
             SpecialUse::Junk => "\\Junk",
             SpecialUse::Archive => "\\Archive",
-        }
-    }
-
-    /// The name used when the target has no folder of this role yet.
-    pub fn default_name(self) -> &'static str {
-        match self {
-            SpecialUse::Sent => "Sent",
-            SpecialUse::Drafts => "Drafts",
-            SpecialUse::Trash => "Trash",
-            SpecialUse::Junk => "Junk",
-            SpecialUse::Archive => "Archive",
-        }
+            _ => return None,
+        })
     }
 }
 

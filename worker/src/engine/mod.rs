@@ -36,8 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::{
     ConnectorError, Fetched, FlagScan, Flags, FolderScan, Identity, ItemMeta, MailSource,
-    MailTarget, Message, Outgoing, SourceFolder, SourcePosition, SpecialUse, TargetFolder,
-    header_hash,
+    MailTarget, Message, Outgoing, SourceFolder, SourcePosition, TargetFolder, header_hash,
 };
 use crate::lease::PassStore;
 
@@ -171,7 +170,7 @@ pub struct MailboxPass<'a> {
 /// What the lanes of one pass share.
 struct Shared {
     folders: Mutex<VecDeque<SourceFolder>>,
-    roles: HashMap<String, SpecialUse>,
+    roles: folders::SourceRoles,
     checkpoints: HashMap<String, FolderCheckpoint>,
     /// The target's folders, listed once when the first new folder needs them.
     target_folders: tokio::sync::Mutex<Option<Vec<TargetFolder>>>,
@@ -456,14 +455,14 @@ impl MailboxPass<'_> {
         folder: &SourceFolder,
         scan: &FolderScan,
     ) -> Result<FolderCheckpoint, ConnectorError> {
-        let role = shared.roles.get(&folder.key).copied();
+        let role = shared.roles.of(&folder.key);
         let target = lane.target().await?;
         let path = {
             let mut listed = shared.target_folders.lock().await;
             if listed.is_none() {
                 *listed = Some(target.folders().await?);
             }
-            folders::target_path(folder, role, listed.as_deref().unwrap_or_default())
+            folders::target_path(folder, &shared.roles, listed.as_deref().unwrap_or_default())
         };
         let created = target
             .ensure_folder(&path, role, folder.class.as_deref())
