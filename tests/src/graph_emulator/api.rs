@@ -27,6 +27,9 @@ use super::{Shared, State, control, identity, mail, permissions};
 
 /// The most items `exportItems` takes at once.
 const MAX_EXPORT_IDS: usize = 20;
+/// The largest request body accepted: an import of an item of 150 MB (the
+/// largest a mailbox item may be), as base64 with its JSON.
+const IMPORT_BODY_LIMIT: usize = 210 * 1024 * 1024;
 
 const MAILBOXES: &str = "/v1.0/admin/exchange/mailboxes/{mailbox}";
 
@@ -85,6 +88,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             date_header,
         ))
+        // Imports carry whole items as base64 (axum's default: 2 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(IMPORT_BODY_LIMIT))
         .with_state(shared)
 }
 

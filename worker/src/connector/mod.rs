@@ -390,6 +390,13 @@ pub trait MailSource: Send {
         items: &[ItemMeta],
     ) -> Result<Fetched, ConnectorError>;
 
+    /// Bytes a [`MailSource::fetch`] of items of these sizes holds besides
+    /// their bodies while it runs (Graph: the export answer's base64), at
+    /// most: paid for from the memory budget with the bodies.
+    fn fetch_transit(&self, _sizes: &[u64]) -> u64 {
+        0
+    }
+
     /// The header blocks of these items (item key, header bytes), to
     /// recognise copies whose record was lost.
     async fn fetch_headers(
@@ -660,6 +667,13 @@ pub trait MailTarget: Send {
         mark: Option<&TargetMark>,
         wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError>;
+
+    /// Bytes a [`MailTarget::append`] of bodies of these sizes holds besides
+    /// them while it runs (Graph: the imports' base64), at most: paid for
+    /// from the memory budget with the bodies.
+    fn append_transit(&self, _sizes: &[u64]) -> u64 {
+        0
+    }
 
     /// Appends the messages in order.
     async fn append(

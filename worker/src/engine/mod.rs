@@ -753,7 +753,13 @@ impl MailboxPass<'_> {
             if self.stop.is_cancelled() {
                 break;
             }
-            let bytes = batch_size(&batch);
+            // The bodies, and what the fetch or the append holds beside
+            // them (their encoded forms), whichever is more.
+            let sizes: Vec<u64> = batch.iter().map(weight).collect();
+            let bytes = batch_size(&batch)
+                + source
+                    .fetch_transit(&sizes)
+                    .max(target.append_transit(&sizes));
             // Never wait for memory while holding some: flush first instead.
             let permit = match self.budget.try_acquire(bytes) {
                 Some(permit) => permit,
@@ -777,9 +783,10 @@ impl MailboxPass<'_> {
             };
             let fetched = self.account(folder, &batch, fetched, stats).await?;
             let mut permit = permit;
+            let sizes: Vec<u64> = fetched.iter().map(|m| m.body.len() as u64).collect();
             self.budget.charge(
                 &mut permit,
-                fetched.iter().map(|m| m.body.len() as u64).sum(),
+                sizes.iter().sum::<u64>() + target.append_transit(&sizes),
             );
             in_hand = Some((batch, fetched, permit));
         }

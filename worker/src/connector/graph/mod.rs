@@ -126,7 +126,8 @@ use crate::connector::{
 const EXPORT_BATCH: usize = 20;
 /// Most listed bytes of items exported in one request (at least one item
 /// goes): an answer holds its items base64-encoded, and is parsed whole,
-/// so about 2.7 times this is in memory while one is decoded.
+/// so about 2.7 times this is in memory while one is decoded (paid for
+/// from the memory budget: `MailSource::fetch_transit`).
 const EXPORT_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
 /// `exportItems` error codes of a passing condition of the server, not of
 /// the item: the fetch fails and the pass retries from its checkpoint.
@@ -821,6 +822,17 @@ impl MailSource for GraphExportSource {
         Ok(scan)
     }
 
+    /// The largest export request of these items, as base64 twice: the
+    /// answer's text and its parsed strings.
+    fn fetch_transit(&self, sizes: &[u64]) -> u64 {
+        let largest = sizes.iter().copied().max().unwrap_or(0);
+        let request = sizes
+            .iter()
+            .sum::<u64>()
+            .min(EXPORT_REQUEST_BYTES.max(largest));
+        2 * base64_len(request)
+    }
+
     async fn fetch(
         &mut self,
         _folder: &SourceFolder,
@@ -971,6 +983,11 @@ impl GraphImportTarget {
     }
 }
 
+/// The length of the base64 of `bytes` bytes.
+fn base64_len(bytes: u64) -> u64 {
+    bytes.div_ceil(3) * 4
+}
+
 /// One item's import: the new item's id, or why the target refused it.
 async fn import_one(
     client: &GraphClient,
@@ -1091,6 +1108,19 @@ impl MailTarget for GraphImportTarget {
             .filter(|(_, identity)| wanted.contains(&identity.header_key))
             .map(|(id, identity)| TargetItem { id, identity })
             .collect())
+    }
+
+    /// The imports in flight at once and one more being made, the largest
+    /// ones: each as base64 twice (the request's JSON value and its
+    /// serialized body).
+    fn append_transit(&self, sizes: &[u64]) -> u64 {
+        let mut sizes = sizes.to_vec();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes
+            .iter()
+            .take(self.concurrency + 1)
+            .map(|&size| 2 * base64_len(size))
+            .sum()
     }
 
     async fn append(
