@@ -18,8 +18,8 @@ use mailwave_tests::graph_emulator::{
 };
 use mailwave_tests::harness::Migration;
 use mailwave_tests::tenants::{
-    FOLDERS_WITH_ITEMS, SECRET_A, SECRET_B, assert_exact, csv, endpoints, mime, source_user,
-    target_user, two_tenants,
+    FOLDERS_WITH_ITEMS, SECRET_A, SECRET_B, assert_exact, backup, csv, endpoints, mime,
+    source_user, target_user, two_tenants,
 };
 use mailwave_tests::verify::{self, CompareOptions};
 
@@ -319,20 +319,6 @@ async fn throttling_and_server_errors_still_give_an_exact_copy() {
         in_window * 2 < injected,
         "{in_window} requests sent into a Retry-After window after {injected} throttles"
     );
-}
-
-/// `mailwave run` from tenant A into a Maildir backup (`out/user{i}` in
-/// the migration's directory): the Graph source reads MIME.
-fn backup(emu: &GraphEmulator, users: usize) -> Migration {
-    let (source, _) = endpoints(emu, "a.secret", "b.secret");
-    let target = "kind = \"maildir\"\npath = \"out/{mailbox}\"\n";
-    let mut csv = String::from("source,target\n");
-    for i in 1..=users {
-        csv.push_str(&format!("{},user{i}\n", source_user(i)));
-    }
-    let migration = Migration::new(&source, target, "", &csv).unwrap();
-    std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
-    migration
 }
 
 /// Every mail folder of every source mailbox is a Maildir folder of the

@@ -12,7 +12,7 @@ use mailwave_tests::graph_emulator::{
 };
 use mailwave_tests::harness::Migration;
 use mailwave_tests::tenants::{
-    LOCALISED_MAIL_FOLDERS, SECRET_A, SECRET_B, assert_exact_by_role, csv, endpoints, mime,
+    LOCALISED_MAIL_FOLDERS, SECRET_A, SECRET_B, assert_exact_by_role, backup, csv, endpoints, mime,
     source_user, target_user, tenant_a_in, tenant_b_in,
 };
 use mailwave_tests::verify::{self, CompareOptions};
@@ -176,19 +176,6 @@ async fn system_and_search_folders_are_skipped_and_folders_listed_twice_copied_o
     );
     let target = emu.snapshot(&target_user(2)).unwrap();
     assert!(target.folder(&["Unread Mail"]).is_none());
-}
-
-/// `mailwave run` from tenant A into a Maildir backup (`out/user{i}`).
-fn backup(emu: &GraphEmulator, users: usize) -> Migration {
-    let (source, _) = endpoints(emu, "a.secret", "b.secret");
-    let target = "kind = \"maildir\"\npath = \"out/{mailbox}\"\n";
-    let mut csv = String::from("source,target\n");
-    for i in 1..=users {
-        csv.push_str(&format!("{},user{i}\n", source_user(i)));
-    }
-    let migration = Migration::new(&source, target, "", &csv).unwrap();
-    std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
-    migration
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

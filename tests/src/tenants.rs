@@ -11,6 +11,7 @@ use crate::graph_emulator::{
     AppSeed, EmulatorConfig, FolderSnapshot, ItemSeed, ItemSnapshot, Language, MailboxSnapshot,
     TenantSeed, UserSeed,
 };
+use crate::harness::Migration;
 use crate::verify::is_users_folder;
 
 pub const TENANT_A: &str = "tenant-a";
@@ -209,6 +210,20 @@ pub fn endpoints(emu: &GraphEmulator, secret_a: &str, secret_b: &str) -> (String
             &format!("client_secret_file = \"{secret_b}\""),
         ),
     )
+}
+
+/// `mailwave run` from tenant A into a Maildir backup (`out/user{i}` in
+/// the migration's directory): the Graph source reads MIME.
+pub fn backup(emu: &GraphEmulator, users: usize) -> Migration {
+    let (source, _) = endpoints(emu, "a.secret", "b.secret");
+    let target = "kind = \"maildir\"\npath = \"out/{mailbox}\"\n";
+    let mut csv = String::from("source,target\n");
+    for i in 1..=users {
+        csv.push_str(&format!("{},user{i}\n", source_user(i)));
+    }
+    let migration = Migration::new(&source, target, "", &csv).expect("a migration directory");
+    std::fs::write(migration.dir().join("a.secret"), SECRET_A).expect("the secret is written");
+    migration
 }
 
 /// [`endpoints`] for a wave sent to the coordinator: the client secrets
