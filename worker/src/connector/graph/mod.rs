@@ -33,6 +33,19 @@
 //! window) through an import session renewed before it expires. Ids are
 //! immutable ids (`Prefer: IdType="ImmutableId"`) everywhere.
 //!
+//! # Changed items
+//! Delta lists an item again when it changed (read, flagged, edited), with
+//! a new `changeKey`; its export gives the `changeKey` of the data
+//! exported, the engine's source version of the item. An import answers
+//! the new item's `itemId` and `changeKey`, which the ledger keeps. A
+//! changed item is exported again and imported with `Mode: "update"`, the
+//! copy's `ItemId` and `ChangeKey`: the copy is replaced in place, never
+//! duplicated. The update carries the whole item, so it is resent after a
+//! passing failure. A `409 ErrorIrresolvableConflict` (the copy changed
+//! on the target: a user's edit, or an update whose answer was lost) gets
+//! the copy's current `changeKey` read and the update sent once more: the
+//! source is authoritative until the cutover (`update_one`).
+//!
 //! Every item asked of `exportItems` is accounted for: an entry with
 //! `data` is the item; an `error` (`errorCode`, `message`) of
 //! `ErrorItemNotFound` means it is gone; one of a passing condition of the
@@ -92,8 +105,8 @@ use self::client::GraphClient;
 use crate::connector::throttle::{EndpointThrottle, ThrottleSettings, WaitLimits};
 use crate::connector::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
-    ItemMeta, MailSource, MailTarget, Message, Outgoing, Shared, SourceFolder, SourcePosition,
-    SpecialUse, TargetFolder, TargetItem, TargetPosition,
+    ItemMeta, MailSource, MailTarget, Message, Outgoing, Replacement, Shared, SourceFolder,
+    SourcePosition, SpecialUse, TargetFolder, TargetItem, TargetPosition,
 };
 
 /// Most item ids `exportItems` takes at once.
@@ -308,7 +321,8 @@ fn item_key(value: &Value) -> Option<Identity> {
 
 /// What `exportItems` gave for one item.
 enum Exported {
-    Data(Bytes),
+    /// The item's data, and its `changeKey` (the version exported).
+    Data(Bytes, Option<String>),
     /// `ErrorItemNotFound`: the item is no longer there.
     Gone,
     /// Any other error of the item (class [`ErrorClass::Item`]).
@@ -349,8 +363,9 @@ fn exported_item(mut entry: Value) -> Result<(String, Exported), ConnectorError>
         )));
     };
     if let Value::String(data) = entry["data"].take() {
+        let version = entry["changeKey"].as_str().map(str::to_owned);
         let outcome = match BASE64.decode(data) {
-            Ok(data) => Exported::Data(Bytes::from(data)),
+            Ok(data) => Exported::Data(Bytes::from(data), version),
             Err(e) => Exported::Refused(ConnectorError::item(format!(
                 "export data is not base64: {e}"
             ))),
@@ -664,6 +679,7 @@ impl MailSource for GraphExportSource {
             flags: Flags::default(),
             internal_date: None,
             identity: None,
+            version: value["changeKey"].as_str().map(str::to_owned),
         };
         let mailbox = &self.mailbox;
         let (mut scan, earliest) = scan_by_delta(
@@ -704,9 +720,12 @@ impl MailSource for GraphExportSource {
         let mut result = Fetched::default();
         for meta in items {
             match exported.remove(&meta.item) {
-                Some(Exported::Data(body)) => result.messages.push(Message {
+                Some(Exported::Data(body, version)) => result.messages.push(Message {
                     meta: ItemMeta {
                         size: Some(body.len() as u64),
+                        // The version of the data exported, should the
+                        // item have changed since it was listed.
+                        version: version.or_else(|| meta.version.clone()),
                         ..meta.clone()
                     },
                     body,
@@ -820,16 +839,112 @@ impl GraphImportTarget {
     }
 }
 
-/// One item's import: the new item's id, or why the target refused it.
+/// One item's import: the new item's id and `changeKey`, or why the
+/// target refused it.
 async fn import_one(
     client: &GraphClient,
     url: &str,
     folder: &str,
     data: Bytes,
-) -> Result<Option<String>, client::GraphError> {
+) -> Result<(Option<String>, Option<String>), client::GraphError> {
     let body = json!({ "FolderId": folder, "Mode": "create", "Data": BASE64.encode(data) });
     let answer = client.import(url, &body).await?;
-    Ok(answer["itemId"].as_str().map(str::to_owned))
+    let field = |name: &str| answer[name].as_str().map(str::to_owned);
+    Ok((field("itemId"), field("changeKey")))
+}
+
+/// One copy's update (`Mode: "update"` with its id and `changeKey`): its
+/// new `changeKey`. The data is the source item's whole new version, so the
+/// request is idempotent and resent after a passing failure. A `409`
+/// (`ErrorIrresolvableConflict`: the copy's `changeKey` is no longer the
+/// one named) means the copy changed on the target since it was written,
+/// by a user or by an update of ours whose answer was lost: the source is
+/// authoritative until the cutover, so the copy's current `changeKey` is
+/// read and the update sent once more (a second conflict is that item's
+/// failure). An unknown `changeKey` is read first.
+async fn update_one(
+    client: &GraphClient,
+    url: &str,
+    root: &str,
+    folder: &str,
+    replacement: Replacement,
+) -> Result<String, client::GraphError> {
+    let data = BASE64.encode(&replacement.body);
+    let send = |change_key: String| {
+        let body = json!({
+            "FolderId": folder,
+            "Mode": "update",
+            "ItemId": replacement.target_id,
+            "ChangeKey": change_key,
+            "Data": data,
+        });
+        async move { client.import_update(url, &body).await }
+    };
+    let current = || async {
+        let item = format!(
+            "{root}/folders/{}/items/{}?$select=changeKey",
+            encode(folder),
+            encode(&replacement.target_id)
+        );
+        let answer = client.get(&item).await?;
+        change_key_of(&answer, "the copy")
+    };
+    let known = match &replacement.version {
+        Some(version) => version.clone(),
+        None => current().await?,
+    };
+    let answer = match send(known).await {
+        Err(error) if error.status == Some(reqwest::StatusCode::CONFLICT) => {
+            tracing::warn!(item = %replacement.target_id, %error,
+                "the copy changed on the target since it was written; replacing it with the source's version");
+            send(current().await?).await?
+        }
+        answer => answer?,
+    };
+    change_key_of(&answer, "an update")
+}
+
+/// The `changeKey` of an answer about `what`.
+fn change_key_of(answer: &Value, what: &str) -> Result<String, client::GraphError> {
+    answer["changeKey"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| client::GraphError {
+            class: ErrorClass::Transient,
+            retry_after: None,
+            status: None,
+            code: None,
+            message: format!("Graph answered {what} without a changeKey"),
+        })
+}
+
+impl GraphImportTarget {
+    /// Per item, what its import request gave: an item's own failure is
+    /// its result; an import session refused (it expired early) is
+    /// forgotten, so that the next attempt opens a new one; any other
+    /// failure fails the whole call.
+    fn import_results<T>(
+        &mut self,
+        outcomes: Vec<Result<T, client::GraphError>>,
+    ) -> Result<Vec<Result<T, ConnectorError>>, ConnectorError> {
+        let mut results = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            match outcome {
+                Ok(value) => results.push(Ok(value)),
+                Err(error) if error.status == Some(reqwest::StatusCode::UNAUTHORIZED) => {
+                    self.session = None;
+                    return Err(ConnectorError::transient(format!(
+                        "the import session was refused: {error}"
+                    )));
+                }
+                Err(error) if error.class == ErrorClass::Item => {
+                    results.push(Err(ConnectorError::from(error)));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(results)
+    }
 }
 
 #[async_trait]
@@ -955,32 +1070,45 @@ impl MailTarget for GraphImportTarget {
             .buffered(self.concurrency)
             .collect()
             .await;
-        let mut results = Vec::with_capacity(messages.len());
-        for outcome in outcomes {
-            match outcome {
-                Ok(id) => results.push(Ok(id)),
-                Err(error) if error.status == Some(reqwest::StatusCode::UNAUTHORIZED) => {
-                    // The session expired early: the next attempt opens a
-                    // new one, and finds what this one imported as in doubt.
-                    self.session = None;
-                    return Err(ConnectorError::transient(format!(
-                        "the import session was refused: {error}"
-                    )));
-                }
-                Err(error) if error.class == ErrorClass::Item => {
-                    results.push(Err(ConnectorError::from(error)));
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
+        // A refused session: what it imported is found as in doubt.
+        let mut versions = HashMap::new();
+        let results = self
+            .import_results(outcomes)?
+            .into_iter()
+            .map(|result| {
+                result.map(|(id, version)| {
+                    if let (Some(id), Some(version)) = (&id, version) {
+                        versions.insert(id.clone(), version);
+                    }
+                    id
+                })
+            })
+            .collect();
         // Later imports are stamped after this, by the server's clock.
         let mark_after = self.mailbox.client.server_now().map(|now| {
             GraphMark::encode(now - chrono::Duration::from_std(MARK_MARGIN).unwrap_or_default())
         });
         Ok(AppendReport {
             results,
+            versions,
             mark_after,
         })
+    }
+
+    async fn update(
+        &mut self,
+        folder: &str,
+        replacements: &[Replacement],
+    ) -> Result<Vec<Result<String, ConnectorError>>, ConnectorError> {
+        let url = self.import_url(false).await?;
+        let mailbox = &self.mailbox;
+        // Owned (their bodies are shared): a future per copy.
+        let outcomes: Vec<_> = futures::stream::iter(replacements.to_vec())
+            .map(|r: Replacement| update_one(&mailbox.client, &url, &mailbox.root, folder, r))
+            .buffered(self.concurrency)
+            .collect()
+            .await;
+        self.import_results(outcomes)
     }
 
     /// Flags travel inside the export data; there is nothing to set.
@@ -1033,7 +1161,10 @@ mod tests {
         let entry = |value: Value| exported_item(value);
         let (id, data) = entry(json!({ "itemId": "a", "data": BASE64.encode(b"stream") })).unwrap();
         assert_eq!(id, "a");
-        assert!(matches!(data, Exported::Data(d) if d.as_ref() == b"stream"));
+        assert!(matches!(data, Exported::Data(d, None) if d.as_ref() == b"stream"));
+        let versioned = json!({ "itemId": "a", "changeKey": "CQ1", "data": BASE64.encode(b"s") });
+        let (_, data) = entry(versioned).unwrap();
+        assert!(matches!(data, Exported::Data(_, Some(v)) if v == "CQ1"));
 
         let not_found = json!({ "itemId": "b", "error": {
             "errorCode": "ErrorItemNotFound", "message": "The specified object was not found." } });
