@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use mailwave_tests::GraphEmulator;
 use mailwave_tests::graph_emulator::{
-    Faults, FlagStatus, ItemFault, ItemSeed, ItemUpdate, SyncReset, ThrottleReason,
+    Faults, FlagStatus, ItemFault, ItemSeed, ItemUpdate, Limits, ScriptedAnswer, SyncReset,
+    ThrottleReason,
 };
 use mailwave_tests::harness::Migration;
 use mailwave_tests::tenants::{
@@ -870,4 +871,320 @@ async fn case_13_a_mail_api_body_over_max_message_bytes_is_not_read_whole() {
         "{failures:?}"
     );
     assert_eq!(result.stat(&user, "items_copied"), (3 * 2) as u64);
+}
+
+/// Issue 9, point 7: a `503` with `Retry-After` is waited out (the error
+/// responses page: "You may repeat the request after a delay, the length of
+/// which may be specified in a Retry-After header"). One connection, so the
+/// request after the `503` is its retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_7_a_503_with_retry_after_is_waited_out() {
+    let emu = emulator(1, 2).await;
+    let source = emu.mailbox_id(&source_user(1)).unwrap();
+    let busy = ScriptedAnswer::new(
+        &format!("{source}/exportItems"),
+        503,
+        "serviceNotAvailable",
+        "The service is temporarily unavailable.",
+    );
+    emu.set_faults(Faults {
+        answers: vec![busy.retry_after(3).times(1)],
+        ..Faults::default()
+    });
+    let migration = migration_with(&emu, 1, "[migration]\nconnections_per_mailbox = 1\n");
+    migration.run_ok().unwrap();
+    assert_exact(&emu, 1);
+    let scripted = emu.scripted_events();
+    let [answered] = scripted.as_slice() else {
+        panic!("one 503: {scripted:?}");
+    };
+    let stats = emu.stats(&source_user(1)).unwrap();
+    let retry = stats
+        .events
+        .iter()
+        .find(|e| e.at > answered.at)
+        .expect("a request after the 503");
+    let waited = retry.at - answered.at;
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "retried after {waited:?}"
+    );
+}
+
+/// Issue 9, point 7: `509 Bandwidth Limit Exceeded` is a throttle (the
+/// error responses page: "Your app has been throttled … can retry the
+/// request again after more time has elapsed"): the server did not take
+/// the import, so it is sent again, and nothing is recorded as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_7_a_509_is_a_throttle_and_the_import_is_sent_again() {
+    let emu = emulator(1, 2).await;
+    let bandwidth = ScriptedAnswer::new(
+        "/importItem",
+        509,
+        "ApplicationThrottled",
+        "Application is over its bandwidth limit.",
+    );
+    emu.set_faults(Faults {
+        answers: vec![bandwidth.retry_after(1).times(1)],
+        ..Faults::default()
+    });
+    let result = migration(&emu, 1).run_ok().unwrap();
+    assert_eq!(emu.scripted_events().len(), 1);
+    assert_exact(&emu, 1);
+    let user = source_user(1);
+    assert_eq!(result.stat(&user, "items_failed"), 0, "{}", result.stdout);
+    let target = &result.report["endpoints"]["graph:tenant-b:app-b"];
+    assert_eq!(target["throttle_events"], 1, "{}", result.stdout);
+}
+
+/// Issue 9, point 7: an unknown user fails that mailbox, once, with a clear
+/// reason: a target the directory does not know (`404
+/// Request_ResourceNotFound`), a source user without a mailbox (`404
+/// ErrorNonExistentMailbox`). The other mailbox is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_7_an_unknown_user_fails_that_mailbox_cleanly() {
+    let emu = emulator(3, 1).await;
+    let no_mailbox = ScriptedAnswer::new(
+        &format!("/users/{}/settings/exchange", source_user(3)),
+        404,
+        "ErrorNonExistentMailbox",
+        "The SMTP address has no mailbox associated with it.",
+    );
+    emu.set_faults(Faults {
+        answers: vec![no_mailbox],
+        ..Faults::default()
+    });
+    let (source, target) = endpoints(&emu, "a.secret", "b.secret");
+    let csv = format!(
+        "source,target\n{},{}\n{},nobody@b.example\n{},{}\n",
+        source_user(1),
+        target_user(1),
+        source_user(2),
+        source_user(3),
+        target_user(3)
+    );
+    let migration = Migration::new(&source, &target, "", &csv).unwrap();
+    std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
+    std::fs::write(migration.dir().join("b.secret"), SECRET_B).unwrap();
+    let result = migration.run().unwrap();
+    assert_eq!(result.mailbox(&source_user(1))["state"], "completed");
+    for (user, unknown, code) in [
+        (
+            source_user(2),
+            "nobody@b.example",
+            "Request_ResourceNotFound",
+        ),
+        (
+            source_user(3),
+            source_user(3).as_str(),
+            "ErrorNonExistentMailbox",
+        ),
+    ] {
+        let mailbox = result.mailbox(&user);
+        assert_eq!(mailbox["state"], "failed", "{mailbox:#}");
+        assert_eq!(mailbox["attempts"], 1, "not retried: {mailbox:#}");
+        let error = mailbox["last_error"].as_str().unwrap_or_default();
+        for quoted in [unknown, "no such user or no mailbox", "404", code] {
+            assert!(error.contains(quoted), "{quoted:?} not in {error:?}");
+        }
+    }
+}
+
+/// Issue 9, point 7: an import URL the service refuses before its
+/// `expirationDateTime` (the session "expires and is deleted": answered
+/// `404`, or `401`/`403` by a front end checking its token) is renewed and
+/// the refused imports are sent again through the new session, within the
+/// pass: no item fails, no pass restarts, nothing is imported twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_7_an_import_url_refused_early_is_renewed_within_the_pass() {
+    for status in [401, 403, 404] {
+        let config = two_tenants(1, 4).expired_import_url_status(status);
+        let emu = GraphEmulator::start(config).await.unwrap();
+        emu.set_faults(Faults {
+            latency: Duration::from_millis(50),
+            import_sessions_end_after: Some(Duration::from_millis(300)),
+            ..Faults::default()
+        });
+        let extra = "[migration]\nbatch_messages = 4\nconnections_per_mailbox = 1\n";
+        let result = migration_with(&emu, 1, extra).run_ok().unwrap();
+        assert_exact(&emu, 1);
+        let user = source_user(1);
+        let target = emu.stats(&target_user(1)).unwrap();
+        assert!(
+            target.import_urls_refused > 0,
+            "{status}: a session ended early"
+        );
+        assert_eq!(
+            target.imports,
+            (FOLDERS_WITH_ITEMS * 4) as u64,
+            "{status}: each item imported once"
+        );
+        assert_eq!(
+            result.stat(&user, "retries"),
+            0,
+            "{status}: {}",
+            result.stdout
+        );
+        assert_eq!(result.stat(&user, "items_failed"), 0, "{status}");
+    }
+}
+
+/// Issue 9, point 7: a folder the app may not read (`403 ErrorAccessDenied`
+/// on its listing, or on an export of its items) is that folder's failure;
+/// every other folder is copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_7_a_folder_denied_is_recorded_and_the_rest_copied() {
+    let emu = emulator(1, 2).await;
+    let user = source_user(1);
+    let source = emu.mailbox_id(&user).unwrap();
+    let denied = emu.folder_id(&user, "Projects/2026").unwrap();
+    let access_denied =
+        |path: &str| ScriptedAnswer::new(path, 403, "ErrorAccessDenied", "Access is denied.");
+    emu.set_faults(Faults {
+        answers: vec![
+            access_denied(&format!("/folders/{denied}/items/delta")),
+            access_denied(&format!("{source}/exportItems")).times(1),
+        ],
+        ..Faults::default()
+    });
+    let result = migration(&emu, 1).run().unwrap();
+    let mailbox = result.mailbox(&user);
+    assert_eq!(mailbox["state"], "completed_with_errors", "{mailbox:#}");
+    let failures = mailbox["item_failures"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(failures.len(), 2, "{failures:#?}");
+    let mut failed_paths = Vec::new();
+    for failure in &failures {
+        assert_eq!(failure["scope"], "folder", "{failure:#}");
+        let reason = failure["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("ErrorAccessDenied"), "{reason}");
+        failed_paths.push(reason.to_owned());
+    }
+    assert!(failed_paths.iter().any(|r| r.contains("Projects/2026")));
+    // Every folder not named by a failure is exact.
+    let source = emu.snapshot(&user).unwrap();
+    let target = emu.snapshot(&target_user(1)).unwrap();
+    let failed: Vec<&Vec<String>> = source
+        .folders
+        .iter()
+        .map(|f| &f.path)
+        .filter(|path| {
+            let named = format!("folder {}:", path.join("/"));
+            failed_paths.iter().any(|r| r.contains(&named))
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed_paths:?}");
+    for difference in source.differences(&target) {
+        let of_failed = failed
+            .iter()
+            .any(|path| difference.starts_with(&format!("folder {path:?}")));
+        assert!(of_failed, "{difference}");
+    }
+}
+
+/// Issue 9, point 8: lists and delta ask for pages of 1,000
+/// (`Prefer: odata.maxpagesize`); at the service's default of 10 a folder
+/// of 120 items takes 12 delta pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_8_folders_are_listed_in_big_pages() {
+    let per_folder = 120;
+    let emu = emulator(1, per_folder).await;
+    migration(&emu, 1).run_ok().unwrap();
+    assert_exact(&emu, 1);
+    let stats = emu.stats(&source_user(1)).unwrap();
+    // The lookup, the folder tree (a page per folder at most), one delta
+    // page per folder and the exports of 20 items each; at 10 a page,
+    // the folders with items would take 12 delta pages each.
+    let folders = emu.snapshot(&source_user(1)).unwrap().folders.len();
+    let exports = FOLDERS_WITH_ITEMS * per_folder / 20;
+    let most = 1 + 2 * folders + exports;
+    assert!(
+        stats.requests_total as usize <= most,
+        "{} requests, at most {most} expected",
+        stats.requests_total
+    );
+}
+
+/// Issue 9, point 8: each mailbox is paced within the service's request
+/// budget per app and mailbox (here 40 requests per 2 s, scaled down from
+/// 10,000 per 10 minutes, on both sides): a target mailbox of over 80
+/// requests is never throttled for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_8_requests_stay_within_the_budget_per_mailbox() {
+    let emu = emulator(1, 15).await;
+    emu.set_limits(Limits {
+        requests_per_window: 40,
+        request_window: Duration::from_secs(2),
+        ..Limits::default()
+    });
+    let (source, target) = endpoints(&emu, "a.secret", "b.secret");
+    let budget = "requests_per_window = 40\nrequest_window_secs = 2\n";
+    let migration = Migration::new(
+        &format!("{budget}{source}"),
+        &format!("{budget}{target}"),
+        "",
+        &csv(1),
+    )
+    .unwrap();
+    std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
+    std::fs::write(migration.dir().join("b.secret"), SECRET_B).unwrap();
+    migration.run_ok().unwrap();
+    assert_exact(&emu, 1);
+    for user in [source_user(1), target_user(1)] {
+        let stats = emu.stats(&user).unwrap();
+        assert_eq!(stats.throttled_total(), 0, "{user}: {:?}", stats.throttled);
+    }
+    let requests = emu.stats(&target_user(1)).unwrap().requests_total;
+    assert!(requests > 80, "more than two windows' worth: {requests}");
+}
+
+/// Issue 9, point 12: with the service's limit of 4 concurrent requests
+/// counted per app across its mailboxes (the current throttling-limits
+/// page, the emulator's default), the default `concurrency_scope = "app"`
+/// keeps all mailboxes of an app within it; a worker told "mailbox" learns
+/// it from the first `ApplicationThrottled` answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn point_12_concurrency_is_kept_within_the_apps_limit() {
+    let users = 3;
+    let told_mailbox = "concurrency_scope = \"mailbox\"\n";
+    for (scope, most_throttles) in [("", 0), (told_mailbox, 8)] {
+        let emu = emulator(users, 4).await;
+        emu.set_faults(Faults {
+            latency: Duration::from_millis(50),
+            ..Faults::default()
+        });
+        let (source, target) = endpoints(&emu, "a.secret", "b.secret");
+        let migration = Migration::new(
+            &format!("{scope}{source}"),
+            &format!("{scope}{target}"),
+            "",
+            &csv(users),
+        )
+        .unwrap();
+        std::fs::write(migration.dir().join("a.secret"), SECRET_A).unwrap();
+        std::fs::write(migration.dir().join("b.secret"), SECRET_B).unwrap();
+        let result = migration.run_ok().unwrap();
+        assert_exact(&emu, users);
+        let learned = result.stderr.contains("limits concurrent requests per app");
+        assert_eq!(
+            learned,
+            scope == told_mailbox,
+            "{scope:?}: {}",
+            result.stderr
+        );
+        for side in [source_user, target_user] {
+            let throttles: u64 = (1..=users)
+                .map(|i| {
+                    let stats = emu.stats(&side(i)).unwrap();
+                    stats.throttled_by(ThrottleReason::AppConcurrency)
+                })
+                .sum();
+            assert!(
+                throttles <= most_throttles,
+                "{scope:?}: {throttles} throttled for the app's concurrency"
+            );
+        }
+    }
 }

@@ -705,3 +705,68 @@ async fn a_source_that_withdraws_its_modseqs_on_select_still_syncs_every_flag() 
     assert_eq!(healed.stat("ann", "flags_updated"), 1, "{}", healed.stdout);
     assert_exact(&source, &target, "ann");
 }
+
+/// Issue 9, point 13: a target that stores no custom keywords (Exchange
+/// Online's IMAP: PERMANENTFLAGS without `\*`, keywords dropped without a
+/// word) gets the messages with their system flags; every keyword left off
+/// is counted per mailbox, named in the report, and said in the summary,
+/// on the first copy and on a delta pass's flag changes alike. A mailbox on
+/// a folder that stores keywords keeps them and counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keywords_a_target_does_not_store_are_counted_and_reported_never_dropped_silently() {
+    let (source, target, migration) = setup(&["ann", "bob"], "").await;
+    target.faults("ann", |f| f.no_custom_keywords = true);
+    for user in ["ann", "bob"] {
+        source.add_message(user, "INBOX", &message("one", "1"), &["\\Seen", "$Label1"]);
+        source.add_message(user, "INBOX", &message("two", "2"), &["Work"]);
+        source.add_message(user, "INBOX", &message("three", "3"), &["\\Flagged"]);
+        source.add_message(user, "INBOX", &message("four", "4"), &[]);
+    }
+
+    let first = run(&migration).await;
+    assert!(first.success, "{}\n{}", first.stdout, first.stderr);
+    assert_eq!(first.stat("ann", "items_copied"), 4);
+    assert_eq!(first.stat("ann", "keywords_refused"), 2, "{}", first.stdout);
+    assert_eq!(
+        first.mailbox("ann")["stats"]["refused_keywords"],
+        serde_json::json!(["$Label1", "Work"])
+    );
+    assert_eq!(first.stat("bob", "keywords_refused"), 0);
+    assert!(
+        first.stdout.contains(
+            "KEYWORDS NOT KEPT ann: the target stores no custom keywords; 2 left off copied messages ($Label1, Work)"
+        ),
+        "{}",
+        first.stdout
+    );
+    assert!(
+        !first.stdout.contains("KEYWORDS NOT KEPT bob"),
+        "{}",
+        first.stdout
+    );
+    let flags = |user: &str| -> Vec<Vec<String>> {
+        target.folders(user)["INBOX"]
+            .messages
+            .iter()
+            .map(|m| m.flags.iter().cloned().collect())
+            .collect()
+    };
+    assert_eq!(
+        flags("ann"),
+        [vec!["\\Seen"], vec![], vec!["\\Flagged"], vec![]],
+        "system flags go, keywords do not"
+    );
+    assert_exact(&source, &target, "bob");
+
+    // A delta pass: a keyword added with a system flag.
+    source.set_flags("ann", "INBOX", 4, &["\\Seen", "Urgent"]);
+    let delta = run(&migration).await;
+    assert!(delta.success, "{}\n{}", delta.stdout, delta.stderr);
+    assert_eq!(delta.stat("ann", "flags_updated"), 1, "{}", delta.stdout);
+    assert_eq!(delta.stat("ann", "keywords_refused"), 1, "{}", delta.stdout);
+    assert_eq!(
+        delta.mailbox("ann")["stats"]["refused_keywords"],
+        serde_json::json!(["Urgent"])
+    );
+    assert_eq!(flags("ann")[3], ["\\Seen"]);
+}

@@ -377,24 +377,30 @@ async fn a_client_secret_run_refreshes_its_token_and_copies_exactly() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_assertion_run_refreshes_its_token_and_copies_exactly() {
+/// A run whose app signs its client assertions with a certificate, the
+/// `oauth2` table's `extra` lines choosing how.
+async fn certificate_run(extra: &str) {
     let keys = tempfile::tempdir().unwrap();
     let (cert, key) = mailwave_tests::tenants::app_certificate(keys.path(), "mailwave-migration");
-    let app = AppSeed {
-        client_id: APP.to_owned(),
-        secret: None,
-        certificates_pem: Vec::new(),
-    }
-    .certificate(&std::fs::read_to_string(&cert).unwrap());
+    let app = AppSeed::with_certificate(APP, &std::fs::read_to_string(&cert).unwrap());
     run_with_expiring_tokens(app, |_| {
         format!(
-            "certificate_file = \"{}\"\nprivate_key_file = \"{}\"\n",
+            "certificate_file = \"{}\"\nprivate_key_file = \"{}\"\n{extra}",
             cert.display(),
             key.display()
         )
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_assertion_run_refreshes_its_token_and_copies_exactly() {
+    certificate_run("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rs256_certificate_assertion_run_for_an_older_registration_copies_exactly() {
+    certificate_run("assertion_algorithm = \"RS256\"\n").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -264,6 +264,10 @@ pub struct OAuth2ClientCredentials {
     pub certificate_file: Option<PathBuf>,
     /// …and its RSA private key (PEM, PKCS#8 or PKCS#1).
     pub private_key_file: Option<PathBuf>,
+    /// How a certificate assertion is signed: `PS256` (the identity
+    /// platform's current form) or `RS256` (older registrations).
+    #[serde(default)]
+    pub assertion_algorithm: AssertionAlgorithm,
     /// The identity platform's host, e.g. `https://login.microsoftonline.us`
     /// for a national cloud; `http://` only on loopback (test emulators).
     #[serde(default = "default_authority")]
@@ -281,6 +285,21 @@ fn default_oauth2_scope() -> String {
     OUTLOOK_SCOPE.to_owned()
 }
 
+/// The signature of a certificate client assertion, with the header that
+/// names the certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AssertionAlgorithm {
+    /// RSASSA-PSS with SHA-256, the certificate named by its SHA-256
+    /// thumbprint (`x5t#S256`), with an `iat` claim.
+    #[default]
+    #[serde(rename = "PS256")]
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, the certificate named by its SHA-1
+    /// thumbprint (`x5t`).
+    #[serde(rename = "RS256")]
+    Rs256,
+}
+
 /// How an app proves who it is at the token endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientCredential<'a> {
@@ -290,6 +309,7 @@ pub enum ClientCredential<'a> {
     Certificate {
         certificate_file: &'a Path,
         private_key_file: &'a Path,
+        algorithm: AssertionAlgorithm,
     },
 }
 
@@ -313,6 +333,7 @@ impl OAuth2ClientCredentials {
             return Ok(ClientCredential::Certificate {
                 certificate_file,
                 private_key_file,
+                algorithm: self.assertion_algorithm,
             });
         }
         if let Some(path) = &self.client_secret_file {
@@ -506,10 +527,22 @@ pub struct GraphEndpoint {
     /// The app registration and how it proves itself. Its `scope` defaults
     /// to Graph's (`{graph_url}/.default`) here.
     pub oauth2: OAuth2ClientCredentials,
-    /// Requests in flight per mailbox at most (Graph allows 4); the
-    /// scheduler adapts below it to the server's answers.
+    /// Requests in flight at most, in the `concurrency_scope` (Outlook
+    /// allows 4); the scheduler adapts below it to the server's answers.
     #[serde(default = "default_graph_concurrency")]
     pub max_concurrent_requests: usize,
+    /// What `max_concurrent_requests` counts: the requests of one mailbox,
+    /// or of the app across all its mailboxes (the default, as the current
+    /// throttling-limits page reads).
+    #[serde(default)]
+    pub concurrency_scope: ConcurrencyScope,
+    /// The server's request budget per app and mailbox: this many
+    /// requests…
+    #[serde(default = "default_requests_per_window")]
+    pub requests_per_window: u64,
+    /// …per this many seconds (Exchange Online: 10,000 per 10 minutes).
+    #[serde(default = "default_request_window_secs")]
+    pub request_window_secs: u64,
     /// An optional steady limit of requests per second for the endpoint.
     pub requests_per_second: Option<f64>,
     /// The server's upload budget per mailbox: this many bytes…
@@ -518,6 +551,27 @@ pub struct GraphEndpoint {
     /// …per this many seconds (Exchange Online: 150 MB per 5 minutes).
     #[serde(default = "default_upload_window_secs")]
     pub upload_window_secs: u64,
+}
+
+/// The scope of Outlook's limit of concurrent requests: the revisions of
+/// Microsoft's throttling-limits page disagree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConcurrencyScope {
+    /// Per app and mailbox: each mailbox may have that many in flight.
+    Mailbox,
+    /// Per app, across its mailboxes ("regardless of whether the requests
+    /// all access the same mailbox"), as the current page says.
+    #[default]
+    App,
+}
+
+fn default_requests_per_window() -> u64 {
+    10_000
+}
+
+fn default_request_window_secs() -> u64 {
+    600
 }
 
 fn default_upload_bytes_per_window() -> u64 {
@@ -575,6 +629,11 @@ impl GraphEndpoint {
         {
             return Err(ConfigError::Invalid(format!(
                 "{side}: requests_per_second must be positive"
+            )));
+        }
+        if self.requests_per_window == 0 || self.request_window_secs == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "{side}: requests_per_window and request_window_secs must be positive"
             )));
         }
         if self.upload_bytes_per_window == 0 || self.upload_window_secs == 0 {
@@ -1331,8 +1390,25 @@ max_concurrent_mailboxes = 5
             ClientCredential::Certificate {
                 certificate_file: Path::new("c.pem"),
                 private_key_file: Path::new("k.pem"),
+                algorithm: AssertionAlgorithm::Ps256,
             }
         );
+
+        let older = xoauth2_target(
+            "[target.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\ncertificate_file = \"c.pem\"\nprivate_key_file = \"k.pem\"\nassertion_algorithm = \"RS256\"\n",
+        )
+        .unwrap();
+        let EndpointConfig::Imap(target) = &older.target else {
+            panic!("target is imap")
+        };
+        assert_eq!(
+            target.oauth2.as_ref().unwrap().assertion_algorithm,
+            AssertionAlgorithm::Rs256
+        );
+        let unknown = xoauth2_target(
+            "[target.oauth2]\ntenant = \"t\"\nclient_id = \"c\"\ncertificate_file = \"c.pem\"\nprivate_key_file = \"k.pem\"\nassertion_algorithm = \"HS256\"\n",
+        );
+        assert!(unknown.is_err(), "{unknown:?}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The domain model shared by the coordinator, the workers and the stores.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::wave_config::WaveConfig;
@@ -113,7 +115,16 @@ pub struct PassStats {
     pub throttled: u64,
     /// Milliseconds spent waiting before those restarts.
     pub wait_millis: u64,
+    /// Keywords the target does not store (IMAP PERMANENTFLAGS without
+    /// `\*`, as Exchange Online's), left off copied messages: one per
+    /// message and keyword. The message and its system flags are copied.
+    pub keywords_refused: u64,
+    /// Their names (at most [`MAX_REFUSED_KEYWORD_NAMES`]).
+    pub refused_keywords: BTreeSet<String>,
 }
+
+/// Most names of refused keywords a pass's figures keep; the count goes on.
+pub const MAX_REFUSED_KEYWORD_NAMES: usize = 32;
 
 impl PassStats {
     /// Adds another part's figures to these.
@@ -130,6 +141,24 @@ impl PassStats {
         self.retries += other.retries;
         self.throttled += other.throttled;
         self.wait_millis += other.wait_millis;
+        self.keywords_refused += other.keywords_refused;
+        self.note_refused_names(other.refused_keywords.iter().map(String::as_str));
+    }
+
+    /// Counts keywords a target did not store, one per message and keyword.
+    pub fn refuse_keywords<'a>(&mut self, keywords: impl IntoIterator<Item = &'a str>) {
+        let keywords: Vec<&str> = keywords.into_iter().collect();
+        self.keywords_refused += keywords.len() as u64;
+        self.note_refused_names(keywords);
+    }
+
+    fn note_refused_names<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            if self.refused_keywords.len() >= MAX_REFUSED_KEYWORD_NAMES {
+                return;
+            }
+            self.refused_keywords.insert(name.to_owned());
+        }
     }
 }
 
@@ -376,5 +405,30 @@ impl WaveCounts {
             MailboxState::CompletedWithErrors => self.completed_with_errors += n,
             MailboxState::Failed => self.failed += n,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_keywords_are_counted_and_a_bounded_number_named() {
+        let mut stats = PassStats::default();
+        stats.refuse_keywords(["$Label1", "Work", "$Label1"]);
+        assert_eq!(stats.keywords_refused, 3);
+        assert_eq!(stats.refused_keywords.len(), 2);
+        let many: Vec<String> = (0..2 * MAX_REFUSED_KEYWORD_NAMES)
+            .map(|n| format!("k{n}"))
+            .collect();
+        let mut other = PassStats::default();
+        other.refuse_keywords(many.iter().map(String::as_str));
+        stats.add(&other);
+        assert_eq!(
+            stats.keywords_refused,
+            3 + 2 * MAX_REFUSED_KEYWORD_NAMES as u64
+        );
+        assert_eq!(stats.refused_keywords.len(), MAX_REFUSED_KEYWORD_NAMES);
+        assert!(stats.refused_keywords.contains("Work"));
     }
 }

@@ -16,7 +16,7 @@
 //! | layer | retries | budget | back-off |
 //! |---|---|---|---|
 //! | pass (`worker::job`) | the whole mailbox pass from its checkpoints, after a throttled or transient failure | `migration.max_attempts` attempts (default 5), waits within `migration.max_pass_wait_secs` | 1 s doubling to 60 s, full jitter, hint as floor (at most `migration.max_retry_after_secs`) |
-//! | Graph request (`worker::connector::graph::client`) | one idempotent request (GET, export, folder and session creation); an import only after a 429 or a failed connect, never after an answer that may hide a stored item | [`GRAPH_REQUEST_ATTEMPTS`] attempts | 0.5 s doubling to 30 s, full jitter; a throttle's pause as floor |
+//! | Graph request (`worker::connector::graph::client`) | one idempotent request (GET, export, folder and session creation); an import only after a 429 or 509 or a failed connect, or through a new session after its import URL was refused, never after an answer that may hide a stored item | [`GRAPH_REQUEST_ATTEMPTS`] attempts | 0.5 s doubling to 30 s, full jitter; a throttle's pause (429, 509) or a 503's `Retry-After` as floor |
 //! | throttle pause without a hint (`worker::connector::throttle`) | nothing itself: how long a mailbox pauses after its n-th throttle in a row | — | 1 s doubling to 60 s, full jitter |
 //! | OAuth refresh (`worker::connector::oauth`) | a failed early refresh, while the current token still serves | until the token expires | 10 s, the endpoint's hint as floor |
 //! | lease claim (`worker::consumer`) | taking a lease while the store is unavailable | until the worker stops | 250 ms doubling to 10 s |

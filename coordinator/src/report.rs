@@ -173,6 +173,21 @@ impl WaveReport {
         for row in &self.rejected_rows {
             let _ = writeln!(out, "REJECTED CSV line {}: {}", row.line, safe(&row.reason));
         }
+        for m in self
+            .mailboxes
+            .iter()
+            .filter(|m| m.record.stats.keywords_refused > 0)
+        {
+            let stats = &m.record.stats;
+            let names: Vec<&str> = stats.refused_keywords.iter().map(String::as_str).collect();
+            let _ = writeln!(
+                out,
+                "KEYWORDS NOT KEPT {}: the target stores no custom keywords; {} left off copied messages ({})",
+                safe(&m.record.source),
+                stats.keywords_refused,
+                safe(&names.join(", "))
+            );
+        }
         for (m, f) in failures() {
             let label = if f.policy {
                 "SKIPPED BY POLICY"

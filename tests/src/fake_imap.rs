@@ -93,6 +93,10 @@ pub struct Faults {
     /// HIGHESTMODSEQ (Dovecot after an index failure), and a UID FETCH
     /// asking for modseqs gets Dovecot's BAD.
     pub nomodseq_on_select: bool,
+    /// Stores no keywords, as Exchange Online's IMAP: SELECT announces
+    /// PERMANENTFLAGS without `\*`, APPEND and STORE keep system flags only
+    /// and say nothing of the keywords they drop.
+    pub no_custom_keywords: bool,
 }
 
 /// One user of the server.
@@ -647,8 +651,9 @@ impl Connection {
             } else {
                 String::new()
             };
+            let new_keywords = if faults.no_custom_keywords { "" } else { " \\*" };
             Some(format!(
-                "{warning}* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] flags\r\n* {} EXISTS\r\n* OK [UIDVALIDITY {}] uids\r\n* OK [UIDNEXT {}] next\r\n{modseq}{tag} OK selected\r\n",
+                "{warning}* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{new_keywords})] flags\r\n* {} EXISTS\r\n* OK [UIDVALIDITY {}] uids\r\n* OK [UIDNEXT {}] next\r\n{modseq}{tag} OK selected\r\n",
                 folder.messages.len(),
                 folder.uid_validity,
                 folder.uid_next
@@ -702,6 +707,9 @@ impl Connection {
                                 flags.insert(other.text());
                             }
                         }
+                    }
+                    if faults.no_custom_keywords {
+                        flags.retain(|flag| flag.starts_with('\\'));
                     }
                 }
                 Token::Str(data) if date.is_none() && looks_like_date(data) => {
@@ -934,11 +942,13 @@ impl Connection {
 
     fn store(&self, tag: &str, args: &[Token]) -> String {
         let set = args.first().map(Token::text).unwrap_or_default();
+        let no_custom_keywords = self.faults().no_custom_keywords;
         let flags: BTreeSet<String> = args
             .iter()
             .skip(2)
             .filter(|t| !matches!(t, Token::Open | Token::Close))
             .map(Token::text)
+            .filter(|flag| !no_custom_keywords || flag.starts_with('\\'))
             .collect();
         let folder_name = self.selected.clone().unwrap_or_default();
         self.with_user(|user, _| {

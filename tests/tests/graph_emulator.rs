@@ -11,8 +11,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use mailwave_tests::graph_emulator::{
-    AppSeed, EmulatorConfig, Faults, FlagStatus, GRAPH_SCOPE, GraphEmulator, ItemFault, ItemSeed,
-    ItemUpdate, Limits, OUTLOOK_SCOPE, SyncReset, TenantSeed, ThrottleReason, UserSeed,
+    AppSeed, ConcurrencyScope, EmulatorConfig, Faults, FlagStatus, GRAPH_SCOPE, GraphEmulator,
+    ItemFault, ItemSeed, ItemUpdate, Limits, OUTLOOK_SCOPE, SyncReset, TenantSeed, ThrottleReason,
+    UserSeed,
 };
 use mailwave_tests::{DovecotOptions, DovecotServer};
 use reqwest::header::HeaderMap;
@@ -404,13 +405,29 @@ fn rsa_certificate(dir: &std::path::Path, name: &str) -> (ring::signature::RsaKe
     (key_pair, std::fs::read_to_string(&cert).unwrap())
 }
 
-fn sign_assertion(key: &ring::signature::RsaKeyPair, cert_pem: &str, claims: &Value) -> String {
+/// The JOSE header of an assertion signed with `alg` naming `cert_pem`
+/// as the identity platform's current page asks (PS256, `x5t#S256`) or
+/// as its older one did (`x5t`).
+fn assertion_header(alg: &str, cert_pem: &str) -> Value {
     let der = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .next()
         .unwrap()
         .unwrap();
-    let thumbprint = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
-    let header = json!({ "alg": "RS256", "typ": "JWT", "x5t": URL_SAFE_NO_PAD.encode(thumbprint) });
+    if alg == "PS256" {
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, &der);
+        return json!({ "alg": alg, "typ": "JWT", "x5t#S256": URL_SAFE_NO_PAD.encode(sha256) });
+    }
+    let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
+    json!({ "alg": alg, "typ": "JWT", "x5t": URL_SAFE_NO_PAD.encode(sha1) })
+}
+
+/// Signs `header` and `claims` with `padding` (PSS or PKCS#1 v1.5).
+fn sign_jwt(
+    key: &ring::signature::RsaKeyPair,
+    padding: &'static dyn ring::signature::RsaEncoding,
+    header: &Value,
+    claims: &Value,
+) -> String {
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -418,7 +435,7 @@ fn sign_assertion(key: &ring::signature::RsaKeyPair, cert_pem: &str, claims: &Va
     );
     let mut signature = vec![0; key.public().modulus_len()];
     key.sign(
-        &ring::signature::RSA_PKCS1_SHA256,
+        padding,
         &ring::rand::SystemRandom::new(),
         signing_input.as_bytes(),
         &mut signature,
@@ -433,15 +450,25 @@ async fn certificate_client_assertions() {
     let (key, cert) = rsa_certificate(dir.path(), "registered");
     let (other_key, other_cert) = rsa_certificate(dir.path(), "other");
     let tenant = TenantSeed::new("contoso-tenant")
-        .app(AppSeed {
-            client_id: "cert-app".to_owned(),
-            secret: None,
-            certificates_pem: vec![cert.clone()],
-        })
+        .app(AppSeed::with_certificate("cert-app", &cert))
         .user(UserSeed::new(ALICE));
     let emu = start(EmulatorConfig::default().tenant(tenant)).await;
     let now = chrono::Utc::now().timestamp();
-    let claims = |aud: String, exp: i64| json!({ "aud": aud, "iss": "cert-app", "sub": "cert-app", "jti": "1", "nbf": now - 10, "exp": exp });
+    let aud = emu.token_url("contoso-tenant");
+    let claims = |aud: &str, exp: i64| {
+        json!({ "aud": aud, "iss": "cert-app", "sub": "cert-app",
+            "jti": "7c1b6f2e-0d1a-4c55-9a0e-3f2d8e9b1a77",
+            "iat": now - 10, "nbf": now - 10, "exp": exp })
+    };
+    let valid = claims(&aud, now + 600);
+    let ps256 = |key: &ring::signature::RsaKeyPair, cert: &str, claims: &Value| {
+        sign_jwt(
+            key,
+            &ring::signature::RSA_PSS_SHA256,
+            &assertion_header("PS256", cert),
+            claims,
+        )
+    };
     let exchange = |assertion: String| {
         let emu = &emu;
         async move {
@@ -458,10 +485,9 @@ async fn certificate_client_assertions() {
             request_token(emu, "contoso-tenant", &form).await
         }
     };
-    let aud = emu.token_url("contoso-tenant");
 
-    let (status, _, body) =
-        exchange(sign_assertion(&key, &cert, &claims(aud.clone(), now + 600))).await;
+    // The current form: PS256, x5t#S256, iat.
+    let (status, _, body) = exchange(ps256(&key, &cert, &valid)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let graph = Graph {
         http: reqwest::Client::new(),
@@ -470,56 +496,99 @@ async fn certificate_client_assertions() {
         immutable_ids: false,
     };
     assert!(graph.mailbox_id(ALICE).await.starts_with("MBX:"));
+    // The older form: RS256, x5t, no iat.
+    let mut older = valid.clone();
+    older.as_object_mut().unwrap().remove("iat");
+    let rs256 = sign_jwt(
+        &key,
+        &ring::signature::RSA_PKCS1_SHA256,
+        &assertion_header("RS256", &cert),
+        &older,
+    );
+    let (status, _, body) = exchange(rs256).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     // Microsoft's own audience is accepted too.
-    let login_aud = "https://login.microsoftonline.com/contoso-tenant/oauth2/v2.0/token".to_owned();
-    let (status, _, _) = exchange(sign_assertion(&key, &cert, &claims(login_aud, now + 600))).await;
+    let login_aud = "https://login.microsoftonline.com/contoso-tenant/oauth2/v2.0/token";
+    let (status, _, _) = exchange(ps256(&key, &cert, &claims(login_aud, now + 600))).await;
     assert_eq!(status, StatusCode::OK);
 
-    let refused = |body: &Value, code: &str| {
-        assert_eq!(body["error"], "invalid_client", "{body}");
-        assert!(
-            body["error_description"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("{code}: ")),
-            "{body}"
-        );
+    // `valid` with one claim changed (`Null`: left out).
+    let with = |claim: &str, value: Value| {
+        let mut claims = valid.clone();
+        let claims_map = claims.as_object_mut().unwrap();
+        match value {
+            Value::Null => claims_map.remove(claim),
+            value => claims_map.insert(claim.to_owned(), value),
+        };
+        claims
     };
-    // Unregistered certificate.
-    let (status, _, body) = exchange(sign_assertion(
-        &other_key,
-        &other_cert,
-        &claims(aud.clone(), now + 600),
-    ))
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    refused(&body, "AADSTS700027");
-    // Registered thumbprint, but signed by another key.
-    let (status, _, body) = exchange(sign_assertion(
-        &other_key,
-        &cert,
-        &claims(aud.clone(), now + 600),
-    ))
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
-    refused(&body, "AADSTS700027");
-    // Expired, wrong audience, malformed.
-    let (_, _, body) = exchange(sign_assertion(
-        &key,
-        &cert,
-        &claims(aud.clone(), now - 3600),
-    ))
-    .await;
-    refused(&body, "AADSTS700024");
-    let (_, _, body) = exchange(sign_assertion(
-        &key,
-        &cert,
-        &claims("https://elsewhere/token".to_owned(), now + 600),
-    ))
-    .await;
-    refused(&body, "AADSTS700016");
-    let (_, _, body) = exchange("not-a-jwt".to_owned()).await;
-    refused(&body, "AADSTS50027");
+    let cases = [
+        // Unregistered certificate; registered thumbprint, another key.
+        (ps256(&other_key, &other_cert, &valid), "AADSTS700027"),
+        (ps256(&other_key, &cert, &valid), "AADSTS700027"),
+        // A PSS signature under a header that says PKCS#1 v1.5.
+        (
+            sign_jwt(
+                &key,
+                &ring::signature::RSA_PSS_SHA256,
+                &assertion_header("RS256", &cert),
+                &valid,
+            ),
+            "AADSTS700027",
+        ),
+        // An algorithm the platform does not take; no thumbprint at all.
+        (
+            sign_jwt(
+                &key,
+                &ring::signature::RSA_PKCS1_SHA512,
+                &assertion_header("RS512", &cert),
+                &valid,
+            ),
+            "AADSTS700027",
+        ),
+        (
+            sign_jwt(
+                &key,
+                &ring::signature::RSA_PSS_SHA256,
+                &json!({ "alg": "PS256", "typ": "JWT" }),
+                &valid,
+            ),
+            "AADSTS50120",
+        ),
+        // Expired, not yet valid, issued in the future, another audience.
+        (ps256(&key, &cert, &claims(&aud, now - 3600)), "AADSTS50027"),
+        (
+            ps256(&key, &cert, &with("nbf", json!(now + 3600))),
+            "AADSTS50027",
+        ),
+        (
+            ps256(&key, &cert, &with("iat", json!(now + 3600))),
+            "AADSTS50027",
+        ),
+        (
+            ps256(&key, &cert, &claims("https://elsewhere/token", now + 600)),
+            "AADSTS50027",
+        ),
+        // PS256 without iat; no jti; another issuer; subject not the issuer.
+        (ps256(&key, &cert, &with("iat", Value::Null)), "AADSTS50027"),
+        (ps256(&key, &cert, &with("jti", Value::Null)), "AADSTS50027"),
+        (
+            ps256(&key, &cert, &with("iss", json!("other-app"))),
+            "AADSTS50027",
+        ),
+        (
+            ps256(&key, &cert, &with("sub", json!("other-app"))),
+            "AADSTS50048",
+        ),
+        ("not-a-jwt".to_owned(), "AADSTS50027"),
+    ];
+    for (assertion, code) in cases {
+        let (status, _, body) = exchange(assertion).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{code}: {body}");
+        assert_eq!(body["error"], "invalid_client", "{body}");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.starts_with(&format!("{code}: ")), "{body}");
+    }
 }
 
 #[tokio::test]
@@ -657,7 +726,7 @@ async fn folders_list_page_filter_and_tenant_isolation() {
     let (status, _, body) = graph.get(&format!("/users/{BOB}/settings/exchange")).await;
     assert_eq!(
         (status, error_code(&body)),
-        (StatusCode::NOT_FOUND, "ErrorInvalidUser")
+        (StatusCode::NOT_FOUND, "Request_ResourceNotFound")
     );
     let (status, _, _) = graph
         .get(&format!("/admin/exchange/mailboxes/{bob_mbx}/folders"))
@@ -974,7 +1043,8 @@ async fn import_sessions_expire() {
     let emu = start(
         EmulatorConfig::default()
             .tenant(contoso())
-            .import_session_lifetime(Duration::from_secs(1)),
+            .import_session_lifetime(Duration::from_secs(1))
+            .expired_import_url_status(401),
     )
     .await;
     let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
@@ -1011,6 +1081,7 @@ async fn import_sessions_expire() {
     let tampered = import_url.replace("authtoken=", "authtoken=x");
     let (status, _, _) = send(reqwest::Client::new().post(&tampered).json(&body)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(emu.stats(ALICE).unwrap().import_urls_refused, 2);
     assert_eq!(
         emu.snapshot(ALICE)
             .unwrap()
@@ -1307,9 +1378,50 @@ async fn mail_api_delta_and_exact_mime() {
     assert_eq!(ids(&created), BTreeSet::from([new]));
 }
 
+/// The default page is 10 entries; `Prefer: odata.maxpagesize` asks for
+/// up to 1,000 (the list-messages page: "within the range of 1 and 1000").
+#[tokio::test]
+async fn pages_of_ten_by_default_and_of_up_to_a_thousand_on_request() {
+    let mut user = UserSeed::new(CAROL);
+    for i in 0..1005 {
+        user = user.item(ItemSeed::new(
+            "Calendar",
+            "IPM.Appointment",
+            format!("meeting {i}").as_bytes(),
+        ));
+    }
+    let tenant = TenantSeed::new("contoso-tenant")
+        .app(AppSeed::with_secret("app-a", SECRET_A))
+        .user(user);
+    let emu = start(EmulatorConfig::default().tenant(tenant)).await;
+    let graph = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let mbx = graph.mailbox_id(CAROL).await;
+    let folder = format!("/admin/exchange/mailboxes/{mbx}/folders/calendar/items");
+    let page_of = |url: String, prefer: Option<&'static str>| {
+        let mut request = graph.request(Method::GET, &url);
+        if let Some(prefer) = prefer {
+            request = request.header("Prefer", prefer);
+        }
+        send(request)
+    };
+    for path in [folder.clone(), format!("{folder}/delta")] {
+        let (_, _, body) = page_of(path.clone(), None).await;
+        assert_eq!(body["value"].as_array().unwrap().len(), 10, "{path}");
+        let (_, _, body) = page_of(path.clone(), Some("odata.maxpagesize=5000")).await;
+        assert_eq!(body["value"].as_array().unwrap().len(), 1000, "{path}");
+        let next = body["@odata.nextLink"].as_str().unwrap().to_owned();
+        let (_, _, body) = page_of(next, Some("odata.maxpagesize=5000")).await;
+        assert_eq!(body["value"].as_array().unwrap().len(), 5, "{path}");
+    }
+}
+
 #[tokio::test]
 async fn fifth_concurrent_request_is_throttled() {
     let emu = two_tenants().await;
+    emu.set_limits(Limits {
+        concurrency_scope: ConcurrencyScope::Mailbox,
+        ..Limits::default()
+    });
     emu.set_faults(Faults {
         latency: Duration::from_millis(800),
         ..Faults::default()
@@ -1799,6 +1911,76 @@ async fn dovecot_accepts_xoauth2_tokens_of_its_tenant() {
         .saturating_duration_since(std::time::Instant::now());
     tokio::time::sleep(expiry).await;
     assert!(!logged_in(6, ALICE, &contoso).await, "an expired token");
+}
+
+#[tokio::test]
+async fn application_permissions_are_enforced_per_operation() {
+    let tenant = TenantSeed::new("contoso-tenant")
+        .app(
+            AppSeed::with_secret("app-a", SECRET_A)
+                .roles(&["User.Read.All", "MailboxFolder.Read.All"]),
+        )
+        .app(AppSeed::with_secret("app-b", SECRET_B).roles(&["MailboxItem.ImportExport.All"]))
+        .user(alice());
+    let emu = start(EmulatorConfig::default().tenant(tenant)).await;
+    let reader = Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await;
+    let mbx = reader.mailbox_id(ALICE).await;
+    let root = format!("/admin/exchange/mailboxes/{mbx}");
+    let inbox = reader.get_ok(&format!("{root}/folders/inbox")).await;
+    assert_eq!(inbox["displayName"], "Inbox");
+    reader
+        .get_ok(&format!("{root}/folders/inbox/childFolders"))
+        .await;
+
+    let denied = |status: StatusCode, body: &Value, code: &str| {
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(error_code(body), code, "{body}");
+    };
+    // Items, exports, imports and folder creation need other permissions.
+    let (status, _, body) = reader
+        .get(&format!("{root}/folders/inbox/items/delta"))
+        .await;
+    denied(status, &body, "ErrorAccessDenied");
+    let (status, _, body) = reader.get(&format!("{root}/folders/inbox/items")).await;
+    denied(status, &body, "ErrorAccessDenied");
+    let (status, _, body) = reader
+        .post(&format!("{root}/exportItems"), &json!({ "itemIds": ["x"] }))
+        .await;
+    denied(status, &body, "ErrorAccessDenied");
+    let (status, _, body) = reader
+        .post(&format!("{root}/createImportSession"), &json!({}))
+        .await;
+    denied(status, &body, "ErrorAccessDenied");
+    let (status, _, body) = reader
+        .post(&format!("{root}/folders"), &json!({ "displayName": "New" }))
+        .await;
+    denied(status, &body, "ErrorAccessDenied");
+    let (status, _, body) = reader
+        .get(&format!("/users/{ALICE}/mailFolders/inbox"))
+        .await;
+    denied(status, &body, "ErrorAccessDenied");
+
+    // The directory refuses in its own words; an import session works.
+    let importer = Graph::new(&emu, "contoso-tenant", "app-b", SECRET_B).await;
+    let (status, _, body) = importer
+        .get(&format!("/users/{ALICE}/settings/exchange"))
+        .await;
+    denied(status, &body, "Authorization_RequestDenied");
+    let (status, _, body) = importer
+        .post(&format!("{root}/createImportSession"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["importUrl"].as_str().is_some(), "{body}");
+    let (status, _, body) = importer.get(&format!("{root}/folders/inbox/items")).await;
+    denied(status, &body, "ErrorAccessDenied");
+
+    // A token that is no token is still 401, not 403.
+    let stranger = Graph {
+        token: "not-a-token".to_owned(),
+        ..Graph::new(&emu, "contoso-tenant", "app-a", SECRET_A).await
+    };
+    let (status, _, _) = stranger.get(&format!("{root}/folders/inbox/items")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 /// An import session's URL for `mailbox`.

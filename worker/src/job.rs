@@ -280,6 +280,7 @@ impl EndpointConnector {
                     requests_per_second: None,
                     latency_factor: f64::INFINITY,
                     upload_rate: None,
+                    mailbox_requests: None,
                 },
             )
             .mailbox(login, self.waits.clone())

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mailwave_common::config::Config;
+use mailwave_common::config::{Config, EndpointConfig};
 use mailwave_common::model::{MailboxRecord, MailboxState, PassStats};
+use mailwave_worker::connector::Shared;
+use mailwave_worker::connector::graph::preflight::{self, Direction, Outcome, Probe};
 use mailwave_worker::distributed::{self, WorkerSettings};
 use mailwave_worker::engine::MailboxConnector;
 use mailwave_worker::job::EndpointConnector;
@@ -34,7 +36,10 @@ enum Command {
         settings: PathBuf,
     },
     /// Logs in to a mailbox's source and target and lists its folders:
-    /// proves credentials, TLS and impersonation before a wave starts.
+    /// proves credentials, TLS and impersonation before a wave starts. A
+    /// Graph endpoint is probed instead with each kind of request the
+    /// migration makes there, naming every application permission missing
+    /// (exit code 1).
     Check {
         #[arg(long)]
         config: PathBuf,
@@ -110,34 +115,101 @@ async fn check(
         &config.migration,
         tokio_util::sync::CancellationToken::new(),
     );
+    let shared = std::sync::Arc::<Shared>::default();
     let connector = EndpointConnector::new(
-        config,
+        config.clone(),
         mailbox.clone(),
         Default::default(),
-        waits,
-        Default::default(),
+        waits.clone(),
+        shared.clone(),
     );
-    let mut source = connector
-        .source()
-        .await
-        .map_err(|e| anyhow::anyhow!("source: {e}"))?;
-    let folders = source
-        .folders()
-        .await
-        .map_err(|e| anyhow::anyhow!("source: {e}"))?;
-    println!("source {}: {} folders", mailbox.source, folders.len());
-    for folder in &folders {
-        let role = folder.special.map(|r| r.attribute()).unwrap_or("");
-        println!("  {} {role}", folder.path);
+    let (source_direction, target_direction) = graph_directions(&config);
+    let mut problems = Vec::new();
+    match (&config.source, source_direction) {
+        (EndpointConfig::Graph(endpoint), Some(direction)) => {
+            let probes = preflight::probe(endpoint, &mailbox.source, direction, &waits, &shared);
+            problems.extend(report_probes("source", &mailbox.source, probes.await));
+        }
+        _ => {
+            let mut source = connector
+                .source()
+                .await
+                .map_err(|e| anyhow::anyhow!("source: {e}"))?;
+            let folders = source
+                .folders()
+                .await
+                .map_err(|e| anyhow::anyhow!("source: {e}"))?;
+            println!("source {}: {} folders", mailbox.source, folders.len());
+            for folder in &folders {
+                let role = folder.special.map(|r| r.attribute()).unwrap_or("");
+                println!("  {} {role}", folder.path);
+            }
+        }
     }
-    let mut target = connector
-        .target()
-        .await
-        .map_err(|e| anyhow::anyhow!("target: {e}"))?;
-    let folders = target
-        .folders()
-        .await
-        .map_err(|e| anyhow::anyhow!("target: {e}"))?;
-    println!("target {}: {} folders", mailbox.target, folders.len());
+    match (&config.target, target_direction) {
+        (EndpointConfig::Graph(endpoint), Some(direction)) => {
+            let probes = preflight::probe(endpoint, &mailbox.target, direction, &waits, &shared);
+            problems.extend(report_probes("target", &mailbox.target, probes.await));
+        }
+        _ => {
+            let mut target = connector
+                .target()
+                .await
+                .map_err(|e| anyhow::anyhow!("target: {e}"))?;
+            let folders = target
+                .folders()
+                .await
+                .map_err(|e| anyhow::anyhow!("target: {e}"))?;
+            println!("target {}: {} folders", mailbox.target, folders.len());
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
+    }
     Ok(())
+}
+
+/// What each Graph endpoint of the configuration is to the migration
+/// (source, target), as `job::EndpointConnector` chooses it.
+fn graph_directions(config: &Config) -> (Option<Direction>, Option<Direction>) {
+    let target_is_graph = matches!(config.target, EndpointConfig::Graph(_));
+    let source = match config.source {
+        EndpointConfig::Graph(_) if target_is_graph => Some(Direction::ExportSource),
+        EndpointConfig::Graph(_) => Some(Direction::MimeSource),
+        _ => None,
+    };
+    (source, target_is_graph.then_some(Direction::ImportTarget))
+}
+
+/// Prints each probe of one side; hands back what keeps the migration
+/// from running: missing permissions, failed probes.
+fn report_probes(side: &str, login: &str, probes: Vec<Probe>) -> Vec<String> {
+    println!("{side} {login} (Graph): permissions");
+    let mut problems = Vec::new();
+    for probe in probes {
+        let permissions = probe.permissions.join(" or ");
+        let (status, detail) = match &probe.outcome {
+            Outcome::Allowed => ("ok", String::new()),
+            Outcome::Missing(reason) => {
+                problems.push(format!(
+                    "{side} {login}: missing application permission {permissions} (for {})",
+                    probe.operation
+                ));
+                ("MISSING", format!(": {reason}"))
+            }
+            Outcome::Failed(reason) => {
+                problems.push(format!(
+                    "{side} {login}: {} failed: {reason}",
+                    probe.operation
+                ));
+                ("FAILED", format!(": {reason}"))
+            }
+            Outcome::Untried(needs) => ("untried", format!(" (needs {needs})")),
+        };
+        println!(
+            "  {status:<8} {:<48} {permissions}{detail}",
+            probe.operation
+        );
+    }
+    problems
 }

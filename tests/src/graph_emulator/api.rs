@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -23,7 +23,7 @@ use super::odata::{
 };
 use super::pipeline::{Access, Ctx, mailbox_of, mailbox_of_mut, rejection_response, serve};
 use super::rules::Rejection;
-use super::{Shared, State, control, identity, mail};
+use super::{Shared, State, control, identity, mail, permissions};
 
 /// The most items `exportItems` takes at once.
 const MAX_EXPORT_IDS: usize = 20;
@@ -71,13 +71,47 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/gv1.0/{target}/importItem", post(import_item))
         .merge(mail::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            permissions::enforce,
+        ))
         .nest("/_emulator", control::routes())
         .fallback(unknown_route)
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            scripted_answer,
+        ))
         .layer(axum::middleware::map_response_with_state(
             shared.clone(),
             date_header,
         ))
         .with_state(shared)
+}
+
+/// Answers a request as [`super::Faults::answers`] script it, or passes it on.
+async fn scripted_answer(
+    AxumState(shared): AxumState<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let scripted = shared
+        .lock()
+        .rules
+        .scripted(request.method().as_str(), &path);
+    let Some(answer) = scripted else {
+        return next.run(request).await;
+    };
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let error = GraphError::new(status, answer.code, answer.message);
+    match answer.retry_after_secs {
+        Some(secs) => error.header(axum::http::header::RETRY_AFTER, secs.to_string()),
+        None => error,
+    }
+    .into_response()
 }
 
 /// Every answer's `Date`, by the service's clock (HTTP's IMF-fixdate).
@@ -316,7 +350,7 @@ fn list_folders(
         ctx.graph(),
         mailbox.id
     );
-    page(values, query, &link_base, &context)
+    page(values, query, ctx.max_page_size, &link_base, &context)
 }
 
 async fn list_top_folders(
@@ -526,7 +560,7 @@ async fn list_items(
                 .collect();
             let link_base = format!("{}/folders/{}/items", mailbox_url(ctx, mailbox), folder.id);
             let context = format!("{}/$metadata#Collection(mailboxItem)", ctx.graph());
-            page(values, &query, &link_base, &context)
+            page(values, &query, ctx.max_page_size, &link_base, &context)
         },
     )
     .await
@@ -684,12 +718,13 @@ async fn create_import_session(
     serve(&shared, &headers, Access::Mailbox(&mailbox), body.len() as u64, |state, ctx| {
         let token = identity::random_token();
         let lifetime = state.import_session_lifetime;
+        let ends_after = state.rules.faults.import_sessions_end_after.map_or(lifetime, |end| end.min(lifetime));
         state.import_sessions.insert(
             token.clone(),
             super::ImportSession {
                 client_id: ctx.client_id.clone(),
                 mailbox_id: ctx.mailbox_id.clone(),
-                expires_at: std::time::Instant::now() + lifetime,
+                expires_at: std::time::Instant::now() + ends_after,
             },
         );
         let expiration = state.directory.clock.now() + lifetime;

@@ -26,6 +26,10 @@ pub struct EmulatorConfig {
     /// Lifetime of a mailboxItemImportSession's `importUrl`.
     #[serde(rename = "importSessionLifetimeSecs", with = "secs")]
     pub import_session_lifetime: Duration,
+    /// The status an expired `importUrl` is answered with: the docs say only
+    /// that it "expires and is deleted", so `404` by default; `401` and `403`
+    /// are what a front end checking its token might say.
+    pub expired_import_url_status: u16,
 }
 
 impl Default for EmulatorConfig {
@@ -37,6 +41,7 @@ impl Default for EmulatorConfig {
             faults: Faults::default(),
             token_lifetime: Duration::from_secs(3599),
             import_session_lifetime: Duration::from_secs(3600),
+            expired_import_url_status: 404,
         }
     }
 }
@@ -67,6 +72,11 @@ impl EmulatorConfig {
         self.import_session_lifetime = lifetime;
         self
     }
+
+    pub fn expired_import_url_status(mut self, status: u16) -> Self {
+        self.expired_import_url_status = status;
+        self
+    }
 }
 
 /// Outlook's throttling rules, per app and mailbox. The defaults are
@@ -77,9 +87,11 @@ impl EmulatorConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Limits {
-    /// Requests in flight at once; one more is answered `429
-    /// ApplicationThrottled` ("MailboxConcurrency").
+    /// Requests in flight at once, in `concurrency_scope`; one more is
+    /// answered `429 ApplicationThrottled`, without `Retry-After`.
     pub concurrent_requests: usize,
+    /// What `concurrent_requests` counts.
+    pub concurrency_scope: ConcurrencyScope,
     /// Requests accepted per `request_window` (sliding); the next one opens
     /// a Retry-After window (`429 TooManyRequests`).
     pub requests_per_window: u64,
@@ -99,12 +111,80 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             concurrent_requests: 4,
+            concurrency_scope: ConcurrencyScope::App,
             requests_per_window: 10_000,
             request_window: Duration::from_secs(600),
             upload_bytes_per_window: 150 * 1024 * 1024,
             upload_window: Duration::from_secs(300),
             retry_after_extends: false,
         }
+    }
+}
+
+/// The scope of Outlook's limit of concurrent requests. The revisions of
+/// the throttling-limits page disagree: an older one counts them "for each
+/// app ID and mailbox combination", the current one per app ID,
+/// "regardless of whether the requests all access the same mailbox, or
+/// access different mailboxes" (the default here).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ConcurrencyScope {
+    /// Per app and mailbox: "Application is over its MailboxConcurrency
+    /// limit."
+    Mailbox,
+    /// Per app across its mailboxes.
+    #[default]
+    App,
+}
+
+/// A request answered with an error instead of by its handler, for faults
+/// that concern one path: a folder's listing, a user's lookup, an import
+/// URL ([`Faults::answers`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScriptedAnswer {
+    /// Requests whose path and query contain this…
+    pub path_contains: String,
+    /// …sent with this method (any when absent).
+    #[serde(default)]
+    pub method: Option<String>,
+    pub status: u16,
+    /// Graph's `error.code` and `error.message`.
+    pub code: String,
+    pub message: String,
+    /// Seconds for a `Retry-After` header.
+    #[serde(default)]
+    pub retry_after_secs: Option<u64>,
+    /// How many requests are answered so (counted down); `None`: all.
+    #[serde(default)]
+    pub times: Option<u32>,
+}
+
+impl ScriptedAnswer {
+    /// Every request whose path contains `path_contains` is answered
+    /// `status` with Graph's error body.
+    pub fn new(path_contains: &str, status: u16, code: &str, message: &str) -> Self {
+        Self {
+            path_contains: path_contains.to_owned(),
+            method: None,
+            status,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            retry_after_secs: None,
+            times: None,
+        }
+    }
+
+    /// Only the next `times` such requests.
+    pub fn times(mut self, times: u32) -> Self {
+        self.times = Some(times);
+        self
+    }
+
+    /// With `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 }
 
@@ -143,6 +223,17 @@ pub struct Faults {
     /// faults are drawn for) answered `504 Gateway Timeout` all the same:
     /// a gateway that gave up while the store did the work.
     pub applied_timeout_rate: f64,
+    /// Requests answered as scripted, whatever the switch (the first
+    /// matching entry answers).
+    pub answers: Vec<ScriptedAnswer>,
+    /// Import sessions end this long after they were made, whatever their
+    /// `expirationDateTime` says (a session ended early, or deleted).
+    #[serde(
+        rename = "importSessionsEndAfterSecs",
+        with = "secs_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub import_sessions_end_after: Option<Duration>,
 }
 
 /// How the emulator refuses a delta or skip token it forgot
@@ -202,6 +293,8 @@ impl Default for Faults {
             latency: Duration::ZERO,
             only_mailboxes: Vec::new(),
             lost_import_answers: 0,
+            answers: Vec::new(),
+            import_sessions_end_after: None,
             applied_timeout_rate: 0.0,
         }
     }
@@ -255,6 +348,10 @@ pub struct AppSeed {
     /// PEM certificates whose keys may sign client assertions.
     #[serde(default)]
     pub certificates_pem: Vec<String>,
+    /// The application permissions granted to the app (its tokens'
+    /// `roles`, e.g. `MailboxItem.ImportExport.All`); absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
 }
 
 impl AppSeed {
@@ -264,7 +361,24 @@ impl AppSeed {
             client_id: client_id.to_owned(),
             secret: Some(secret.to_owned()),
             certificates_pem: Vec::new(),
+            roles: None,
         }
+    }
+
+    /// An app with a certificate (PEM) for client assertions and no secret.
+    pub fn with_certificate(client_id: &str, pem: &str) -> Self {
+        Self {
+            client_id: client_id.to_owned(),
+            secret: None,
+            certificates_pem: vec![pem.to_owned()],
+            roles: None,
+        }
+    }
+
+    /// Grants only these application permissions.
+    pub fn roles(mut self, roles: &[&str]) -> Self {
+        self.roles = Some(roles.iter().map(|r| (*r).to_owned()).collect());
+        self
     }
 
     /// Registers a certificate (PEM) for client assertions.
@@ -482,6 +596,26 @@ pub struct ItemUpdate {
     pub categories: Option<Vec<String>>,
     /// Moves the item (folder path, well-known name or id).
     pub folder: Option<String>,
+}
+
+/// Optional durations as (fractional) seconds.
+pub(crate) mod secs_option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::secs::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|secs| Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// Durations as (fractional) seconds.

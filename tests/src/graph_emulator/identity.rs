@@ -132,8 +132,8 @@ fn issue_token(
             return Err(AadError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
-                7000216,
-                "'client_assertion', 'client_secret' or 'request' is required for the 'client_credentials' grant type.",
+                7000218,
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
             ));
         }
     }
@@ -144,6 +144,7 @@ fn issue_token(
         tenant_id: tenant.id.clone(),
         client_id: app.client_id.clone(),
         scope,
+        roles: app.roles.clone(),
         expires_at: Instant::now() + lifetime,
         issued_unix: now_unix,
         expires_unix: now_unix + lifetime.as_secs() as i64,
@@ -212,19 +213,35 @@ struct AssertionHeader {
     x5t_s256: Option<String>,
 }
 
+/// The claims of a client assertion, each checked when present and
+/// refused when missing.
 #[derive(Deserialize)]
 struct AssertionClaims {
-    aud: String,
-    iss: String,
-    sub: String,
-    exp: i64,
-    #[serde(default)]
+    aud: Option<String>,
+    iss: Option<String>,
+    sub: Option<String>,
+    jti: Option<String>,
+    exp: Option<i64>,
     nbf: Option<i64>,
+    iat: Option<i64>,
 }
 
-/// Checks a certificate client assertion: RS256 signed by a registered
-/// certificate named by its thumbprint, for this app and token endpoint,
-/// within its validity.
+/// A signature algorithm the token endpoint accepts for assertions.
+enum AssertionAlgorithm {
+    /// RSASSA-PSS, the identity platform's current form (with `iat`).
+    Ps256,
+    /// RSASSA-PKCS1-v1_5, the older form.
+    Rs256,
+}
+
+/// Checks a certificate client assertion as the identity platform's
+/// "certificate credentials" page describes it: PS256 (the current form,
+/// with `iat`) or RS256 (the older one), signed by a registered certificate
+/// named by its thumbprint (`x5t#S256`, or `x5t`), with `aud` the token
+/// endpoint, `iss` and `sub` the app, a `jti`, and `nbf`/`exp` (and `iat`)
+/// around now. Refusals carry the error codes of the identity platform's
+/// error code reference (AADSTS50027 invalid JWT, AADSTS50048 subject
+/// mismatches issuer, AADSTS50120 JWT header, AADSTS700027 signature).
 fn verify_assertion(
     assertion: &str,
     app: &App,
@@ -248,10 +265,22 @@ fn verify_assertion(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or_else(malformed)?;
     let signature = decode(signature_b64).map_err(|_| malformed())?;
-    if header.alg != "RS256" {
+    let algorithm = match header.alg.as_str() {
+        "PS256" => AssertionAlgorithm::Ps256,
+        "RS256" => AssertionAlgorithm::Rs256,
+        other => {
+            return Err(invalid_assertion(
+                700027,
+                &format!(
+                    "Client assertion failed signature validation: '{other}' is not a supported signing algorithm (PS256, RS256)."
+                ),
+            ));
+        }
+    };
+    if header.x5t.is_none() && header.x5t_s256.is_none() {
         return Err(invalid_assertion(
-            5002738,
-            "Invalid JWT token. 'RS256' is the only supported signing algorithm.",
+            50120,
+            "Issue with JWT header: the client assertion names no certificate (x5t#S256 or x5t).",
         ));
     }
     let thumbprint_matches = |cert: &&super::model::Certificate| {
@@ -265,38 +294,59 @@ fn verify_assertion(
             "The certificate with identifier used to sign the client assertion is not registered on application.",
         )
     })?;
+    let bad_signature =
+        || invalid_assertion(700027, "Client assertion failed signature validation.");
     let der = rustls::pki_types::CertificateDer::from(certificate.der.as_slice());
-    let cert = webpki::EndEntityCert::try_from(&der)
-        .map_err(|_| invalid_assertion(700027, "Client assertion failed signature validation."))?;
+    let cert = webpki::EndEntityCert::try_from(&der).map_err(|_| bad_signature())?;
+    let verification = match algorithm {
+        AssertionAlgorithm::Ps256 => webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        AssertionAlgorithm::Rs256 => webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+    };
     let signed = format!("{header_b64}.{claims_b64}");
-    cert.verify_signature(
-        webpki::ring::RSA_PKCS1_2048_8192_SHA256,
-        signed.as_bytes(),
-        &signature,
-    )
-    .map_err(|_| invalid_assertion(700027, "Client assertion failed signature validation."))?;
-    if !audiences
-        .iter()
-        .any(|a| a.eq_ignore_ascii_case(&claims.aud))
-    {
+    cert.verify_signature(verification, signed.as_bytes(), &signature)
+        .map_err(|_| bad_signature())?;
+    let missing = |claim: &str| {
+        invalid_assertion(
+            50027,
+            &format!("Invalid JWT token: the client assertion has no '{claim}' claim."),
+        )
+    };
+    let aud = claims.aud.ok_or_else(|| missing("aud"))?;
+    let iss = claims.iss.ok_or_else(|| missing("iss"))?;
+    let sub = claims.sub.ok_or_else(|| missing("sub"))?;
+    claims.jti.ok_or_else(|| missing("jti"))?;
+    let exp = claims.exp.ok_or_else(|| missing("exp"))?;
+    let nbf = claims.nbf.ok_or_else(|| missing("nbf"))?;
+    let iat = match (algorithm, claims.iat) {
+        (_, Some(iat)) => Some(iat),
+        (AssertionAlgorithm::Ps256, None) => return Err(missing("iat")),
+        (AssertionAlgorithm::Rs256, None) => None,
+    };
+    if !audiences.iter().any(|a| a.eq_ignore_ascii_case(&aud)) {
         return Err(invalid_assertion(
-            700016,
+            50027,
             &format!(
-                "The audience claim '{}' of the client assertion does not match the token endpoint.",
-                claims.aud
+                "Invalid JWT token: unexpected audience '{aud}'; the client assertion's audience is the token endpoint."
             ),
         ));
     }
-    if claims.iss != app.client_id || claims.sub != app.client_id {
+    if iss != app.client_id {
         return Err(invalid_assertion(
-            700021,
-            "Client assertion application identifier doesn't match 'client_id' parameter.",
+            50027,
+            &format!("Invalid JWT token: unexpected issuer '{iss}'."),
         ));
     }
-    if claims.exp + SKEW_SECS < now || claims.nbf.is_some_and(|nbf| nbf - SKEW_SECS > now) {
+    if sub != iss {
         return Err(invalid_assertion(
-            700024,
-            "Client assertion is not within its valid time range.",
+            50048,
+            "Subject mismatches Issuer claim in the client assertion.",
+        ));
+    }
+    let early = |at: i64| at - SKEW_SECS > now;
+    if exp + SKEW_SECS < now || early(nbf) || iat.is_some_and(early) {
+        return Err(invalid_assertion(
+            50027,
+            "Invalid JWT token: the client assertion is not within its valid time range.",
         ));
     }
     Ok(())
@@ -308,12 +358,9 @@ pub(crate) fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Checks a Graph request's bearer token; returns (tenant, client id).
-pub(crate) fn authenticate(
-    shared: &Shared,
-    headers: &HeaderMap,
-) -> Result<(String, String), GraphError> {
-    let token = headers
+/// The bearer token of a request's `Authorization` header.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -322,7 +369,15 @@ pub(crate) fn authenticate(
         })
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| GraphError::unauthorized("Access token is empty."))?;
+}
+
+/// Checks a Graph request's bearer token; returns (tenant, client id).
+pub(crate) fn authenticate(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<(String, String), GraphError> {
+    let token =
+        bearer_token(headers).ok_or_else(|| GraphError::unauthorized("Access token is empty."))?;
     let state = shared.lock();
     let access = state
         .tokens

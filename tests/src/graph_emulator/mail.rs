@@ -92,7 +92,7 @@ fn list_mail_folders(
         link_base = format!("{link_base}/{}/childFolders", parent.id);
     }
     let context = format!("{}/$metadata#users('{user}')/mailFolders", ctx.graph());
-    page(values, query, &link_base, &context)
+    page(values, query, ctx.max_page_size, &link_base, &context)
 }
 
 async fn list_top_mail_folders(

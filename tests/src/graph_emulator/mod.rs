@@ -9,12 +9,17 @@
 //! # What is emulated
 //!
 //! * **Identity**: the client-credentials grant of the v2.0 token endpoint
-//!   with a client secret or a certificate client assertion (RS256, `x5t`
-//!   or `x5t#S256` naming a registered certificate; signature, `aud`,
-//!   `iss`, `sub`, `exp` and `nbf` are checked), for the scopes
+//!   with a client secret or a certificate client assertion (PS256 with
+//!   `iat`, or the older RS256; `x5t#S256` or `x5t` naming a registered
+//!   certificate; signature, `aud`, `iss`, `sub`, `jti`, `exp` and `nbf`
+//!   are checked and refused with the documented AADSTS codes), for the scopes
 //!   `https://graph.microsoft.com/.default` and
 //!   `https://outlook.office365.com/.default`. Tokens are opaque random
 //!   strings; Entra ID's error bodies (`AADSTSnnnn`) are imitated.
+//! * **Application permissions**: a token carries its app's `roles`
+//!   ([`AppSeed::roles`], all by default); each operation needs one of the
+//!   permissions its API page names, else `403` (`ErrorAccessDenied`,
+//!   `Authorization_RequestDenied` for the directory).
 //! * **Token introspection** (RFC 7662) at `/introspect` for Dovecot's
 //!   `oauth2` passdb, so that a Dovecot can stand in for Exchange's IMAP
 //!   side (see [`GraphEmulator::introspection_url`]).
@@ -37,15 +42,21 @@
 //!   answer's `Date`. As in Exchange, an imported item is a new item of its
 //!   store: new timestamps, its own record key, so its export stream is
 //!   not the bytes it was imported from; its search key travels with it.
-//! * **Rules**, per app and mailbox: concurrent requests, requests per
-//!   window and upload bytes per window (429 with `Retry-After`, requests
-//!   inside the window are refused again), mailbox quotas (507), delta
-//!   tokens invalidated on demand (410 `syncStateNotFound`, or the other
+//! * **Rules**: concurrent requests per app (or per app and mailbox, see
+//!   [`ConcurrencyScope`]; 429 `ApplicationThrottled` without
+//!   `Retry-After`), requests per window and upload bytes per window per
+//!   app and mailbox (429 with `Retry-After`, requests inside the window
+//!   are refused again), pages of 10 by default and of up to 1,000 on
+//!   `Prefer: odata.maxpagesize`, mailbox quotas (507), delta tokens
+//!   invalidated on demand (410 `syncStateNotFound`, or the other
 //!   documented forms of [`SyncReset`]), imports answered 503 or 504 after
-//!   their item was stored, expired tokens
-//!   (401), random 503 (some with an empty body) and 504 from a seeded RNG
-//!   (for all mailboxes or chosen ones), an optional latency, and items
-//!   that fail on cue: an `exportItems` entry with an `error`
+//!   their item was stored, expired tokens (401), import URLs expired or
+//!   ended early (`404` by default, or `401`/`403`), unknown users (404
+//!   `Request_ResourceNotFound`), random 503 (some with an empty body) and
+//!   504 from a seeded RNG (for all mailboxes or chosen ones), an optional
+//!   latency, requests answered with a scripted error by path (a folder's
+//!   `403`, a `503` or `509` with `Retry-After`, see [`ScriptedAnswer`]),
+//!   and items that fail on cue: an `exportItems` entry with an `error`
 //!   (`errorCode`, `message`) instead of `data`, an error answer of
 //!   `$value`. See [`Limits`], [`Faults`] and [`ItemFault`].
 //! * **Test API**: seed tenants, add/modify/move/delete items, reset delta
@@ -55,8 +66,8 @@
 //!
 //! # What is not
 //!
-//! Delegated (user) tokens, consent and permissions (every app may do
-//! everything in its tenant); `$orderby`, `$count`, `$search`, any other
+//! Delegated (user) tokens and consent (an app's application permissions
+//! are what its seed grants); `$orderby`, `$count`, `$search`, any other
 //! `$expand` and any `$filter` other than `type eq '...'` on folders and
 //! the timestamps of items; folder update,
 //! move and deletion; item deletion through Graph; JSON batching;
@@ -74,6 +85,7 @@ mod identity;
 mod mail;
 mod model;
 mod odata;
+mod permissions;
 mod pipeline;
 mod rules;
 
@@ -86,11 +98,11 @@ use anyhow::{Context, Result, anyhow};
 use tokio::task::JoinHandle;
 
 pub use config::{
-    AppSeed, EmulatorConfig, Faults, FlagStatus, FolderSeed, ItemFault, ItemSeed, ItemUpdate,
-    Limits, SyncReset, TenantSeed, UserSeed,
+    AppSeed, ConcurrencyScope, EmulatorConfig, Faults, FlagStatus, FolderSeed, ItemFault, ItemSeed,
+    ItemUpdate, Limits, ScriptedAnswer, SyncReset, TenantSeed, UserSeed,
 };
 pub use model::{FolderSnapshot, ItemSnapshot, MailboxSnapshot};
-pub use rules::{MailboxStats, RequestEvent, ThrottleReason};
+pub use rules::{MailboxStats, RequestEvent, ScriptedEvent, ThrottleReason};
 
 /// The scope for Microsoft Graph.
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
@@ -292,6 +304,19 @@ impl GraphEmulator {
     pub fn set_faults(&self, faults: Faults) {
         self.shared.lock().rules.set_faults(faults);
     }
+
+    /// The requests answered by [`Faults::answers`] so far.
+    pub fn scripted_events(&self) -> Vec<ScriptedEvent> {
+        self.shared.lock().rules.scripted_events()
+    }
+
+    /// The id of a folder (by id, well-known name or `/`-separated path).
+    pub fn folder_id(&self, mailbox: &str, folder: &str) -> Result<String> {
+        self.shared.with_mailbox(mailbox, |m| {
+            let found = m.folder_by_any(folder).ok_or("no such folder")?;
+            Ok(found.id.clone())
+        })
+    }
 }
 
 impl Drop for GraphEmulator {
@@ -313,6 +338,8 @@ pub(crate) struct AccessToken {
     pub tenant_id: String,
     pub client_id: String,
     pub scope: &'static str,
+    /// The `roles` claim: the app's application permissions (`None`: all).
+    pub roles: Option<Vec<String>>,
     pub expires_at: Instant,
     pub issued_unix: i64,
     pub expires_unix: i64,
@@ -339,6 +366,7 @@ pub(crate) struct State {
     pub rules: rules::Rules,
     pub token_lifetime: Duration,
     pub import_session_lifetime: Duration,
+    pub expired_import_url_status: u16,
 }
 
 impl Shared {
@@ -356,6 +384,7 @@ impl Shared {
             rules: rules::Rules::new(config.limits.clone(), config.faults.clone(), Instant::now()),
             token_lifetime: config.token_lifetime,
             import_session_lifetime: config.import_session_lifetime,
+            expired_import_url_status: config.expired_import_url_status,
         };
         Ok(Self {
             base_url,

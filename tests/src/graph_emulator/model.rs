@@ -56,6 +56,8 @@ pub(crate) struct App {
     pub client_id: String,
     pub secret: Option<String>,
     pub certificates: Vec<Certificate>,
+    /// Granted application permissions; `None`: all of them.
+    pub roles: Option<Vec<String>>,
 }
 
 /// A registered certificate: its DER and thumbprints (`x5t`, `x5t#S256`).
@@ -814,6 +816,7 @@ impl Directory {
                 client_id: app.client_id.clone(),
                 secret: app.secret.clone(),
                 certificates,
+                roles: app.roles.clone(),
             });
         }
         let mut mailboxes = Vec::new();

@@ -18,8 +18,11 @@ use super::pipeline::{Ctx, PREFERENCE_APPLIED, mailbox_of};
 /// An expanded relationship, kept whatever `$select` says.
 pub(crate) const EXPANDED_PROPERTIES: &str = "singleValueExtendedProperties";
 
-/// Page size when neither `$top` nor `Prefer: odata.maxpagesize` says.
+/// Page size when neither `$top` nor `Prefer: odata.maxpagesize` says
+/// (Outlook's default of 10, the list-messages page)…
 const DEFAULT_PAGE_SIZE: usize = 10;
+/// …and the largest page it serves ("within the range of 1 and 1000").
+pub(crate) const MAX_PAGE_SIZE: usize = 1000;
 
 pub(crate) fn json_response(status: StatusCode, body: Value) -> Result<Response, GraphError> {
     Ok((status, axum::Json(body)).into_response())
@@ -84,16 +87,21 @@ pub(crate) fn encode_component(s: &str) -> String {
     out
 }
 
-/// One page of a plain collection (`$top`/`$skip`) with its nextLink.
+/// One page of a plain collection (`$top`/`$skip`) with its nextLink: of
+/// `$top` entries, else of the `Prefer: odata.maxpagesize` asked for
+/// (`max_page_size`), else of the default size, and never more than
+/// [`MAX_PAGE_SIZE`].
 pub(crate) fn page(
     values: Vec<Value>,
     query: &HashMap<String, String>,
+    max_page_size: Option<usize>,
     link_base: &str,
     context: &str,
 ) -> Result<Response, GraphError> {
     let top = number_option(query, "$top")?
+        .or(max_page_size)
         .unwrap_or(DEFAULT_PAGE_SIZE)
-        .max(1);
+        .clamp(1, MAX_PAGE_SIZE);
     let skip = number_option(query, "$skip")?.unwrap_or(0);
     let select = select_option(query);
     let total = values.len();
@@ -204,7 +212,7 @@ pub(crate) fn delta_page(
             after: None,
             page_size: number_option(query, "$top")?
                 .unwrap_or(DEFAULT_PAGE_SIZE)
-                .max(1),
+                .clamp(1, MAX_PAGE_SIZE),
             select: select_option(query),
             filter: change_filter(query)?,
         },

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::GraphError;
 use super::identity;
 use super::model::Mailbox;
+use super::odata::MAX_PAGE_SIZE;
 use super::rules::{Fault, Rejection, ThrottleReason};
 use super::{Shared, State};
 
@@ -58,7 +59,11 @@ fn preferences(headers: &HeaderMap) -> (bool, Option<usize>) {
             immutable_ids = true;
         }
         if name.eq_ignore_ascii_case("odata.maxpagesize") {
-            max_page_size = value.parse().ok().filter(|n| *n > 0);
+            max_page_size = value
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(|n: usize| n.min(MAX_PAGE_SIZE));
         }
     }
     (immutable_ids, max_page_size)
@@ -102,10 +107,13 @@ fn resolve(
                             || m.user_id.eq_ignore_ascii_case(user))
                 })
                 .ok_or_else(|| {
+                    // The directory's answer for an unknown user.
                     GraphError::new(
                         StatusCode::NOT_FOUND,
-                        "ErrorInvalidUser",
-                        format!("The requested user '{user}' is invalid."),
+                        "Request_ResourceNotFound",
+                        format!(
+                            "Resource '{user}' does not exist or one of its queried reference-property objects are not present."
+                        ),
                     )
                 })?;
             Ok((client_id, mailbox.id.clone()))
@@ -119,20 +127,35 @@ fn resolve_import_session(
     token: &str,
     target: &str,
 ) -> Result<(String, String), GraphError> {
-    let state = shared.lock();
-    let session = state
+    let mut state = shared.lock();
+    let live = state
         .import_sessions
         .get(token)
-        .ok_or_else(|| GraphError::unauthorized("The import URL is not valid."))?;
-    if std::time::Instant::now() >= session.expires_at {
-        return Err(GraphError::unauthorized("The import session has expired."));
+        .filter(|s| std::time::Instant::now() < s.expires_at)
+        .filter(|s| target == format!("Mailboxes('{}')", s.mailbox_id))
+        .map(|s| (s.client_id.clone(), s.mailbox_id.clone()));
+    if let Some(resolved) = live {
+        return Ok(resolved);
     }
-    if target != format!("Mailboxes('{}')", session.mailbox_id) {
-        return Err(GraphError::unauthorized(
-            "The import URL does not match its session.",
-        ));
+    // An expired URL "expires and is deleted": it is answered like one
+    // never issued, before anything reaches the mailbox.
+    let mailbox = target
+        .strip_prefix("Mailboxes('")
+        .and_then(|t| t.strip_suffix("')"))
+        .unwrap_or(target)
+        .to_owned();
+    state.rules.import_url_refused(&mailbox);
+    Err(refused_import_url(state.expired_import_url_status))
+}
+
+/// The answer to an import URL that expired or was never issued.
+fn refused_import_url(status: u16) -> GraphError {
+    const MESSAGE: &str = "The import URL is not valid or has expired.";
+    match status {
+        401 => GraphError::unauthorized(MESSAGE),
+        403 => GraphError::new(StatusCode::FORBIDDEN, "ErrorAccessDenied", MESSAGE),
+        _ => GraphError::new(StatusCode::NOT_FOUND, "ResourceNotFound", MESSAGE),
     }
-    Ok((session.client_id.clone(), session.mailbox_id.clone()))
 }
 
 /// Frees a concurrency slot and records the final status, even if the
@@ -224,6 +247,14 @@ pub(crate) fn rejection_response(rejection: Rejection) -> GraphError {
             "ApplicationThrottled",
             "Application is over its MailboxConcurrency limit.",
         ),
+        Rejection::Throttled {
+            reason: ThrottleReason::AppConcurrency,
+            ..
+        } => GraphError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ApplicationThrottled",
+            "Application is over its concurrency limit.",
+        ),
         Rejection::Throttled { reason, .. } => {
             let message = match reason {
                 ThrottleReason::UploadVolume => {
@@ -233,7 +264,9 @@ pub(crate) fn rejection_response(rejection: Rejection) -> GraphError {
                     "Application is throttled for this mailbox; retry after the Retry-After period."
                 }
                 ThrottleReason::Injected => "Application is over its limit for this mailbox.",
-                ThrottleReason::RequestRate | ThrottleReason::Concurrency => {
+                ThrottleReason::RequestRate
+                | ThrottleReason::Concurrency
+                | ThrottleReason::AppConcurrency => {
                     "Application is over its request limit for this mailbox."
                 }
             };
@@ -302,5 +335,8 @@ mod tests {
         );
         assert_eq!(preferences(&headers), (true, Some(5)));
         assert_eq!(preferences(&HeaderMap::new()), (false, None));
+        let mut headers = HeaderMap::new();
+        headers.append("Prefer", HeaderValue::from_static("odata.maxpagesize=5000"));
+        assert_eq!(preferences(&headers), (false, Some(MAX_PAGE_SIZE)));
     }
 }

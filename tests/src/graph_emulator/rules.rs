@@ -8,14 +8,18 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::Serialize;
 
-use super::config::{Faults, Limits};
+use super::config::{ConcurrencyScope, Faults, Limits, ScriptedAnswer};
 
 /// Why a request was answered 429.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ThrottleReason {
-    /// Over the concurrent-requests limit (`ApplicationThrottled`).
+    /// Over the concurrent-requests limit of the app and mailbox
+    /// (`ApplicationThrottled`, "MailboxConcurrency").
     Concurrency,
+    /// Over the concurrent-requests limit of the app across its mailboxes
+    /// (`ApplicationThrottled`).
+    AppConcurrency,
     /// Over the requests-per-window limit (opens a Retry-After window).
     RequestRate,
     /// Over the upload budget (opens a Retry-After window).
@@ -83,6 +87,8 @@ pub struct MailboxStats {
     pub immutable_id_requests: u64,
     /// `importItem` requests admitted (served, whatever their answer).
     pub imports: u64,
+    /// `importItem` requests refused for an expired or unknown import URL.
+    pub import_urls_refused: u64,
     /// Every request, in arrival order.
     pub events: Vec<RequestEvent>,
 }
@@ -162,8 +168,24 @@ pub(crate) struct Rules {
     pub faults: Faults,
     rng: StdRng,
     budgets: HashMap<(String, String), Budget>,
+    /// Requests in flight per app, over all its mailboxes.
+    app_in_flight: HashMap<String, usize>,
     stats: HashMap<String, MailboxStats>,
+    /// Requests answered by [`Faults::answers`], in arrival order.
+    scripted: Vec<ScriptedEvent>,
     started: Instant,
+}
+
+/// A request answered by a [`ScriptedAnswer`].
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScriptedEvent {
+    /// Time since the emulator started (as [`RequestEvent::at`]).
+    #[serde(rename = "atSecs", with = "super::config::secs")]
+    pub at: Duration,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
 }
 
 impl Rules {
@@ -173,7 +195,9 @@ impl Rules {
             limits,
             faults,
             budgets: HashMap::new(),
+            app_in_flight: HashMap::new(),
             stats: HashMap::new(),
+            scripted: Vec::new(),
             started,
         }
     }
@@ -264,9 +288,14 @@ impl Rules {
             }
             budget.block = None;
         }
-        if budget.in_flight >= limits.concurrent_requests {
+        let app_in_flight = self.app_in_flight.entry(client_id.to_owned()).or_default();
+        let (in_flight, reason) = match limits.concurrency_scope {
+            ConcurrencyScope::Mailbox => (budget.in_flight, ThrottleReason::Concurrency),
+            ConcurrencyScope::App => (*app_in_flight, ThrottleReason::AppConcurrency),
+        };
+        if in_flight >= limits.concurrent_requests {
             return Err(Rejection::Throttled {
-                reason: ThrottleReason::Concurrency,
+                reason,
                 retry_after: None,
             });
         }
@@ -286,6 +315,7 @@ impl Rules {
             });
         }
         budget.in_flight += 1;
+        *app_in_flight += 1;
         budget.requests.push_back(now);
         if upload_bytes > 0 {
             budget.uploads.push_back((now, upload_bytes));
@@ -344,6 +374,46 @@ impl Rules {
         {
             budget.in_flight = budget.in_flight.saturating_sub(1);
         }
+        if let Some(in_flight) = self.app_in_flight.get_mut(client_id) {
+            *in_flight = in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The scripted answer for a request (`path` with its query), if one
+    /// matches: counted down and logged.
+    pub fn scripted(&mut self, method: &str, path: &str) -> Option<ScriptedAnswer> {
+        let answer = self.faults.answers.iter_mut().find(|a| {
+            path.contains(&a.path_contains)
+                && a.method
+                    .as_deref()
+                    .is_none_or(|m| m.eq_ignore_ascii_case(method))
+                && a.times != Some(0)
+        })?;
+        if let Some(times) = answer.times.as_mut() {
+            *times -= 1;
+        }
+        let answer = answer.clone();
+        self.scripted.push(ScriptedEvent {
+            at: self.started.elapsed(),
+            method: method.to_owned(),
+            path: path.to_owned(),
+            status: answer.status,
+        });
+        Some(answer)
+    }
+
+    /// The requests answered by the script so far.
+    pub fn scripted_events(&self) -> Vec<ScriptedEvent> {
+        self.scripted.clone()
+    }
+
+    /// An `importItem` request for `mailbox_id` was refused: its import URL
+    /// expired or is unknown.
+    pub fn import_url_refused(&mut self, mailbox_id: &str) {
+        self.stats
+            .entry(mailbox_id.to_owned())
+            .or_default()
+            .import_urls_refused += 1;
     }
 
     /// Ends an admitted request: frees its slot and records its status.
@@ -400,6 +470,7 @@ mod tests {
     fn concurrency_slots_are_released() {
         let mut r = rules(Limits {
             concurrent_requests: 2,
+            concurrency_scope: ConcurrencyScope::Mailbox,
             ..Limits::default()
         });
         assert!(r.admit("app", "mbx", 0, false).1.is_ok());
@@ -419,6 +490,55 @@ mod tests {
         assert_eq!(stats.requests_total, 5);
         assert_eq!(stats.throttled_by(ThrottleReason::Concurrency), 1);
         assert_eq!(stats.events[second].status, 200);
+    }
+
+    #[test]
+    fn app_wide_concurrency_counts_every_mailbox_of_the_app() {
+        let mut r = rules(Limits {
+            concurrent_requests: 2,
+            ..Limits::default()
+        });
+        let (first, outcome) = r.admit("app", "mbx-1", 0, false);
+        assert!(outcome.is_ok());
+        assert!(r.admit("app", "mbx-2", 0, false).1.is_ok());
+        assert!(matches!(
+            r.admit("app", "mbx-3", 0, false).1,
+            Err(Rejection::Throttled {
+                reason: ThrottleReason::AppConcurrency,
+                retry_after: None
+            })
+        ));
+        assert!(r.admit("other-app", "mbx-3", 0, false).1.is_ok(), "per app");
+        r.finish("app", "mbx-1", first, 200);
+        assert!(r.admit("app", "mbx-3", 0, false).1.is_ok());
+        assert_eq!(
+            r.stats("mbx-3")
+                .throttled_by(ThrottleReason::AppConcurrency),
+            1
+        );
+    }
+
+    #[test]
+    fn scripted_answers_match_by_path_and_count_down() {
+        let mut r = rules(Limits::default());
+        r.set_faults(Faults {
+            answers: vec![
+                ScriptedAnswer::new("/items/delta", 403, "ErrorAccessDenied", "Denied.").times(1),
+                ScriptedAnswer::new("/exportItems", 503, "serviceNotAvailable", "Busy.")
+                    .retry_after(2),
+            ],
+            ..Faults::default()
+        });
+        assert_eq!(r.scripted("GET", "/v1.0/x/folders/f/items"), None);
+        let denied = r.scripted("GET", "/v1.0/x/folders/f/items/delta").unwrap();
+        assert_eq!(denied.status, 403);
+        assert_eq!(r.scripted("GET", "/v1.0/x/folders/f/items/delta"), None);
+        for _ in 0..2 {
+            let busy = r.scripted("POST", "/v1.0/x/exportItems").unwrap();
+            assert_eq!(busy.retry_after_secs, Some(2));
+        }
+        let logged: Vec<u16> = r.scripted_events().iter().map(|e| e.status).collect();
+        assert_eq!(logged, [403, 503, 503]);
     }
 
     #[test]

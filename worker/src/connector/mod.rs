@@ -412,6 +412,51 @@ pub struct TargetFolder {
     pub special: Option<SpecialUse>,
 }
 
+/// Which keywords a target folder stores; system flags it always does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KeywordPolicy {
+    /// Any keyword (IMAP: `\*` in PERMANENTFLAGS, or no PERMANENTFLAGS).
+    #[default]
+    Any,
+    /// Only these (IMAP: PERMANENTFLAGS without `\*`, as Exchange
+    /// Online's), compared without regard to case.
+    Only(BTreeSet<String>),
+}
+
+impl KeywordPolicy {
+    /// The policy an IMAP folder's PERMANENTFLAGS announce (RFC 3501:
+    /// without them, every flag is stored).
+    pub fn from_permanent_flags(permanent: Option<&[String]>) -> KeywordPolicy {
+        let Some(permanent) = permanent else {
+            return KeywordPolicy::Any;
+        };
+        if permanent.iter().any(|flag| flag == "\\*") {
+            return KeywordPolicy::Any;
+        }
+        KeywordPolicy::Only(
+            permanent
+                .iter()
+                .filter(|flag| !flag.starts_with('\\'))
+                .map(|flag| flag.to_ascii_lowercase())
+                .collect(),
+        )
+    }
+
+    /// `flags` as the folder keeps them, and the keywords it would not.
+    pub fn split(&self, flags: &Flags) -> (Flags, Vec<String>) {
+        let KeywordPolicy::Only(kept) = self else {
+            return (flags.clone(), Vec::new());
+        };
+        let (stored, refused): (Vec<&str>, Vec<&str>) = flags
+            .iter()
+            .partition(|flag| flag.starts_with('\\') || kept.contains(&flag.to_ascii_lowercase()));
+        (
+            Flags::from_iter(stored),
+            refused.into_iter().map(str::to_owned).collect(),
+        )
+    }
+}
+
 /// A message to append to the target.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -657,6 +702,12 @@ pub trait MailTarget: Send {
     /// subscriptions (Exchange through Graph) have nothing to do.
     async fn subscribe(&mut self, folder: &str) -> Result<(), ConnectorError>;
 
+    /// Which keywords `folder` stores; the engine leaves the others off the
+    /// copies and counts them. Targets that store any need not say.
+    async fn keyword_policy(&mut self, _folder: &str) -> Result<KeywordPolicy, ConnectorError> {
+        Ok(KeywordPolicy::Any)
+    }
+
     /// Replaces the flags of copies (target id, flags).
     async fn set_flags(
         &mut self,
@@ -694,6 +745,36 @@ pub fn header_block(message: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_folder_without_new_keywords_keeps_system_flags_and_the_keywords_it_lists() {
+        let permanent = |flags: &[&str]| flags.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>();
+        let flags = Flags::from_iter(["\\Seen", "$Label1", "Work", "\\Flagged"]);
+        let exchange =
+            KeywordPolicy::from_permanent_flags(Some(&permanent(&["\\Seen", "\\Flagged"])));
+        assert_eq!(
+            exchange.split(&flags),
+            (
+                Flags::from_iter(["\\Seen", "\\Flagged"]),
+                vec!["$Label1".to_owned(), "Work".to_owned()]
+            )
+        );
+        let listed = KeywordPolicy::from_permanent_flags(Some(&permanent(&["\\Seen", "work"])));
+        assert_eq!(
+            listed.split(&flags),
+            (
+                Flags::from_iter(["\\Seen", "\\Flagged", "Work"]),
+                vec!["$Label1".to_owned()]
+            )
+        );
+        for any in [
+            KeywordPolicy::from_permanent_flags(Some(&permanent(&["\\Seen", "\\*"]))),
+            KeywordPolicy::from_permanent_flags(None),
+        ] {
+            assert_eq!(any, KeywordPolicy::Any);
+            assert_eq!(any.split(&flags), (flags.clone(), Vec::new()));
+        }
+    }
 
     #[test]
     fn flags_are_canonical_and_never_recent() {

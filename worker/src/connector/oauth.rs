@@ -22,7 +22,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::Utc;
-use mailwave_common::config::{ClientCredential, OAuth2ClientCredentials};
+use mailwave_common::config::{AssertionAlgorithm, ClientCredential, OAuth2ClientCredentials};
 use mailwave_common::error::{error_chain, http_retry_hint};
 use mailwave_common::retry::Budgets;
 use mailwave_common::{Classify, ErrorClass};
@@ -319,8 +319,9 @@ impl TokenEndpoint for HttpTokenEndpoint {
             ClientCredential::Certificate {
                 certificate_file,
                 private_key_file,
+                algorithm,
             } => {
-                let signer = AssertionSigner::load(certificate_file, private_key_file)
+                let signer = AssertionSigner::load(certificate_file, private_key_file, algorithm)
                     .map_err(|reason| failure(ErrorClass::Mailbox, None, reason))?;
                 let assertion = signer
                     .sign(&client.client_id, &token_url, Utc::now().timestamp())
@@ -460,17 +461,25 @@ fn redact(text: &str, secret: &str) -> String {
 }
 
 /// Signs client assertions with the key of a certificate registered on the
-/// app (RS256, the certificate named by its SHA-1 thumbprint in `x5t`).
+/// app: PS256 naming the certificate by its SHA-256 thumbprint
+/// (`x5t#S256`), as the identity platform's certificate credentials page
+/// asks today, or RS256 with the SHA-1 thumbprint (`x5t`) for older
+/// registrations.
 struct AssertionSigner {
     key: ring::signature::RsaKeyPair,
-    /// SHA-1 of the certificate's DER.
-    thumbprint: Vec<u8>,
+    algorithm: AssertionAlgorithm,
+    /// The certificate's DER.
+    certificate: Vec<u8>,
 }
 
 impl AssertionSigner {
     /// Reads the certificate (the first of the PEM file) and its RSA key
     /// (PKCS#8 or PKCS#1 PEM).
-    fn load(certificate_file: &Path, private_key_file: &Path) -> Result<AssertionSigner, String> {
+    fn load(
+        certificate_file: &Path,
+        private_key_file: &Path,
+        algorithm: AssertionAlgorithm,
+    ) -> Result<AssertionSigner, String> {
         let read = |path: &Path| {
             std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))
         };
@@ -478,11 +487,8 @@ impl AssertionSigner {
         let certificate = CertificateDer::pem_slice_iter(&certificate_pem)
             .next()
             .ok_or_else(|| format!("{}: no PEM certificate", certificate_file.display()))?
-            .map_err(|e| format!("{}: {e}", certificate_file.display()))?;
-        let thumbprint =
-            ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &certificate)
-                .as_ref()
-                .to_vec();
+            .map_err(|e| format!("{}: {e}", certificate_file.display()))?
+            .to_vec();
         let key_pem = read(private_key_file)?;
         let not_rsa = || format!("{}: not an RSA private key", private_key_file.display());
         let key = match PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
@@ -500,49 +506,84 @@ impl AssertionSigner {
             _ => return Err(not_rsa()),
         }
         .map_err(|_| not_rsa())?;
-        Ok(AssertionSigner { key, thumbprint })
+        Ok(AssertionSigner {
+            key,
+            algorithm,
+            certificate,
+        })
     }
 
-    /// A client assertion for `client_id` at `token_url`, valid for ten
-    /// minutes from `now` (seconds since the epoch).
+    /// The JOSE header: the algorithm and the certificate's thumbprint.
+    fn header(&self) -> serde_json::Value {
+        match self.algorithm {
+            AssertionAlgorithm::Ps256 => json!({
+                "alg": "PS256",
+                "typ": "JWT",
+                "x5t#S256": thumbprint(&ring::digest::SHA256, &self.certificate),
+            }),
+            AssertionAlgorithm::Rs256 => json!({
+                "alg": "RS256",
+                "typ": "JWT",
+                "x5t": thumbprint(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &self.certificate),
+            }),
+        }
+    }
+
+    /// A client assertion for `client_id` at `token_url`, issued at `now`
+    /// (seconds since the epoch) and valid for ten minutes.
     fn sign(&self, client_id: &str, token_url: &str, now: i64) -> Result<String, String> {
         let random = ring::rand::SystemRandom::new();
         let mut jti = [0u8; 16];
         random
             .fill(&mut jti)
             .map_err(|_| "no randomness for the assertion's jti".to_owned())?;
-        let header = json!({
-            "alg": "RS256",
-            "typ": "JWT",
-            "x5t": URL_SAFE_NO_PAD.encode(&self.thumbprint),
-        });
         let claims = json!({
             "aud": token_url,
             "iss": client_id,
             "sub": client_id,
-            "jti": jti.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "jti": guid(jti),
+            "iat": now,
             "nbf": now,
             "exp": now + ASSERTION_LIFETIME.as_secs() as i64,
         });
         let signing_input = format!(
             "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(self.header().to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
+        let padding: &dyn ring::signature::RsaEncoding = match self.algorithm {
+            AssertionAlgorithm::Ps256 => &ring::signature::RSA_PSS_SHA256,
+            AssertionAlgorithm::Rs256 => &ring::signature::RSA_PKCS1_SHA256,
+        };
         let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
-            .sign(
-                &ring::signature::RSA_PKCS1_SHA256,
-                &random,
-                signing_input.as_bytes(),
-                &mut signature,
-            )
+            .sign(padding, &random, signing_input.as_bytes(), &mut signature)
             .map_err(|_| "signing the client assertion failed".to_owned())?;
         Ok(format!(
             "{signing_input}.{}",
             URL_SAFE_NO_PAD.encode(signature)
         ))
     }
+}
+
+/// A certificate's thumbprint (the digest of its DER), base64url-encoded.
+fn thumbprint(algorithm: &'static ring::digest::Algorithm, der: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(algorithm, der))
+}
+
+/// Sixteen random bytes as a version 4 GUID (`jti` is "a Guid").
+fn guid(mut bytes: [u8; 16]) -> String {
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 #[cfg(test)]
@@ -560,6 +601,7 @@ mod tests {
             client_secret_file: None,
             certificate_file: None,
             private_key_file: None,
+            assertion_algorithm: AssertionAlgorithm::default(),
             authority: "https://login.example".into(),
             scope: scope.into(),
         }
@@ -843,44 +885,39 @@ mod tests {
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
     }
 
-    #[test]
-    fn a_client_assertion_is_an_rs256_jwt_naming_its_certificate() {
+    /// Signs an assertion with `algorithm` and checks it as the identity
+    /// platform would: claims, and the signature with the certificate's key
+    /// under `verification`; hands back the header and the certificate's DER.
+    fn check_assertion(
+        algorithm: AssertionAlgorithm,
+        verification: &'static ring::signature::RsaParameters,
+    ) -> (serde_json::Value, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = certificate(dir.path());
-        let signer = AssertionSigner::load(&cert, &key).unwrap();
+        let signer = AssertionSigner::load(&cert, &key, algorithm).unwrap();
         let url = "https://login.example/contoso-tenant/oauth2/v2.0/token";
         let assertion = signer.sign("app-a", url, 1_700_000_000).unwrap();
         let parts: Vec<&str> = assertion.split('.').collect();
         assert_eq!(parts.len(), 3);
 
-        let header = decode_json(parts[0]);
-        assert_eq!(header["alg"], "RS256");
-        assert_eq!(header["typ"], "JWT");
-        let pem = std::fs::read(&cert).unwrap();
-        let der = CertificateDer::pem_slice_iter(&pem)
-            .next()
-            .unwrap()
-            .unwrap();
-        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
-        assert_eq!(header["x5t"], URL_SAFE_NO_PAD.encode(sha1));
-
         let claims = decode_json(parts[1]);
         assert_eq!(claims["aud"], url);
         assert_eq!(claims["iss"], "app-a");
         assert_eq!(claims["sub"], "app-a");
+        assert_eq!(claims["iat"], 1_700_000_000);
         assert_eq!(claims["nbf"], 1_700_000_000);
         assert_eq!(claims["exp"], 1_700_000_600);
-        assert_eq!(claims["jti"].as_str().unwrap().len(), 32);
+        let jti = claims["jti"].as_str().unwrap();
+        let groups: Vec<usize> = jti.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{jti} is a GUID");
         let other = signer.sign("app-a", url, 1_700_000_000).unwrap();
         assert_ne!(
             decode_json(other.split('.').nth(1).unwrap())["jti"],
             claims["jti"]
         );
 
-        let public_key = ring::signature::UnparsedPublicKey::new(
-            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-            signer.key.public().as_ref(),
-        );
+        let public_key =
+            ring::signature::UnparsedPublicKey::new(verification, signer.key.public().as_ref());
         let signed = format!("{}.{}", parts[0], parts[1]);
         public_key
             .verify(
@@ -889,10 +926,40 @@ mod tests {
             )
             .expect("the signature verifies with the certificate's key");
 
-        let error = AssertionSigner::load(&cert, &dir.path().join("missing.key"))
+        let error = AssertionSigner::load(&cert, &dir.path().join("missing.key"), algorithm)
             .err()
             .unwrap();
         assert!(error.contains("missing.key"), "{error}");
+        let der = CertificateDer::pem_slice_iter(&std::fs::read(&cert).unwrap())
+            .next()
+            .unwrap()
+            .unwrap();
+        (decode_json(parts[0]), der.to_vec())
+    }
+
+    #[test]
+    fn a_client_assertion_is_a_ps256_jwt_naming_its_certificate_by_sha256() {
+        let (header, der) = check_assertion(
+            AssertionAlgorithm::Ps256,
+            &ring::signature::RSA_PSS_2048_8192_SHA256,
+        );
+        assert_eq!(header["alg"], "PS256");
+        assert_eq!(header["typ"], "JWT");
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, &der);
+        assert_eq!(header["x5t#S256"], URL_SAFE_NO_PAD.encode(sha256));
+        assert!(header.get("x5t").is_none(), "{header}");
+    }
+
+    #[test]
+    fn an_older_registration_gets_an_rs256_jwt_naming_its_certificate_by_sha1() {
+        let (header, der) = check_assertion(
+            AssertionAlgorithm::Rs256,
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        );
+        assert_eq!(header["alg"], "RS256");
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
+        assert_eq!(header["x5t"], URL_SAFE_NO_PAD.encode(sha1));
+        assert!(header.get("x5t#S256").is_none(), "{header}");
     }
 
     /// Answers one HTTP request with `head` (status line and headers) and

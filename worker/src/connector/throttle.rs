@@ -37,6 +37,17 @@
 //! each later one (additive increase, multiplicative decrease, on the byte
 //! rate): about one throttle a minute, close to the budget.
 //!
+//! Requests are paced per mailbox too when the server has a request budget
+//! per rolling window ([`ThrottleSettings::mailbox_requests`]; Exchange
+//! Online: 10,000 per 10 minutes per app and mailbox): a tenth of the
+//! budget may go at once, the rest evenly over the window, so that no
+//! window of the server's ever holds the whole budget. A request takes its
+//! turn before any slot, so a mailbox waiting for its turn holds none of
+//! the endpoint's. When the endpoint's ceiling stands for a limit per
+//! mailbox but the server throttles a mailbox for concurrency below its
+//! own ceiling, the limit is the app's, and the endpoint's ceiling comes
+//! down to the mailbox's ([`Permit::concurrency_throttled`]).
+//!
 //! Every wait is bounded ([`WaitLimits`]): a server's hint is obeyed up to
 //! `migration.max_retry_after_secs`, and a longer one fails the mailbox at
 //! once, quoting the server ([`WaitError::HintTooLong`]), rather than
@@ -115,6 +126,32 @@ pub struct ThrottleSettings {
     /// server's documented budget); `None`: unpaced until the first upload
     /// throttled with a hint teaches one. Either way the rate adapts.
     pub upload_rate: Option<f64>,
+    /// The server's budget of requests per mailbox over a rolling window;
+    /// `None`: none. Each mailbox's requests are paced within it.
+    pub mailbox_requests: Option<RequestBudget>,
+}
+
+/// A budget of `requests` per rolling `window` (Exchange Online: 10,000
+/// per 10 minutes per app and mailbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestBudget {
+    pub requests: u64,
+    pub window: Duration,
+}
+
+impl RequestBudget {
+    /// The pace that never sends more than `requests` in any `window`: a
+    /// burst of a tenth of the budget, then one request each
+    /// `window / (requests − burst − 1)`. Such a limiter lets through at
+    /// most burst + window / period requests in any span of one window,
+    /// one fewer than the budget. `None` for an empty budget.
+    fn quota(self) -> Option<Quota> {
+        let burst = (self.requests / 10).max(1);
+        let steady = self.requests.saturating_sub(burst + 1).max(1);
+        let period = self.window.checked_div(u32::try_from(steady).ok()?)?;
+        let burst = NonZeroU32::new(u32::try_from(burst).ok()?)?;
+        Some(Quota::with_period(period)?.allow_burst(burst))
+    }
 }
 
 impl Default for ThrottleSettings {
@@ -125,6 +162,7 @@ impl Default for ThrottleSettings {
             requests_per_second: None,
             latency_factor: 3.0,
             upload_rate: None,
+            mailbox_requests: None,
         }
     }
 }
@@ -363,6 +401,12 @@ impl EndpointThrottle {
                 Arc::new(MailboxShared {
                     name: mailbox.to_owned(),
                     window: Arc::new(AdaptiveWindow::new(settings.mailbox_ceiling)),
+                    requests: settings
+                        .mailbox_requests
+                        .and_then(RequestBudget::quota)
+                        .map(|quota| {
+                            RateLimiter::direct_with_clock(quota, self.shared.clock.clone())
+                        }),
                     state: Mutex::new(MailboxPacing {
                         paused_until: None,
                         throttles_in_a_row: 0,
@@ -418,15 +462,20 @@ fn limiter(settings: &ThrottleSettings, clock: &TokioClock) -> Option<Arc<Limite
         .map(|quota| Arc::new(RateLimiter::direct_with_clock(quota, clock.clone())))
 }
 
+/// Waits until `limiter` allows one more request.
+async fn until_allowed(limiter: &Limiter, clock: &TokioClock) {
+    while let Err(not_until) = limiter.check() {
+        tokio::time::sleep(not_until.wait_time_from(clock.now())).await;
+    }
+}
+
 impl EndpointShared {
     /// Waits until the rate limit (if any) allows one more request.
     async fn rate_limit(&self) {
         let Some(limiter) = lock(&self.settings).1.clone() else {
             return;
         };
-        while let Err(not_until) = limiter.check() {
-            tokio::time::sleep(not_until.wait_time_from(self.clock.now())).await;
-        }
+        until_allowed(&limiter, &self.clock).await;
     }
 
     fn count(&self, update: impl FnOnce(&mut ThrottleCounters)) {
@@ -475,6 +524,8 @@ pub struct MailboxThrottle {
 struct MailboxShared {
     name: String,
     window: Arc<AdaptiveWindow>,
+    /// The pace of the server's request budget, if it has one.
+    requests: Option<Limiter>,
     state: Mutex<MailboxPacing>,
 }
 
@@ -627,9 +678,18 @@ impl MailboxThrottle {
 
     async fn wait_for_permit(&self) -> Permit {
         let started = Instant::now();
+        let mut budgeted = false;
         let permit = loop {
             while let Some(until) = self.mailbox.paused_until(Instant::now()) {
                 tokio::time::sleep_until(until).await;
+            }
+            // The request's turn in the mailbox's budget, once, before any
+            // slot: a mailbox waiting for its turn holds none of the
+            // endpoint's.
+            if let (false, Some(requests)) = (budgeted, &self.mailbox.requests) {
+                until_allowed(requests, &self.endpoint.clock).await;
+                budgeted = true;
+                continue;
             }
             let mailbox_slot = self.mailbox.window.acquire().await;
             // A throttle may have paused the mailbox while this waited: then
@@ -648,6 +708,7 @@ impl MailboxThrottle {
             break Permit {
                 endpoint: Arc::clone(&self.endpoint),
                 mailbox: Arc::clone(&self.mailbox),
+                mailbox_in_flight: lock(&self.mailbox.window.state).in_flight,
                 mailbox_slot,
                 endpoint_slot,
                 upload_bytes: 0,
@@ -746,6 +807,9 @@ impl MailboxThrottle {
 pub struct Permit {
     endpoint: Arc<EndpointShared>,
     mailbox: Arc<MailboxShared>,
+    /// The mailbox's requests in flight when this one was let go, itself
+    /// included.
+    mailbox_in_flight: usize,
     mailbox_slot: Slot,
     endpoint_slot: Slot,
     /// The size of the upload this permit is for (0: not an upload).
@@ -828,6 +892,31 @@ impl Permit {
             "throttled: the mailbox pauses"
         );
         Ok(wait)
+    }
+
+    /// The server refused the request for too many at once (Outlook's
+    /// `ApplicationThrottled` without a hint) while the mailbox had fewer
+    /// than its ceiling out: the server's limit counts more than this
+    /// mailbox (the app's requests across its mailboxes), so the endpoint's
+    /// ceiling comes down to the mailbox's, as `concurrency_scope = "app"`
+    /// sets it. Settle the permit afterwards. Returns whether it did.
+    pub fn concurrency_throttled(&self) -> bool {
+        let ceiling = lock(&self.endpoint.settings).0.mailbox_ceiling;
+        if self.mailbox_in_flight >= ceiling
+            || lock(&self.endpoint.window.state).ceiling <= ceiling as f64
+        {
+            return false;
+        }
+        tracing::warn!(
+            endpoint = %self.endpoint.label,
+            mailbox = %self.mailbox.name,
+            in_flight = self.mailbox_in_flight,
+            ceiling,
+            "the server limits concurrent requests per app, not per mailbox: \
+             the endpoint's ceiling comes down to the mailbox's"
+        );
+        self.endpoint.window.set_ceiling(ceiling);
+        true
     }
 
     /// Whether the limits allow pausing the mailbox (`state`) for `wait`
@@ -1728,6 +1817,59 @@ mod tests {
         let fourth = poll!(fourth.as_mut());
         assert!(third.is_ready() && fourth.is_ready());
         drop((second, third, fourth));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mailbox_never_sends_more_than_its_request_budget_in_a_window() {
+        let budget = RequestBudget {
+            requests: 100,
+            window: Duration::from_secs(10),
+        };
+        let endpoint = endpoint(ThrottleSettings {
+            mailbox_requests: Some(budget),
+            ..ThrottleSettings::default()
+        });
+        let alice = endpoint.mailbox("alice", limits());
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        for _ in 0..400 {
+            alice.acquire().await.unwrap().succeeded(MS);
+            sent.push(Instant::now() - start);
+        }
+        // Any window of 10 s (the server's, rolling) holds fewer than 100.
+        for (i, at) in sent.iter().enumerate() {
+            let in_window = sent[i..].iter().take_while(|t| **t < *at + budget.window);
+            assert!(in_window.count() < 100, "at {at:?}");
+        }
+        // A tenth at once, then the rest of the budget spread over the window.
+        assert_eq!(sent[9], Duration::ZERO);
+        let elapsed = *sent.last().unwrap();
+        assert!(elapsed >= Duration::from_secs(40), "{elapsed:?}");
+        assert!(elapsed <= Duration::from_secs(45), "{elapsed:?}");
+        // Another mailbox has a budget of its own.
+        let bob = endpoint.mailbox("bob", limits());
+        assert!(bob.acquire().now_or_never().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_app_wide_concurrency_throttle_brings_the_endpoint_ceiling_down() {
+        let endpoint = endpoint(ThrottleSettings::default());
+        let alice = endpoint.mailbox("alice", limits());
+        let bob = endpoint.mailbox("bob", limits());
+        let alices: Vec<Permit> = (0..4).map(|_| now(&alice)).collect();
+        // At its own ceiling: the limit may be the mailbox's; nothing learned.
+        assert!(!alices[3].concurrency_throttled());
+        assert_eq!(alice.windows(), (4, 64));
+        // Below it: the server counts more than this mailbox.
+        let first_bob = now(&bob);
+        assert!(first_bob.concurrency_throttled());
+        assert_eq!(bob.windows().1, 4);
+        assert!(!first_bob.concurrency_throttled(), "learned once");
+        drop(alices);
+        let bobs: Vec<Permit> = (0..3).map(|_| now(&bob)).collect();
+        let mut fifth = pin!(alice.acquire());
+        assert!(poll!(fifth.as_mut()).is_pending(), "4 at once for the app");
+        drop((first_bob, bobs));
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,7 +24,7 @@
 
 pub mod folders;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -891,15 +891,22 @@ impl MailboxPass<'_> {
             };
             self.skip_oversized(folder, &meta, size, stats).await?;
         }
-        let outgoing: Vec<Outgoing> = messages
+        // Keywords the target folder would not store are left off and
+        // counted: the ledger keeps the source's flags all the same.
+        let keywords = target.keyword_policy(&checkpoint.target_folder).await?;
+        let (outgoing, refused): (Vec<Outgoing>, Vec<Vec<String>>) = messages
             .iter()
-            .map(|m| Outgoing {
-                body: m.body.clone(),
-                flags: m.meta.flags.clone(),
-                internal_date: m.meta.internal_date,
-                source_ref: self.source_ref(checkpoint, &m.meta.item),
+            .map(|m| {
+                let (flags, refused) = keywords.split(&m.meta.flags);
+                let outgoing = Outgoing {
+                    body: m.body.clone(),
+                    flags,
+                    internal_date: m.meta.internal_date,
+                    source_ref: self.source_ref(checkpoint, &m.meta.item),
+                };
+                (outgoing, refused)
             })
-            .collect();
+            .unzip();
         // Written ahead: after a crash from here to the commit, these are
         // exactly the copies in doubt (see `recover`).
         let mut entries: Vec<LedgerEntry> = messages
@@ -926,8 +933,12 @@ impl MailboxPass<'_> {
         }
         let mut copied = Vec::with_capacity(messages.len());
         let mut bytes = 0;
-        for ((message, result), mut entry) in
-            messages.iter().zip(report.results).zip(entries.drain(..))
+        let mut keywords_refused = Vec::new();
+        for (((message, result), mut entry), refused) in messages
+            .iter()
+            .zip(report.results)
+            .zip(entries.drain(..))
+            .zip(refused)
         {
             match result {
                 Ok(id) => {
@@ -936,6 +947,7 @@ impl MailboxPass<'_> {
                         id.as_ref().and_then(|id| report.versions.get(id)).cloned();
                     entry.target_id = id;
                     copied.push(entry);
+                    keywords_refused.extend(refused);
                 }
                 Err(error) if error.class == ErrorClass::Item => {
                     let reason = format!("refused by the target: {}", error.message);
@@ -955,6 +967,7 @@ impl MailboxPass<'_> {
         self.store.commit_items(checkpoint, &entries).await?;
         stats.items_copied += entries.len() as u64;
         stats.bytes_copied += bytes;
+        self.note_refused_keywords(folder, &keywords_refused, stats);
         self.progress
             .copied(self.mailbox.id, entries.len() as u64, bytes);
         Ok(())
@@ -1016,13 +1029,24 @@ impl MailboxPass<'_> {
         if changes.is_empty() {
             return Ok(0);
         }
-        lane.target()
-            .await?
+        let target = lane.target().await?;
+        let keywords = target.keyword_policy(&checkpoint.target_folder).await?;
+        let mut keywords_refused = Vec::new();
+        let changes: Vec<(String, Flags)> = changes
+            .into_iter()
+            .map(|(id, flags)| {
+                let (flags, refused) = keywords.split(&flags);
+                keywords_refused.extend(refused);
+                (id, flags)
+            })
+            .collect();
+        target
             .set_flags(&checkpoint.target_folder, &changes)
             .await?;
         self.store
             .update_flags(&folder.key, checkpoint.validity, &recorded)
             .await?;
+        self.note_refused_keywords(folder, &keywords_refused, stats);
         Ok(changes.len() as u64)
     }
 
@@ -1155,6 +1179,24 @@ impl MailboxPass<'_> {
             drop(permit);
         }
         Ok(updated)
+    }
+
+    /// Counts keywords the target did not store, and says so once per
+    /// batch: never left off silently.
+    fn note_refused_keywords(
+        &self,
+        folder: &SourceFolder,
+        refused: &[String],
+        stats: &mut PassStats,
+    ) {
+        if refused.is_empty() {
+            return;
+        }
+        let names: BTreeSet<&str> = refused.iter().map(String::as_str).collect();
+        tracing::warn!(mailbox = %self.mailbox.source, folder = %folder.path,
+            count = refused.len(), keywords = ?names,
+            "the target stores no such keywords; messages copied without them");
+        stats.refuse_keywords(refused.iter().map(String::as_str));
     }
 
     fn batches(&self, items: Vec<ItemMeta>) -> Vec<Vec<ItemMeta>> {

@@ -25,6 +25,13 @@ const QUOTED_BODY_CHARS: usize = 300;
 /// it, and a hostile server could send without end).
 const ERROR_BODY_BYTES: u64 = 64 * 1024;
 
+/// Every request asks for immutable ids…
+const PREFER: &str = "IdType=\"ImmutableId\"";
+/// …and every GET for pages of up to 1,000 entries (Outlook's largest
+/// page; its default is 10), so that a 50,000-item folder is listed in 50
+/// requests rather than 5,000.
+const PREFER_PAGED: &str = "IdType=\"ImmutableId\", odata.maxpagesize=1000";
+
 /// A failure of a Graph request, with what the engine needs to decide.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -54,6 +61,26 @@ impl GraphError {
                     .code
                     .as_deref()
                     .is_some_and(|code| LOST.iter().any(|l| l.eq_ignore_ascii_case(code))))
+    }
+
+    /// An import URL the server no longer takes: its session expired or
+    /// was deleted (`401`, `403`, or a `404` that names neither the folder
+    /// nor an item).
+    pub fn is_import_session_refused(&self) -> bool {
+        match self.status {
+            Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => true,
+            Some(StatusCode::NOT_FOUND) => !matches!(
+                self.code.as_deref(),
+                Some("ErrorFolderNotFound" | "ErrorItemNotFound")
+            ),
+            _ => false,
+        }
+    }
+
+    /// Access to what the request named is denied (`403`): for a folder's
+    /// listing or export, that folder's failure, not the mailbox's.
+    pub fn is_access_denied(&self) -> bool {
+        self.status == Some(StatusCode::FORBIDDEN)
     }
 
     fn local(class: ErrorClass, message: String) -> GraphError {
@@ -126,7 +153,7 @@ enum Resend {
     /// throttled or transient failure.
     Idempotent,
     /// A write that would be done twice (an import): only when the server
-    /// surely did not carry it out, after a throttle (429) or a connection
+    /// surely did not carry it out, after a throttle (429, 509) or a connection
     /// that was never made. Any other failure goes up to the pass, whose
     /// in-doubt path finds out whether the item is in the target.
     OnlyIfNotDone,
@@ -329,10 +356,15 @@ impl GraphClient {
                 Some(bytes) if upload => self.throttle.acquire_upload(bytes.len() as u64).await,
                 _ => self.throttle.acquire().await,
             }?;
+            let prefer = if method == Method::GET {
+                PREFER_PAGED
+            } else {
+                PREFER
+            };
             let mut request = self
                 .http
                 .request(method.clone(), &url)
-                .header("Prefer", "IdType=\"ImmutableId\"");
+                .header("Prefer", prefer);
             if let Some(token) = &token {
                 request = request.bearer_auth(token.secret());
             }
@@ -387,6 +419,13 @@ impl GraphClient {
             // for the pause's end, whatever the back-off below.
             match error.class {
                 ErrorClass::Throttled => {
+                    // Too many at once (no hint: no budget was spent): the
+                    // scheduler learns whether the limit is the app's.
+                    if error.code.as_deref() == Some(CONCURRENCY_THROTTLE)
+                        && error.retry_after.is_none()
+                    {
+                        permit.concurrency_throttled();
+                    }
                     if let Err(over) = permit.throttled(error.retry_after) {
                         return Err(over.quoting(&error).into());
                     }
@@ -396,7 +435,12 @@ impl GraphClient {
             if resend == Resend::OnlyIfNotDone && reached && error.class != ErrorClass::Throttled {
                 return Err(error);
             }
-            let Ok(wait) = backoff.next_after(error.class, None) else {
+            // A throttle's hint is the mailbox's pause above; a passing
+            // fault's (`503` with `Retry-After`) is this request's least wait.
+            let hint = error
+                .retry_after
+                .filter(|_| error.class == ErrorClass::Transient);
+            let Ok(wait) = backoff.next_after(error.class, hint) else {
                 return Err(error);
             };
             self.throttle.retrying(error.class);
@@ -500,7 +544,7 @@ async fn read<T>(
         .map(str::to_owned)
         .unwrap_or_else(|| text.chars().take(QUOTED_BODY_CHARS).collect());
     let class = class_of(status, code.as_deref());
-    let retry_after = if class == ErrorClass::Throttled {
+    let retry_after = if class.is_retryable() {
         http_retry_hint(retry_after.as_deref(), &text, chrono::Utc::now())
     } else {
         None
@@ -523,10 +567,18 @@ async fn read<T>(
     })
 }
 
+/// Outlook's code of a `429` for too many concurrent requests.
+const CONCURRENCY_THROTTLE: &str = "ApplicationThrottled";
+
+/// `509 Bandwidth Limit Exceeded`: Graph's throttle of an app over its
+/// bandwidth cap (the error responses page).
+const BANDWIDTH_LIMIT_EXCEEDED: u16 = 509;
+
 /// The class of a Graph answer (see the error taxonomy).
 fn class_of(status: StatusCode, code: Option<&str>) -> ErrorClass {
     match status {
         StatusCode::TOO_MANY_REQUESTS => ErrorClass::Throttled,
+        status if status.as_u16() == BANDWIDTH_LIMIT_EXCEEDED => ErrorClass::Throttled,
         StatusCode::SERVICE_UNAVAILABLE
         | StatusCode::GATEWAY_TIMEOUT
         | StatusCode::BAD_GATEWAY
@@ -540,7 +592,13 @@ fn class_of(status: StatusCode, code: Option<&str>) -> ErrorClass {
         StatusCode::NOT_FOUND
             if matches!(
                 code,
-                Some("ErrorInvalidUser" | "MailboxNotEnabledForRESTAPI" | "ResourceNotFound")
+                Some(
+                    "ErrorInvalidUser"
+                        | "ErrorNonExistentMailbox"
+                        | "MailboxNotEnabledForRESTAPI"
+                        | "Request_ResourceNotFound"
+                        | "ResourceNotFound"
+                )
             ) =>
         {
             ErrorClass::Mailbox
@@ -571,6 +629,15 @@ mod tests {
         assert_eq!(class(504, Some("UnknownError")), ErrorClass::Transient);
         assert_eq!(class(507, Some("ErrorQuotaExceeded")), ErrorClass::Mailbox);
         assert_eq!(class(404, Some("ErrorInvalidUser")), ErrorClass::Mailbox);
+        assert_eq!(
+            class(404, Some("Request_ResourceNotFound")),
+            ErrorClass::Mailbox
+        );
+        assert_eq!(
+            class(404, Some("ErrorNonExistentMailbox")),
+            ErrorClass::Mailbox
+        );
+        assert_eq!(class(509, None), ErrorClass::Throttled);
         assert_eq!(class(404, Some("ErrorItemNotFound")), ErrorClass::Item);
         assert_eq!(class(400, Some("ErrorCorruptData")), ErrorClass::Item);
     }

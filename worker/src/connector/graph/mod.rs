@@ -24,7 +24,9 @@
 //! # Items and delta passes
 //! A folder's items are listed with item delta; the delta link is the
 //! folder checkpoint's sync state, so a later pass asks only for what
-//! changed. A delta link the server forgot (`410 Gone`, or a 40x with
+//! changed. Every GET asks for pages of 1,000 (`Prefer:
+//! odata.maxpagesize`; the service's default is 10) and item delta selects
+//! the size and the `changeKey` only. A delta link the server forgot (`410 Gone`, or a 40x with
 //! `syncStateNotFound`, `resyncRequired` or `SyncStateInvalid`) restarts the folder
 //! from a full delta listing: what the ledger holds is left out, nothing is
 //! imported twice. Items leave in `exportItems` requests of at most 20 items
@@ -75,15 +77,32 @@
 
 //! # Throttling
 //! Every request goes through the mailbox's [`MailboxThrottle`]: at most
-//! `max_concurrent_requests` at once per mailbox (Graph allows 4), adapted
-//! to the server's answers, and after a 429 the whole mailbox waits out the
-//! `Retry-After` before sending anything else (see [`client`]), unless it
-//! asks for more than `migration.max_retry_after_secs` (or the pass has
-//! waited `max_pass_wait_secs` already): then the mailbox fails at once,
-//! quoting the server. The worker's stop ends every wait.
+//! `max_concurrent_requests` at once (Outlook allows 4) per mailbox, and
+//! with `concurrency_scope = "app"` (the default) for all mailboxes of the
+//! endpoint's app together; a worker told "mailbox" that meets
+//! `ApplicationThrottled` with fewer than that in flight for the mailbox
+//! learns that the limit is the app's. Each mailbox is paced within the
+//! request budget per app and mailbox (`requests_per_window` per
+//! `request_window_secs`, Exchange's 10,000 per 10 minutes), and after a
+//! 429 or `509` the whole mailbox waits out the `Retry-After` before
+//! sending anything else (see [`client`]), unless it asks for more than
+//! `migration.max_retry_after_secs` (or the pass has waited
+//! `max_pass_wait_secs` already): then the mailbox fails at once, quoting
+//! the server. A `503`'s `Retry-After` is the least wait before that
+//! request is sent again. The worker's stop ends every wait.
+//!
+//! # Refusals
+//! A user the lookup does not find (`404`: `Request_ResourceNotFound`,
+//! `ErrorNonExistentMailbox`, …) fails that mailbox with that reason. A
+//! `403` on one folder's listing or export is that folder's recorded
+//! failure; the other folders are copied. An import URL refused before
+//! its expiry (`401`, `403`, `404`) is replaced by a new session and the
+//! refused imports are sent through it (see [`MailTarget::append`] of
+//! [`GraphImportTarget`]).
 
 pub mod client;
 pub mod mail;
+pub mod preflight;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -96,13 +115,13 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use mailwave_common::ErrorClass;
-use mailwave_common::config::GraphEndpoint;
+use mailwave_common::config::{ConcurrencyScope, GraphEndpoint};
 use mailwave_common::model::{SourceCursor, TargetMark};
 use mailwave_common::text::escape_controls;
 use serde_json::{Value, json};
 
 use self::client::GraphClient;
-use crate::connector::throttle::{EndpointThrottle, ThrottleSettings, WaitLimits};
+use crate::connector::throttle::{EndpointThrottle, RequestBudget, ThrottleSettings, WaitLimits};
 use crate::connector::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
     ItemMeta, MailSource, MailTarget, Message, Outgoing, Replacement, Shared, SourceFolder,
@@ -143,13 +162,22 @@ fn endpoint_throttle(endpoint: &GraphEndpoint, shared: &Shared) -> EndpointThrot
         "graph:{}:{}",
         endpoint.oauth2.tenant, endpoint.oauth2.client_id
     );
+    let defaults = ThrottleSettings::default();
     shared.schedulers.endpoint(
         &label,
         ThrottleSettings {
             mailbox_ceiling: endpoint.max_concurrent_requests,
+            endpoint_ceiling: match endpoint.concurrency_scope {
+                ConcurrencyScope::App => endpoint.max_concurrent_requests,
+                ConcurrencyScope::Mailbox => defaults.endpoint_ceiling,
+            },
             requests_per_second: endpoint.requests_per_second,
             upload_rate: Some(endpoint.upload_rate()),
-            ..ThrottleSettings::default()
+            mailbox_requests: Some(RequestBudget {
+                requests: endpoint.requests_per_window,
+                window: Duration::from_secs(endpoint.request_window_secs),
+            }),
+            ..defaults
         },
     )
 }
@@ -191,7 +219,17 @@ impl GraphMailbox {
         let settings = client
             .get(&format!("/users/{}/settings/exchange", encode(user)))
             .await
-            .map_err(|e| ConnectorError::from(e).context(format!("mailbox {user}")))?;
+            .map_err(|error| {
+                // The lookup names nothing but the user: whatever its code
+                // (`Request_ResourceNotFound`, `ErrorNonExistentMailbox`, …),
+                // a 404 says the tenant has no such user or mailbox.
+                if error.status == Some(reqwest::StatusCode::NOT_FOUND) {
+                    return ConnectorError::mailbox(format!(
+                        "mailbox {user}: the tenant has no such user or no mailbox for it ({error})"
+                    ));
+                }
+                ConnectorError::from(error).context(format!("mailbox {user}"))
+            })?;
         let Some(id) = settings["primaryMailboxId"].as_str() else {
             return Err(ConnectorError::mailbox(format!(
                 "mailbox {user}: Graph named no primaryMailboxId"
@@ -227,7 +265,8 @@ impl GraphMailbox {
                     &format!("{}/exportItems", self.root),
                     &json!({ "itemIds": ids }),
                 )
-                .await?;
+                .await
+                .map_err(folder_error)?;
             let Some(Value::Array(entries)) = answer.get_mut("value").map(Value::take) else {
                 return Err(ConnectorError::transient(
                     "exportItems answered without a value array",
@@ -245,6 +284,17 @@ impl GraphMailbox {
         }
         Ok(exported)
     }
+}
+
+/// The failure of a request about one folder (its listing, its items'
+/// export): a `403` (`ErrorAccessDenied`) denies that folder only, so it is
+/// the folder's failure (class item: recorded, the rest of the mailbox goes
+/// on); anything else as classified.
+fn folder_error(error: client::GraphError) -> ConnectorError {
+    if error.is_access_denied() {
+        return ConnectorError::item(format!("access to the folder denied: {error}"));
+    }
+    error.into()
 }
 
 impl GraphMailbox {
@@ -273,7 +323,7 @@ impl GraphMailbox {
         }
         let mut keys = HashMap::new();
         let mut keyless = 0usize;
-        for value in self.client.get_all(&url).await? {
+        for value in self.client.get_all(&url).await.map_err(folder_error)? {
             let Some(id) = value["id"].as_str() else {
                 continue;
             };
@@ -630,9 +680,11 @@ async fn scan_by_delta(
         Err(error) if error.is_sync_state_lost() => {
             tracing::info!(mailbox = %user, folder = %folder.path, %error,
                 "delta link expired; listing the folder again");
-            delta_round(client, initial, read).await?
+            delta_round(client, initial, read)
+                .await
+                .map_err(folder_error)?
         }
-        Err(error) => return Err(error.into()),
+        Err(error) => return Err(folder_error(error)),
     };
     let scan = FolderScan {
         validity: VALIDITY,
@@ -667,8 +719,10 @@ impl MailSource for GraphExportSource {
         folder: &SourceFolder,
         position: Option<SourcePosition<'_>>,
     ) -> Result<FolderScan, ConnectorError> {
+        // Only the size and the version are read of each item (the id
+        // always comes).
         let initial = format!(
-            "{}/folders/{}/items/delta",
+            "{}/folders/{}/items/delta?$select=size,changeKey",
             self.mailbox.root,
             encode(&folder.key)
         );
@@ -919,22 +973,52 @@ fn change_key_of(answer: &Value, what: &str) -> Result<String, client::GraphErro
 }
 
 impl GraphImportTarget {
-    /// Per item, what its import request gave: an item's own failure is
-    /// its result; an import session refused (it expired early) is
-    /// forgotten, so that the next attempt opens a new one; any other
-    /// failure fails the whole call.
-    fn import_results<T>(
+    /// Sends one import request per item (`send(url, item)`), several at
+    /// a time: each one's outcome, in order. Those the import session
+    /// refused (it ended before its time, expired or deleted: the URL's
+    /// token is an import's only authorisation, so a refused request was
+    /// answered before it reached the mailbox, and nothing of it was
+    /// stored) are sent once more through a new session; refused again,
+    /// the mailbox fails. An item's own failure is its result; any other
+    /// failure fails the call.
+    async fn import_each<I, T, Fut>(
         &mut self,
-        outcomes: Vec<Result<T, client::GraphError>>,
-    ) -> Result<Vec<Result<T, ConnectorError>>, ConnectorError> {
+        items: Vec<I>,
+        send: impl Fn(String, I) -> Fut,
+    ) -> Result<Vec<Result<T, ConnectorError>>, ConnectorError>
+    where
+        I: Clone,
+        Fut: std::future::Future<Output = Result<T, client::GraphError>>,
+    {
+        let concurrency = self.concurrency;
+        let send = &send;
+        let send_all = |url: String, items: Vec<I>| {
+            futures::stream::iter(items)
+                .map(move |item| send(url.clone(), item))
+                .buffered(concurrency)
+                .collect::<Vec<_>>()
+        };
+        let url = self.import_url(false).await?;
+        let mut outcomes = send_all(url, items.clone()).await;
+        let refused: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| matches!(&outcomes[i], Err(e) if e.is_import_session_refused()))
+            .collect();
+        if !refused.is_empty() {
+            let url = self.import_url(true).await?;
+            let again = refused.iter().map(|&i| items[i].clone()).collect();
+            let retried = send_all(url, again).await;
+            for (i, outcome) in refused.into_iter().zip(retried) {
+                outcomes[i] = outcome;
+            }
+        }
         let mut results = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
             match outcome {
                 Ok(value) => results.push(Ok(value)),
-                Err(error) if error.status == Some(reqwest::StatusCode::UNAUTHORIZED) => {
+                Err(error) if error.is_import_session_refused() => {
                     self.session = None;
-                    return Err(ConnectorError::transient(format!(
-                        "the import session was refused: {error}"
+                    return Err(ConnectorError::mailbox(format!(
+                        "a new import session was refused as well: {error}"
                     )));
                 }
                 Err(error) if error.class == ErrorClass::Item => {
@@ -1062,18 +1146,16 @@ impl MailTarget for GraphImportTarget {
         folder: &str,
         messages: &[Outgoing],
     ) -> Result<AppendReport, ConnectorError> {
-        let url = self.import_url(false).await?;
-        let client = &self.mailbox.client;
         let bodies: Vec<Bytes> = messages.iter().map(|m| m.body.clone()).collect();
-        let outcomes: Vec<_> = futures::stream::iter(bodies)
-            .map(|body| import_one(client, &url, folder, body))
-            .buffered(self.concurrency)
-            .collect()
-            .await;
-        // A refused session: what it imported is found as in doubt.
+        let client = self.mailbox.client.clone();
+        let client = &client;
+        let outcomes = self
+            .import_each(bodies, move |url, body| async move {
+                import_one(client, &url, folder, body).await
+            })
+            .await?;
         let mut versions = HashMap::new();
-        let results = self
-            .import_results(outcomes)?
+        let results = outcomes
             .into_iter()
             .map(|result| {
                 result.map(|(id, version)| {
@@ -1100,15 +1182,14 @@ impl MailTarget for GraphImportTarget {
         folder: &str,
         replacements: &[Replacement],
     ) -> Result<Vec<Result<String, ConnectorError>>, ConnectorError> {
-        let url = self.import_url(false).await?;
-        let mailbox = &self.mailbox;
+        let client = self.mailbox.client.clone();
+        let root = self.mailbox.root.clone();
+        let (client, root) = (&client, root.as_str());
         // Owned (their bodies are shared): a future per copy.
-        let outcomes: Vec<_> = futures::stream::iter(replacements.to_vec())
-            .map(|r: Replacement| update_one(&mailbox.client, &url, &mailbox.root, folder, r))
-            .buffered(self.concurrency)
-            .collect()
-            .await;
-        self.import_results(outcomes)
+        self.import_each(replacements.to_vec(), move |url, replacement| async move {
+            update_one(client, &url, root, folder, replacement).await
+        })
+        .await
     }
 
     /// Flags travel inside the export data; there is nothing to set.

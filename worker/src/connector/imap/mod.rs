@@ -19,8 +19,8 @@ use mailwave_common::config::{
 use self::wire::{AppendMessage, ImapConnection, ImapError, ListEntry};
 use super::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, ItemMeta,
-    MailSource, MailTarget, Message, Outgoing, SourceFolder, SourcePosition, SpecialUse,
-    TargetFolder, TargetItem, TargetPosition,
+    KeywordPolicy, MailSource, MailTarget, Message, Outgoing, SourceFolder, SourcePosition,
+    SpecialUse, TargetFolder, TargetItem, TargetPosition,
 };
 use crate::connector::oauth::TokenCache;
 use crate::connector::throttle::MailboxThrottle;
@@ -37,6 +37,9 @@ pub struct Session {
     /// The selected folder, whether it was selected read-write, and the
     /// HIGHESTMODSEQ its selection reported (`None`: `[NOMODSEQ]`).
     selected: Option<(String, bool, Option<u64>)>,
+    /// The keywords each folder selected read-write stores, from its
+    /// PERMANENTFLAGS.
+    keywords: HashMap<String, KeywordPolicy>,
 }
 
 /// The class of an IMAP failure (see the error taxonomy).
@@ -136,6 +139,7 @@ pub async fn connect(
         conn,
         naming: FolderNaming { prefix, delimiter },
         selected: None,
+        keywords: HashMap::new(),
     })
 }
 
@@ -402,6 +406,10 @@ impl Session {
             self.conn.examine(folder).await?
         };
         self.selected = Some((folder.to_owned(), write, info.highest_modseq));
+        if write {
+            let policy = KeywordPolicy::from_permanent_flags(info.permanent_flags.as_deref());
+            self.keywords.insert(folder.to_owned(), policy);
+        }
         Ok(info.highest_modseq)
     }
 }
@@ -1065,6 +1073,25 @@ impl MailTarget for ImapTarget {
                     mark_after,
                     ..AppendReport::default()
                 })
+            })
+            .await
+    }
+
+    /// From the folder's PERMANENTFLAGS, learnt by selecting it once.
+    async fn keyword_policy(&mut self, folder: &str) -> Result<KeywordPolicy, ConnectorError> {
+        if let Some(policy) = self.session.keywords.get(folder) {
+            return Ok(policy.clone());
+        }
+        let throttle = self.throttle.clone();
+        throttle
+            .run(async {
+                self.session.select(folder, true).await?;
+                Ok(self
+                    .session
+                    .keywords
+                    .get(folder)
+                    .cloned()
+                    .unwrap_or_default())
             })
             .await
     }

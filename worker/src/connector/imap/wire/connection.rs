@@ -461,7 +461,8 @@ impl ImapConnection {
                     }
                     if let Some(list) = s.code_arg("PERMANENTFLAGS") {
                         let list = list.trim_matches(|c| c == '(' || c == ')' || c == ' ');
-                        info.permanent_flags = list.split_whitespace().map(String::from).collect();
+                        info.permanent_flags =
+                            Some(list.split_whitespace().map(String::from).collect());
                     }
                 }
                 Data::Response(Response::MailboxData(MailboxDatum::Exists(n))) => info.exists = n,
@@ -1873,7 +1874,7 @@ mod tests {
                 uid_next: Some(4),
                 exists: 3,
                 highest_modseq: Some(17),
-                permanent_flags: vec![],
+                permanent_flags: Some(vec![]),
                 read_only: true,
             }
         );
@@ -1907,7 +1908,10 @@ mod tests {
             (info.highest_modseq, info.read_only, info.exists),
             (None, false, 0)
         );
-        assert_eq!(info.permanent_flags, ["\\Seen", "\\*"]);
+        assert_eq!(
+            info.permanent_flags.as_deref(),
+            Some(&["\\Seen".to_owned(), "\\*".to_owned()][..])
+        );
         conn.logout().await.unwrap();
         script.await.unwrap();
     }

@@ -70,8 +70,9 @@ pub struct SelectedInfo {
     pub exists: u32,
     /// `None` when the server sent `[NOMODSEQ]` or does not support CONDSTORE.
     pub highest_modseq: Option<u64>,
-    /// Flags that can be stored permanently (`\*` means new keywords are allowed).
-    pub permanent_flags: Vec<String>,
+    /// Flags that can be stored permanently (`\*` means new keywords are
+    /// allowed); `None` when the server did not say (then all can be).
+    pub permanent_flags: Option<Vec<String>>,
     pub read_only: bool,
 }
 
