@@ -551,7 +551,47 @@ pub struct GraphEndpoint {
     /// …per this many seconds (Exchange Online: 150 MB per 5 minutes).
     #[serde(default = "default_upload_window_secs")]
     pub upload_window_secs: u64,
+    /// Well-known folders (`wellKnownName`) of a source not copied, nor
+    /// anything below them: by default Outlook's and Exchange's system
+    /// folders. Search folders are never copied.
+    #[serde(default = "default_skip_folders")]
+    pub skip_folders: Vec<String>,
 }
+
+/// Exchange's system folders: the Outbox, Outlook's Sync Issues (and its
+/// Conflicts, Local Failures and Server Failures), Skype's Conversation
+/// History, the Recoverable Items folders, and the hidden contact folders
+/// Exchange keeps for itself.
+pub const DEFAULT_SKIP_FOLDERS: [&str; 16] = [
+    "outbox",
+    "syncissues",
+    "conflicts",
+    "localfailures",
+    "serverfailures",
+    "conversationhistory",
+    "recoverableitemsroot",
+    "recoverableitemsdeletions",
+    "recoverableitemsversions",
+    "recoverableitemspurges",
+    "recoverableitemsdiscoveryholds",
+    "recipientcache",
+    "quickcontacts",
+    "imcontactlist",
+    "personmetadata",
+    "adminauditlogs",
+];
+
+fn default_skip_folders() -> Vec<String> {
+    DEFAULT_SKIP_FOLDERS.map(str::to_owned).to_vec()
+}
+
+/// Graph's national clouds (US Government L4 and L5, China operated by
+/// 21Vianet): the mailbox import/export API is not deployed in them.
+const NATIONAL_CLOUD_HOSTS: [&str; 3] = [
+    "graph.microsoft.us",
+    "dod-graph.microsoft.us",
+    "microsoftgraph.chinacloudapi.cn",
+];
 
 /// The scope of Outlook's limit of concurrent requests: the revisions of
 /// Microsoft's throttling-limits page disagree.
@@ -609,6 +649,14 @@ impl GraphEndpoint {
             credentials.scope = format!("{}/.default", self.graph_url.trim_end_matches('/'));
         }
         credentials
+    }
+
+    /// Whether `graph_url` is a national cloud's.
+    pub fn is_national_cloud(&self) -> bool {
+        url_host(&self.graph_url).is_some_and(|host| {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            NATIONAL_CLOUD_HOSTS.contains(&host.as_str())
+        })
     }
 
     fn validate(&self, side: &str) -> Result<(), ConfigError> {
@@ -917,6 +965,20 @@ impl Config {
         for (side, endpoint) in [("source", &self.source), ("target", &self.target)] {
             if let EndpointConfig::Graph(graph) = endpoint {
                 graph.validate(side)?;
+            }
+            // Tenant to tenant is the import/export API: global service only.
+            if let (EndpointConfig::Graph(graph), EndpointConfig::Graph(_)) =
+                (endpoint, &self.target)
+                && graph.is_national_cloud()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{side}.graph_url {:?} is a national cloud, where Graph's mailbox \
+                     import/export API (exportItems, importItem) does not exist: a Graph \
+                     target and its Graph source must be in the global service \
+                     (https://graph.microsoft.com); from a national cloud, copy to an IMAP \
+                     or Maildir target",
+                    graph.graph_url
+                )));
             }
             let EndpointConfig::Imap(imap) = endpoint else {
                 continue;
@@ -1268,6 +1330,46 @@ mod tests {
         let backup = parse(&graph("a.example"), maildir).unwrap();
         assert!(matches!(backup.source, EndpointConfig::Graph(_)));
         assert!(matches!(backup.target, EndpointConfig::Maildir(_)));
+    }
+
+    /// The import/export API is in the global service only: a national
+    /// cloud's Graph on either side of a tenant-to-tenant move is refused,
+    /// naming the key; reading MIME from one (to a backup) is not.
+    #[test]
+    fn a_national_cloud_is_refused_for_import_and_export() {
+        let graph = |side: &str, url: &str| {
+            format!(
+                "[{side}]\nkind = \"graph\"\ngraph_url = \"{url}\"\n[{side}.oauth2]\n\
+                 tenant = \"t.example\"\nclient_id = \"app\"\nclient_secret_env = \"SECRET\"\n"
+            )
+        };
+        let global = "https://graph.microsoft.com";
+        for cloud in [
+            "https://graph.microsoft.us",
+            "https://dod-graph.microsoft.us/",
+            "https://MicrosoftGraph.ChinaCloudApi.cn",
+        ] {
+            for (side, source, target) in [("source", cloud, global), ("target", global, cloud)] {
+                let text = format!("{}{}", graph("source", source), graph("target", target));
+                let error = Config::from_toml_str(&text).unwrap_err().to_string();
+                assert!(
+                    error.contains(&format!("{side}.graph_url"))
+                        && error.contains("national cloud"),
+                    "{error}"
+                );
+            }
+            let backup = format!(
+                "{}[target]\nkind = \"maildir\"\npath = \"/m/{{mailbox}}\"\n",
+                graph("source", cloud)
+            );
+            Config::from_toml_str(&backup).unwrap();
+        }
+        let text = format!("{}{}", graph("source", global), graph("target", global));
+        let config = Config::from_toml_str(&text).unwrap();
+        let EndpointConfig::Graph(source) = &config.source else {
+            panic!("a Graph source: {config:?}");
+        };
+        assert_eq!(source.skip_folders, DEFAULT_SKIP_FOLDERS);
     }
 
     #[test]

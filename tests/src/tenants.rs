@@ -7,7 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::GraphEmulator;
-use crate::graph_emulator::{AppSeed, EmulatorConfig, ItemSeed, TenantSeed, UserSeed};
+use crate::graph_emulator::{
+    AppSeed, EmulatorConfig, FolderSnapshot, ItemSeed, ItemSnapshot, Language, MailboxSnapshot,
+    TenantSeed, UserSeed,
+};
+use crate::verify::is_users_folder;
 
 pub const TENANT_A: &str = "tenant-a";
 pub const TENANT_B: &str = "tenant-b";
@@ -71,11 +75,110 @@ pub fn tenant_a(users: usize, per_folder: usize) -> TenantSeed {
 
 /// Tenant B: the same users with empty mailboxes.
 pub fn tenant_b(users: usize) -> TenantSeed {
+    tenant_b_in(Language::English, users)
+}
+
+/// Tenant B with its mailboxes set up in `language`, empty.
+pub fn tenant_b_in(language: Language, users: usize) -> TenantSeed {
     let mut tenant = TenantSeed::new(TENANT_B).app(AppSeed::with_secret(APP_B, SECRET_B));
     for i in 1..=users {
-        tenant = tenant.user(UserSeed::new(&target_user(i)));
+        tenant = tenant.user(UserSeed::new(&target_user(i)).language(language));
     }
     tenant
+}
+
+/// The mail folders of [`tenant_a_in`] with items: well-known folders
+/// (by their well-known names, whatever the language), folders below the
+/// inbox and one the user made.
+pub const LOCALISED_MAIL_FOLDERS: [&str; 9] = [
+    "inbox",
+    "inbox/Projects",
+    "inbox/Projects/2026",
+    "sentitems",
+    "drafts",
+    "deleteditems",
+    "junkemail",
+    "archive",
+    "Clients",
+];
+
+/// Tenant A with its mailboxes set up in `language`: `per_folder` items in
+/// each of [`LOCALISED_MAIL_FOLDERS`], in the calendar and a calendar
+/// below it, in the contacts and the tasks.
+pub fn tenant_a_in(language: Language, users: usize, per_folder: usize) -> TenantSeed {
+    let mut tenant = TenantSeed::new(TENANT_A).app(AppSeed::with_secret(APP_A, SECRET_A));
+    for i in 1..=users {
+        let mut user = UserSeed::new(&source_user(i))
+            .language(language)
+            .folder("inbox/Projects/2026", "IPF.Note")
+            .folder("Clients", "IPF.Note")
+            .folder("calendar/Holidays", "IPF.Appointment");
+        for n in 1..=per_folder {
+            for folder in LOCALISED_MAIL_FOLDERS {
+                user = user.item(ItemSeed::message(folder, &mime(i, folder, n)).read(n % 2 == 0));
+            }
+            let payload = |kind: &str| format!("{kind} {n} of user {i}").into_bytes();
+            for (folder, class, kind) in [
+                ("calendar", "IPM.Appointment", "meeting"),
+                ("calendar/Holidays", "IPM.Appointment", "holiday"),
+                ("contacts", "IPM.Contact", "contact"),
+                ("tasks", "IPM.Task", "task"),
+            ] {
+                user = user.item(ItemSeed::new(folder, class, &payload(kind)));
+            }
+        }
+        tenant = tenant.user(user);
+    }
+    tenant
+}
+
+/// A mailbox's folders of the user's (see [`is_users_folder`]), each by
+/// its place below the nearest well-known folder (`inbox/Projects`,
+/// whether the inbox is called `Inbox` or `Postvak IN`; a folder below no
+/// well-known folder by its path), with its type and its items' contents
+/// ([`ItemSnapshot::content`]), ordered.
+pub fn folders_by_role(mailbox: &MailboxSnapshot) -> Vec<(Vec<String>, String, Vec<String>)> {
+    let well_known: Vec<&FolderSnapshot> = mailbox
+        .folders
+        .iter()
+        .filter(|f| f.well_known.is_some())
+        .collect();
+    let mut folders: Vec<_> = mailbox
+        .folders
+        .iter()
+        .filter(|f| is_users_folder(f))
+        .map(|folder| {
+            let nearest = well_known
+                .iter()
+                .filter(|k| folder.path.starts_with(&k.path))
+                .max_by_key(|k| k.path.len());
+            let place = match nearest {
+                Some(known) => std::iter::once(known.well_known.clone().unwrap_or_default())
+                    .chain(folder.path[known.path.len()..].iter().cloned())
+                    .collect(),
+                None => folder.path.clone(),
+            };
+            let mut items: Vec<String> = folder.items.iter().map(ItemSnapshot::content).collect();
+            items.sort();
+            (place, folder.class.clone(), items)
+        })
+        .collect();
+    folders.sort_by(|a, b| a.0.cmp(&b.0));
+    folders
+}
+
+/// Every folder of the user's of every source mailbox is in the target at
+/// the same place relative to its well-known folders, whatever either side
+/// calls them, with the same type and exactly the same items; the target
+/// has no other folder of the user's (none made next to a localised one).
+pub fn assert_exact_by_role(emu: &GraphEmulator, users: usize) {
+    for i in 1..=users {
+        let source = folders_by_role(&emu.snapshot(&source_user(i)).unwrap());
+        let target = folders_by_role(&emu.snapshot(&target_user(i)).unwrap());
+        assert_eq!(source, target, "mailbox {i}: target differs from source");
+        let items: usize = source.iter().map(|(_, _, items)| items.len()).sum();
+        assert!(items > 0, "mailbox {i} has items");
+    }
 }
 
 /// The emulator with both tenants.

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use chrono::{DateTime, FixedOffset, Utc};
 
-use crate::graph_emulator::{FlagStatus, MailboxSnapshot};
+use crate::graph_emulator::{self, FlagStatus, MailboxSnapshot};
 use crate::imap::Endpoint;
 
 /// A source folder as seen in LIST, given to the folder mapping.
@@ -375,24 +375,50 @@ pub fn snapshot_maildir(
     Ok(folders_sorted(folders))
 }
 
+/// Exchange's system folders (`wellKnownName`), which a migration leaves
+/// out by default.
+pub const SYSTEM_FOLDERS: [&str; 6] = [
+    "outbox",
+    "syncissues",
+    "conflicts",
+    "localfailures",
+    "serverfailures",
+    "conversationhistory",
+];
+
+/// Whether a folder of an Exchange mailbox holds the user's items: neither
+/// a search folder nor one of [`SYSTEM_FOLDERS`].
+pub fn is_users_folder(folder: &graph_emulator::FolderSnapshot) -> bool {
+    !folder.search
+        && folder
+            .well_known
+            .as_deref()
+            .is_none_or(|name| !SYSTEM_FOLDERS.contains(&name))
+}
+
 /// The mail of a Graph emulator mailbox as a target outside Exchange should
-/// hold it: every mail folder (`IPF.Note`; the inbox as `INBOX`, other
-/// folders by their display names joined with `/`) with its messages' MIME,
+/// hold it: every mail folder of the user's (`IPF.Note`, see
+/// [`is_users_folder`]; the inbox as `INBOX` whatever its display name,
+/// other folders by their display names joined with `/`) with its messages' MIME,
 /// `\Seen` for read ones, `\Flagged` for flagged ones and the received date
 /// as internal date. Calendars, contacts and tasks have no MIME and are
 /// left out.
 pub fn snapshot_graph_mail(mailbox: &MailboxSnapshot, opts: &CompareOptions) -> Snapshot {
+    let inbox = mailbox
+        .folders
+        .iter()
+        .find(|folder| folder.well_known.as_deref() == Some("inbox"))
+        .map(|folder| folder.path.clone());
     let folders = mailbox
         .folders
         .iter()
-        .filter(|folder| folder.class.starts_with("IPF.Note"))
+        .filter(|folder| folder.class.starts_with("IPF.Note") && is_users_folder(folder))
         .map(|folder| {
             let mut levels = folder.path.clone();
-            if levels
-                .first()
-                .is_some_and(|l| l.eq_ignore_ascii_case("Inbox"))
+            if let Some(inbox) = &inbox
+                && levels.starts_with(inbox)
             {
-                levels[0] = "INBOX".to_owned();
+                levels.splice(..inbox.len(), ["INBOX".to_owned()]);
             }
             let name = levels.join("/");
             let messages = folder

@@ -12,8 +12,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use mailwave_tests::graph_emulator::{
     AppSeed, ConcurrencyScope, EmulatorConfig, Faults, FlagStatus, GRAPH_SCOPE, GraphEmulator,
-    ItemFault, ItemSeed, ItemUpdate, Limits, OUTLOOK_SCOPE, SyncReset, TenantSeed, ThrottleReason,
-    UserSeed,
+    ItemFault, ItemSeed, ItemUpdate, Language, Limits, OUTLOOK_SCOPE, SyncReset, TenantSeed,
+    ThrottleReason, UserSeed,
 };
 use mailwave_tests::{DovecotOptions, DovecotServer};
 use reqwest::header::HeaderMap;
@@ -646,7 +646,7 @@ async fn folders_list_page_filter_and_tenant_isolation() {
     assert_eq!(mbx, emu.mailbox_id(ALICE).unwrap());
     let folders_url = format!("/admin/exchange/mailboxes/{mbx}/folders");
 
-    // Paging: 9 default folders, 4 per page.
+    // Paging: 13 default top-level folders, 4 per page.
     let first = graph.get_ok(&format!("{folders_url}?$top=4")).await;
     assert_eq!(first["value"].as_array().unwrap().len(), 4);
     let next = first["@odata.nextLink"].as_str().expect("a nextLink");
@@ -670,7 +670,11 @@ async fn folders_list_page_filter_and_tenant_isolation() {
             "Archive",
             "Calendar",
             "Contacts",
-            "Tasks"
+            "Tasks",
+            "Notes",
+            "Outbox",
+            "Sync Issues",
+            "Conversation History"
         ]
     );
     let inbox = &all[0];
@@ -814,8 +818,85 @@ async fn create_folders_with_class_and_duplicates() {
         .iter()
         .map(|f| f["displayName"].as_str().unwrap())
         .collect();
-    assert_eq!(entries.len(), 9 + 4);
+    assert_eq!(entries.len(), 16 + 4);
     assert!(names.contains("2024") && names.contains("Team Calendar"));
+}
+
+/// A mailbox set up in Dutch names its default folders in Dutch, their
+/// well-known names unchanged; a search folder is told apart by
+/// `PidTagFolderType` (import/export API) and by its `@odata.type` (mail
+/// API); `repeatFolders` lists every folder twice.
+#[tokio::test]
+async fn localised_folders_search_folders_and_repeated_listings() {
+    const JAN: &str = "jan@nl.example";
+    let tenant = TenantSeed::new("nl-tenant")
+        .app(AppSeed::with_secret("app-nl", SECRET_A))
+        .user(
+            UserSeed::new(JAN)
+                .language(Language::Dutch)
+                .folder("inbox/Projecten", "IPF.Note")
+                .search_folder("Ongelezen")
+                .item(ItemSeed::message("inbox/Projecten", MIME_PROJECT)),
+        );
+    let emu = start(EmulatorConfig::default().tenant(tenant)).await;
+    let graph = Graph::new(&emu, "nl-tenant", "app-nl", SECRET_A).await;
+    let mbx = graph.mailbox_id(JAN).await;
+    let folders_url = format!(
+        "/admin/exchange/mailboxes/{mbx}/folders\
+         ?$expand=singleValueExtendedProperties($filter=id eq 'Integer 0x3601')"
+    );
+    let folders = graph.all_pages(&folders_url).await;
+    let by_name = |name: &str| {
+        folders
+            .iter()
+            .find(|f| f["displayName"] == name)
+            .unwrap_or_else(|| panic!("{name} in {folders:?}"))
+    };
+    for (name, well_known) in [
+        ("Postvak IN", "inbox"),
+        ("Verzonden items", "sentitems"),
+        ("Agenda", "calendar"),
+        ("Synchronisatieproblemen", "syncissues"),
+    ] {
+        assert_eq!(by_name(name)["wellKnownName"], well_known);
+    }
+    let folder_type = |f: &Value| f["singleValueExtendedProperties"][0]["value"].clone();
+    assert_eq!(folder_type(by_name("Postvak IN")), "1");
+    assert_eq!(folder_type(by_name("Ongelezen")), "2");
+    assert_eq!(by_name("Ongelezen")["wellKnownName"], Value::Null);
+    let inbox = by_name("Postvak IN")["id"].as_str().unwrap().to_owned();
+    let children = graph
+        .all_pages(&format!(
+            "/admin/exchange/mailboxes/{mbx}/folders/{inbox}/childFolders"
+        ))
+        .await;
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0]["displayName"], "Projecten");
+    assert_eq!(children[0]["totalItemCount"], 1);
+
+    let mail = graph.all_pages(&format!("/users/{JAN}/mailFolders")).await;
+    let types: BTreeSet<&str> = mail
+        .iter()
+        .filter(|f| f["displayName"] == "Ongelezen" || f["displayName"] == "Postvak IN")
+        .map(|f| f["@odata.type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        BTreeSet::from([
+            "#microsoft.graph.mailFolder",
+            "#microsoft.graph.mailSearchFolder"
+        ])
+    );
+
+    emu.set_faults(Faults {
+        repeat_folders: true,
+        ..Faults::default()
+    });
+    let twice = graph.all_pages(&folders_url).await;
+    assert_eq!(twice.len(), 2 * folders.len());
+    assert_eq!(twice[folders.len()..], folders[..]);
+    let mail_twice = graph.all_pages(&format!("/users/{JAN}/mailFolders")).await;
+    assert_eq!(mail_twice.len(), 2 * mail.len());
 }
 
 /// Recreates `source`'s folder tree in `target` (by well-known name or
@@ -1266,7 +1347,10 @@ async fn mail_api_delta_and_exact_mime() {
             "Drafts",
             "Deleted Items",
             "Junk Email",
-            "Archive"
+            "Archive",
+            "Outbox",
+            "Sync Issues",
+            "Conversation History"
         ]
     );
     assert_eq!(folders[0]["totalItemCount"], 3);

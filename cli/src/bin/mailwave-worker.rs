@@ -141,7 +141,7 @@ async fn check(
                 .map_err(|e| anyhow::anyhow!("source: {e}"))?;
             println!("source {}: {} folders", mailbox.source, folders.len());
             for folder in &folders {
-                let role = folder.special.map(|r| r.attribute()).unwrap_or("");
+                let role = folder.special.map(|r| format!("{r:?}")).unwrap_or_default();
                 println!("  {} {role}", folder.path);
             }
         }

@@ -27,6 +27,9 @@ use super::{Shared, State, control, identity, mail, permissions};
 
 /// The most items `exportItems` takes at once.
 const MAX_EXPORT_IDS: usize = 20;
+/// The largest request body accepted: an import of an item of 150 MB (the
+/// largest a mailbox item may be), as base64 with its JSON.
+const IMPORT_BODY_LIMIT: usize = 210 * 1024 * 1024;
 
 const MAILBOXES: &str = "/v1.0/admin/exchange/mailboxes/{mailbox}";
 
@@ -85,6 +88,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             shared.clone(),
             date_header,
         ))
+        // Imports carry whole items as base64 (axum's default: 2 MB).
+        .layer(axum::extract::DefaultBodyLimit::max(IMPORT_BODY_LIMIT))
         .with_state(shared)
 }
 
@@ -286,6 +291,28 @@ fn time_filter(query: &HashMap<String, String>) -> Result<Vec<TimeCondition>, Gr
         .collect()
 }
 
+/// `PidTagFolderType` as a single-value extended property: 1 for a generic
+/// folder, 2 for a search folder ([MS-OXPROPS], [MS-OXCFOLD]).
+const FOLDER_TYPE_PROPERTY: &str = "Integer 0x3601";
+
+/// Adds the expanded extended properties (`wanted`, see
+/// [`expanded_properties`]) to a folder's JSON: of a folder the emulator
+/// keeps its type only.
+fn expand_folder_properties(mut value: Value, folder: &Folder, wanted: Option<&[String]>) -> Value {
+    let Some(wanted) = wanted else {
+        return value;
+    };
+    let kind = if folder.search { "2" } else { "1" };
+    let properties: Vec<Value> = wanted
+        .iter()
+        .any(|w| w.eq_ignore_ascii_case(FOLDER_TYPE_PROPERTY))
+        .then(|| json!({ "id": FOLDER_TYPE_PROPERTY, "value": kind }))
+        .into_iter()
+        .collect();
+    value[EXPANDED_PROPERTIES] = json!(properties);
+    value
+}
+
 /// The `folders` collection's `$filter`: only `type eq '...'`.
 fn type_filter(query: &HashMap<String, String>) -> Result<Option<String>, GraphError> {
     let Some(filter) = option(query, "$filter") else {
@@ -331,7 +358,8 @@ fn list_folders(
         None => folder_of(mailbox, &mailbox.root_id)?,
     };
     let wanted_type = type_filter(query)?;
-    let values: Vec<Value> = mailbox
+    let expanded = expanded_properties(query)?;
+    let mut values: Vec<Value> = mailbox
         .children(&parent.id)
         .into_iter()
         .filter(|f| {
@@ -339,8 +367,11 @@ fn list_folders(
                 .as_deref()
                 .is_none_or(|t| f.class.eq_ignore_ascii_case(t))
         })
-        .map(|f| folder_json(mailbox, f, ctx))
+        .map(|f| expand_folder_properties(folder_json(mailbox, f, ctx), f, expanded.as_deref()))
         .collect();
+    if state.rules.faults.repeat_folders {
+        values.extend_from_within(..);
+    }
     let mut link_base = format!("{}/folders", mailbox_url(ctx, mailbox));
     if parent.id != mailbox.root_id {
         link_base = format!("{link_base}/{}/childFolders", parent.id);
@@ -399,8 +430,13 @@ async fn get_folder(
         |state, ctx| {
             let mailbox = mailbox_of(state, ctx)?;
             let folder = folder_of(mailbox, &folder)?;
+            let expanded = expanded_properties(&query)?;
             let mut body = apply_select(
-                folder_json(mailbox, folder, ctx),
+                expand_folder_properties(
+                    folder_json(mailbox, folder, ctx),
+                    folder,
+                    expanded.as_deref(),
+                ),
                 select_option(&query).as_deref(),
             );
             body["@odata.context"] = json!(format!(

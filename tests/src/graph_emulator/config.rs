@@ -219,6 +219,10 @@ pub struct Faults {
     /// with `enabled` false) are answered `503 Service Unavailable` all the
     /// same, as by a server that fails after doing the work; counted down.
     pub lost_import_answers: u32,
+    /// Folder listings (`folders`, `childFolders`, `mailFolders`) list
+    /// every folder twice: the whole collection, then all of it again, so
+    /// that later pages repeat folders of earlier ones.
+    pub repeat_folders: bool,
     /// Share of the items `importItem` stores (for the mailboxes random
     /// faults are drawn for) answered `504 Gateway Timeout` all the same:
     /// a gateway that gave up while the store did the work.
@@ -293,6 +297,7 @@ impl Default for Faults {
             latency: Duration::ZERO,
             only_mailboxes: Vec::new(),
             lost_import_answers: 0,
+            repeat_folders: false,
             answers: Vec::new(),
             import_sessions_end_after: None,
             applied_timeout_rate: 0.0,
@@ -402,6 +407,9 @@ pub struct UserSeed {
     /// Mailbox quota: an import that would exceed it is refused (507).
     #[serde(default)]
     pub quota_bytes: Option<u64>,
+    /// The language of the default folders' display names.
+    #[serde(default)]
+    pub language: Language,
     /// Folders beyond the default ones (Inbox, Sent Items, ... Tasks).
     #[serde(default)]
     pub folders: Vec<FolderSeed>,
@@ -416,6 +424,7 @@ impl UserSeed {
             id: None,
             mailbox_id: None,
             quota_bytes: None,
+            language: Language::default(),
             folders: Vec::new(),
             items: Vec::new(),
         }
@@ -426,10 +435,26 @@ impl UserSeed {
         self
     }
 
+    pub fn language(mut self, language: Language) -> Self {
+        self.language = language;
+        self
+    }
+
     pub fn folder(mut self, path: &str, class: &str) -> Self {
         self.folders.push(FolderSeed {
             path: path.to_owned(),
             class: class.to_owned(),
+            search: false,
+        });
+        self
+    }
+
+    /// A search folder (`PidTagFolderType` 2), as Outlook makes them.
+    pub fn search_folder(mut self, path: &str) -> Self {
+        self.folders.push(FolderSeed {
+            path: path.to_owned(),
+            class: default_folder_class(),
+            search: true,
         });
         self
     }
@@ -440,16 +465,33 @@ impl UserSeed {
     }
 }
 
+/// The language a mailbox was set up in: Exchange names its default
+/// folders in it (`Postvak IN`, `Posteingang`); their well-known names stay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Language {
+    #[default]
+    #[serde(rename = "en")]
+    English,
+    #[serde(rename = "nl")]
+    Dutch,
+    #[serde(rename = "de")]
+    German,
+}
+
 /// A folder, created with its missing parents (which get its class).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FolderSeed {
     /// Display names from the top of the mailbox, separated by `/`, e.g.
-    /// `Inbox/Projects`.
+    /// `Inbox/Projects`; the first may be a well-known name
+    /// (`inbox/Projects`).
     pub path: String,
     /// Folder class, e.g. `IPF.Note`, `IPF.Appointment`.
     #[serde(rename = "type", default = "default_folder_class")]
     pub class: String,
+    /// A search folder: the leaf is made one (its parents are not).
+    #[serde(default)]
+    pub search: bool,
 }
 
 fn default_folder_class() -> String {

@@ -61,7 +61,13 @@ fn mail_folder_json(mailbox: &Mailbox, folder: &Folder) -> Value {
         .into_iter()
         .filter(|f| is_mail_folder(f))
         .count();
+    let odata_type = if folder.search {
+        "#microsoft.graph.mailSearchFolder"
+    } else {
+        "#microsoft.graph.mailFolder"
+    };
     json!({
+        "@odata.type": odata_type,
         "id": folder.id,
         "displayName": folder.display_name,
         "parentFolderId": folder.parent_id,
@@ -81,12 +87,15 @@ fn list_mail_folders(
 ) -> Result<Response, GraphError> {
     let mailbox = mailbox_of(shared_state, ctx)?;
     let parent = mail_folder(mailbox, parent.unwrap_or(&mailbox.root_id))?;
-    let values = mailbox
+    let mut values: Vec<Value> = mailbox
         .children(&parent.id)
         .into_iter()
         .filter(|f| is_mail_folder(f))
         .map(|f| mail_folder_json(mailbox, f))
         .collect();
+    if shared_state.rules.faults.repeat_folders {
+        values.extend_from_within(..);
+    }
     let mut link_base = format!("{}/users/{user}/mailFolders", ctx.graph());
     if parent.id != mailbox.root_id {
         link_base = format!("{link_base}/{}/childFolders", parent.id);

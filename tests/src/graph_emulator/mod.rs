@@ -99,7 +99,7 @@ use tokio::task::JoinHandle;
 
 pub use config::{
     AppSeed, ConcurrencyScope, EmulatorConfig, Faults, FlagStatus, FolderSeed, ItemFault, ItemSeed,
-    ItemUpdate, Limits, ScriptedAnswer, SyncReset, TenantSeed, UserSeed,
+    ItemUpdate, Language, Limits, ScriptedAnswer, SyncReset, TenantSeed, UserSeed,
 };
 pub use model::{FolderSnapshot, ItemSnapshot, MailboxSnapshot};
 pub use rules::{MailboxStats, RequestEvent, ScriptedEvent, ThrottleReason};

@@ -13,20 +13,139 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;
 
-use super::config::{FlagStatus, ItemFault, ItemSeed, ItemUpdate, SyncReset, TenantSeed, UserSeed};
+use super::config::{
+    FlagStatus, ItemFault, ItemSeed, ItemUpdate, Language, SyncReset, TenantSeed, UserSeed,
+};
 use super::export::ItemContent;
 
-/// Folders every mailbox has: display name, well-known name, class.
-const DEFAULT_FOLDERS: [(&str, &str, &str); 9] = [
-    ("Inbox", "inbox", "IPF.Note"),
-    ("Sent Items", "sentitems", "IPF.Note"),
-    ("Drafts", "drafts", "IPF.Note"),
-    ("Deleted Items", "deleteditems", "IPF.Note"),
-    ("Junk Email", "junkemail", "IPF.Note"),
-    ("Archive", "archive", "IPF.Note"),
-    ("Calendar", "calendar", "IPF.Appointment"),
-    ("Contacts", "contacts", "IPF.Contact"),
-    ("Tasks", "tasks", "IPF.Task"),
+/// A folder every mailbox has (Exchange Online makes them with the
+/// mailbox, named in the mailbox's language).
+struct DefaultFolder {
+    well_known: &'static str,
+    class: &'static str,
+    /// The well-known name of its parent; `None`: the top of the mailbox.
+    parent: Option<&'static str>,
+    /// English, Dutch and German display names.
+    names: [&'static str; 3],
+}
+
+const fn default_folder(
+    well_known: &'static str,
+    class: &'static str,
+    parent: Option<&'static str>,
+    names: [&'static str; 3],
+) -> DefaultFolder {
+    DefaultFolder {
+        well_known,
+        class,
+        parent,
+        names,
+    }
+}
+
+/// The folders every mailbox has, parents first: the user's, and the
+/// system folders of Outlook and Skype (Outbox, Sync Issues and its
+/// children, Conversation History).
+const DEFAULT_FOLDERS: [DefaultFolder; 16] = [
+    default_folder(
+        "inbox",
+        "IPF.Note",
+        None,
+        ["Inbox", "Postvak IN", "Posteingang"],
+    ),
+    default_folder(
+        "sentitems",
+        "IPF.Note",
+        None,
+        ["Sent Items", "Verzonden items", "Gesendete Elemente"],
+    ),
+    default_folder(
+        "drafts",
+        "IPF.Note",
+        None,
+        ["Drafts", "Concepten", "Entwürfe"],
+    ),
+    default_folder(
+        "deleteditems",
+        "IPF.Note",
+        None,
+        ["Deleted Items", "Verwijderde items", "Gelöschte Elemente"],
+    ),
+    default_folder(
+        "junkemail",
+        "IPF.Note",
+        None,
+        ["Junk Email", "Ongewenste e-mail", "Junk-E-Mail"],
+    ),
+    default_folder(
+        "archive",
+        "IPF.Note",
+        None,
+        ["Archive", "Archief", "Archiv"],
+    ),
+    default_folder(
+        "calendar",
+        "IPF.Appointment",
+        None,
+        ["Calendar", "Agenda", "Kalender"],
+    ),
+    default_folder(
+        "contacts",
+        "IPF.Contact",
+        None,
+        ["Contacts", "Contactpersonen", "Kontakte"],
+    ),
+    default_folder("tasks", "IPF.Task", None, ["Tasks", "Taken", "Aufgaben"]),
+    default_folder(
+        "notes",
+        "IPF.StickyNote",
+        None,
+        ["Notes", "Notities", "Notizen"],
+    ),
+    default_folder(
+        "outbox",
+        "IPF.Note",
+        None,
+        ["Outbox", "Postvak UIT", "Postausgang"],
+    ),
+    default_folder(
+        "syncissues",
+        "IPF.Note",
+        None,
+        [
+            "Sync Issues",
+            "Synchronisatieproblemen",
+            "Synchronisierungsprobleme",
+        ],
+    ),
+    default_folder(
+        "conflicts",
+        "IPF.Note",
+        Some("syncissues"),
+        ["Conflicts", "Conflicten", "Konflikte"],
+    ),
+    default_folder(
+        "localfailures",
+        "IPF.Note",
+        Some("syncissues"),
+        ["Local Failures", "Lokale fouten", "Lokale Fehler"],
+    ),
+    default_folder(
+        "serverfailures",
+        "IPF.Note",
+        Some("syncissues"),
+        ["Server Failures", "Serverfouten", "Serverfehler"],
+    ),
+    default_folder(
+        "conversationhistory",
+        "IPF.Note",
+        None,
+        [
+            "Conversation History",
+            "Gespreksgeschiedenis",
+            "Unterhaltungsverlauf",
+        ],
+    ),
 ];
 
 /// Well-known name of the root ("Top of Information Store").
@@ -91,6 +210,8 @@ pub(crate) struct Folder {
     pub display_name: String,
     pub class: String,
     pub well_known: Option<&'static str>,
+    /// A search folder (`PidTagFolderType` 2) rather than a generic one.
+    pub search: bool,
     /// Creation order, for stable listings.
     pub order: u64,
     pub changed_seq: u64,
@@ -257,8 +378,22 @@ impl Mailbox {
             Some(ROOT_WELL_KNOWN),
         );
         mailbox.root_id = root_id.clone();
-        for (name, well_known, class) in DEFAULT_FOLDERS {
-            mailbox.insert_folder(Some(&root_id), name, class, Some(well_known));
+        let language = match user.language {
+            Language::English => 0,
+            Language::Dutch => 1,
+            Language::German => 2,
+        };
+        for folder in DEFAULT_FOLDERS {
+            let parent = match folder.parent {
+                Some(parent) => mailbox.folder(parent).map(|f| f.id.clone()),
+                None => Some(root_id.clone()),
+            };
+            mailbox.insert_folder(
+                parent.as_deref(),
+                folder.names[language],
+                folder.class,
+                Some(folder.well_known),
+            );
         }
         mailbox
     }
@@ -289,6 +424,7 @@ impl Mailbox {
             display_name: name.to_owned(),
             class: class.to_owned(),
             well_known,
+            search: false,
             order: self.id_counter,
             changed_seq: seq,
         };
@@ -315,6 +451,16 @@ impl Mailbox {
     fn child(&self, parent_id: &str, name: &str) -> Option<&Folder> {
         self.folders.values().find(|f| {
             f.parent_id.as_deref() == Some(parent_id) && f.display_name.eq_ignore_ascii_case(name)
+        })
+    }
+
+    /// The folder a seed path's level names below `parent_id`: a child of
+    /// that display name, or at the top, a well-known folder of that name.
+    fn seed_child(&self, parent_id: &str, name: &str) -> Option<&Folder> {
+        self.child(parent_id, name).or_else(|| {
+            (parent_id == self.root_id)
+                .then(|| self.folder(name))
+                .flatten()
         })
     }
 
@@ -347,7 +493,7 @@ impl Mailbox {
         }
         let mut current = self.folders.get(&self.root_id)?;
         for name in reference.split('/').filter(|n| !n.is_empty()) {
-            current = self.child(&current.id, name)?;
+            current = self.seed_child(&current.id, name)?;
         }
         (current.id != self.root_id).then_some(current)
     }
@@ -356,7 +502,7 @@ impl Mailbox {
     pub fn ensure_folder_path(&mut self, path: &str, class: &str) -> Result<String, String> {
         let mut current = self.root_id.clone();
         for name in path.split('/').filter(|n| !n.is_empty()) {
-            current = match self.child(&current, name) {
+            current = match self.seed_child(&current, name) {
                 Some(folder) => folder.id.clone(),
                 None => self.insert_folder(Some(&current), name, class, None),
             };
@@ -632,6 +778,8 @@ impl Mailbox {
                 FolderSnapshot {
                     path: self.folder_path(&folder.id),
                     class: folder.class.clone(),
+                    well_known: folder.well_known.map(str::to_owned),
+                    search: folder.search,
                     items,
                 }
             })
@@ -725,6 +873,10 @@ pub struct FolderSnapshot {
     /// Folder class (`type`), e.g. `IPF.Note`.
     #[serde(rename = "type")]
     pub class: String,
+    /// `wellKnownName`, for the folders Exchange makes.
+    pub well_known: Option<String>,
+    /// A search folder.
+    pub search: bool,
     /// Ordered by export data.
     pub items: Vec<ItemSnapshot>,
 }
@@ -831,7 +983,10 @@ impl Directory {
             }
             let mut mailbox = Mailbox::new(&seed.id, user, self.clock.clone());
             for folder in &user.folders {
-                mailbox.ensure_folder_path(&folder.path, &folder.class)?;
+                let id = mailbox.ensure_folder_path(&folder.path, &folder.class)?;
+                if let Some(made) = mailbox.folders.get_mut(&id) {
+                    made.search = folder.search;
+                }
             }
             for item in &user.items {
                 add_seed_item(&mut mailbox, item)?;

@@ -56,7 +56,8 @@ pub(crate) fn select_option(query: &HashMap<String, String>) -> Option<Vec<Strin
     })
 }
 
-/// Keeps the selected properties, `id` and annotations.
+/// Keeps the selected properties, `id`, annotations and what `$expand`
+/// added (extended properties).
 pub(crate) fn apply_select(value: Value, select: Option<&[String]>) -> Value {
     let (Some(select), Value::Object(map)) = (select, &value) else {
         return value;

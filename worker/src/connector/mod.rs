@@ -141,15 +141,30 @@ impl fmt::Display for FolderPath {
     }
 }
 
-/// Folder roles of RFC 6154 SPECIAL-USE, which must land in the target's
-/// folder of the same role whatever either side calls it.
+/// Folder roles, which land in the target's folder of the same role
+/// whatever either side calls it: the inbox, those of RFC 6154 SPECIAL-USE,
+/// and the other well-known folders of Exchange (`wellKnownName`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SpecialUse {
+    Inbox,
     Sent,
     Drafts,
     Trash,
     Junk,
     Archive,
+    Outbox,
+    Calendar,
+    Contacts,
+    Tasks,
+    Notes,
+    Journal,
+    ConversationHistory,
+    SyncIssues,
+    Conflicts,
+    LocalFailures,
+    ServerFailures,
+    Clutter,
+    Scheduled,
 }
 
 impl SpecialUse {
@@ -165,26 +180,16 @@ impl SpecialUse {
         })
     }
 
-    /// The LIST attribute of this role.
-    pub fn attribute(self) -> &'static str {
-        match self {
+    /// The SPECIAL-USE LIST attribute of this role, if it has one.
+    pub fn attribute(self) -> Option<&'static str> {
+        Some(match self {
             SpecialUse::Sent => "\\Sent",
             SpecialUse::Drafts => "\\Drafts",
             SpecialUse::Trash => "\\Trash",
             SpecialUse::Junk => "\\Junk",
             SpecialUse::Archive => "\\Archive",
-        }
-    }
-
-    /// The name used when the target has no folder of this role yet.
-    pub fn default_name(self) -> &'static str {
-        match self {
-            SpecialUse::Sent => "Sent",
-            SpecialUse::Drafts => "Drafts",
-            SpecialUse::Trash => "Trash",
-            SpecialUse::Junk => "Junk",
-            SpecialUse::Archive => "Archive",
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -390,6 +395,13 @@ pub trait MailSource: Send {
         folder: &SourceFolder,
         items: &[ItemMeta],
     ) -> Result<Fetched, ConnectorError>;
+
+    /// Bytes a [`MailSource::fetch`] of items of these sizes holds besides
+    /// their bodies while it runs (Graph: the export answer's base64), at
+    /// most: paid for from the memory budget with the bodies.
+    fn fetch_transit(&self, _sizes: &[u64]) -> u64 {
+        0
+    }
 
     /// The header blocks of these items (item key, header bytes), to
     /// recognise copies whose record was lost.
@@ -675,6 +687,13 @@ pub trait MailTarget: Send {
         mark: Option<&TargetMark>,
         wanted: &HashSet<String>,
     ) -> Result<Vec<TargetItem>, ConnectorError>;
+
+    /// Bytes a [`MailTarget::append`] of bodies of these sizes holds besides
+    /// them while it runs (Graph: the imports' base64), at most: paid for
+    /// from the memory budget with the bodies.
+    fn append_transit(&self, _sizes: &[u64]) -> u64 {
+        0
+    }
 
     /// Appends the messages in order.
     async fn append(

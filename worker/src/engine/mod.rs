@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::{
     ConnectorError, Fetched, FlagScan, Flags, FolderScan, Identity, ItemMeta, MailSource,
-    MailTarget, Message, Outgoing, Replacement, SourceFolder, SourcePosition, SpecialUse,
-    TargetFolder, header_hash,
+    MailTarget, Message, Outgoing, Replacement, SourceFolder, SourcePosition, TargetFolder,
+    header_hash,
 };
 use crate::lease::PassStore;
 
@@ -175,7 +175,7 @@ pub struct MailboxPass<'a> {
 /// What the lanes of one pass share.
 struct Shared {
     folders: Mutex<VecDeque<SourceFolder>>,
-    roles: HashMap<String, SpecialUse>,
+    roles: folders::SourceRoles,
     checkpoints: HashMap<String, FolderCheckpoint>,
     /// The target's folders, listed once when the first new folder needs them.
     target_folders: tokio::sync::Mutex<Option<Vec<TargetFolder>>>,
@@ -481,14 +481,14 @@ impl MailboxPass<'_> {
         folder: &SourceFolder,
         scan: &FolderScan,
     ) -> Result<FolderCheckpoint, ConnectorError> {
-        let role = shared.roles.get(&folder.key).copied();
+        let role = shared.roles.of(&folder.key);
         let target = lane.target().await?;
         let path = {
             let mut listed = shared.target_folders.lock().await;
             if listed.is_none() {
                 *listed = Some(target.folders().await?);
             }
-            folders::target_path(folder, role, listed.as_deref().unwrap_or_default())
+            folders::target_path(folder, &shared.roles, listed.as_deref().unwrap_or_default())
         };
         let created = target
             .ensure_folder(&path, role, folder.class.as_deref())
@@ -780,7 +780,13 @@ impl MailboxPass<'_> {
             if self.stop.is_cancelled() {
                 break;
             }
-            let bytes = batch_size(&batch);
+            // The bodies, and what the fetch or the append holds beside
+            // them (their encoded forms), whichever is more.
+            let sizes: Vec<u64> = batch.iter().map(weight).collect();
+            let bytes = batch_size(&batch)
+                + source
+                    .fetch_transit(&sizes)
+                    .max(target.append_transit(&sizes));
             // Never wait for memory while holding some: flush first instead.
             let permit = match self.budget.try_acquire(bytes) {
                 Some(permit) => permit,
@@ -804,9 +810,10 @@ impl MailboxPass<'_> {
             };
             let fetched = self.account(folder, &batch, fetched, stats).await?;
             let mut permit = permit;
+            let sizes: Vec<u64> = fetched.iter().map(|m| m.body.len() as u64).collect();
             self.budget.charge(
                 &mut permit,
-                fetched.iter().map(|m| m.body.len() as u64).sum(),
+                sizes.iter().sum::<u64>() + target.append_transit(&sizes),
             );
             in_hand = Some((batch, fetched, permit));
         }
@@ -1121,14 +1128,21 @@ impl MailboxPass<'_> {
             if self.stop.is_cancelled() {
                 return Err(ConnectorError::interrupted());
             }
-            let permit = self.budget.acquire(batch_size(&batch)).await;
+            // As a copy's (see `copy_items`): an update carries its body
+            // encoded as an append does.
+            let sizes: Vec<u64> = batch.iter().map(weight).collect();
+            let transit = lane
+                .source
+                .fetch_transit(&sizes)
+                .max(lane.target().await?.append_transit(&sizes));
+            let permit = self.budget.acquire(batch_size(&batch) + transit).await;
             let fetched = lane.source.fetch(folder, &batch).await?;
             let mut permit = permit;
             let messages = self.account(folder, &batch, fetched, stats).await?;
-            self.budget.charge(
-                &mut permit,
-                messages.iter().map(|m| m.body.len() as u64).sum(),
-            );
+            let sizes: Vec<u64> = messages.iter().map(|m| m.body.len() as u64).collect();
+            let transit = lane.target().await?.append_transit(&sizes);
+            self.budget
+                .charge(&mut permit, sizes.iter().sum::<u64>() + transit);
             let mut copies = Vec::with_capacity(messages.len());
             let mut replacements = Vec::with_capacity(messages.len());
             for message in messages {

@@ -24,6 +24,9 @@ const QUOTED_BODY_CHARS: usize = 300;
 /// Most bytes of an error answer read (the rest is not needed to classify
 /// it, and a hostile server could send without end).
 const ERROR_BODY_BYTES: u64 = 64 * 1024;
+/// The largest buffer made ahead for an answer of the length its server
+/// announces.
+const PRESIZED_BODY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Every request asks for immutable ids…
 const PREFER: &str = "IdType=\"ImmutableId\"";
@@ -484,7 +487,10 @@ async fn read_within(
     if let Some(limit) = response.content_length().and_then(over) {
         return Ok(Answer::TooLarge { limit });
     }
-    let mut body = bytes::BytesMut::new();
+    // Sized ahead by the length announced (within reason), not grown by
+    // doubling: a growing buffer briefly holds its old and new copies.
+    let announced = response.content_length().unwrap_or(0);
+    let mut body = bytes::BytesMut::with_capacity(announced.min(PRESIZED_BODY_BYTES) as usize);
     while let Some(chunk) = response.chunk().await? {
         if let Some(limit) = over((body.len() + chunk.len()) as u64) {
             return Ok(Answer::TooLarge { limit });

@@ -9,7 +9,10 @@
 //! well-known folders, so their ids are asked for by well-known name
 //! (`/mailFolders/sentitems`, …): Sent Items, Drafts, Deleted Items, Junk
 //! Email and Archive get their roles whatever their localised names, and
-//! the inbox is `INBOX` (its sub-folders below it).
+//! the inbox is `INBOX` (its sub-folders below it). Search folders
+//! (`mailSearchFolder`) and the well-known folders of `skip_folders` the
+//! mail API knows (Outbox, Sync Issues, Conversation History, …) are left
+//! out with everything below them.
 //!
 //! # Items and delta passes
 //! A folder's messages are listed with message delta (id, read state,
@@ -46,8 +49,31 @@ use super::{WELL_KNOWN_ROLES, encode, folder_tree, mailbox_client, scan_by_delta
 use crate::connector::throttle::WaitLimits;
 use crate::connector::{
     ConnectorError, Fetched, FolderPath, FolderScan, ItemMeta, MailSource, Message, Shared,
-    SourceFolder, SourcePosition,
+    SourceFolder, SourcePosition, SpecialUse,
 };
+
+/// The well-known folder names of the mail API (the mailFolder resource).
+const MAIL_WELL_KNOWN: [&str; 17] = [
+    "archive",
+    "clutter",
+    "conflicts",
+    "conversationhistory",
+    "deleteditems",
+    "drafts",
+    "inbox",
+    "junkemail",
+    "localfailures",
+    "msgfolderroot",
+    "outbox",
+    "recoverableitemsdeletions",
+    "scheduled",
+    "searchfolders",
+    "sentitems",
+    "serverfailures",
+    "syncissues",
+];
+/// The `@odata.type` of a search folder in the mail API.
+const MAIL_SEARCH_FOLDER: &str = "#microsoft.graph.mailSearchFolder";
 
 /// What message delta lists of each message.
 const DELTA_SELECT: &str = "id,isRead,flag,receivedDateTime";
@@ -61,6 +87,8 @@ pub struct GraphMimeSource {
     concurrency: usize,
     /// The most bytes of one body read (see the module's docs).
     max_body_bytes: u64,
+    /// The well-known folders not copied (`skip_folders`).
+    skip_folders: Vec<String>,
 }
 
 /// What became of one message asked for.
@@ -96,6 +124,7 @@ impl GraphMimeSource {
             root: format!("/users/{}", encode(user)),
             user: user.to_owned(),
             concurrency: endpoint.max_concurrent_requests.max(1),
+            skip_folders: endpoint.skip_folders.clone(),
         })
     }
 
@@ -170,15 +199,41 @@ fn read_message(id: &str, value: &Value) -> ItemMeta {
 impl MailSource for GraphMimeSource {
     async fn folders(&mut self) -> Result<Vec<SourceFolder>, ConnectorError> {
         let this = &*self;
-        let roles = WELL_KNOWN_ROLES.iter().map(|&(name, role)| async move {
+        // The roles an IMAP or Maildir target has, and the folders left out
+        // (role `None`) that the mail API can name.
+        let roles = WELL_KNOWN_ROLES
+            .iter()
+            .filter(|(_, role)| *role == SpecialUse::Inbox || role.attribute().is_some())
+            .map(|&(name, role)| (name, Some(role)));
+        let skipped = self
+            .skip_folders
+            .iter()
+            .filter(|name| MAIL_WELL_KNOWN.iter().any(|m| m.eq_ignore_ascii_case(name)))
+            .map(|name| (name.as_str(), None));
+        let named = roles.chain(skipped).map(|(name, role)| async move {
             Ok::<_, ConnectorError>(this.well_known_id(name).await?.map(|id| (id, role)))
         });
-        let (inbox, roles) = tokio::try_join!(this.well_known_id("inbox"), try_join_all(roles))?;
-        let folders = folder_tree(&self.client, &format!("{}/mailFolders", self.root)).await?;
+        let named: Vec<(String, Option<SpecialUse>)> =
+            try_join_all(named).await?.into_iter().flatten().collect();
+        let is_skipped = |value: &Value| {
+            value["@odata.type"].as_str() == Some(MAIL_SEARCH_FOLDER)
+                || value["id"]
+                    .as_str()
+                    .is_some_and(|id| named.iter().any(|(i, role)| i == id && role.is_none()))
+        };
+        let base = format!("{}/mailFolders", self.root);
+        let folders = folder_tree(&self.client, &base, "", is_skipped).await?;
+        let role_of = |id: &str| {
+            named
+                .iter()
+                .find_map(|(i, role)| (i == id).then_some(*role).flatten())
+        };
         // The inbox is INBOX whatever its display name, its sub-folders
         // below INBOX.
-        let inbox =
-            inbox.and_then(|id| folders.iter().find(|f| f.id == id).map(|f| f.path.clone()));
+        let inbox = folders
+            .iter()
+            .find(|f| role_of(&f.id) == Some(SpecialUse::Inbox))
+            .map(|f| f.path.clone());
         Ok(folders
             .into_iter()
             .map(|f| {
@@ -194,11 +249,7 @@ impl MailSource for GraphMimeSource {
                     None => f.path,
                 };
                 SourceFolder {
-                    special: roles
-                        .iter()
-                        .flatten()
-                        .find(|(id, _)| *id == f.id)
-                        .map(|&(_, role)| role),
+                    special: role_of(&f.id),
                     key: f.id,
                     path,
                     class: None,

@@ -18,8 +18,15 @@
 //! `childFolders`; a folder's key is its id (immutable), its path the chain
 //! of display names. Target folders are created with the source folder's
 //! `type` (`IPF.Note`, `IPF.Appointment`, `IPF.Contact`, `IPF.Task`, …).
-//! Well-known folders (`wellKnownName`, else a localised name) land in the
-//! target's folder of the same role.
+//! Well-known folders (`wellKnownName`: inbox, calendar, contacts, …, see
+//! [`WELL_KNOWN_ROLES`]) have a role on both sides, so that they and the
+//! folders below them land in the target's folder of the same role whatever
+//! the language of either mailbox (`engine::folders`). The listing also
+//! holds search folders (told apart by `PidTagFolderType`, asked for with
+//! `$expand`) and Exchange's system folders: search folders, the search
+//! folders' folder and the well-known folders of `skip_folders` are left
+//! out with everything below them. A folder listed twice (on two pages, or
+//! twice on one) is taken once.
 //!
 //! # Items and delta passes
 //! A folder's items are listed with item delta; the delta link is the
@@ -132,7 +139,8 @@ use crate::connector::{
 const EXPORT_BATCH: usize = 20;
 /// Most listed bytes of items exported in one request (at least one item
 /// goes): an answer holds its items base64-encoded, and is parsed whole,
-/// so about 2.7 times this is in memory while one is decoded.
+/// so about 2.7 times this is in memory while one is decoded (paid for
+/// from the memory budget: `MailSource::fetch_transit`).
 const EXPORT_REQUEST_BYTES: u64 = 4 * 1024 * 1024;
 /// `exportItems` error codes of a passing condition of the server, not of
 /// the item: the fetch fails and the pass retries from its checkpoint.
@@ -242,9 +250,14 @@ impl GraphMailbox {
         })
     }
 
-    /// Every folder, parents before children, with its path.
-    async fn folders(&self) -> Result<Vec<GraphFolder>, ConnectorError> {
-        folder_tree(&self.client, &format!("{}/folders", self.root)).await
+    /// Every folder, parents before children, with its path, but those
+    /// `skipped` says and all below them.
+    async fn folders(
+        &self,
+        skipped: impl Fn(&Value) -> bool,
+    ) -> Result<Vec<GraphFolder>, ConnectorError> {
+        let base = format!("{}/folders", self.root);
+        folder_tree(&self.client, &base, FOLDER_QUERY, skipped).await
     }
 
     /// Exports items (id, listed size), at most [`EXPORT_BATCH`] and
@@ -466,20 +479,39 @@ struct GraphFolder {
 
 /// Every folder below `base` (`…/folders` of the import/export API or
 /// `/users/{id}/mailFolders` of the mail API, both with `childFolders`),
-/// parents before children, with its path of display names.
-async fn folder_tree(client: &GraphClient, base: &str) -> Result<Vec<GraphFolder>, ConnectorError> {
+/// each listed with `query`, parents before children, with its path of
+/// display names. A folder is taken once however often the server lists
+/// it; the folders `skipped` says, and all below them, are left out.
+async fn folder_tree(
+    client: &GraphClient,
+    base: &str,
+    query: &str,
+    skipped: impl Fn(&Value) -> bool,
+) -> Result<Vec<GraphFolder>, ConnectorError> {
     let mut folders = Vec::new();
-    let mut pending: Vec<(String, FolderPath)> = vec![(base.to_owned(), FolderPath(Vec::new()))];
+    let mut seen = HashSet::new();
+    let mut pending: Vec<(String, FolderPath)> =
+        vec![(format!("{base}{query}"), FolderPath(Vec::new()))];
     while let Some((url, parent)) = pending.pop() {
         for value in client.get_all(&url).await? {
             let (Some(id), Some(name)) = (value["id"].as_str(), value["displayName"].as_str())
             else {
                 continue;
             };
+            if !seen.insert(id.to_owned()) {
+                continue;
+            }
             let mut path = parent.clone();
             path.0.push(name.to_owned());
+            if skipped(&value) {
+                tracing::debug!(folder = %path, "system or search folder; not copied");
+                continue;
+            }
             if value["childFolderCount"].as_u64().unwrap_or(0) > 0 {
-                pending.push((format!("{base}/{}/childFolders", encode(id)), path.clone()));
+                pending.push((
+                    format!("{base}/{}/childFolders{query}", encode(id)),
+                    path.clone(),
+                ));
             }
             folders.push(GraphFolder {
                 id: id.to_owned(),
@@ -493,14 +525,60 @@ async fn folder_tree(client: &GraphClient, base: &str) -> Result<Vec<GraphFolder
     Ok(folders)
 }
 
-/// Well-known folder names of Exchange with a role, as Graph URLs accept
-/// them in place of a folder id.
-const WELL_KNOWN_ROLES: [(&str, SpecialUse); 5] = [
+/// `PidTagFolderType` as a single-value extended property: 2
+/// (`FOLDER_SEARCH`) marks a search folder, which the import/export API
+/// lists among the others.
+const FOLDER_TYPE_PROPERTY: &str = "Integer 0x3601";
+/// How the import/export API's folders are listed: with their folder type.
+const FOLDER_QUERY: &str =
+    "?$expand=singleValueExtendedProperties($filter=id%20eq%20'Integer%200x3601')";
+/// The well-known folder that holds the search folders: never copied.
+const SEARCH_FOLDERS: &str = "searchfolders";
+
+/// Whether an import/export folder is left out: a search folder, the
+/// search folders' folder, or a well-known folder `skip` names.
+fn is_skipped_folder(value: &Value, skip: &[String]) -> bool {
+    let search = value["singleValueExtendedProperties"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| {
+            p["id"]
+                .as_str()
+                .is_some_and(|id| id.eq_ignore_ascii_case(FOLDER_TYPE_PROPERTY))
+                && p["value"].as_str() == Some("2")
+        });
+    let skipped_name = value["wellKnownName"].as_str().is_some_and(|name| {
+        name.eq_ignore_ascii_case(SEARCH_FOLDERS)
+            || skip.iter().any(|s| s.eq_ignore_ascii_case(name))
+    });
+    search || skipped_name
+}
+
+/// Exchange's well-known folders that have a role (`wellKnownName`, the
+/// names Graph URLs accept in place of a folder id): those of the
+/// mailboxFolder and mailFolder resources and of EWS's distinguished
+/// folders that hold the user's items.
+const WELL_KNOWN_ROLES: [(&str, SpecialUse); 19] = [
+    ("inbox", SpecialUse::Inbox),
     ("sentitems", SpecialUse::Sent),
     ("drafts", SpecialUse::Drafts),
     ("deleteditems", SpecialUse::Trash),
     ("junkemail", SpecialUse::Junk),
     ("archive", SpecialUse::Archive),
+    ("outbox", SpecialUse::Outbox),
+    ("calendar", SpecialUse::Calendar),
+    ("contacts", SpecialUse::Contacts),
+    ("tasks", SpecialUse::Tasks),
+    ("notes", SpecialUse::Notes),
+    ("journal", SpecialUse::Journal),
+    ("conversationhistory", SpecialUse::ConversationHistory),
+    ("syncissues", SpecialUse::SyncIssues),
+    ("conflicts", SpecialUse::Conflicts),
+    ("localfailures", SpecialUse::LocalFailures),
+    ("serverfailures", SpecialUse::ServerFailures),
+    ("clutter", SpecialUse::Clutter),
+    ("scheduled", SpecialUse::Scheduled),
 ];
 
 /// The role of a well-known folder name of Exchange.
@@ -527,6 +605,8 @@ fn encode(segment: &str) -> String {
 /// The source side: export.
 pub struct GraphExportSource {
     mailbox: GraphMailbox,
+    /// The well-known folders not copied (`skip_folders`).
+    skip_folders: Vec<String>,
 }
 
 impl GraphExportSource {
@@ -540,6 +620,7 @@ impl GraphExportSource {
     ) -> Result<Self, ConnectorError> {
         Ok(GraphExportSource {
             mailbox: GraphMailbox::open(endpoint, user, limits, shared).await?,
+            skip_folders: endpoint.skip_folders.clone(),
         })
     }
 }
@@ -699,9 +780,10 @@ async fn scan_by_delta(
 #[async_trait]
 impl MailSource for GraphExportSource {
     async fn folders(&mut self) -> Result<Vec<SourceFolder>, ConnectorError> {
+        let skip = &self.skip_folders;
         Ok(self
             .mailbox
-            .folders()
+            .folders(|value| is_skipped_folder(value, skip))
             .await?
             .into_iter()
             .map(|f| SourceFolder {
@@ -755,6 +837,17 @@ impl MailSource for GraphExportSource {
             candidate.identity = keys.remove(&candidate.item);
         }
         Ok(scan)
+    }
+
+    /// The largest export request of these items, as base64 twice: the
+    /// answer's text and its parsed strings.
+    fn fetch_transit(&self, sizes: &[u64]) -> u64 {
+        let largest = sizes.iter().copied().max().unwrap_or(0);
+        let request = sizes
+            .iter()
+            .sum::<u64>()
+            .min(EXPORT_REQUEST_BYTES.max(largest));
+        2 * base64_len(request)
     }
 
     async fn fetch(
@@ -877,9 +970,10 @@ impl GraphImportTarget {
         if let (false, Some(known)) = (relist, &self.known_folders) {
             return Ok(known.clone());
         }
+        // Every folder, so that none is made twice.
         let listed: Vec<TargetFolder> = self
             .mailbox
-            .folders()
+            .folders(|_| false)
             .await?
             .into_iter()
             .map(|f| TargetFolder {
@@ -891,6 +985,11 @@ impl GraphImportTarget {
         self.known_folders = Some(listed.clone());
         Ok(listed)
     }
+}
+
+/// The length of the base64 of `bytes` bytes.
+fn base64_len(bytes: u64) -> u64 {
+    bytes.div_ceil(3) * 4
 }
 
 /// One item's import: the new item's id and `changeKey`, or why the
@@ -1141,6 +1240,19 @@ impl MailTarget for GraphImportTarget {
             .collect())
     }
 
+    /// The imports in flight at once and one more being made, the largest
+    /// ones: each as base64 twice (the request's JSON value and its
+    /// serialized body).
+    fn append_transit(&self, sizes: &[u64]) -> u64 {
+        let mut sizes = sizes.to_vec();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes
+            .iter()
+            .take(self.concurrency + 1)
+            .map(|&size| 2 * base64_len(size))
+            .sum()
+    }
+
     async fn append(
         &mut self,
         folder: &str,
@@ -1229,7 +1341,8 @@ mod tests {
     fn well_known_roles_and_paths() {
         assert_eq!(role_of_well_known("sentitems"), Some(SpecialUse::Sent));
         assert_eq!(role_of_well_known("DeletedItems"), Some(SpecialUse::Trash));
-        assert_eq!(role_of_well_known("calendar"), None);
+        assert_eq!(role_of_well_known("calendar"), Some(SpecialUse::Calendar));
+        assert_eq!(role_of_well_known("msgfolderroot"), None);
         assert!(same_path(
             &FolderPath(vec!["Inbox".into(), "Projekte".into()]),
             &FolderPath(vec!["INBOX".into(), "projekte".into()])
