@@ -128,6 +128,141 @@ async fn a_lost_delta_link_resyncs_the_folder_without_duplicates() {
     assert_eq!(again.total("items_copied"), 0);
 }
 
+/// Three items of `user`'s source mailbox, added before the first pass:
+/// one to be read, one to be flagged, one to be edited (its categories).
+fn items_to_change(emu: &GraphEmulator, user: &str) -> [String; 3] {
+    ["read later", "flag later", "edit later"].map(|subject| {
+        emu.add_item(user, &ItemSeed::message("Inbox", &mime(1, subject, 1)))
+            .unwrap()
+    })
+}
+
+/// The changes [`items_to_change`]'s items get at the source.
+fn source_changes() -> [ItemUpdate; 3] {
+    [
+        ItemUpdate {
+            is_read: Some(true),
+            ..ItemUpdate::default()
+        },
+        ItemUpdate {
+            flag_status: Some(FlagStatus::Flagged),
+            ..ItemUpdate::default()
+        },
+        ItemUpdate {
+            categories: Some(vec!["Edited at the source".into()]),
+            ..ItemUpdate::default()
+        },
+    ]
+}
+
+/// Each of `items` of the source has exactly one copy in the target.
+fn assert_one_copy_each(emu: &GraphEmulator, users: usize, items: &[String]) {
+    for item in items {
+        let copies = emu
+            .copies(&source_user(users), item, &target_user(users))
+            .unwrap();
+        assert_eq!(copies.len(), 1, "copies of {item}: {copies:?}");
+    }
+}
+
+/// Issue 9, point 3: items read, re-flagged and edited at the source
+/// after their first copy are exported again and their copies updated in
+/// place (`importItem` in `update` mode with the copy's id and change
+/// key): the target shows the changes, nothing is there twice, and a pass
+/// with no further change updates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn items_changed_at_the_source_update_their_copies_in_place() {
+    let users = 1;
+    let emu = emulator(users, 2).await;
+    let user = source_user(1);
+    let items = items_to_change(&emu, &user);
+    let migration = migration(&emu, users);
+    migration.run_ok().unwrap();
+    assert_exact(&emu, users);
+    let imported = emu.stats(&target_user(1)).unwrap().imports;
+
+    for (item, change) in items.iter().zip(source_changes()) {
+        emu.update_item(&user, item, &change).unwrap();
+    }
+    let delta = migration.run_ok().unwrap();
+    assert_eq!(delta.stat(&user, "items_updated"), 3, "{}", delta.stdout);
+    assert_eq!(delta.stat(&user, "items_copied"), 0, "{}", delta.stdout);
+    assert_eq!(delta.stat(&user, "items_failed"), 0, "{}", delta.stdout);
+    assert_exact(&emu, users);
+    assert_one_copy_each(&emu, users, &items);
+    let imports = emu.stats(&target_user(1)).unwrap().imports;
+    assert_eq!(imports, imported + 3, "one update per changed item");
+
+    let again = migration.run_ok().unwrap();
+    assert_eq!(again.stat(&user, "items_updated"), 0, "{}", again.stdout);
+    assert_exact(&emu, users);
+}
+
+/// Issue 9, point 3: a copy a user edited on the target between passes
+/// has another change key than the one recorded, so its update meets
+/// `409 ErrorIrresolvableConflict`. The source is authoritative until the
+/// cutover: the copy's current change key is read and the update sent
+/// again, once. The copy is the source's version, there is one copy, and
+/// nothing is recorded as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_edited_on_the_target_gets_the_source_version_once() {
+    let users = 1;
+    let emu = emulator(users, 2).await;
+    let user = source_user(1);
+    let items = items_to_change(&emu, &user);
+    let migration = migration(&emu, users);
+    migration.run_ok().unwrap();
+
+    let copy = emu.copies(&user, &items[2], &target_user(1)).unwrap();
+    let edited = ItemUpdate {
+        categories: Some(vec!["Edited on the target".into()]),
+        ..ItemUpdate::default()
+    };
+    emu.update_item(&target_user(1), &copy[0], &edited).unwrap();
+    let [_, _, edit] = source_changes();
+    emu.update_item(&user, &items[2], &edit).unwrap();
+
+    let delta = migration.run_ok().unwrap();
+    assert_eq!(delta.stat(&user, "items_updated"), 1, "{}", delta.stdout);
+    assert_eq!(delta.stat(&user, "items_failed"), 0, "{}", delta.stdout);
+    assert_exact(&emu, users);
+    assert_one_copy_each(&emu, users, &items);
+    assert_eq!(
+        emu.copies(&user, &items[2], &target_user(1)).unwrap(),
+        copy,
+        "updated in place"
+    );
+}
+
+/// Issue 9, point 3: an update is the item's whole new version, so it is
+/// resent after a 503, here one the target sends after it applied the
+/// update: the resend names the old change key (409), the current one is
+/// read and the update sent again. The pass is not restarted, the copy is
+/// exact and there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_answered_503_after_applying_is_resent_and_stays_exact() {
+    let users = 1;
+    let emu = emulator(users, 2).await;
+    let user = source_user(1);
+    let items = items_to_change(&emu, &user);
+    let migration = migration(&emu, users);
+    migration.run_ok().unwrap();
+
+    let [read, _, _] = source_changes();
+    emu.update_item(&user, &items[0], &read).unwrap();
+    emu.set_faults(Faults {
+        lost_import_answers: 1,
+        ..Faults::default()
+    });
+    let delta = migration.run_ok().unwrap();
+    assert_eq!(emu.faults().lost_import_answers, 0, "an answer was lost");
+    assert_eq!(delta.stat(&user, "items_updated"), 1, "{}", delta.stdout);
+    assert_eq!(delta.stat(&user, "items_failed"), 0, "{}", delta.stdout);
+    assert_eq!(delta.stat(&user, "retries"), 0, "{}", delta.stdout);
+    assert_exact(&emu, users);
+    assert_one_copy_each(&emu, users, &items);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn import_sessions_are_renewed_before_they_expire() {
     let users = 1;

@@ -101,6 +101,8 @@ pub struct PassStats {
     /// Items found already in the target after an interruption (not copied again).
     pub items_recovered: u64,
     pub flags_updated: u64,
+    /// Copies replaced with a changed source item's new version.
+    pub items_updated: u64,
     pub items_skipped: u64,
     /// Of the skipped items, those the operator's policy left out
     /// (`max_message_bytes`): not errors.
@@ -132,6 +134,7 @@ impl PassStats {
         self.bytes_copied += other.bytes_copied;
         self.items_recovered += other.items_recovered;
         self.flags_updated += other.flags_updated;
+        self.items_updated += other.items_updated;
         self.items_skipped += other.items_skipped;
         self.items_skipped_by_policy += other.items_skipped_by_policy;
         self.items_failed += other.items_failed;
@@ -271,6 +274,14 @@ pub struct LedgerEntry {
     pub identity: String,
     /// Flags as last written to the target, canonical form (see `Flags`).
     pub flags: String,
+    /// The source item's version when it was copied, where the source
+    /// versions items (Graph: its `changeKey`): listed later with another,
+    /// the item changed and its copy is updated.
+    pub source_version: Option<String>,
+    /// The copy's version as the target last answered, where the target
+    /// versions items (Graph: the import's `changeKey`): what an update of
+    /// the copy names.
+    pub target_version: Option<String>,
 }
 
 /// An item or a whole folder that could not be copied, kept for the report

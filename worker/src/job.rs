@@ -184,6 +184,7 @@ pub async fn run_job(
     tracing::info!(mailbox = %mailbox.source, pass = job.pass, state = outcome.state.as_str(),
         seconds = started.elapsed().as_secs_f64(), folders = s.folders, copied = s.items_copied,
         bytes = s.bytes_copied, recovered = s.items_recovered, flags = s.flags_updated,
+        updated = s.items_updated,
         skipped = s.items_skipped, retries = s.retries, throttled = s.throttled,
         waited_ms = s.wait_millis, "mailbox pass ended");
     match ctx.store.finish_pass(keeper.lease(), &outcome).await {

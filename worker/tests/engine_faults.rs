@@ -175,6 +175,7 @@ fn meta(uid: u32, body: &Bytes) -> ItemMeta {
         flags: Flags::default(),
         internal_date: None,
         identity: None,
+        version: None,
     }
 }
 
@@ -347,6 +348,7 @@ impl MailTarget for Target {
         Ok(AppendReport {
             results,
             mark_after,
+            ..AppendReport::default()
         })
     }
 

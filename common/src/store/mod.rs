@@ -216,8 +216,8 @@ pub trait LedgerStore: RecordStore {
     ) -> Result<Vec<LedgerEntry>, StoreError>;
 
     /// After the target folder was re-created (its validity changed): sets
-    /// the target ids of these items (`None`: no copy found) and saves the
-    /// checkpoint, atomically.
+    /// the target ids of these items (`None`: no copy found), forgets their
+    /// target versions, and saves the checkpoint, atomically.
     async fn retarget_folder(
         &self,
         lease: &Lease,

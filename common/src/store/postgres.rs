@@ -406,7 +406,7 @@ const CHECKPOINT_COLUMNS: &str = "mailbox, folder, target_folder, validity, high
      source_cursor, target_mark, target_validity, subscribed";
 
 const LEDGER_COLUMNS: &str = "mailbox, folder, validity, item, uid, target_folder, target_id,
-     size, content_hash, header_hash, flags, identity";
+     size, content_hash, header_hash, flags, identity, source_version, target_version";
 
 /// Fails with [`StoreError::LeaseLost`] unless `lease` is the mailbox's live
 /// lease. Takes a share lock on the lease row, so that no other worker can
@@ -450,6 +450,8 @@ fn ledger_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
         header_hash: row.try_get(9)?,
         flags: row.try_get(10)?,
         identity: row.try_get(11)?,
+        source_version: row.try_get(12)?,
+        target_version: row.try_get(13)?,
     })
 }
 
@@ -494,12 +496,12 @@ macro_rules! checkpoint_upsert {
 }
 
 /// The upsert of ledger entries into `table` (`ledger`, or `intents` of the
-/// same columns) from twelve arrays (see [`LedgerColumns`]), the parameters
+/// same columns) from fourteen arrays (see [`LedgerColumns`]), the parameters
 /// from `$first` on.
 fn ledger_upsert(table: &str, first: usize) -> String {
     let types = [
         "bigint", "text", "bigint", "text", "bigint", "text", "text", "bigint", "text", "text",
-        "text", "text",
+        "text", "text", "text", "text",
     ];
     let arrays: Vec<String> = types
         .iter()
@@ -513,7 +515,9 @@ fn ledger_upsert(table: &str, first: usize) -> String {
              uid = excluded.uid, target_folder = excluded.target_folder,
              target_id = excluded.target_id, size = excluded.size,
              content_hash = excluded.content_hash, header_hash = excluded.header_hash,
-             flags = excluded.flags, identity = excluded.identity",
+             flags = excluded.flags, identity = excluded.identity,
+             source_version = excluded.source_version,
+             target_version = excluded.target_version",
         arrays.join(", ")
     )
 }
@@ -576,6 +580,8 @@ struct LedgerColumns<'a> {
     header_hash: Vec<&'a str>,
     flags: Vec<&'a str>,
     identity: Vec<&'a str>,
+    source_version: Vec<Option<&'a str>>,
+    target_version: Vec<Option<&'a str>>,
 }
 
 impl<'a> LedgerColumns<'a> {
@@ -594,11 +600,13 @@ impl<'a> LedgerColumns<'a> {
             columns.header_hash.push(&e.header_hash);
             columns.flags.push(&e.flags);
             columns.identity.push(&e.identity);
+            columns.source_version.push(e.source_version.as_deref());
+            columns.target_version.push(e.target_version.as_deref());
         }
         columns
     }
 
-    fn params(&self) -> [Param<'_>; 12] {
+    fn params(&self) -> [Param<'_>; 14] {
         [
             &self.mailbox,
             &self.folder,
@@ -612,6 +620,8 @@ impl<'a> LedgerColumns<'a> {
             &self.header_hash,
             &self.flags,
             &self.identity,
+            &self.source_version,
+            &self.target_version,
         ]
     }
 }
@@ -961,7 +971,7 @@ impl LedgerStore for PostgresStore {
         params.extend(retarget_params);
         let sql = concat!(
             "WITH retargeted AS (
-                 UPDATE ledger SET target_id = r.target_id, target_folder = $3
+                 UPDATE ledger SET target_id = r.target_id, target_folder = $3, target_version = NULL
                  FROM unnest($10::text[], $11::text[]) AS r (item, target_id)
                  WHERE ledger.mailbox = $1 AND ledger.folder = $2 AND ledger.validity = $4
                    AND ledger.item = r.item
@@ -1572,7 +1582,7 @@ mod tests {
                 .await
                 .unwrap()
                 .get(0);
-            assert_eq!(applied, 6, "V1 to V6");
+            assert_eq!(applied, 7, "V1 to V7");
             let partitions: i64 = client
                 .query_one(
                     "SELECT count(*) FROM pg_inherits WHERE inhparent = 'ledger'::regclass",
@@ -1673,6 +1683,8 @@ mod tests {
                     header_hash: format!("h{uid}"),
                     flags: "\\Seen".into(),
                     identity: format!("k{uid}:b{uid}"),
+                    source_version: Some(format!("s{uid}")),
+                    target_version: (uid % 3 == 0).then(|| format!("t{uid}")),
                 })
                 .collect();
             let checkpoint = FolderCheckpoint {

@@ -167,11 +167,13 @@ fn ledger_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
         header_hash: row.get(9)?,
         flags: row.get(10)?,
         identity: row.get(11)?,
+        source_version: row.get(12)?,
+        target_version: row.get(13)?,
     })
 }
 
 const LEDGER_COLUMNS: &str = "mailbox, folder, validity, item, uid, target_folder, target_id, size,
-     content_hash, header_hash, flags, identity";
+     content_hash, header_hash, flags, identity, source_version, target_version";
 
 const CHECKPOINT_COLUMNS: &str = "mailbox, folder, target_folder, validity, high_water_mark,
      source_cursor, target_mark, target_validity, subscribed";
@@ -213,12 +215,14 @@ fn put_ledger_entries(
 ) -> rusqlite::Result<()> {
     let mut insert = conn.prepare_cached(&format!(
         "INSERT INTO {table} ({LEDGER_COLUMNS})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
          ON CONFLICT (mailbox, folder, validity, item) DO UPDATE SET
              uid = excluded.uid, target_folder = excluded.target_folder,
              target_id = excluded.target_id, size = excluded.size,
              content_hash = excluded.content_hash, header_hash = excluded.header_hash,
-             flags = excluded.flags, identity = excluded.identity"
+             flags = excluded.flags, identity = excluded.identity,
+             source_version = excluded.source_version,
+             target_version = excluded.target_version"
     ))?;
     for e in entries {
         insert.execute(params![
@@ -233,7 +237,9 @@ fn put_ledger_entries(
             e.content_hash,
             e.header_hash,
             e.flags,
-            e.identity
+            e.identity,
+            e.source_version,
+            e.target_version
         ])?;
     }
     Ok(())
@@ -629,7 +635,7 @@ impl LedgerStore for SqliteStore {
             check_lease(&tx, &lease)?;
             {
                 let mut update = tx.prepare_cached(
-                    "UPDATE ledger SET target_id = ?4, target_folder = ?5
+                    "UPDATE ledger SET target_id = ?4, target_folder = ?5, target_version = NULL
                      WHERE mailbox = ?1 AND folder = ?2 AND validity = ?3 AND item = ?6",
                 )?;
                 for (item, target_id) in &target_ids {

@@ -115,6 +115,8 @@ fn entry(mailbox: i64, folder: &str, validity: u32, uid: u32) -> LedgerEntry {
         header_hash: format!("h{uid}"),
         flags: "\\Seen".into(),
         identity: format!("k{uid}:b{uid}"),
+        source_version: Some(format!("s{uid}")),
+        target_version: Some(format!("t{uid}")),
     }
 }
 
@@ -295,9 +297,12 @@ pub async fn checkpoints_and_ledger(store: &dyn Store) {
     assert_eq!(store.ledger(id, "INBOX", 5).await.unwrap(), batch);
     assert!(store.ledger(id, "INBOX", 6).await.unwrap().is_empty());
 
-    // Committing an entry again (a retried batch) replaces it, never duplicates.
+    // Committing an entry again (a retried batch, an updated copy)
+    // replaces it, never duplicates.
     let mut retried = entry(id, "INBOX", 5, 3);
     retried.target_id = Some("999".into());
+    retried.source_version = Some("s3 changed".into());
+    retried.target_version = None;
     store
         .commit_items(&l, &checkpoint(id, "INBOX", 5, 3), &[retried.clone()])
         .await
@@ -722,6 +727,22 @@ pub async fn retargeting_after_the_target_folder_changed(store: &dyn Store) {
         .map(|e| e.target_id)
         .collect();
     assert_eq!(ids, [Some("31".into()), Some("102".into()), None]);
+    // The versions of the copies found again are not known.
+    let versions: Vec<_> = store
+        .ledger(id, "INBOX", 5)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.source_version, e.target_version))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            (Some("s1".into()), None),
+            (Some("s2".into()), Some("t2".into())),
+            (Some("s3".into()), None)
+        ]
+    );
     assert_eq!(store.checkpoints(id).await.unwrap(), [moved]);
 }
 

@@ -217,6 +217,28 @@ impl GraphEmulator {
         self.shared.delete_item(mailbox, item_id)
     }
 
+    /// The immutable ids of the items of `target` that are copies of item
+    /// `item_id` of `source` (the same search key), in id order.
+    pub fn copies(&self, source: &str, item_id: &str, target: &str) -> Result<Vec<String>> {
+        let state = self.shared.lock();
+        let mailbox = |user: &str| {
+            state
+                .directory
+                .mailbox(user)
+                .ok_or_else(|| no_mailbox(user))
+        };
+        let original = mailbox(source)?
+            .item(item_id)
+            .ok_or_else(|| anyhow!("no item {item_id:?} in {source:?}"))?;
+        let key = &original.content.search_key;
+        Ok(mailbox(target)?
+            .items
+            .values()
+            .filter(|item| key.is_some() && &item.content.search_key == key)
+            .map(|item| item.id.clone())
+            .collect())
+    }
+
     /// Makes every delta and skip token of the mailbox answer `410 Gone`.
     pub fn reset_delta_tokens(&self, mailbox: &str) -> Result<()> {
         self.reset_delta_tokens_as(mailbox, SyncReset::Gone)

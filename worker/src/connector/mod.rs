@@ -8,7 +8,7 @@ pub mod maildir;
 pub mod oauth;
 pub mod throttle;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -293,6 +293,12 @@ pub struct ItemMeta {
     /// and its bytes do not tell (Graph's export stream: a server key, see
     /// [`Identity::keyed`]); `None`: the identity of its message.
     pub identity: Option<Identity>,
+    /// The item's version, where the source versions items (Graph: its
+    /// `changeKey`): a copied item listed with another version changed
+    /// since its copy was made, and the copy is updated
+    /// ([`MailTarget::update`]). Sources without versions (IMAP, Maildir)
+    /// give `None`; their changes are flag changes.
+    pub version: Option<String>,
 }
 
 /// What a source is told of a folder's checkpoint: its own side of it.
@@ -481,8 +487,22 @@ pub struct AppendReport {
     /// Per message, in order: the copy's id in the target (when the target
     /// tells it), or why that one message was refused.
     pub results: Vec<Result<Option<String>, ConnectorError>>,
+    /// The version of each copy, by its id, where the target versions its
+    /// copies (Graph: the import's `changeKey`).
+    pub versions: HashMap<String, String>,
     /// The target's mark after this append, when known without asking.
     pub mark_after: Option<TargetMark>,
+}
+
+/// A copy to be replaced with its source item's new version.
+#[derive(Debug, Clone)]
+pub struct Replacement {
+    /// The copy's id in the target.
+    pub target_id: String,
+    /// The copy's version as the target last gave it; `None`: not known
+    /// (a copy found again after an interruption), the target reads it.
+    pub version: Option<String>,
+    pub body: Bytes,
 }
 
 /// Where a target folder stands.
@@ -681,6 +701,21 @@ pub trait MailTarget: Send {
         folder: &str,
         messages: &[Outgoing],
     ) -> Result<AppendReport, ConnectorError>;
+
+    /// Replaces copies with their source items' new versions, in order:
+    /// per copy, its new version, or why that one was refused (a copy
+    /// changed or gone on the target). Asked only of changed items of a
+    /// source that versions them (see [`ItemMeta::version`]), which only
+    /// the Graph import target pairs with.
+    async fn update(
+        &mut self,
+        _folder: &str,
+        _replacements: &[Replacement],
+    ) -> Result<Vec<Result<String, ConnectorError>>, ConnectorError> {
+        Err(ConnectorError::item(
+            "this target keeps no versions of its copies: they cannot be updated",
+        ))
+    }
 
     /// Subscribes the owner to `folder` (idempotent). Targets without
     /// subscriptions (Exchange through Graph) have nothing to do.

@@ -16,7 +16,11 @@
 //! A folder whose checkpoint still matches the source (same validity, no
 //! UID above the mark, same HIGHESTMODSEQ) costs one status query and
 //! nothing else. Flag changes come from CONDSTORE where the source has it,
-//! else from a flags-only listing compared with the ledger.
+//! else from a flags-only listing compared with the ledger. A copied item
+//! listed with another version than its ledger entry's (a source that
+//! versions items: Graph's `changeKey`) changed since its copy: it is
+//! fetched again and its copy replaced ([`MailTarget::update`]), the new
+//! versions committed with the checkpoint.
 
 pub mod folders;
 
@@ -36,7 +40,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connector::{
     ConnectorError, Fetched, FlagScan, Flags, FolderScan, Identity, ItemMeta, MailSource,
-    MailTarget, Message, Outgoing, SourceFolder, SourcePosition, TargetFolder, header_hash,
+    MailTarget, Message, Outgoing, Replacement, SourceFolder, SourcePosition, TargetFolder,
+    header_hash,
 };
 use crate::lease::PassStore;
 
@@ -414,6 +419,27 @@ impl MailboxPass<'_> {
         }
         self.copy_items(lane, folder, &mut checkpoint, pending, stats)
             .await?;
+        let changed: Vec<ItemMeta> = scan
+            .candidates
+            .iter()
+            .filter(|item| {
+                ledger
+                    .get(&item.item)
+                    .is_some_and(|e| changed_since_copy(item, e))
+            })
+            .cloned()
+            .collect();
+        stats.items_updated += self
+            .update_items(
+                lane,
+                folder,
+                &mut checkpoint,
+                &mut target_checked,
+                &ledger,
+                changed,
+                stats,
+            )
+            .await?;
 
         let flag_state: Vec<(String, Flags)> = match scan.flags {
             FlagScan::Changed(list) | FlagScan::All(list) => list,
@@ -581,6 +607,7 @@ impl MailboxPass<'_> {
                 flags: Flags::parse(&entry.flags),
                 internal_date: None,
                 identity: None,
+                version: None,
             };
             let reason = format!(
                 "its copy is no longer in target folder {} (re-created: UIDVALIDITY {recorded} -> {now}); not copied again",
@@ -923,6 +950,8 @@ impl MailboxPass<'_> {
             match result {
                 Ok(id) => {
                     bytes += message.body.len() as u64;
+                    entry.target_version =
+                        id.as_ref().and_then(|id| report.versions.get(id)).cloned();
                     entry.target_id = id;
                     copied.push(entry);
                     keywords_refused.extend(refused);
@@ -974,24 +1003,18 @@ impl MailboxPass<'_> {
         if changed.is_empty() {
             return Ok(0);
         }
-        // The ledger's ids are used only once they are known to be current.
-        let retargeted = self
-            .check_target_folder(lane, folder, checkpoint, target_checked, stats)
+        let items: Vec<&str> = changed.iter().map(|(item, _)| item.as_str()).collect();
+        let ledger = self
+            .current_entries(
+                lane,
+                folder,
+                checkpoint,
+                target_checked,
+                ledger,
+                &items,
+                stats,
+            )
             .await?;
-        let reloaded: HashMap<String, LedgerEntry>;
-        let ledger = if retargeted {
-            let items: Vec<String> = changed.iter().map(|(item, _)| item.clone()).collect();
-            reloaded = self
-                .store
-                .ledger_entries(&folder.key, checkpoint.validity, &items)
-                .await?
-                .into_iter()
-                .map(|e| (e.item.clone(), e))
-                .collect();
-            &reloaded
-        } else {
-            ledger
-        };
         let mut changes = Vec::new();
         let mut recorded = Vec::new();
         for (item, flags) in changed {
@@ -1032,6 +1055,144 @@ impl MailboxPass<'_> {
             .await?;
         self.note_refused_keywords(folder, &keywords_refused, stats);
         Ok(changes.len() as u64)
+    }
+
+    /// The ledger entries of `items` with target ids known to be current:
+    /// those of `ledger`, or read again once the target folder's ids were
+    /// replaced (see [`Self::check_target_folder`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn current_entries(
+        &self,
+        lane: &mut Lane<'_>,
+        folder: &SourceFolder,
+        checkpoint: &mut FolderCheckpoint,
+        target_checked: &mut Option<bool>,
+        ledger: &HashMap<String, LedgerEntry>,
+        items: &[&str],
+        stats: &mut PassStats,
+    ) -> Result<HashMap<String, LedgerEntry>, ConnectorError> {
+        let retargeted = self
+            .check_target_folder(lane, folder, checkpoint, target_checked, stats)
+            .await?;
+        if !retargeted {
+            return Ok(items
+                .iter()
+                .filter_map(|item| ledger.get(*item))
+                .map(|e| (e.item.clone(), e.clone()))
+                .collect());
+        }
+        let items: Vec<String> = items.iter().map(|item| (*item).to_owned()).collect();
+        Ok(self
+            .store
+            .ledger_entries(&folder.key, checkpoint.validity, &items)
+            .await?
+            .into_iter()
+            .map(|e| (e.item.clone(), e))
+            .collect())
+    }
+
+    /// Replaces the copies of items that changed since they were copied
+    /// (see [`changed_since_copy`]) with their new versions, batch by
+    /// batch, each committed with the checkpoint: the new source and
+    /// target versions are recorded together. An item gone from the source
+    /// meanwhile keeps its copy; one the source or the target refuses is
+    /// recorded. Returns how many copies were updated.
+    #[allow(clippy::too_many_arguments)]
+    async fn update_items(
+        &self,
+        lane: &mut Lane<'_>,
+        folder: &SourceFolder,
+        checkpoint: &mut FolderCheckpoint,
+        target_checked: &mut Option<bool>,
+        ledger: &HashMap<String, LedgerEntry>,
+        items: Vec<ItemMeta>,
+        stats: &mut PassStats,
+    ) -> Result<u64, ConnectorError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let names: Vec<&str> = items.iter().map(|i| i.item.as_str()).collect();
+        let ledger = self
+            .current_entries(
+                lane,
+                folder,
+                checkpoint,
+                target_checked,
+                ledger,
+                &names,
+                stats,
+            )
+            .await?;
+        let mut updated = 0;
+        for batch in self.batches(items) {
+            if self.stop.is_cancelled() {
+                return Err(ConnectorError::interrupted());
+            }
+            // As a copy's (see `copy_items`): an update carries its body
+            // encoded as an append does.
+            let sizes: Vec<u64> = batch.iter().map(weight).collect();
+            let transit = lane
+                .source
+                .fetch_transit(&sizes)
+                .max(lane.target().await?.append_transit(&sizes));
+            let permit = self.budget.acquire(batch_size(&batch) + transit).await;
+            let fetched = lane.source.fetch(folder, &batch).await?;
+            let mut permit = permit;
+            let messages = self.account(folder, &batch, fetched, stats).await?;
+            let sizes: Vec<u64> = messages.iter().map(|m| m.body.len() as u64).collect();
+            let transit = lane.target().await?.append_transit(&sizes);
+            self.budget
+                .charge(&mut permit, sizes.iter().sum::<u64>() + transit);
+            let mut copies = Vec::with_capacity(messages.len());
+            let mut replacements = Vec::with_capacity(messages.len());
+            for message in messages {
+                let Some((entry, target_id)) = ledger
+                    .get(&message.meta.item)
+                    .and_then(|e| Some((e, e.target_id.clone()?)))
+                else {
+                    continue;
+                };
+                replacements.push(Replacement {
+                    target_id,
+                    version: entry.target_version.clone(),
+                    body: message.body.clone(),
+                });
+                copies.push((message, entry));
+            }
+            let target = lane.target().await?;
+            let results = self
+                .store
+                .keeper()
+                .guard(target.update(&checkpoint.target_folder, &replacements))
+                .await?;
+            if results.len() != copies.len() {
+                return Err(ConnectorError::transient(format!(
+                    "target answered {} results for {} updated copies",
+                    results.len(),
+                    copies.len()
+                )));
+            }
+            let mut entries = Vec::with_capacity(copies.len());
+            for ((message, entry), result) in copies.into_iter().zip(results) {
+                match result {
+                    Ok(version) => entries.push(LedgerEntry {
+                        target_version: Some(version),
+                        ..self.ledger_entry(checkpoint, &message, entry.target_id.clone())
+                    }),
+                    Err(error) if error.class == ErrorClass::Item => {
+                        let reason = format!("its copy could not be updated: {}", error.message);
+                        self.record_item_failure(folder, &message.meta, error.class, reason)
+                            .await?;
+                        stats.items_failed += 1;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            self.store.commit_items(checkpoint, &entries).await?;
+            updated += entries.len() as u64;
+            drop(permit);
+        }
+        Ok(updated)
     }
 
     /// Counts keywords the target did not store, and says so once per
@@ -1090,6 +1251,8 @@ impl MailboxPass<'_> {
             content_hash: blake3::hash(&message.body).to_hex().to_string(),
             header_hash: header_hash(&message.body),
             flags: message.meta.flags.to_string(),
+            source_version: message.meta.version.clone(),
+            target_version: None,
             identity: message
                 .meta
                 .identity
@@ -1179,6 +1342,16 @@ impl MailboxPass<'_> {
     }
 }
 
+/// Whether the source item changed since it was copied: both it and its
+/// entry have a version (sources without versions have flag changes
+/// instead), they differ, and the copy's id is known.
+fn changed_since_copy(item: &ItemMeta, entry: &LedgerEntry) -> bool {
+    item.version.is_some()
+        && entry.source_version.is_some()
+        && item.version != entry.source_version
+        && entry.target_id.is_some()
+}
+
 /// What an item is taken to weigh before its body is read.
 fn weight(item: &ItemMeta) -> u64 {
     item.size.unwrap_or(UNKNOWN_SIZE)
@@ -1205,6 +1378,7 @@ mod tests {
             flags: Flags::default(),
             internal_date: None,
             identity: None,
+            version: None,
         }
     }
 

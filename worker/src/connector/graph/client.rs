@@ -295,6 +295,21 @@ impl GraphClient {
         .await
     }
 
+    /// POSTs an update of an existing item (`Mode: "update"`) to an import
+    /// session's URL: it carries the item's whole new version, so it is
+    /// sent again after any throttled or transient failure.
+    pub async fn import_update(&self, url: &str, body: &Value) -> Result<Value, GraphError> {
+        self.send(
+            Method::POST,
+            url,
+            Body::Upload(body),
+            Resend::Idempotent,
+            None,
+            json_answer,
+        )
+        .await
+    }
+
     /// Every item of a collection, following `@odata.nextLink`.
     pub async fn get_all(&self, path_or_url: &str) -> Result<Vec<Value>, GraphError> {
         let mut items = Vec::new();

@@ -191,6 +191,7 @@ fn read_message(id: &str, value: &Value) -> ItemMeta {
             .as_str()
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok()),
         identity: None,
+        version: None,
     }
 }
 

@@ -33,7 +33,7 @@
 //! folder checkpoint's sync state, so a later pass asks only for what
 //! changed. Every GET asks for pages of 1,000 (`Prefer:
 //! odata.maxpagesize`; the service's default is 10) and item delta selects
-//! the size only. A delta link the server forgot (`410 Gone`, or a 40x with
+//! the size and the `changeKey` only. A delta link the server forgot (`410 Gone`, or a 40x with
 //! `syncStateNotFound`, `resyncRequired` or `SyncStateInvalid`) restarts the folder
 //! from a full delta listing: what the ledger holds is left out, nothing is
 //! imported twice. Items leave in `exportItems` requests of at most 20 items
@@ -41,6 +41,19 @@
 //! imported one by one (several at a time, within the mailbox's throttle
 //! window) through an import session renewed before it expires. Ids are
 //! immutable ids (`Prefer: IdType="ImmutableId"`) everywhere.
+//!
+//! # Changed items
+//! Delta lists an item again when it changed (read, flagged, edited), with
+//! a new `changeKey`; its export gives the `changeKey` of the data
+//! exported, the engine's source version of the item. An import answers
+//! the new item's `itemId` and `changeKey`, which the ledger keeps. A
+//! changed item is exported again and imported with `Mode: "update"`, the
+//! copy's `ItemId` and `ChangeKey`: the copy is replaced in place, never
+//! duplicated. The update carries the whole item, so it is resent after a
+//! passing failure. A `409 ErrorIrresolvableConflict` (the copy changed
+//! on the target: a user's edit, or an update whose answer was lost) gets
+//! the copy's current `changeKey` read and the update sent once more: the
+//! source is authoritative until the cutover (`update_one`).
 //!
 //! Every item asked of `exportItems` is accounted for: an entry with
 //! `data` is the item; an `error` (`errorCode`, `message`) of
@@ -118,8 +131,8 @@ use self::client::GraphClient;
 use crate::connector::throttle::{EndpointThrottle, RequestBudget, ThrottleSettings, WaitLimits};
 use crate::connector::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
-    ItemMeta, MailSource, MailTarget, Message, Outgoing, Shared, SourceFolder, SourcePosition,
-    SpecialUse, TargetFolder, TargetItem, TargetPosition,
+    ItemMeta, MailSource, MailTarget, Message, Outgoing, Replacement, Shared, SourceFolder,
+    SourcePosition, SpecialUse, TargetFolder, TargetItem, TargetPosition,
 };
 
 /// Most item ids `exportItems` takes at once.
@@ -371,7 +384,8 @@ fn item_key(value: &Value) -> Option<Identity> {
 
 /// What `exportItems` gave for one item.
 enum Exported {
-    Data(Bytes),
+    /// The item's data, and its `changeKey` (the version exported).
+    Data(Bytes, Option<String>),
     /// `ErrorItemNotFound`: the item is no longer there.
     Gone,
     /// Any other error of the item (class [`ErrorClass::Item`]).
@@ -412,8 +426,9 @@ fn exported_item(mut entry: Value) -> Result<(String, Exported), ConnectorError>
         )));
     };
     if let Value::String(data) = entry["data"].take() {
+        let version = entry["changeKey"].as_str().map(str::to_owned);
         let outcome = match BASE64.decode(data) {
-            Ok(data) => Exported::Data(Bytes::from(data)),
+            Ok(data) => Exported::Data(Bytes::from(data), version),
             Err(e) => Exported::Refused(ConnectorError::item(format!(
                 "export data is not base64: {e}"
             ))),
@@ -786,9 +801,10 @@ impl MailSource for GraphExportSource {
         folder: &SourceFolder,
         position: Option<SourcePosition<'_>>,
     ) -> Result<FolderScan, ConnectorError> {
-        // Only the size is read of each item (the id always comes).
+        // Only the size and the version are read of each item (the id
+        // always comes).
         let initial = format!(
-            "{}/folders/{}/items/delta?$select=size",
+            "{}/folders/{}/items/delta?$select=size,changeKey",
             self.mailbox.root,
             encode(&folder.key)
         );
@@ -799,6 +815,7 @@ impl MailSource for GraphExportSource {
             flags: Flags::default(),
             internal_date: None,
             identity: None,
+            version: value["changeKey"].as_str().map(str::to_owned),
         };
         let mailbox = &self.mailbox;
         let (mut scan, earliest) = scan_by_delta(
@@ -850,9 +867,12 @@ impl MailSource for GraphExportSource {
         let mut result = Fetched::default();
         for meta in items {
             match exported.remove(&meta.item) {
-                Some(Exported::Data(body)) => result.messages.push(Message {
+                Some(Exported::Data(body, version)) => result.messages.push(Message {
                     meta: ItemMeta {
                         size: Some(body.len() as u64),
+                        // The version of the data exported, should the
+                        // item have changed since it was listed.
+                        version: version.or_else(|| meta.version.clone()),
                         ..meta.clone()
                     },
                     body,
@@ -945,22 +965,6 @@ impl GraphImportTarget {
         Ok(url.to_owned())
     }
 
-    /// Imports `bodies` into `folder` through `url`, several at a time: each
-    /// one's outcome, in order.
-    async fn import_all(
-        &self,
-        url: &str,
-        folder: &str,
-        bodies: Vec<Bytes>,
-    ) -> Vec<Result<Option<String>, client::GraphError>> {
-        let client = &self.mailbox.client;
-        futures::stream::iter(bodies)
-            .map(|body| import_one(client, url, folder, body))
-            .buffered(self.concurrency)
-            .collect()
-            .await
-    }
-
     /// The folder tree, listed again when `relist` or never listed yet.
     async fn folder_list(&mut self, relist: bool) -> Result<Vec<TargetFolder>, ConnectorError> {
         if let (false, Some(known)) = (relist, &self.known_folders) {
@@ -988,16 +992,142 @@ fn base64_len(bytes: u64) -> u64 {
     bytes.div_ceil(3) * 4
 }
 
-/// One item's import: the new item's id, or why the target refused it.
+/// One item's import: the new item's id and `changeKey`, or why the
+/// target refused it.
 async fn import_one(
     client: &GraphClient,
     url: &str,
     folder: &str,
     data: Bytes,
-) -> Result<Option<String>, client::GraphError> {
+) -> Result<(Option<String>, Option<String>), client::GraphError> {
     let body = json!({ "FolderId": folder, "Mode": "create", "Data": BASE64.encode(data) });
     let answer = client.import(url, &body).await?;
-    Ok(answer["itemId"].as_str().map(str::to_owned))
+    let field = |name: &str| answer[name].as_str().map(str::to_owned);
+    Ok((field("itemId"), field("changeKey")))
+}
+
+/// One copy's update (`Mode: "update"` with its id and `changeKey`): its
+/// new `changeKey`. The data is the source item's whole new version, so the
+/// request is idempotent and resent after a passing failure. A `409`
+/// (`ErrorIrresolvableConflict`: the copy's `changeKey` is no longer the
+/// one named) means the copy changed on the target since it was written,
+/// by a user or by an update of ours whose answer was lost: the source is
+/// authoritative until the cutover, so the copy's current `changeKey` is
+/// read and the update sent once more (a second conflict is that item's
+/// failure). An unknown `changeKey` is read first.
+async fn update_one(
+    client: &GraphClient,
+    url: &str,
+    root: &str,
+    folder: &str,
+    replacement: Replacement,
+) -> Result<String, client::GraphError> {
+    let data = BASE64.encode(&replacement.body);
+    let send = |change_key: String| {
+        let body = json!({
+            "FolderId": folder,
+            "Mode": "update",
+            "ItemId": replacement.target_id,
+            "ChangeKey": change_key,
+            "Data": data,
+        });
+        async move { client.import_update(url, &body).await }
+    };
+    let current = || async {
+        let item = format!(
+            "{root}/folders/{}/items/{}?$select=changeKey",
+            encode(folder),
+            encode(&replacement.target_id)
+        );
+        let answer = client.get(&item).await?;
+        change_key_of(&answer, "the copy")
+    };
+    let known = match &replacement.version {
+        Some(version) => version.clone(),
+        None => current().await?,
+    };
+    let answer = match send(known).await {
+        Err(error) if error.status == Some(reqwest::StatusCode::CONFLICT) => {
+            tracing::warn!(item = %replacement.target_id, %error,
+                "the copy changed on the target since it was written; replacing it with the source's version");
+            send(current().await?).await?
+        }
+        answer => answer?,
+    };
+    change_key_of(&answer, "an update")
+}
+
+/// The `changeKey` of an answer about `what`.
+fn change_key_of(answer: &Value, what: &str) -> Result<String, client::GraphError> {
+    answer["changeKey"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| client::GraphError {
+            class: ErrorClass::Transient,
+            retry_after: None,
+            status: None,
+            code: None,
+            message: format!("Graph answered {what} without a changeKey"),
+        })
+}
+
+impl GraphImportTarget {
+    /// Sends one import request per item (`send(url, item)`), several at
+    /// a time: each one's outcome, in order. Those the import session
+    /// refused (it ended before its time, expired or deleted: the URL's
+    /// token is an import's only authorisation, so a refused request was
+    /// answered before it reached the mailbox, and nothing of it was
+    /// stored) are sent once more through a new session; refused again,
+    /// the mailbox fails. An item's own failure is its result; any other
+    /// failure fails the call.
+    async fn import_each<I, T, Fut>(
+        &mut self,
+        items: Vec<I>,
+        send: impl Fn(String, I) -> Fut,
+    ) -> Result<Vec<Result<T, ConnectorError>>, ConnectorError>
+    where
+        I: Clone,
+        Fut: std::future::Future<Output = Result<T, client::GraphError>>,
+    {
+        let concurrency = self.concurrency;
+        let send = &send;
+        let send_all = |url: String, items: Vec<I>| {
+            futures::stream::iter(items)
+                .map(move |item| send(url.clone(), item))
+                .buffered(concurrency)
+                .collect::<Vec<_>>()
+        };
+        let url = self.import_url(false).await?;
+        let mut outcomes = send_all(url, items.clone()).await;
+        let refused: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| matches!(&outcomes[i], Err(e) if e.is_import_session_refused()))
+            .collect();
+        if !refused.is_empty() {
+            let url = self.import_url(true).await?;
+            let again = refused.iter().map(|&i| items[i].clone()).collect();
+            let retried = send_all(url, again).await;
+            for (i, outcome) in refused.into_iter().zip(retried) {
+                outcomes[i] = outcome;
+            }
+        }
+        let mut results = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            match outcome {
+                Ok(value) => results.push(Ok(value)),
+                Err(error) if error.is_import_session_refused() => {
+                    self.session = None;
+                    return Err(ConnectorError::mailbox(format!(
+                        "a new import session was refused as well: {error}"
+                    )));
+                }
+                Err(error) if error.class == ErrorClass::Item => {
+                    results.push(Err(ConnectorError::from(error)));
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(results)
+    }
 }
 
 #[async_trait]
@@ -1129,48 +1259,49 @@ impl MailTarget for GraphImportTarget {
         messages: &[Outgoing],
     ) -> Result<AppendReport, ConnectorError> {
         let bodies: Vec<Bytes> = messages.iter().map(|m| m.body.clone()).collect();
-        let url = self.import_url(false).await?;
-        let mut outcomes = self.import_all(&url, folder, bodies.clone()).await;
-        let refused: Vec<usize> = (0..outcomes.len())
-            .filter(|&i| matches!(&outcomes[i], Err(e) if e.is_import_session_refused()))
+        let client = self.mailbox.client.clone();
+        let client = &client;
+        let outcomes = self
+            .import_each(bodies, move |url, body| async move {
+                import_one(client, &url, folder, body).await
+            })
+            .await?;
+        let mut versions = HashMap::new();
+        let results = outcomes
+            .into_iter()
+            .map(|result| {
+                result.map(|(id, version)| {
+                    if let (Some(id), Some(version)) = (&id, version) {
+                        versions.insert(id.clone(), version);
+                    }
+                    id
+                })
+            })
             .collect();
-        if !refused.is_empty() {
-            // The session ended before its time (expired, or deleted): the
-            // URL's token is an import's only authorisation, so a refused
-            // URL is answered before the item reaches the mailbox, and
-            // nothing of a refused import was stored. Those imports are
-            // sent once more, through a new session.
-            let url = self.import_url(true).await?;
-            let again = refused.iter().map(|&i| bodies[i].clone()).collect();
-            let retried = self.import_all(&url, folder, again).await;
-            for (i, outcome) in refused.into_iter().zip(retried) {
-                outcomes[i] = outcome;
-            }
-        }
-        let mut results = Vec::with_capacity(messages.len());
-        for outcome in outcomes {
-            match outcome {
-                Ok(id) => results.push(Ok(id)),
-                Err(error) if error.is_import_session_refused() => {
-                    self.session = None;
-                    return Err(ConnectorError::mailbox(format!(
-                        "a new import session was refused as well: {error}"
-                    )));
-                }
-                Err(error) if error.class == ErrorClass::Item => {
-                    results.push(Err(ConnectorError::from(error)));
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
         // Later imports are stamped after this, by the server's clock.
         let mark_after = self.mailbox.client.server_now().map(|now| {
             GraphMark::encode(now - chrono::Duration::from_std(MARK_MARGIN).unwrap_or_default())
         });
         Ok(AppendReport {
             results,
+            versions,
             mark_after,
         })
+    }
+
+    async fn update(
+        &mut self,
+        folder: &str,
+        replacements: &[Replacement],
+    ) -> Result<Vec<Result<String, ConnectorError>>, ConnectorError> {
+        let client = self.mailbox.client.clone();
+        let root = self.mailbox.root.clone();
+        let (client, root) = (&client, root.as_str());
+        // Owned (their bodies are shared): a future per copy.
+        self.import_each(replacements.to_vec(), move |url, replacement| async move {
+            update_one(client, &url, root, folder, replacement).await
+        })
+        .await
     }
 
     /// Flags travel inside the export data; there is nothing to set.
@@ -1224,7 +1355,10 @@ mod tests {
         let entry = |value: Value| exported_item(value);
         let (id, data) = entry(json!({ "itemId": "a", "data": BASE64.encode(b"stream") })).unwrap();
         assert_eq!(id, "a");
-        assert!(matches!(data, Exported::Data(d) if d.as_ref() == b"stream"));
+        assert!(matches!(data, Exported::Data(d, None) if d.as_ref() == b"stream"));
+        let versioned = json!({ "itemId": "a", "changeKey": "CQ1", "data": BASE64.encode(b"s") });
+        let (_, data) = entry(versioned).unwrap();
+        assert!(matches!(data, Exported::Data(_, Some(v)) if v == "CQ1"));
 
         let not_found = json!({ "itemId": "b", "error": {
             "errorCode": "ErrorItemNotFound", "message": "The specified object was not found." } });

@@ -438,6 +438,7 @@ fn item_meta(meta: wire::MessageMeta) -> ItemMeta {
         flags: Flags::from_iter(&meta.flags),
         internal_date: internal_date(meta.uid, &meta.internal_date),
         identity: None,
+        version: None,
     }
 }
 
@@ -1070,6 +1071,7 @@ impl MailTarget for ImapTarget {
                 Ok(AppendReport {
                     results,
                     mark_after,
+                    ..AppendReport::default()
                 })
             })
             .await

@@ -794,6 +794,7 @@ impl FolderIndex {
                 flags: self.keywords.flags(&entry.name),
                 internal_date: meta.modified().ok().map(file_date),
                 identity: None,
+                version: None,
             });
         }
         let mut unnamed: Vec<_> = self.unnamed.keys().collect();
@@ -805,6 +806,7 @@ impl FolderIndex {
             flags: Flags::default(),
             internal_date: None,
             identity: None,
+            version: None,
         }));
         Ok(items)
     }
@@ -1091,6 +1093,7 @@ fn append_messages(
     Ok(AppendReport {
         results,
         mark_after: None,
+        ..AppendReport::default()
     })
 }
 
