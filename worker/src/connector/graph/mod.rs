@@ -801,10 +801,11 @@ impl MailSource for GraphExportSource {
         folder: &SourceFolder,
         position: Option<SourcePosition<'_>>,
     ) -> Result<FolderScan, ConnectorError> {
-        // Only the size and the version are read of each item (the id
-        // always comes).
+        // The size, the version and the time of the last change are read
+        // of each item (the id always comes): the time bounds the listing
+        // of the candidates' keys (see `delta_round`).
         let initial = format!(
-            "{}/folders/{}/items/delta?$select=size,changeKey",
+            "{}/folders/{}/items/delta?$select=size,changeKey,lastModifiedDateTime",
             self.mailbox.root,
             encode(&folder.key)
         );
