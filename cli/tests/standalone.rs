@@ -206,13 +206,18 @@ async fn changed_uidvalidity_is_remapped_without_duplicating_the_folder() {
 }
 
 /// Turns a state file back into the form the version before connector-owned
-/// cursors wrote (migration V6 not applied: HIGHESTMODSEQ and UIDNEXT in
-/// their own integer columns), with the INBOX's last copy in doubt, as a
-/// crash between its APPEND and its commit leaves it.
+/// cursors wrote (migrations V6 and later not applied: HIGHESTMODSEQ and
+/// UIDNEXT in their own integer columns, no item versions), with the
+/// INBOX's last copy in doubt, as a crash between its APPEND and its commit
+/// leaves it.
 fn as_written_before_connector_cursors(state: &std::path::Path) {
     let conn = rusqlite::Connection::open(state).unwrap();
     conn.execute_batch(
-        "ALTER TABLE folder_checkpoints ADD COLUMN highest_modseq INTEGER;
+        "ALTER TABLE ledger DROP COLUMN source_version;
+         ALTER TABLE ledger DROP COLUMN target_version;
+         ALTER TABLE intents DROP COLUMN source_version;
+         ALTER TABLE intents DROP COLUMN target_version;
+         ALTER TABLE folder_checkpoints ADD COLUMN highest_modseq INTEGER;
          ALTER TABLE folder_checkpoints ADD COLUMN sync_state TEXT;
          UPDATE folder_checkpoints
              SET highest_modseq = json_extract(source_cursor, '$.highest_modseq');
@@ -222,7 +227,7 @@ fn as_written_before_connector_cursors(state: &std::path::Path) {
          ALTER TABLE folder_checkpoints DROP COLUMN target_mark;
          ALTER TABLE folder_checkpoints RENAME COLUMN uid_next TO target_mark;
          DROP TABLE folder_failures;
-         DELETE FROM refinery_schema_history WHERE version = 6;
+         DELETE FROM refinery_schema_history WHERE version >= 6;
 
          CREATE TEMP TABLE last AS
              SELECT * FROM ledger WHERE folder = 'INBOX' ORDER BY uid DESC LIMIT 1;
