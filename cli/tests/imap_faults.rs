@@ -576,6 +576,45 @@ async fn an_append_stored_then_dropped_is_never_sent_again() {
     );
 }
 
+/// A target that drops the connection after every second APPEND it
+/// stores, for good: every attempt of the pass recovers what the last one
+/// left in doubt and copies more before it fails, so the pass never runs
+/// out of attempts although there are more failures than `max_attempts`
+/// (attempts count in a row without progress). Still one APPEND per
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_failing_again_and_again_after_progress_still_gets_everything() {
+    let source = FakeImap::start(Capabilities::default()).await;
+    let target = FakeImap::start(Capabilities {
+        multiappend: false,
+        ..Capabilities::default()
+    })
+    .await;
+    source.add_user("max", "pw");
+    target.add_user("max", "pw");
+    for n in 1..=8 {
+        source.add_message("max", "INBOX", &message(&format!("m{n}"), "text"), &[]);
+    }
+    target.faults("max", |f| f.drop_every_appends = Some(2));
+    let migration = Migration::new(
+        &endpoint(&source),
+        &endpoint(&target),
+        "[migration]\nmax_attempts = 2\n",
+        &csv(&["max"]),
+    )
+    .unwrap();
+    let result = run(&migration).await;
+    assert!(result.success, "{}\n{}", result.stdout, result.stderr);
+    assert_exact(&source, &target, "max");
+    let appends = target
+        .command_log()
+        .iter()
+        .filter(|c| c.line.to_ascii_uppercase().starts_with("APPEND"))
+        .count();
+    assert_eq!(appends, 8, "one APPEND per message");
+    assert_eq!(result.stat("max", "retries"), 4, "{}", result.stdout);
+}
+
 /// Issue 8, point 3: item failures are not retries. A message the source
 /// refuses is recorded as the item's failure; the mailbox reports no retry,
 /// nor does either server's scheduler.

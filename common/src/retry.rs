@@ -15,7 +15,7 @@
 //!
 //! | layer | retries | budget | back-off |
 //! |---|---|---|---|
-//! | pass (`worker::job`) | the whole mailbox pass from its checkpoints, after a throttled or transient failure | `migration.max_attempts` attempts (default 5), waits within `migration.max_pass_wait_secs` | 1 s doubling to 60 s, full jitter, hint as floor (at most `migration.max_retry_after_secs`) |
+//! | pass (`worker::job`) | the whole mailbox pass from its checkpoints, after a throttled or transient failure | `migration.max_attempts` attempts in a row without progress (default 5; an attempt that committed items starts the count over), waits within `migration.max_pass_wait_secs` | 1 s doubling to 60 s, full jitter, hint as floor (at most `migration.max_retry_after_secs`) |
 //! | Graph request (`worker::connector::graph::client`) | one idempotent request (GET, export, folder and session creation); an import only after a 429 or 509 or a failed connect, or through a new session after its import URL was refused, never after an answer that may hide a stored item | [`GRAPH_REQUEST_ATTEMPTS`] attempts | 0.5 s doubling to 30 s, full jitter; a throttle's pause (429, 509) or a 503's `Retry-After` as floor |
 //! | throttle pause without a hint (`worker::connector::throttle`) | nothing itself: how long a mailbox pauses after its n-th throttle in a row | — | 1 s doubling to 60 s, full jitter |
 //! | OAuth refresh (`worker::connector::oauth`) | a failed early refresh, while the current token still serves | until the token expires | 10 s, the endpoint's hint as floor |
@@ -214,6 +214,15 @@ impl Backoff {
         self.retries += 1;
         self.waited = waited;
         Ok(delay)
+    }
+
+    /// After an attempt that got somewhere (a pass that committed items
+    /// before it failed): the attempts and the back-off start over, the
+    /// time waited still counts against the wait budget. A peer that fails
+    /// every so often, but not before something is done, never exhausts
+    /// the attempts; one that stops progress does.
+    pub fn progressed(&mut self) {
+        self.retries = 0;
     }
 
     /// Starts over, as after a success (a supervisor's link that held).
@@ -479,6 +488,31 @@ mod tests {
         assert_eq!(backoff.waited(), secs(1));
         backoff.reset();
         assert_eq!(backoff.next(&transient()), Ok(secs(1)));
+    }
+
+    #[test]
+    fn progress_restores_the_attempts_but_not_the_wait_budget() {
+        let backoff = RetryPolicy::exponential(secs(1), secs(60), Jitter::None).attempts(2);
+        let mut backoff = RetryPolicy {
+            max_total_wait: Some(secs(3)),
+            ..backoff
+        }
+        .start();
+        assert_eq!(backoff.next(&transient()), Ok(secs(1)));
+        backoff.progressed();
+        assert_eq!(
+            backoff.next(&transient()),
+            Ok(secs(1)),
+            "attempts start over"
+        );
+        backoff.progressed();
+        assert_eq!(backoff.next(&transient()), Ok(secs(1)));
+        assert_eq!(backoff.waited(), secs(3));
+        backoff.progressed();
+        assert!(
+            matches!(backoff.next(&transient()), Err(GiveUp::WaitSpent { .. })),
+            "the time waited is never given back"
+        );
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub struct Faults {
     /// Closes the connection after storing this many APPENDs (counted
     /// from when it was set), before the tagged OK of the last one.
     pub drop_after_appends: Option<usize>,
+    /// Closes the connection after storing every this many APPENDs, before
+    /// the tagged OK of each: a target that keeps failing, but not before
+    /// it has stored something.
+    pub drop_every_appends: Option<usize>,
+    /// APPENDs stored so far, for [`Faults::drop_every_appends`].
+    appends_since_drop: usize,
     /// Prepends a `Received:` trace header to every message stored.
     pub prepend_received: bool,
     /// Answers every UID FETCH and APPEND with this tagged NO text.
@@ -733,6 +739,11 @@ impl Connection {
             if drop_now {
                 faults.drop_after_appends = None;
             }
+            faults.appends_since_drop += 1;
+            let drop_now = drop_now
+                || faults
+                    .drop_every_appends
+                    .is_some_and(|every| faults.appends_since_drop % every == 0);
             let prepend = faults.prepend_received;
             let folder = user.folders.get_mut(&name)?;
             let mut uids = Vec::new();

@@ -141,6 +141,7 @@ pub async fn run_job(
     let started = std::time::Instant::now();
     let mut total = PassStats::default();
     let outcome = loop {
+        let done_before = items_done(&total);
         let error = match pass.run(&connector, &mut total).await {
             Ok(()) => {
                 break PassOutcome {
@@ -153,6 +154,9 @@ pub async fn run_job(
             Err(_) if stop.is_cancelled() => return Ok(JobOutcome::Interrupted),
             Err(error) => error,
         };
+        if items_done(&total) > done_before {
+            backoff.progressed();
+        }
         // A throttled server's own hint is obeyed when it asks for longer
         // than the back-off: the whole mailbox waits, since more requests
         // in the window would only extend the penalty.
@@ -192,6 +196,12 @@ pub async fn run_job(
         Err(StoreError::LeaseLost { .. }) => Ok(JobOutcome::LeaseLost),
         Err(error) => Err(error),
     }
+}
+
+/// Items a pass has settled so far (copied, found in doubt, updated,
+/// recorded as failed): an attempt that settled any made progress.
+fn items_done(stats: &PassStats) -> u64 {
+    stats.items_copied + stats.items_recovered + stats.items_updated + stats.items_failed
 }
 
 /// The mailbox's error when its pass is not tried again: the last error,
