@@ -636,12 +636,6 @@ impl GraphEndpoint {
         format!("{}/v1.0", self.graph_url.trim_end_matches('/'))
     }
 
-    /// The upload rate each mailbox starts at, in bytes per second: 95% of
-    /// the budget (the scheduler then adapts it to the server's answers).
-    pub fn upload_rate(&self) -> f64 {
-        0.95 * self.upload_bytes_per_window as f64 / self.upload_window_secs.max(1) as f64
-    }
-
     /// The credentials, asking for Graph's scope unless another was set.
     pub fn credentials(&self) -> OAuth2ClientCredentials {
         let mut credentials = self.oauth2.clone();

@@ -289,7 +289,7 @@ impl EndpointConnector {
                         * migration.max_concurrent_mailboxes,
                     requests_per_second: None,
                     latency_factor: f64::INFINITY,
-                    upload_rate: None,
+                    upload_budget: None,
                     mailbox_requests: None,
                 },
             )

@@ -25,17 +25,25 @@
 //! the mailbox's window once, not four times.
 //!
 //! Uploads are paced as well ([`MailboxThrottle::acquire_upload`]): servers
-//! limit the bytes a mailbox may upload per window (Exchange Online: 150 MB
-//! per 5 minutes), and a client that bursts into that budget and waits out
-//! each 429 is throttled over and over. A mailbox's uploads start at the
-//! configured rate ([`ThrottleSettings::upload_rate`], just under the
-//! documented budget), or else go unpaced until the first upload throttled
-//! with a `Retry-After`, and from then on at the rate the server accepted
-//! (the bytes uploaded since the last pause over the time until the new
-//! pause ends: the server's budget per window, as a rate). Either way the
-//! rate grows by 1% every 5 s without a throttle and shrinks by a tenth on
-//! each later one (additive increase, multiplicative decrease, on the byte
-//! rate): about one throttle a minute, close to the budget.
+//! limit the bytes a mailbox may upload per rolling window (Exchange Online:
+//! 150 MB per 5 minutes), and a client that bursts into that budget and
+//! waits out each 429 is throttled over and over. Each mailbox keeps a
+//! ledger of its uploads of the last window, as the server counts them, and
+//! an upload goes when it fits what the window has left: a new mailbox may
+//! send a whole window at once, and from then on the window stays full as
+//! its oldest uploads leave it. An upload is stamped when it is sent (not
+//! when it took its turn) and stays in the ledger for the window and 2% of
+//! it more (the time a request takes to reach the server; clocks a little
+//! apart); one the server throttled leaves it (the server counted nothing).
+//! A connector with several uploads to make takes the turn of the first one
+//! that fits ([`MailboxThrottle::upload_turn`]: pick what fits) instead of
+//! waiting for the first one; an upload larger than what is left waits
+//! until enough has left the window, never for a 429, and one larger than
+//! the whole budget until the window is empty. The budget in force starts
+//! at the configured one ([`ThrottleSettings::upload_budget`]), shrinks by
+//! a tenth on each throttled upload that pauses the mailbox, and grows back
+//! by 1% of the configured budget every 5 s without one (additive
+//! increase, multiplicative decrease, on the bytes per window).
 //!
 //! Requests are paced per mailbox too when the server has a request budget
 //! per rolling window ([`ThrottleSettings::mailbox_requests`]; Exchange
@@ -61,7 +69,7 @@
 //! are counted per endpoint in one place, [`ThrottleCounters`]; a retry
 //! only when a connector schedules one ([`MailboxThrottle::retrying`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -99,12 +107,16 @@ const MAX_PAUSE: Duration = Duration::from_secs(24 * 3600);
 const IDLE_MAILBOX_LIFETIME: Duration = Duration::from_secs(900);
 /// How often the mailboxes are swept for idle ones, at most.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
-/// The upload rate grows by this share after each [`UPLOAD_RATE_PERIOD`]
-/// without a throttled upload…
-const UPLOAD_RATE_INCREASE: f64 = 0.01;
-const UPLOAD_RATE_PERIOD: Duration = Duration::from_secs(5);
+/// An upload stays in a mailbox's ledger for the server's window and this
+/// share of it more: the time a request takes to reach the server, and
+/// clocks that run a little apart.
+const UPLOAD_WINDOW_MARGIN: f64 = 0.02;
+/// The upload budget in force grows by this share of the configured one
+/// after each [`UPLOAD_BUDGET_PERIOD`] without a throttled upload…
+const UPLOAD_BUDGET_INCREASE: f64 = 0.01;
+const UPLOAD_BUDGET_PERIOD: Duration = Duration::from_secs(5);
 /// …and shrinks by this factor on a throttled upload.
-const UPLOAD_RATE_DECREASE: f64 = 0.9;
+const UPLOAD_BUDGET_DECREASE: f64 = 0.9;
 
 /// Settings of one endpoint's scheduler.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,10 +134,10 @@ pub struct ThrottleSettings {
     /// `latency_factor` × the mailbox's baseline latency (the lowest recent
     /// smoothed latency) shrinks the window. `f64::INFINITY` turns it off.
     pub latency_factor: f64,
-    /// The upload rate each mailbox starts at, in bytes per second (a
-    /// server's documented budget); `None`: unpaced until the first upload
-    /// throttled with a hint teaches one. Either way the rate adapts.
-    pub upload_rate: Option<f64>,
+    /// The server's upload budget per mailbox over a rolling window (its
+    /// documented one); `None`: uploads are not paced. The budget in force
+    /// adapts below it to the server's throttles.
+    pub upload_budget: Option<UploadBudget>,
     /// The server's budget of requests per mailbox over a rolling window;
     /// `None`: none. Each mailbox's requests are paced within it.
     pub mailbox_requests: Option<RequestBudget>,
@@ -136,6 +148,14 @@ pub struct ThrottleSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestBudget {
     pub requests: u64,
+    pub window: Duration,
+}
+
+/// A budget of `bytes` uploaded per rolling `window` (Exchange Online:
+/// 150 MB per 5 minutes per mailbox).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadBudget {
+    pub bytes: u64,
     pub window: Duration,
 }
 
@@ -161,7 +181,7 @@ impl Default for ThrottleSettings {
             endpoint_ceiling: 64,
             requests_per_second: None,
             latency_factor: 3.0,
-            upload_rate: None,
+            upload_budget: None,
             mailbox_requests: None,
         }
     }
@@ -413,7 +433,10 @@ impl EndpointThrottle {
                         smoothed_latency: None,
                         baseline: None,
                         last_active: now,
-                        pacer: UploadPacer::new(now, settings.upload_rate),
+                        uploads: settings
+                            .upload_budget
+                            .filter(|budget| budget.bytes > 0 && !budget.window.is_zero())
+                            .map(|budget| UploadWindow::new(budget, now)),
                     }),
                 })
             });
@@ -530,7 +553,7 @@ struct MailboxShared {
 }
 
 /// How one mailbox's requests are paced: its pause, its latencies, its
-/// upload rate.
+/// uploads.
 struct MailboxPacing {
     /// The mailbox sends nothing before this.
     paused_until: Option<Instant>,
@@ -542,92 +565,183 @@ struct MailboxPacing {
     baseline: Option<(Duration, Instant)>,
     /// When a request of the mailbox last started or ended.
     last_active: Instant,
-    pacer: UploadPacer,
+    /// The uploads of the server's last window, if they are paced.
+    uploads: Option<UploadWindow>,
 }
 
-/// The upload rate of a mailbox (see the module's docs): a token bucket of
-/// bytes, unlimited until the first throttled upload.
-struct UploadPacer {
-    /// Bytes per second; `None` until a throttled upload taught a rate.
-    rate: Option<f64>,
-    /// Bytes that may go now; negative when reserved ahead.
-    tokens: f64,
-    refilled: Instant,
-    /// When the first upload since the last pause was reserved, and the
-    /// bytes uploaded since.
-    run_started: Option<Instant>,
-    run_bytes: u64,
-    /// When the rate last grew.
+/// A mailbox's uploads over the server's rolling window (see the module's
+/// docs): a ledger of what was sent, and the budget in force.
+struct UploadWindow {
+    configured: UploadBudget,
+    /// Bytes per window in force: the configured budget, less what the
+    /// server's throttles took off.
+    budget: u64,
+    /// How long an upload counts: the window and its margin.
+    span: Duration,
+    /// Uploads of the last span, oldest first: their turns, by when they
+    /// were sent (or reserved, until they are).
+    ledger: VecDeque<Upload>,
+    /// The bytes of the ledger.
+    held: u64,
+    /// The number of the next turn.
+    next_turn: u64,
+    /// When the budget in force last grew (or was cut).
     raised: Instant,
 }
 
-impl UploadPacer {
-    fn new(now: Instant, rate: Option<f64>) -> UploadPacer {
-        UploadPacer {
-            rate: rate.filter(|r| r.is_finite() && *r > 0.0),
-            tokens: 0.0,
-            refilled: now,
-            run_started: None,
-            run_bytes: 0,
+/// One upload of a mailbox's ledger.
+struct Upload {
+    turn: u64,
+    at: Instant,
+    bytes: u64,
+}
+
+impl UploadWindow {
+    fn new(configured: UploadBudget, now: Instant) -> UploadWindow {
+        UploadWindow {
+            configured,
+            budget: configured.bytes,
+            span: configured.window.mul_f64(1.0 + UPLOAD_WINDOW_MARGIN),
+            ledger: VecDeque::new(),
+            held: 0,
+            next_turn: 0,
             raised: now,
         }
     }
 
-    /// Reserves `bytes`: how long to wait before sending them.
-    fn reserve(&mut self, bytes: u64, now: Instant) -> Duration {
-        self.run_started.get_or_insert(now);
-        let Some(rate) = self.rate else {
-            return Duration::ZERO;
-        };
-        // No bursts beyond one upload: a window of the server's then holds
-        // at most the rate's worth plus one upload. During a pause the
-        // bucket fills only from its end on.
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + rate * elapsed).min(bytes as f64);
-        self.refilled = self.refilled.max(now);
-        self.tokens -= bytes as f64;
-        let until_refill = self.refilled.saturating_duration_since(now);
-        if self.tokens >= 0.0 {
-            return until_refill;
+    /// Drops the uploads that left the window by `now`.
+    fn forget(&mut self, now: Instant) {
+        while let Some(oldest) = self.ledger.front() {
+            if oldest.at + self.span > now {
+                break;
+            }
+            self.held -= oldest.bytes;
+            self.ledger.pop_front();
         }
-        until_refill + Duration::from_secs_f64(-self.tokens / rate)
     }
 
-    /// `bytes` went through: they count towards the rate of this run, and
-    /// the rate grows after a period without throttles.
-    fn uploaded(&mut self, bytes: u64, now: Instant) {
-        self.run_bytes += bytes;
-        let Some(rate) = self.rate.as_mut() else {
-            return;
+    /// Whether `bytes` more fit the window now: within the budget, or the
+    /// window is empty (an upload larger than the whole budget).
+    fn fits(&self, bytes: u64) -> bool {
+        self.held == 0 || self.held + bytes <= self.budget
+    }
+
+    /// When `bytes` fit the window, if nothing else is sent meanwhile.
+    fn fits_at(&self, bytes: u64, now: Instant) -> Instant {
+        if self.fits(bytes) {
+            return now;
+        }
+        // What has to leave: all of it for an upload over the budget.
+        let excess = (self.held + bytes).saturating_sub(self.budget).min(self.held);
+        let mut left = 0;
+        for upload in &self.ledger {
+            left += upload.bytes;
+            if left >= excess {
+                return upload.at + self.span;
+            }
+        }
+        now + self.span
+    }
+
+    /// The turn of the first of `sizes` that fits the window now (its
+    /// index and its turn's number), or else when the smallest will.
+    fn reserve_first_fitting(&mut self, sizes: &[u64], now: Instant) -> Result<(usize, u64), Instant> {
+        self.forget(now);
+        let Some(index) = sizes.iter().position(|&bytes| self.fits(bytes)) else {
+            let smallest = sizes.iter().copied().min().unwrap_or(0);
+            return Err(self.fits_at(smallest, now));
         };
-        if now.saturating_duration_since(self.raised) >= UPLOAD_RATE_PERIOD {
-            *rate *= 1.0 + UPLOAD_RATE_INCREASE;
+        let turn = self.next_turn;
+        self.next_turn += 1;
+        self.ledger.push_back(Upload {
+            turn,
+            at: now,
+            bytes: sizes[index],
+        });
+        self.held += sizes[index];
+        Ok((index, turn))
+    }
+
+    /// The upload of `turn` is sent now, `bytes` long: stamped (the server
+    /// counts it from now), its size made exact.
+    fn sent(&mut self, turn: u64, bytes: u64, now: Instant) {
+        // Gone already if it waited longer than the window for its slot.
+        self.take(turn);
+        self.held += bytes;
+        // Later than any other upload but those sent in the same instant.
+        let at = self.ledger.partition_point(|other| other.at <= now);
+        self.ledger.insert(
+            at,
+            Upload {
+                turn,
+                at: now,
+                bytes,
+            },
+        );
+    }
+
+    /// Takes `turn`'s upload out of the ledger (the server did not count
+    /// it, or it was never sent).
+    fn take(&mut self, turn: u64) -> Option<Upload> {
+        let index = self.ledger.iter().rposition(|upload| upload.turn == turn)?;
+        let upload = self.ledger.remove(index)?;
+        self.held -= upload.bytes;
+        Some(upload)
+    }
+
+    /// An upload went through: after a period without throttles the budget
+    /// in force grows back towards the configured one.
+    fn uploaded(&mut self, now: Instant) {
+        if self.budget < self.configured.bytes
+            && now.saturating_duration_since(self.raised) >= UPLOAD_BUDGET_PERIOD
+        {
+            let step = (self.configured.bytes as f64 * UPLOAD_BUDGET_INCREASE).ceil() as u64;
+            self.budget = (self.budget + step).min(self.configured.bytes);
             self.raised = now;
         }
     }
 
-    /// An upload was throttled and the mailbox pauses until `until`
-    /// (`new_pause`: this throttle opened the pause, rather than meeting one
-    /// already open). The first time, the rate becomes what the server
-    /// accepted during the run; later, it shrinks.
-    fn throttled(&mut self, now: Instant, until: Instant, new_pause: bool) {
-        if !new_pause {
+    /// The upload of `turn` was throttled and the mailbox pauses until
+    /// `until`: it leaves the ledger; `spent` (the server's hint opened the
+    /// pause, rather than meeting one already open) cuts the budget in
+    /// force by a tenth.
+    fn throttled(&mut self, turn: u64, now: Instant, until: Instant, spent: bool) {
+        self.take(turn);
+        if spent {
+            self.budget = ((self.budget as f64 * UPLOAD_BUDGET_DECREASE) as u64).max(1);
+            self.raised = until.max(now);
+        }
+    }
+}
+
+/// A mailbox's turn to upload ([`MailboxThrottle::upload_turn`]): its bytes
+/// are held in the mailbox's window until it is sent. A turn dropped unsent
+/// gives them back.
+pub struct UploadTurn {
+    mailbox: Arc<MailboxShared>,
+    /// `None`: uploads are not paced.
+    turn: Option<u64>,
+    sent: bool,
+}
+
+impl UploadTurn {
+    /// The upload is sent now, `bytes` long.
+    fn sent(&mut self, bytes: u64) {
+        self.sent = true;
+        if let (Some(turn), Some(window)) = (self.turn, lock(&self.mailbox.state).uploads.as_mut()) {
+            window.sent(turn, bytes, Instant::now());
+        }
+    }
+}
+
+impl Drop for UploadTurn {
+    fn drop(&mut self) {
+        if self.sent {
             return;
         }
-        match self.rate.as_mut() {
-            Some(rate) => *rate *= UPLOAD_RATE_DECREASE,
-            None => {
-                if let Some(started) = self.run_started.filter(|_| self.run_bytes > 0) {
-                    let seconds = until.saturating_duration_since(started).as_secs_f64();
-                    self.rate = Some(self.run_bytes as f64 / seconds.max(1e-3));
-                }
-            }
+        if let (Some(turn), Some(window)) = (self.turn, lock(&self.mailbox.state).uploads.as_mut()) {
+            window.take(turn);
         }
-        self.tokens = 0.0;
-        self.refilled = until.max(now);
-        self.run_started = None;
-        self.run_bytes = 0;
-        self.raised = until.max(now);
     }
 }
 
@@ -642,6 +756,13 @@ impl MailboxShared {
         lock(&self.window.state).in_flight == 0
             && state.paused_until.is_none_or(|until| until <= now)
             && now.duration_since(state.last_active) >= IDLE_MAILBOX_LIFETIME
+            // What the server still counts is not forgotten.
+            && state.uploads.as_ref().is_none_or(|window| {
+                window
+                    .ledger
+                    .back()
+                    .is_none_or(|upload| upload.at + window.span <= now)
+            })
     }
 
     fn touch(&self) {
@@ -711,7 +832,7 @@ impl MailboxThrottle {
                 mailbox_in_flight: lock(&self.mailbox.window.state).in_flight,
                 mailbox_slot,
                 endpoint_slot,
-                upload_bytes: 0,
+                upload: None,
                 limits: self.limits.clone(),
             };
         };
@@ -724,24 +845,78 @@ impl MailboxThrottle {
         permit
     }
 
-    /// [`MailboxThrottle::acquire`] for an upload of `bytes`, which first
-    /// waits for its turn at the mailbox's upload rate (see the module's
-    /// docs). The turn is taken before a slot, so that the time requests
-    /// take does not slow the pace. Fails only when the stop token is
-    /// cancelled meanwhile.
-    pub async fn acquire_upload(&self, bytes: u64) -> Result<Permit, WaitError> {
-        let wait = lock(&self.mailbox.state)
-            .pacer
-            .reserve(bytes, Instant::now());
-        if !wait.is_zero() {
-            self.sleep(wait).await?;
-            let waited = wait.as_secs_f64();
+    /// The turn of the first upload of `sizes` (bytes each) that fits the
+    /// mailbox's upload window now (see the module's docs): its index and
+    /// its turn, whose bytes the window holds from now on; or else when the
+    /// smallest of them will fit, if nothing else is sent meanwhile. Without
+    /// upload pacing, the first one's. `sizes` is not empty.
+    pub fn upload_turn(&self, sizes: &[u64]) -> Result<(usize, UploadTurn), Instant> {
+        let now = Instant::now();
+        let mut state = lock(&self.mailbox.state);
+        let Some(window) = state.uploads.as_mut() else {
+            return Ok((0, self.turn(None)));
+        };
+        let (index, turn) = window.reserve_first_fitting(sizes, now)?;
+        Ok((index, self.turn(Some(turn))))
+    }
+
+    fn turn(&self, turn: Option<u64>) -> UploadTurn {
+        UploadTurn {
+            mailbox: Arc::clone(&self.mailbox),
+            turn,
+            sent: false,
+        }
+    }
+
+    /// [`MailboxThrottle::acquire`] for an upload of `bytes`: with its
+    /// `turn` if one was taken ([`MailboxThrottle::upload_turn`]), or else
+    /// once the upload fits the mailbox's upload window (see the module's
+    /// docs). The turn is taken before a slot, so that an upload waiting
+    /// for room holds none; the upload counts in the window from when the
+    /// permit is handed out. Fails only when the stop token is cancelled
+    /// meanwhile.
+    pub async fn acquire_upload(
+        &self,
+        bytes: u64,
+        turn: Option<UploadTurn>,
+    ) -> Result<Permit, WaitError> {
+        let mut turn = match turn {
+            Some(turn) => turn,
+            None => self.wait_for_upload_turn(bytes).await?,
+        };
+        let permit = self.acquire().await?;
+        turn.sent(bytes);
+        Ok(Permit {
+            upload: Some(turn),
+            ..permit
+        })
+    }
+
+    /// Waits until `bytes` fit the mailbox's upload window and takes their
+    /// turn. Time spent waiting is counted.
+    async fn wait_for_upload_turn(&self, bytes: u64) -> Result<UploadTurn, WaitError> {
+        let started = Instant::now();
+        let turn = loop {
+            match self.upload_turn(&[bytes]) {
+                Ok((_, turn)) => break turn,
+                Err(fits_at) => {
+                    self.until_stopped(tokio::time::sleep_until(fits_at))
+                        .await?;
+                }
+            }
+        };
+        let waited = started.elapsed().as_secs_f64();
+        if waited > 0.0 {
             self.endpoint
                 .count(|counters| counters.seconds_waiting += waited);
         }
-        let mut permit = self.acquire().await?;
-        permit.upload_bytes = bytes;
-        Ok(permit)
+        Ok(turn)
+    }
+
+    /// Sleeps until `at` (when an upload fits), unless the stop token is
+    /// cancelled first.
+    pub async fn sleep_until(&self, at: Instant) -> Result<(), WaitError> {
+        self.until_stopped(tokio::time::sleep_until(at)).await
     }
 
     /// Runs one request with a permit and settles it by the outcome: for
@@ -781,9 +956,14 @@ impl MailboxThrottle {
         });
     }
 
-    /// The mailbox's learned upload rate in bytes per second, if it has one.
-    pub fn upload_rate(&self) -> Option<f64> {
-        lock(&self.mailbox.state).pacer.rate
+    /// The mailbox's upload budget in force (bytes per window) and the
+    /// bytes its window holds now, if its uploads are paced.
+    pub fn upload_window(&self) -> Option<(u64, u64)> {
+        let now = Instant::now();
+        lock(&self.mailbox.state).uploads.as_mut().map(|window| {
+            window.forget(now);
+            (window.budget, window.held)
+        })
     }
 
     /// The current window sizes (mailbox, endpoint), for tests and logs.
@@ -812,8 +992,8 @@ pub struct Permit {
     mailbox_in_flight: usize,
     mailbox_slot: Slot,
     endpoint_slot: Slot,
-    /// The size of the upload this permit is for (0: not an upload).
-    upload_bytes: u64,
+    /// The turn of the upload this permit is for (`None`: not an upload).
+    upload: Option<UploadTurn>,
     /// The limits of the handle that took it.
     limits: WaitLimits,
 }
@@ -829,8 +1009,8 @@ impl Permit {
             let now = Instant::now();
             state.throttles_in_a_row = 0;
             state.last_active = now;
-            if self.upload_bytes > 0 {
-                state.pacer.uploaded(self.upload_bytes, now);
+            if let (Some(_), Some(window)) = (&self.upload, state.uploads.as_mut()) {
+                window.uploaded(now);
             }
             state.record_latency(latency, lock(&self.endpoint.settings).0.latency_factor)
         };
@@ -868,7 +1048,7 @@ impl Permit {
                 None => (Budgets::default().throttle_pause.delay(attempt), false),
             };
             self.account_pause(&state, now, wait, hinted)
-                .map(|()| state.pause(now, wait, hinted, self.upload_bytes))
+                .map(|()| state.pause(now, wait, hinted, self.upload.as_ref()))
         };
         self.mailbox_slot.decrease(MAILBOX_THROTTLE_DECREASE);
         self.endpoint_slot.decrease(ENDPOINT_THROTTLE_DECREASE);
@@ -973,16 +1153,23 @@ impl Permit {
 impl MailboxPacing {
     /// Pauses the mailbox for `wait` from `now`, unless it is paused for
     /// longer already; returns until when. `hinted`: the wait is the
-    /// server's hint, which tells the pacer of an upload (of
-    /// `upload_bytes`, 0 for other requests) when the budget is back.
-    fn pause(&mut self, now: Instant, wait: Duration, hinted: bool, upload_bytes: u64) -> Instant {
+    /// server's hint. A throttled upload (its `upload` turn; `None` for other
+    /// requests) leaves the mailbox's upload window; with a hint that opens
+    /// the pause, the window's budget was spent.
+    fn pause(
+        &mut self,
+        now: Instant,
+        wait: Duration,
+        hinted: bool,
+        upload: Option<&UploadTurn>,
+    ) -> Instant {
         let open = self.paused_until.filter(|paused| *paused > now);
         let until = open.map_or(now + wait, |paused| paused.max(now + wait));
         self.paused_until = Some(until);
         // A throttle without a hint (e.g. for concurrency) says nothing of
         // bytes.
-        if upload_bytes > 0 && hinted {
-            self.pacer.throttled(now, until, open.is_none());
+        if let (Some(turn), Some(window)) = (upload.and_then(|u| u.turn), self.uploads.as_mut()) {
+            window.throttled(turn, now, until, hinted && open.is_none());
         }
         until
     }
@@ -1193,90 +1380,179 @@ mod tests {
 
     const KB: u64 = 1000;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_configured_upload_rate_paces_from_the_first_upload() {
-        let endpoint = endpoint(ThrottleSettings {
-            upload_rate: Some(500.0 * KB as f64),
+    /// An endpoint whose mailboxes may upload `bytes` per rolling `window`.
+    fn uploads(bytes: u64, window: Duration) -> EndpointThrottle {
+        endpoint(ThrottleSettings {
+            upload_budget: Some(UploadBudget { bytes, window }),
             ..ThrottleSettings::default()
-        });
-        let mailbox = endpoint.mailbox("alice", limits());
-        let started = Instant::now();
-        for _ in 0..10 {
-            mailbox
-                .acquire_upload(100 * KB)
-                .await
-                .unwrap()
-                .succeeded(MS);
-        }
-        // 1 MB at 500 kB/s, the first upload waiting for its own bytes.
-        let took = (Instant::now() - started).as_secs_f64();
-        assert!((took - 2.0).abs() < 0.01, "{took}");
-        assert_eq!(mailbox.upload_rate(), Some(500.0 * KB as f64));
+        })
+    }
+
+    /// An upload of `bytes` that may go right now.
+    fn upload_now(mailbox: &MailboxThrottle, bytes: u64) -> Permit {
+        mailbox
+            .acquire_upload(bytes, None)
+            .now_or_never()
+            .expect("the upload fits the window now")
+            .expect("not stopped")
+    }
+
+    fn secs(secs: f64) -> Duration {
+        Duration::from_secs_f64(secs)
+    }
+
+    /// Whether `a` and `b` are within a millisecond of each other.
+    fn close(a: Duration, b: Duration) -> bool {
+        a.abs_diff(b) < MS
     }
 
     #[tokio::test(start_paused = true)]
-    async fn uploads_go_at_the_rate_the_server_accepted_after_the_first_throttle() {
-        let endpoint = default_endpoint();
+    async fn a_new_mailbox_fills_its_window_at_once_and_keeps_it_full() {
+        let window = Duration::from_secs(10);
+        let endpoint = uploads(1000 * KB, window);
         let mailbox = endpoint.mailbox("alice", limits());
-        // Unpaced: a burst of ten 100 kB uploads goes at once.
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        // The whole first window at once.
         for _ in 0..10 {
-            let permit = mailbox
-                .acquire_upload(100 * KB)
-                .now_or_never()
-                .expect("no pacing before a throttle")
-                .unwrap();
+            upload_now(&mailbox, 100 * KB).succeeded(MS);
+            sent.push(Instant::now() - start);
+        }
+        assert_eq!(mailbox.upload_window(), Some((1000 * KB, 1000 * KB)));
+        assert!(mailbox.upload_turn(&[KB]).is_err(), "the window is full");
+        // Then as the oldest leave it: four more windows' worth.
+        for _ in 0..40 {
+            let permit = mailbox.acquire_upload(100 * KB, None).await.unwrap();
+            sent.push(Instant::now() - start);
             permit.succeeded(MS);
         }
-        assert_eq!(mailbox.upload_rate(), None);
-        // The budget is spent: the server asks for 5 s. It accepted 1 MB
-        // until the pause ends, so 1 MB per 5 s from then on.
-        let throttled = mailbox.acquire_upload(100 * KB).await.unwrap();
+        // No window of the server's (rolling) ever holds more than the
+        // budget…
+        for (i, at) in sent.iter().enumerate() {
+            let in_window = sent[i..].iter().take_while(|t| **t < *at + window);
+            assert!(in_window.count() <= 10, "at {at:?}");
+        }
+        // …and each window is full again as soon as its margin has passed:
+        // 5 MB in 4 windows and their margins.
+        assert!(close(sent[10], secs(10.2)), "{:?}", sent[10]);
+        assert!(close(*sent.last().unwrap(), secs(40.8)), "{sent:?}");
+        assert_eq!(endpoint.counters().throttle_events, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_upload_is_the_first_that_fits() {
+        let endpoint = uploads(1000 * KB, Duration::from_secs(10));
+        let mailbox = endpoint.mailbox("alice", limits());
+        let start = Instant::now();
+        upload_now(&mailbox, 500 * KB).succeeded(MS);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        upload_now(&mailbox, 450 * KB).succeeded(MS);
+        // 50 kB left: of 200, 40 and 30 kB, the 40 kB one goes.
+        let (pick, turn) = mailbox
+            .upload_turn(&[200 * KB, 40 * KB, 30 * KB])
+            .expect("one fits");
+        assert_eq!(pick, 1);
+        assert_eq!(mailbox.upload_window(), Some((1000 * KB, 990 * KB)));
+        // 10 kB left: none fits; the smallest does once the oldest upload
+        // has left the window.
+        let Err(fits_at) = mailbox.upload_turn(&[200 * KB, 30 * KB]) else {
+            panic!("nothing fits");
+        };
+        assert!(close(fits_at - start, secs(10.2)), "{:?}", fits_at - start);
+        // A turn given up gives its bytes back.
+        drop(turn);
+        assert_eq!(mailbox.upload_window(), Some((1000 * KB, 950 * KB)));
+        let (pick, turn) = mailbox.upload_turn(&[200 * KB, 30 * KB]).unwrap();
+        assert_eq!(pick, 1);
+        // A permit for it is free at once, and the request's exact length
+        // is what the window holds.
+        mailbox
+            .acquire_upload(31 * KB, Some(turn))
+            .now_or_never()
+            .expect("its turn was taken")
+            .unwrap()
+            .succeeded(MS);
+        assert_eq!(mailbox.upload_window(), Some((1000 * KB, 981 * KB)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_upload_waits_for_room_not_for_a_throttle() {
+        let endpoint = uploads(1000 * KB, Duration::from_secs(10));
+        let mailbox = endpoint.mailbox("alice", limits());
+        let start = Instant::now();
+        // One 100 kB upload a second fills the window.
+        for i in 0..10 {
+            tokio::time::sleep_until(start + Duration::from_secs(i)).await;
+            upload_now(&mailbox, 100 * KB).succeeded(MS);
+        }
+        // 450 kB go once five have left: the fifth, sent at 4 s, at 14.2 s.
+        let large = mailbox.acquire_upload(450 * KB, None).await.unwrap();
+        assert!(close(Instant::now() - start, secs(14.2)));
+        large.succeeded(MS);
+        // One over the whole budget goes when the window is empty: once the
+        // 450 kB have left it.
+        let huge = mailbox.acquire_upload(1500 * KB, None).await.unwrap();
+        assert!(close(Instant::now() - start, secs(24.4)));
+        huge.succeeded(MS);
+        assert_eq!(endpoint.counters().throttle_events, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_counts_from_when_it_is_sent() {
+        let endpoint = uploads(1000 * KB, Duration::from_secs(10));
+        let mailbox = endpoint.mailbox("alice", limits());
+        let start = Instant::now();
+        let mut permits: Vec<Permit> = (0..4).map(|_| now(&mailbox)).collect();
+        // Its turn is taken at once, but no slot is free for 3 s.
+        let mut upload = pin!(mailbox.acquire_upload(1000 * KB, None));
+        assert!(poll!(upload.as_mut()).is_pending());
+        assert_eq!(mailbox.upload_window(), Some((1000 * KB, 1000 * KB)));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        drop(permits.pop());
+        upload.await.unwrap().succeeded(MS);
+        // It leaves the window 10.2 s after it was sent, not after its turn.
+        mailbox.acquire_upload(KB, None).await.unwrap().succeeded(MS);
+        assert!(close(Instant::now() - start, secs(13.2)));
+        drop(permits);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_upload_leaves_the_window_and_cuts_the_budget() {
+        let endpoint = uploads(1000 * KB, Duration::from_secs(10));
+        let mailbox = endpoint.mailbox("alice", limits());
+        let start = Instant::now();
+        upload_now(&mailbox, 600 * KB).succeeded(MS);
+        // The server counts less than it documents: it refuses 300 kB more.
+        let refused = upload_now(&mailbox, 300 * KB);
         assert_eq!(
-            throttled.throttled(Some(Duration::from_secs(5))),
+            refused.throttled(Some(Duration::from_secs(5))),
             Ok(Duration::from_secs(5))
         );
-        let rate = mailbox.upload_rate().expect("a rate was learned");
-        assert!((rate - 200.0 * KB as f64).abs() < 1.0, "{rate}");
-
-        // Twenty uploads after the pause take 20 × 100 kB / 200 kB/s.
-        let started = Instant::now();
-        for _ in 0..20 {
-            mailbox
-                .acquire_upload(100 * KB)
-                .await
-                .unwrap()
-                .succeeded(MS);
-        }
-        let took = Instant::now() - started;
-        // 5 s of pause, then about 10 s of paced uploads (a little less:
-        // the rate grows by 1% after the first 5 s).
-        assert!(
-            (14.85..15.01).contains(&took.as_secs_f64()),
-            "{took:?} for the pause and 2 MB at 200 kB/s"
-        );
-        // Five seconds without a throttle raised the rate by 1% (once per
-        // period).
-        let raised = mailbox.upload_rate().unwrap();
-        assert!(raised > rate * 1.0099, "{raised} after {rate}");
-
-        // A later throttled upload lowers it by a tenth; throttles meeting
-        // the open pause change nothing more.
-        let first = mailbox.acquire_upload(100 * KB).await.unwrap();
-        let second = mailbox.acquire_upload(100 * KB).await.unwrap();
-        first.throttled(Some(Duration::from_secs(1))).unwrap();
-        second.throttled(Some(Duration::from_secs(1))).unwrap();
-        let lowered = mailbox.upload_rate().unwrap();
-        assert!(
-            (lowered - raised * 0.9).abs() < 1.0,
-            "{lowered} after {raised}"
-        );
-
+        assert_eq!(mailbox.upload_window(), Some((900 * KB, 600 * KB)));
+        // After the pause and a period without a throttle, the budget grows
+        // back by 1% of the configured one.
+        let after_pause = mailbox.acquire_upload(100 * KB, None).await.unwrap();
+        assert!(close(Instant::now() - start, secs(5.0)));
+        after_pause.succeeded(MS);
+        assert_eq!(mailbox.upload_window().unwrap().0, 900 * KB);
+        tokio::time::sleep(UPLOAD_BUDGET_PERIOD).await;
+        upload_now(&mailbox, 100 * KB).succeeded(MS);
+        assert_eq!(mailbox.upload_window(), Some((910 * KB, 800 * KB)));
         // Requests that are not uploads are not paced.
-        tokio::time::sleep(Duration::from_secs(2)).await;
         for _ in 0..50 {
             now(&mailbox).succeeded(MS);
         }
-        assert_eq!(mailbox.upload_rate(), Some(lowered));
+        // A throttle of another request leaves the budget alone.
+        now(&mailbox)
+            .throttled(Some(Duration::from_secs(1)))
+            .unwrap();
+        assert_eq!(mailbox.upload_window(), Some((910 * KB, 800 * KB)));
+        // Without a budget, uploads go unpaced.
+        let unpaced = default_endpoint().mailbox("bob", limits());
+        for _ in 0..100 {
+            upload_now(&unpaced, 1000 * KB).succeeded(MS);
+        }
+        assert_eq!(unpaced.upload_window(), None);
     }
 
     #[derive(Debug, PartialEq)]
@@ -1494,10 +1770,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stop_interrupts_every_wait() {
-        let endpoint = endpoint(ThrottleSettings {
-            upload_rate: Some(KB as f64),
-            ..ThrottleSettings::default()
-        });
+        let endpoint = uploads(1000 * KB, Duration::from_secs(1000));
         let stop = CancellationToken::new();
         let mailbox = endpoint.mailbox(
             "alice",
@@ -1507,13 +1780,15 @@ mod tests {
             },
         );
         let start = Instant::now();
-        // A pause of 10 minutes, a full window, a paced upload of 1000 s, a
-        // back-off of an hour: all waiting when the stop comes after 1 s.
+        // A pause of 10 minutes, a full window, an upload waiting 1000 s for
+        // room, a back-off of an hour: all waiting when the stop comes
+        // after 1 s.
+        upload_now(&mailbox, 1000 * KB).succeeded(MS);
         now(&mailbox)
             .throttled(Some(Duration::from_secs(600)))
             .unwrap();
         let paused = mailbox.acquire();
-        let upload = mailbox.acquire_upload(1000 * KB);
+        let upload = mailbox.acquire_upload(1000 * KB, None);
         let backoff = mailbox.sleep(Duration::from_secs(3600));
         let held = endpoint.mailbox("bob", mailbox.limits.clone());
         let permits: Vec<Permit> = (0..4).map(|_| now(&held)).collect();

@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::connector::throttle::{MailboxThrottle, WaitError};
+use crate::connector::throttle::{MailboxThrottle, UploadTurn, WaitError};
 use crate::connector::{ConnectorError, Shared};
 
 /// The longest any one request may take.
@@ -168,8 +168,9 @@ pub enum Body<'a> {
     Json(&'a Value),
     /// JSON carrying item data to an import session's pre-authenticated
     /// URL (sent without a bearer token): paced by the mailbox's upload
-    /// rate (see [`crate::connector::throttle`]).
-    Upload(&'a Value),
+    /// window (see [`crate::connector::throttle`]), its first attempt with
+    /// the turn taken for it, if any.
+    Upload(&'a Value, Option<UploadTurn>),
 }
 
 impl GraphClient {
@@ -194,6 +195,11 @@ impl GraphClient {
             shared,
             server_offset: Arc::default(),
         })
+    }
+
+    /// The mailbox's scheduler.
+    pub fn throttle(&self) -> &MailboxThrottle {
+        &self.throttle
     }
 
     /// The server's time now, by the `Date` of its last answer (to the
@@ -281,13 +287,19 @@ impl GraphClient {
     }
 
     /// POSTs an item to an import session's pre-authenticated URL (no
-    /// bearer token is sent). Not repeated after a failure that may hide an
-    /// imported item (see [`Resend::OnlyIfNotDone`]).
-    pub async fn import(&self, url: &str, body: &Value) -> Result<Value, GraphError> {
+    /// bearer token is sent), with the upload `turn` taken for it if any.
+    /// Not repeated after a failure that may hide an imported item (see
+    /// [`Resend::OnlyIfNotDone`]).
+    pub async fn import(
+        &self,
+        url: &str,
+        body: &Value,
+        turn: Option<UploadTurn>,
+    ) -> Result<Value, GraphError> {
         self.send(
             Method::POST,
             url,
-            Body::Upload(body),
+            Body::Upload(body, turn),
             Resend::OnlyIfNotDone,
             None,
             json_answer,
@@ -297,12 +309,18 @@ impl GraphClient {
 
     /// POSTs an update of an existing item (`Mode: "update"`) to an import
     /// session's URL: it carries the item's whole new version, so it is
-    /// sent again after any throttled or transient failure.
-    pub async fn import_update(&self, url: &str, body: &Value) -> Result<Value, GraphError> {
+    /// sent again after any throttled or transient failure. `turn`: as
+    /// for [`GraphClient::import`].
+    pub async fn import_update(
+        &self,
+        url: &str,
+        body: &Value,
+        turn: Option<UploadTurn>,
+    ) -> Result<Value, GraphError> {
         self.send(
             Method::POST,
             url,
-            Body::Upload(body),
+            Body::Upload(body, turn),
             Resend::Idempotent,
             None,
             json_answer,
@@ -342,10 +360,10 @@ impl GraphClient {
         decode: fn(Answer) -> Result<T, String>,
     ) -> Result<T, GraphError> {
         let url = self.url(path_or_url);
-        let (payload, upload) = match body {
-            Body::None => (None, false),
-            Body::Json(json) => (Some(to_json(json)?), false),
-            Body::Upload(json) => (Some(to_json(json)?), true),
+        let (payload, upload, mut turn) = match body {
+            Body::None => (None, false, None),
+            Body::Json(json) => (Some(to_json(json)?), false, None),
+            Body::Upload(json, turn) => (Some(to_json(json)?), true, turn),
         };
         let mut token = if upload {
             None
@@ -356,7 +374,11 @@ impl GraphClient {
         let mut backoff = Budgets::default().graph_request.start();
         loop {
             let permit = match &payload {
-                Some(bytes) if upload => self.throttle.acquire_upload(bytes.len() as u64).await,
+                Some(bytes) if upload => {
+                    self.throttle
+                        .acquire_upload(bytes.len() as u64, turn.take())
+                        .await
+                }
                 _ => self.throttle.acquire().await,
             }?;
             let prefer = if method == Method::GET {

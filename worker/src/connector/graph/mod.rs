@@ -39,7 +39,9 @@
 //! imported twice. Items leave in `exportItems` requests of at most 20 items
 //! and 4 MiB (listed sizes; the answer carries them base64-encoded) and are
 //! imported one by one (several at a time, within the mailbox's throttle
-//! window) through an import session renewed before it expires. Ids are
+//! window, the next one the first of the batch that fits the mailbox's
+//! upload window: [`send_fitting`]) through an import session renewed
+//! before it expires. Ids are
 //! immutable ids (`Prefer: IdType="ImmutableId"`) everywhere.
 //!
 //! # Changed items
@@ -121,6 +123,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use mailwave_common::ErrorClass;
 use mailwave_common::config::{ConcurrencyScope, GraphEndpoint};
 use mailwave_common::model::{SourceCursor, TargetMark};
@@ -128,7 +131,10 @@ use mailwave_common::text::escape_controls;
 use serde_json::{Value, json};
 
 use self::client::GraphClient;
-use crate::connector::throttle::{EndpointThrottle, RequestBudget, ThrottleSettings, WaitLimits};
+use crate::connector::throttle::{
+    EndpointThrottle, MailboxThrottle, RequestBudget, ThrottleSettings, UploadBudget, UploadTurn,
+    WaitLimits,
+};
 use crate::connector::{
     AppendReport, ConnectorError, Fetched, FlagScan, Flags, FolderPath, FolderScan, Identity,
     ItemMeta, MailSource, MailTarget, Message, Outgoing, Replacement, Shared, SourceFolder,
@@ -180,7 +186,10 @@ fn endpoint_throttle(endpoint: &GraphEndpoint, shared: &Shared) -> EndpointThrot
                 ConcurrencyScope::Mailbox => defaults.endpoint_ceiling,
             },
             requests_per_second: endpoint.requests_per_second,
-            upload_rate: Some(endpoint.upload_rate()),
+            upload_budget: Some(UploadBudget {
+                bytes: endpoint.upload_bytes_per_window,
+                window: Duration::from_secs(endpoint.upload_window_secs),
+            }),
             mailbox_requests: Some(RequestBudget {
                 requests: endpoint.requests_per_window,
                 window: Duration::from_secs(endpoint.request_window_secs),
@@ -1000,9 +1009,10 @@ async fn import_one(
     url: &str,
     folder: &str,
     data: Bytes,
+    turn: UploadTurn,
 ) -> Result<(Option<String>, Option<String>), client::GraphError> {
     let body = json!({ "FolderId": folder, "Mode": "create", "Data": BASE64.encode(data) });
-    let answer = client.import(url, &body).await?;
+    let answer = client.import(url, &body, Some(turn)).await?;
     let field = |name: &str| answer[name].as_str().map(str::to_owned);
     Ok((field("itemId"), field("changeKey")))
 }
@@ -1022,9 +1032,10 @@ async fn update_one(
     root: &str,
     folder: &str,
     replacement: Replacement,
+    turn: UploadTurn,
 ) -> Result<String, client::GraphError> {
     let data = BASE64.encode(&replacement.body);
-    let send = |change_key: String| {
+    let send = |change_key: String, turn: Option<UploadTurn>| {
         let body = json!({
             "FolderId": folder,
             "Mode": "update",
@@ -1032,7 +1043,7 @@ async fn update_one(
             "ChangeKey": change_key,
             "Data": data,
         });
-        async move { client.import_update(url, &body).await }
+        async move { client.import_update(url, &body, turn).await }
     };
     let current = || async {
         let item = format!(
@@ -1047,11 +1058,11 @@ async fn update_one(
         Some(version) => version.clone(),
         None => current().await?,
     };
-    let answer = match send(known).await {
+    let answer = match send(known, Some(turn)).await {
         Err(error) if error.status == Some(reqwest::StatusCode::CONFLICT) => {
             tracing::warn!(item = %replacement.target_id, %error,
                 "the copy changed on the target since it was written; replacing it with the source's version");
-            send(current().await?).await?
+            send(current().await?, None).await?
         }
         answer => answer?,
     };
@@ -1072,41 +1083,106 @@ fn change_key_of(answer: &Value, what: &str) -> Result<String, client::GraphErro
         })
 }
 
+/// The bytes an import request of an item of `bytes` bytes uploads, about:
+/// its data's base64 and the rest of the request (the pacer counts the
+/// request's exact length when it is sent).
+fn import_upload_len(bytes: u64, folder: &str) -> u64 {
+    const REQUEST_FIELDS: u64 = 128;
+    base64_len(bytes) + folder.len() as u64 + REQUEST_FIELDS
+}
+
+/// Sends `items` (each with the bytes its request uploads) through `send`
+/// with its upload turn, at most `concurrency` at once: each one's outcome,
+/// in order. The next one sent is the first whose upload fits the
+/// mailbox's upload window now (pick what fits); when none does, the next
+/// goes once one fits, or when one in flight ends. Fails only when the
+/// worker stops meanwhile.
+async fn send_fitting<I, T, Fut>(
+    throttle: &MailboxThrottle,
+    items: Vec<(I, u64)>,
+    concurrency: usize,
+    send: impl Fn(I, UploadTurn) -> Fut,
+) -> Result<Vec<T>, ConnectorError>
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let mut outcomes: Vec<Option<T>> = items.iter().map(|_| None).collect();
+    let mut pending: Vec<(usize, I, u64)> = items
+        .into_iter()
+        .enumerate()
+        .map(|(index, (item, bytes))| (index, item, bytes))
+        .collect();
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        let mut room_at = None;
+        while in_flight.len() < concurrency.max(1) && !pending.is_empty() {
+            let sizes: Vec<u64> = pending.iter().map(|(_, _, bytes)| *bytes).collect();
+            match throttle.upload_turn(&sizes) {
+                Ok((pick, turn)) => {
+                    let (index, item, _) = pending.remove(pick);
+                    let request = send(item, turn);
+                    in_flight.push(async move { (index, request.await) });
+                }
+                Err(fits_at) => {
+                    room_at = Some(fits_at);
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            Some((index, outcome)) = in_flight.next() => outcomes[index] = Some(outcome),
+            waited = async {
+                match room_at {
+                    Some(at) => throttle.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            }, if room_at.is_some() => waited?,
+            else => break,
+        }
+    }
+    Ok(outcomes.into_iter().flatten().collect())
+}
+
 impl GraphImportTarget {
-    /// Sends one import request per item (`send(url, item)`), several at
-    /// a time: each one's outcome, in order. Those the import session
-    /// refused (it ended before its time, expired or deleted: the URL's
-    /// token is an import's only authorisation, so a refused request was
-    /// answered before it reached the mailbox, and nothing of it was
-    /// stored) are sent once more through a new session; refused again,
-    /// the mailbox fails. An item's own failure is its result; any other
-    /// failure fails the call.
+    /// Sends one import request per item (`send(url, item, turn)`; each
+    /// item with the bytes its request uploads), several at a time, picking
+    /// what fits the mailbox's upload window ([`send_fitting`]): each one's
+    /// outcome, in order. Those the import session refused (it ended
+    /// before its time, expired or deleted: the URL's token is an import's
+    /// only authorisation, so a refused request was answered before it
+    /// reached the mailbox, and nothing of it was stored) are sent once
+    /// more through a new session; refused again, the mailbox fails. An
+    /// item's own failure is its result; any other failure fails the call.
     async fn import_each<I, T, Fut>(
         &mut self,
-        items: Vec<I>,
-        send: impl Fn(String, I) -> Fut,
+        items: Vec<(I, u64)>,
+        send: impl Fn(String, I, UploadTurn) -> Fut,
     ) -> Result<Vec<Result<T, ConnectorError>>, ConnectorError>
     where
         I: Clone,
         Fut: std::future::Future<Output = Result<T, client::GraphError>>,
     {
         let concurrency = self.concurrency;
+        let client = self.mailbox.client.clone();
         let send = &send;
-        let send_all = |url: String, items: Vec<I>| {
-            futures::stream::iter(items)
-                .map(move |item| send(url.clone(), item))
-                .buffered(concurrency)
-                .collect::<Vec<_>>()
+        let send_all = |url: String, items: Vec<(I, u64)>| {
+            let throttle = client.throttle().clone();
+            async move {
+                send_fitting(&throttle, items, concurrency, |item, turn| {
+                    send(url.clone(), item, turn)
+                })
+                .await
+            }
         };
         let url = self.import_url(false).await?;
-        let mut outcomes = send_all(url, items.clone()).await;
+        let mut outcomes = send_all(url, items.clone()).await?;
         let refused: Vec<usize> = (0..outcomes.len())
             .filter(|&i| matches!(&outcomes[i], Err(e) if e.is_import_session_refused()))
             .collect();
         if !refused.is_empty() {
             let url = self.import_url(true).await?;
             let again = refused.iter().map(|&i| items[i].clone()).collect();
-            let retried = send_all(url, again).await;
+            let retried = send_all(url, again).await?;
             for (i, outcome) in refused.into_iter().zip(retried) {
                 outcomes[i] = outcome;
             }
@@ -1259,12 +1335,18 @@ impl MailTarget for GraphImportTarget {
         folder: &str,
         messages: &[Outgoing],
     ) -> Result<AppendReport, ConnectorError> {
-        let bodies: Vec<Bytes> = messages.iter().map(|m| m.body.clone()).collect();
+        let bodies: Vec<(Bytes, u64)> = messages
+            .iter()
+            .map(|m| {
+                let upload = import_upload_len(m.body.len() as u64, folder);
+                (m.body.clone(), upload)
+            })
+            .collect();
         let client = self.mailbox.client.clone();
         let client = &client;
         let outcomes = self
-            .import_each(bodies, move |url, body| async move {
-                import_one(client, &url, folder, body).await
+            .import_each(bodies, move |url, body, turn| async move {
+                import_one(client, &url, folder, body, turn).await
             })
             .await?;
         let mut versions = HashMap::new();
@@ -1299,8 +1381,16 @@ impl MailTarget for GraphImportTarget {
         let root = self.mailbox.root.clone();
         let (client, root) = (&client, root.as_str());
         // Owned (their bodies are shared): a future per copy.
-        self.import_each(replacements.to_vec(), move |url, replacement| async move {
-            update_one(client, &url, root, folder, replacement).await
+        let replacements = replacements
+            .iter()
+            .map(|r| {
+                let upload = import_upload_len(r.body.len() as u64, folder)
+                    + (r.target_id.len() + r.version.as_ref().map_or(0, String::len)) as u64;
+                (r.clone(), upload)
+            })
+            .collect();
+        self.import_each(replacements, move |url, replacement, turn| async move {
+            update_one(client, &url, root, folder, replacement, turn).await
         })
         .await
     }
