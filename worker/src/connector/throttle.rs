@@ -632,7 +632,9 @@ impl UploadWindow {
             return now;
         }
         // What has to leave: all of it for an upload over the budget.
-        let excess = (self.held + bytes).saturating_sub(self.budget).min(self.held);
+        let excess = (self.held + bytes)
+            .saturating_sub(self.budget)
+            .min(self.held);
         let mut left = 0;
         for upload in &self.ledger {
             left += upload.bytes;
@@ -645,7 +647,11 @@ impl UploadWindow {
 
     /// The turn of the first of `sizes` that fits the window now (its
     /// index and its turn's number), or else when the smallest will.
-    fn reserve_first_fitting(&mut self, sizes: &[u64], now: Instant) -> Result<(usize, u64), Instant> {
+    fn reserve_first_fitting(
+        &mut self,
+        sizes: &[u64],
+        now: Instant,
+    ) -> Result<(usize, u64), Instant> {
         self.forget(now);
         let Some(index) = sizes.iter().position(|&bytes| self.fits(bytes)) else {
             let smallest = sizes.iter().copied().min().unwrap_or(0);
@@ -728,7 +734,8 @@ impl UploadTurn {
     /// The upload is sent now, `bytes` long.
     fn sent(&mut self, bytes: u64) {
         self.sent = true;
-        if let (Some(turn), Some(window)) = (self.turn, lock(&self.mailbox.state).uploads.as_mut()) {
+        if let (Some(turn), Some(window)) = (self.turn, lock(&self.mailbox.state).uploads.as_mut())
+        {
             window.sent(turn, bytes, Instant::now());
         }
     }
@@ -739,7 +746,8 @@ impl Drop for UploadTurn {
         if self.sent {
             return;
         }
-        if let (Some(turn), Some(window)) = (self.turn, lock(&self.mailbox.state).uploads.as_mut()) {
+        if let (Some(turn), Some(window)) = (self.turn, lock(&self.mailbox.state).uploads.as_mut())
+        {
             window.take(turn);
         }
     }
@@ -1511,7 +1519,11 @@ mod tests {
         drop(permits.pop());
         upload.await.unwrap().succeeded(MS);
         // It leaves the window 10.2 s after it was sent, not after its turn.
-        mailbox.acquire_upload(KB, None).await.unwrap().succeeded(MS);
+        mailbox
+            .acquire_upload(KB, None)
+            .await
+            .unwrap()
+            .succeeded(MS);
         assert!(close(Instant::now() - start, secs(13.2)));
         drop(permits);
     }
